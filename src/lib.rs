@@ -1,0 +1,3 @@
+//! dialbackd
+pub mod domain;
+pub mod keys;
