@@ -120,12 +120,27 @@ mod tests {
     #[test]
     fn key05_published_vectors() {
         let vectors = [
-            ("s3cr3tf0rd14lb4ck", "xmpp.example.com", "example.org", "D60000229F",
-             "37c69b1cf07a3f67c04a5ef5902fa5114f2c76fe4a2686482ba5b89323075643"),
-            ("s3cr3tf0rd14lb4ck", "montague.example", "capulet.example", "D60000229F",
-             "b4835385f37fe2895af6c196b59097b16862406db80559900d96bf6fa7d23df3"),
-            ("d14lb4ck43v3r", "capulet.example", "montague.example", "417GAF25",
-             "225cc5aa6a071133249d25fef42ae516fc7a86c523aa1c6980a7f73e784c972d"),
+            (
+                "s3cr3tf0rd14lb4ck",
+                "xmpp.example.com",
+                "example.org",
+                "D60000229F",
+                "37c69b1cf07a3f67c04a5ef5902fa5114f2c76fe4a2686482ba5b89323075643",
+            ),
+            (
+                "s3cr3tf0rd14lb4ck",
+                "montague.example",
+                "capulet.example",
+                "D60000229F",
+                "b4835385f37fe2895af6c196b59097b16862406db80559900d96bf6fa7d23df3",
+            ),
+            (
+                "d14lb4ck43v3r",
+                "capulet.example",
+                "montague.example",
+                "417GAF25",
+                "225cc5aa6a071133249d25fef42ae516fc7a86c523aa1c6980a7f73e784c972d",
+            ),
         ];
         for (secret, recv, orig, id, want) in vectors {
             let s = DialbackSecret::from_secret(secret);
@@ -146,7 +161,12 @@ mod tests {
         // One hex digit changed.
         let mut bad = k.clone().into_bytes();
         bad[10] = if bad[10] == b'0' { b'1' } else { b'0' };
-        assert!(!s.verify("montague.example", "capulet.example", "D60000229F", std::str::from_utf8(&bad).unwrap()));
+        assert!(!s.verify(
+            "montague.example",
+            "capulet.example",
+            "D60000229F",
+            std::str::from_utf8(&bad).unwrap()
+        ));
         // Not hex, wrong length, empty.
         for junk in ["", "zz", &k[..63], "not a key at all"] {
             assert!(!s.verify("montague.example", "capulet.example", "D60000229F", junk));

@@ -1,0 +1,1568 @@
+//! Typed configuration: one TOML file, read once at start-up and validated into typed values.
+//!
+//! `etc/dialbackd.toml` is the documented example (every key, with its default). Loading is two
+//! steps: the text is deserialised into private `Raw*` structs that mirror the file exactly
+//! (`deny_unknown_fields`, so a misspelt key is an error, not a silently ignored line), then
+//! [`Config::parse`] checks every value and builds the public, typed structs below. Nothing else in
+//! dialbackd reads the file or sees a string where a typed value belongs: domains are [`Domain`]s,
+//! addresses are [`SocketAddr`]s, timeouts are [`Duration`]s.
+//!
+//! Every error is a [`ConfigError`] that names the file, the key and the problem, for example
+//! `etc/x.toml: limits.stanza_size: must be at least 10000 (RFC 6120 §13.12), got 500`. TOML syntax
+//! errors and type errors also carry the line and column toml reported.
+//!
+//! Not done here: certificate and key files are not opened (the TLS code does that, and reports
+//! its own errors); the dialback secret is not generated (start-up does that when it is `None`).
+//! Secrets never appear in `Debug` output.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::Domain;
+
+/// The smallest stanza size limit we accept: RFC 6120 §13.12 says servers must allow at least
+/// 10 000 bytes.
+pub const MIN_STANZA_SIZE: usize = 10_000;
+/// The smallest element depth limit we accept (a stanza with an error payload is already 4 deep).
+pub const MIN_DEPTH: usize = 8;
+/// The longest timeout we accept, in seconds (a week); longer values are almost certainly typos
+/// and would risk `Instant` overflow.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// The XMPP server-to-server port (RFC 6120 §14.7), used when a route gives no port.
+pub const DEFAULT_S2S_PORT: u16 = 5269;
+/// The DNS port, used when a nameserver gives no port.
+pub const DEFAULT_DNS_PORT: u16 = 53;
+
+/// The whole configuration, validated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file this was read from (as given on the command line).
+    pub path: PathBuf,
+    /// Hosted domains: at least one, no duplicates, in file order.
+    pub domains: Vec<Domain>,
+    /// The secret dialback keys are derived from (XEP-0185); `None` → 256 random bits at start-up.
+    /// Never empty when `Some`. Redacted in `Debug`.
+    pub dialback_secret: Option<String>,
+    /// Listening sockets.
+    pub listen: Listen,
+    /// External components (XEP-0114), in file order; no two share a domain.
+    pub components: Vec<ComponentConfig>,
+    /// DNS servers to ask; empty → the ones in `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    /// Static routes: remote domains reached at a fixed host and port instead of via DNS SRV.
+    pub routes: BTreeMap<Domain, StaticRoute>,
+    /// How long each kind of wait may last.
+    pub timeouts: Timeouts,
+    /// Caps on resources.
+    pub limits: Limits,
+    /// TLS certificates and per-peer encryption and verification policy.
+    pub tls: TlsPolicy,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("domains", &self.domains)
+            .field(
+                "dialback_secret",
+                &self.dialback_secret.as_ref().map(|_| Redacted),
+            )
+            .field("listen", &self.listen)
+            .field("components", &self.components)
+            .field("nameservers", &self.nameservers)
+            .field("routes", &self.routes)
+            .field("timeouts", &self.timeouts)
+            .field("limits", &self.limits)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// Stands in for a secret in `Debug` output.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[listen]`: the sockets we accept connections on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// Server-to-server listeners (STARTTLS when TLS is enabled); default `0.0.0.0:5269`.
+    /// At least one: peers must be able to reach us to verify our dialback keys.
+    pub s2s: Vec<SocketAddr>,
+    /// The external component listener (XEP-0114); default `127.0.0.1:5347`.
+    pub component: SocketAddr,
+    /// Direct-TLS server-to-server listeners (XEP-0368); default none. Needs TLS enabled.
+    pub direct_tls: Vec<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Listen {
+        Listen {
+            s2s: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_S2S_PORT))],
+            component: SocketAddr::from(([127, 0, 0, 1], 5347)),
+            direct_tls: Vec::new(),
+        }
+    }
+}
+
+/// `[[component]]`: one external component (XEP-0114).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ComponentConfig {
+    /// The domain the component serves.
+    pub domain: Domain,
+    /// The shared secret of the component handshake; never empty. Redacted in `Debug`.
+    pub secret: String,
+}
+
+impl fmt::Debug for ComponentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComponentConfig")
+            .field("domain", &self.domain)
+            .field("secret", &Redacted)
+            .finish()
+    }
+}
+
+/// `[routes]`: where to connect for one remote domain instead of asking DNS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticRoute {
+    /// A host name (validated, lower-case) or an IP address literal (IPv6 without brackets), so
+    /// `(host.as_str(), port)` works with `std::net::ToSocketAddrs`.
+    pub host: String,
+    /// The port; 5269 when the file gives none.
+    pub port: u16,
+}
+
+/// `[timeouts]`: every wait has a bound. Whole seconds (≥ 1) in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// One DNS lookup (all its retries); default 10 s.
+    pub dns: Duration,
+    /// One TCP connect attempt, per address; default 10 s.
+    pub connect: Duration,
+    /// From accept/connect until the stream is authenticated (TLS and dialback included); a
+    /// stream not done by then is closed with `connection-timeout`. Default 90 s.
+    pub negotiation: Duration,
+    /// Waiting for the answer to one `db:verify` or `db:result`; default 60 s.
+    pub dialback: Duration,
+    /// A verified stream with no stanza traffic for this long is closed; default 3600 s.
+    pub idle: Duration,
+    /// Whitespace keepalive interval on idle streams; default 300 s, always less than `idle`.
+    pub keepalive: Duration,
+    /// Waiting for the peer's `</stream:stream>` after sending ours; default 5 s.
+    pub close: Duration,
+    /// Bound on graceful shutdown after SIGTERM; default 10 s.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            dns: Duration::from_secs(10),
+            connect: Duration::from_secs(10),
+            negotiation: Duration::from_secs(90),
+            dialback: Duration::from_secs(60),
+            idle: Duration::from_secs(3600),
+            keepalive: Duration::from_secs(300),
+            close: Duration::from_secs(5),
+            shutdown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[limits]`: every resource has a cap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest stanza in bytes; default 524288, at least 10000 (RFC 6120 §13.12).
+    pub stanza_size: usize,
+    /// Deepest element nesting inside the stream; default 64, at least 8.
+    pub depth: usize,
+    /// Stanzas queued per (local, remote) domain pair while its stream is being set up; default
+    /// 10000.
+    pub queue: usize,
+    /// Stanzas waiting to be written on one stream; default 1024.
+    pub outbox: usize,
+    /// Outstanding `db:verify` requests caused by one inbound stream; default 8.
+    pub pending_verifications_per_stream: usize,
+    /// Outstanding `db:verify` requests in total; default 256.
+    pub pending_verifications: usize,
+    /// Streams in total, inbound plus outbound; default 4096.
+    pub connections: usize,
+    /// Inbound streams from one remote IP address; default 64.
+    pub connections_per_ip: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            stanza_size: 524_288,
+            depth: 64,
+            queue: 10_000,
+            outbox: 1024,
+            pending_verifications_per_stream: 8,
+            pending_verifications: 256,
+            connections: 4096,
+            connections_per_ip: 64,
+        }
+    }
+}
+
+/// How a peer's TLS certificate is checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CertMode {
+    /// Any certificate is accepted; the peer's identity is proven by dialback (`"dialback"`).
+    #[default]
+    Dialback,
+    /// The certificate must chain to a trusted CA and be valid for the peer's domain, RFC 6125
+    /// (`"pkix"`).
+    Pkix,
+}
+
+impl fmt::Display for CertMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CertMode::Dialback => "dialback",
+            CertMode::Pkix => "pkix",
+        })
+    }
+}
+
+/// `[tls.peers."DOMAIN"]`: overrides for one remote domain; `None` → the `[tls]` setting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerPolicy {
+    /// Overrides `tls.require_encryption` for this peer.
+    pub require_encryption: Option<bool>,
+    /// Overrides `tls.verify` for this peer.
+    pub verify: Option<CertMode>,
+    /// SHA-256 digests of the peer's SubjectPublicKeyInfo (DER); when non-empty, the peer's
+    /// certificate key must match one of them.
+    pub fingerprints: Vec<[u8; 32]>,
+}
+
+/// A certificate chain and its private key, both PEM files (not opened here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertPair {
+    /// The certificate chain, leaf first; relative paths are resolved against the config file's
+    /// directory.
+    pub certificate: PathBuf,
+    /// The private key; resolved like `certificate`.
+    pub key: PathBuf,
+}
+
+/// `[tls]`: certificates and the encryption and verification policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// Whether STARTTLS is offered and used at all. Default: true when any certificate is
+    /// configured. Always false when no certificate is configured.
+    pub enabled: bool,
+    /// Refuse to exchange stanzas with a peer over an unencrypted stream. Default: `enabled`.
+    /// Never true while `enabled` is false.
+    pub require_encryption: bool,
+    /// How peer certificates are checked, unless a peer overrides it. Default `Dialback`.
+    pub verify: CertMode,
+    /// PEM bundle of trusted CAs for `Pkix`; `None` → the system store.
+    pub ca_file: Option<PathBuf>,
+    /// The certificate for hosted domains without an entry in `certs`.
+    pub default_cert: Option<CertPair>,
+    /// Per-domain certificates (`[tls.domains."DOMAIN"]`); keys are local domains.
+    pub certs: BTreeMap<Domain, CertPair>,
+    /// Per-peer overrides (`[tls.peers."DOMAIN"]`).
+    pub peers: BTreeMap<Domain, PeerPolicy>,
+}
+
+impl TlsPolicy {
+    /// Whether a stream with `peer` must be encrypted before stanzas flow: the peer's
+    /// `require_encryption`, else `[tls] require_encryption`.
+    pub fn require_encryption_for(&self, peer: &Domain) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.require_encryption)
+            .unwrap_or(self.require_encryption)
+    }
+
+    /// How `peer`'s certificate is checked when the stream is encrypted: the peer's `verify`,
+    /// else `[tls] verify`.
+    pub fn verify_for(&self, peer: &Domain) -> CertMode {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.verify)
+            .unwrap_or(self.verify)
+    }
+
+    /// The SPKI SHA-256 pins for `peer`; empty when none are configured (no pinning).
+    pub fn pins_for(&self, peer: &Domain) -> &[[u8; 32]] {
+        self.peers
+            .get(peer)
+            .map(|p| p.fingerprints.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The certificate to present for local domain `domain`: its own, else the default one.
+    pub fn cert_for(&self, domain: &Domain) -> Option<&CertPair> {
+        self.certs.get(domain).or(self.default_cert.as_ref())
+    }
+}
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    file: PathBuf,
+    key: String,
+    message: String,
+    position: Option<(usize, usize)>,
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+            position: None,
+        }
+    }
+
+    /// The configuration file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The key at fault, as a dotted path: `limits.stanza_size`, `component[1].domain` (array
+    /// indices count from 0), `tls.peers."b.test".verify`. Empty when no key applies (the file
+    /// cannot be read, or a TOML syntax error).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What is wrong, without file, key or position.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Line and column (both from 1) toml reported, for syntax and type errors.
+    pub fn position(&self) -> Option<(usize, usize)> {
+        self.position
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some((line, column)) = self.position {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Read and validate the configuration file at `path`.
+    ///
+    /// Relative certificate, key and CA paths are resolved against the file's directory.
+    ///
+    /// # Errors
+    /// When the file cannot be read, is not valid TOML, or any value is invalid.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read the file: {e}")))?;
+        Config::parse(&text, path)
+    }
+
+    /// Validate configuration `text`; `path` is named in errors and relative paths in the
+    /// configuration are resolved against its directory.
+    ///
+    /// # Errors
+    /// When `text` is not valid TOML, or any value is invalid.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        Validator { file: path }.config(raw)
+    }
+
+    /// Hosted domains and component domains: every domain we serve and answer dialback for.
+    pub fn is_local(&self, d: &Domain) -> bool {
+        self.domains.contains(d) || self.components.iter().any(|c| &c.domain == d)
+    }
+
+    /// Every local domain once: hosted domains in file order, then component domains that are not
+    /// also hosted.
+    pub fn local_domains(&self) -> Vec<Domain> {
+        let mut out = self.domains.clone();
+        for c in &self.components {
+            if !out.contains(&c.domain) {
+                out.push(c.domain.clone());
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    domains: Option<Vec<String>>,
+    dialback_secret: Option<String>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    component: Vec<RawComponent>,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    tls: RawTls,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    s2s: Option<Vec<String>>,
+    component: Option<String>,
+    direct_tls: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComponent {
+    domain: String,
+    secret: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    dns: Option<i64>,
+    connect: Option<i64>,
+    negotiation: Option<i64>,
+    dialback: Option<i64>,
+    idle: Option<i64>,
+    keepalive: Option<i64>,
+    close: Option<i64>,
+    shutdown: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    stanza_size: Option<i64>,
+    depth: Option<i64>,
+    queue: Option<i64>,
+    outbox: Option<i64>,
+    pending_verifications_per_stream: Option<i64>,
+    pending_verifications: Option<i64>,
+    connections: Option<i64>,
+    connections_per_ip: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    enabled: Option<bool>,
+    require_encryption: Option<bool>,
+    verify: Option<String>,
+    ca_file: Option<String>,
+    certificate: Option<String>,
+    key: Option<String>,
+    #[serde(default)]
+    domains: BTreeMap<String, RawCertPair>,
+    #[serde(default)]
+    peers: BTreeMap<String, RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertPair {
+    certificate: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    require_encryption: Option<bool>,
+    verify: Option<String>,
+    #[serde(default)]
+    fingerprints: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: raw → typed.
+
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.file, key, message)
+    }
+
+    fn domain(&self, key: &str, s: &str) -> Result<Domain, ConfigError> {
+        Domain::parse(s).map_err(|e| self.err(key, e.to_string()))
+    }
+
+    /// A path from the file, relative ones resolved against the file's directory.
+    fn path(&self, key: &str, s: &str) -> Result<PathBuf, ConfigError> {
+        if s.is_empty() {
+            return Err(self.err(key, "must not be empty"));
+        }
+        let p = Path::new(s);
+        Ok(match self.file.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        })
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let domains = self.domains(raw.domains)?;
+        let dialback_secret = match raw.dialback_secret {
+            Some(s) if s.is_empty() => {
+                return Err(self.err(
+                    "dialback_secret",
+                    "must not be empty (leave it out to use a random secret per start)",
+                ))
+            }
+            other => other,
+        };
+        let components = self.components(raw.component)?;
+        let local: BTreeSet<Domain> = domains
+            .iter()
+            .chain(components.iter().map(|c| &c.domain))
+            .cloned()
+            .collect();
+        let tls = self.tls(raw.tls, &local)?;
+        let listen = self.listen(raw.listen, &tls)?;
+        let nameservers = raw
+            .dns
+            .nameservers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.nameserver(&format!("dns.nameservers[{i}]"), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes = self.routes(raw.routes, &local)?;
+        let timeouts = self.timeouts(raw.timeouts)?;
+        let limits = self.limits(raw.limits)?;
+        Ok(Config {
+            path: self.file.to_path_buf(),
+            domains,
+            dialback_secret,
+            listen,
+            components,
+            nameservers,
+            routes,
+            timeouts,
+            limits,
+            tls,
+        })
+    }
+
+    fn domains(&self, raw: Option<Vec<String>>) -> Result<Vec<Domain>, ConfigError> {
+        let raw = raw.ok_or_else(|| {
+            self.err(
+                "domains",
+                "missing: list the domains this server hosts, e.g. domains = [\"example.org\"]",
+            )
+        })?;
+        if raw.is_empty() {
+            return Err(self.err("domains", "must list at least one domain"));
+        }
+        let mut out: Vec<Domain> = Vec::with_capacity(raw.len());
+        for (i, s) in raw.iter().enumerate() {
+            let key = format!("domains[{i}]");
+            let d = self.domain(&key, s)?;
+            if out.contains(&d) {
+                return Err(self.err(key, format!("{d} is listed twice")));
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    fn components(&self, raw: Vec<RawComponent>) -> Result<Vec<ComponentConfig>, ConfigError> {
+        let mut out: Vec<ComponentConfig> = Vec::with_capacity(raw.len());
+        for (i, c) in raw.into_iter().enumerate() {
+            let key = format!("component[{i}].domain");
+            let domain = self.domain(&key, &c.domain)?;
+            if let Some(j) = out.iter().position(|o| o.domain == domain) {
+                return Err(self.err(
+                    key,
+                    format!("{domain} is already the domain of component[{j}]"),
+                ));
+            }
+            if c.secret.is_empty() {
+                return Err(self.err(format!("component[{i}].secret"), "must not be empty"));
+            }
+            out.push(ComponentConfig {
+                domain,
+                secret: c.secret,
+            });
+        }
+        Ok(out)
+    }
+
+    fn listen(&self, raw: RawListen, tls: &TlsPolicy) -> Result<Listen, ConfigError> {
+        let default = Listen::default();
+        let addrs = |name: &str, list: Option<Vec<String>>, default: Vec<SocketAddr>| {
+            list.map_or(Ok(default), |list| {
+                list.iter()
+                    .enumerate()
+                    .map(|(i, s)| self.socket_addr(&format!("listen.{name}[{i}]"), s))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        };
+        let s2s = addrs("s2s", raw.s2s, default.s2s)?;
+        if s2s.is_empty() {
+            return Err(self.err(
+                "listen.s2s",
+                "must list at least one address: peers connect to us to verify our dialback keys",
+            ));
+        }
+        let component = match raw.component {
+            Some(s) => self.socket_addr("listen.component", &s)?,
+            None => default.component,
+        };
+        let direct_tls = addrs("direct_tls", raw.direct_tls, default.direct_tls)?;
+        if !direct_tls.is_empty() && !tls.enabled {
+            return Err(self.err(
+                "listen.direct_tls",
+                "needs TLS: configure tls.certificate and tls.key, or remove direct_tls",
+            ));
+        }
+        let mut seen: Vec<(String, SocketAddr)> = Vec::new();
+        let all = s2s
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("listen.s2s[{i}]"), *a))
+            .chain(std::iter::once(("listen.component".to_string(), component)))
+            .chain(
+                direct_tls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("listen.direct_tls[{i}]"), *a)),
+            );
+        for (key, addr) in all {
+            if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr && addr.port() != 0) {
+                return Err(self.err(key, format!("{addr} is already used by {other}")));
+            }
+            seen.push((key, addr));
+        }
+        Ok(Listen {
+            s2s,
+            component,
+            direct_tls,
+        })
+    }
+
+    fn socket_addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse().map_err(|_| {
+            self.err(
+                key,
+                format!(
+                    "must be an IP address and port, like \"127.0.0.1:5269\" or \"[::1]:5269\", \
+                     got {s:?}"
+                ),
+            )
+        })
+    }
+
+    fn nameserver(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        let addr = s
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| {
+                s.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, DEFAULT_DNS_PORT))
+            })
+            .ok_or_else(|| {
+                self.err(
+                    key,
+                    format!(
+                        "must be an IP address with an optional port, like \"127.0.0.1\", \
+                         \"127.0.0.1:5353\", \"::1\" or \"[::1]:53\", got {s:?}"
+                    ),
+                )
+            })?;
+        if addr.port() == 0 {
+            return Err(self.err(key, "port must not be 0"));
+        }
+        Ok(addr)
+    }
+
+    fn routes(
+        &self,
+        raw: BTreeMap<String, String>,
+        local: &BTreeSet<Domain>,
+    ) -> Result<BTreeMap<Domain, StaticRoute>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, target) in raw {
+            let key = format!("routes.{}", key_segment(&name));
+            let domain = self.domain(&key, &name)?;
+            if local.contains(&domain) {
+                return Err(self.err(
+                    key,
+                    format!("{domain} is a local domain; routes are for remote domains"),
+                ));
+            }
+            let route = self.route(&key, &target)?;
+            if out.insert(domain.clone(), route).is_some() {
+                return Err(self.err(key, format!("a route for {domain} is given twice")));
+            }
+        }
+        Ok(out)
+    }
+
+    fn route(&self, key: &str, s: &str) -> Result<StaticRoute, ConfigError> {
+        let bad = |why: &str| {
+            self.err(
+                key,
+                format!(
+                    "{why}: expected \"HOST\" or \"HOST:PORT\" (HOST a name or IP address, \
+                     IPv6 in brackets with a port), got {s:?}"
+                ),
+            )
+        };
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (ip, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(|| bad("bad port"))?),
+            };
+            (ip, port)
+        } else if s.parse::<std::net::Ipv6Addr>().is_ok() {
+            (s, None)
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        let port = match port {
+            None => DEFAULT_S2S_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => return Err(bad("bad port")),
+            },
+        };
+        let host = match host.parse::<IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) if s.starts_with('[') => return Err(bad("bad IPv6 address")),
+            Err(_) => Domain::parse(host)
+                .map_err(|e| bad(&e.to_string()))?
+                .as_str()
+                .to_string(),
+        };
+        Ok(StaticRoute { host, port })
+    }
+
+    fn timeouts(&self, raw: RawTimeouts) -> Result<Timeouts, ConfigError> {
+        let d = Timeouts::default();
+        let secs = |name: &str, v: Option<i64>, default: Duration| -> Result<_, ConfigError> {
+            let Some(v) = v else { return Ok(default) };
+            let key = format!("timeouts.{name}");
+            if v < 1 {
+                return Err(self.err(key, format!("must be at least 1 (seconds), got {v}")));
+            }
+            if v.unsigned_abs() > MAX_TIMEOUT_SECS {
+                return Err(self.err(
+                    key,
+                    format!("must be at most {MAX_TIMEOUT_SECS} (seconds, a week), got {v}"),
+                ));
+            }
+            Ok(Duration::from_secs(v.unsigned_abs()))
+        };
+        let t = Timeouts {
+            dns: secs("dns", raw.dns, d.dns)?,
+            connect: secs("connect", raw.connect, d.connect)?,
+            negotiation: secs("negotiation", raw.negotiation, d.negotiation)?,
+            dialback: secs("dialback", raw.dialback, d.dialback)?,
+            idle: secs("idle", raw.idle, d.idle)?,
+            keepalive: secs("keepalive", raw.keepalive, d.keepalive)?,
+            close: secs("close", raw.close, d.close)?,
+            shutdown: secs("shutdown", raw.shutdown, d.shutdown)?,
+        };
+        if t.keepalive >= t.idle {
+            return Err(self.err(
+                "timeouts.keepalive",
+                format!(
+                    "must be less than timeouts.idle ({}), got {}",
+                    t.idle.as_secs(),
+                    t.keepalive.as_secs()
+                ),
+            ));
+        }
+        Ok(t)
+    }
+
+    fn limits(&self, raw: RawLimits) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let count = |name: &str, v: Option<i64>, default: usize, min: usize, why: &str| {
+            let Some(v) = v else { return Ok(default) };
+            match usize::try_from(v) {
+                Ok(n) if n >= min => Ok(n),
+                _ => Err(self.err(
+                    format!("limits.{name}"),
+                    format!("must be at least {min}{why}, got {v}"),
+                )),
+            }
+        };
+        Ok(Limits {
+            stanza_size: count(
+                "stanza_size",
+                raw.stanza_size,
+                d.stanza_size,
+                MIN_STANZA_SIZE,
+                " (RFC 6120 §13.12)",
+            )?,
+            depth: count("depth", raw.depth, d.depth, MIN_DEPTH, "")?,
+            queue: count("queue", raw.queue, d.queue, 1, "")?,
+            outbox: count("outbox", raw.outbox, d.outbox, 1, "")?,
+            pending_verifications_per_stream: count(
+                "pending_verifications_per_stream",
+                raw.pending_verifications_per_stream,
+                d.pending_verifications_per_stream,
+                1,
+                "",
+            )?,
+            pending_verifications: count(
+                "pending_verifications",
+                raw.pending_verifications,
+                d.pending_verifications,
+                1,
+                "",
+            )?,
+            connections: count("connections", raw.connections, d.connections, 1, "")?,
+            connections_per_ip: count(
+                "connections_per_ip",
+                raw.connections_per_ip,
+                d.connections_per_ip,
+                1,
+                "",
+            )?,
+        })
+    }
+
+    fn cert_mode(&self, key: &str, s: &str) -> Result<CertMode, ConfigError> {
+        match s {
+            "dialback" => Ok(CertMode::Dialback),
+            "pkix" => Ok(CertMode::Pkix),
+            _ => Err(self.err(key, format!("must be \"dialback\" or \"pkix\", got {s:?}"))),
+        }
+    }
+
+    fn tls(&self, raw: RawTls, local: &BTreeSet<Domain>) -> Result<TlsPolicy, ConfigError> {
+        let default_cert = match (raw.certificate, raw.key) {
+            (Some(c), Some(k)) => Some(CertPair {
+                certificate: self.path("tls.certificate", &c)?,
+                key: self.path("tls.key", &k)?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(self.err("tls.key", "missing: tls.certificate needs a key"))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(
+                    "tls.certificate",
+                    "missing: tls.key is set but no certificate",
+                ))
+            }
+        };
+        let mut certs = BTreeMap::new();
+        for (name, pair) in raw.domains {
+            let key = format!("tls.domains.{}", key_segment(&name));
+            let domain = self.domain(&key, &name)?;
+            if !local.contains(&domain) {
+                return Err(self.err(
+                    key,
+                    format!("{domain} is neither a hosted domain nor a component domain"),
+                ));
+            }
+            let pair = CertPair {
+                certificate: self.path(&format!("{key}.certificate"), &pair.certificate)?,
+                key: self.path(&format!("{key}.key"), &pair.key)?,
+            };
+            if certs.insert(domain.clone(), pair).is_some() {
+                return Err(self.err(key, format!("{domain} is given twice")));
+            }
+        }
+        let have_cert = default_cert.is_some() || !certs.is_empty();
+        let enabled = match raw.enabled {
+            Some(true) if !have_cert => {
+                return Err(self.err(
+                    "tls.certificate",
+                    "missing: tls.enabled is true but no certificate is configured (set \
+                     tls.certificate and tls.key; `dialbackd gen-cert DOMAIN --out DIR` makes a \
+                     self-signed one)",
+                ))
+            }
+            Some(e) => e,
+            None => have_cert,
+        };
+        let require_encryption =
+            match raw.require_encryption {
+                Some(true) if !enabled => return Err(self.err(
+                    "tls.require_encryption",
+                    "cannot be true while TLS is disabled (no certificate, or tls.enabled = false)",
+                )),
+                Some(r) => r,
+                None => enabled,
+            };
+        let verify = match raw.verify {
+            Some(s) => {
+                let mode = self.cert_mode("tls.verify", &s)?;
+                if mode == CertMode::Pkix && !enabled {
+                    return Err(self.err(
+                        "tls.verify",
+                        "\"pkix\" needs TLS, which is disabled (no certificate, or tls.enabled = \
+                         false)",
+                    ));
+                }
+                mode
+            }
+            None => CertMode::Dialback,
+        };
+        let ca_file = raw
+            .ca_file
+            .map(|s| self.path("tls.ca_file", &s))
+            .transpose()?;
+        let mut peers = BTreeMap::new();
+        for (name, p) in raw.peers {
+            let key = format!("tls.peers.{}", key_segment(&name));
+            let domain = self.domain(&key, &name)?;
+            let verify = p
+                .verify
+                .map(|s| self.cert_mode(&format!("{key}.verify"), &s))
+                .transpose()?;
+            let fingerprints = p
+                .fingerprints
+                .iter()
+                .enumerate()
+                .map(|(i, s)| self.fingerprint(&format!("{key}.fingerprints[{i}]"), s))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !enabled {
+                let problem = if p.require_encryption == Some(true) {
+                    Some("require_encryption")
+                } else if verify == Some(CertMode::Pkix) {
+                    Some("verify")
+                } else if !fingerprints.is_empty() {
+                    Some("fingerprints")
+                } else {
+                    None
+                };
+                if let Some(k) = problem {
+                    return Err(self.err(
+                        format!("{key}.{k}"),
+                        "needs TLS, which is disabled (no certificate, or tls.enabled = false)",
+                    ));
+                }
+            }
+            let policy = PeerPolicy {
+                require_encryption: p.require_encryption,
+                verify,
+                fingerprints,
+            };
+            if peers.insert(domain.clone(), policy).is_some() {
+                return Err(self.err(key, format!("{domain} is given twice")));
+            }
+        }
+        Ok(TlsPolicy {
+            enabled,
+            require_encryption,
+            verify,
+            ca_file,
+            default_cert,
+            certs,
+            peers,
+        })
+    }
+
+    /// `sha256:` + 64 hex digits, optionally with `:` between the bytes.
+    fn fingerprint(&self, key: &str, s: &str) -> Result<[u8; 32], ConfigError> {
+        let bad = || {
+            self.err(
+                key,
+                format!(
+                    "must be \"sha256:\" followed by 64 hex digits (the SHA-256 of the \
+                     certificate's SubjectPublicKeyInfo), optionally with ':' between bytes, \
+                     got {s:?}"
+                ),
+            )
+        };
+        let hex = s
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("sha256:"))
+            .map(|_| &s[7..])
+            .ok_or_else(bad)?;
+        let pairs: Vec<&str> = if hex.contains(':') {
+            hex.split(':').collect()
+        } else if hex.len() == 64 && hex.is_ascii() {
+            (0..32).map(|i| &hex[2 * i..2 * i + 2]).collect()
+        } else {
+            return Err(bad());
+        };
+        if pairs.len() != 32 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(pairs) {
+            if pair.len() != 2 || !pair.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// toml errors → ConfigError, with the key found from the error's position.
+
+/// `name` as one segment of a dotted key path: bare when TOML allows it, else quoted.
+fn key_segment(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let span = e.span();
+    let position = span.as_ref().map(|s| line_column(text, s.start));
+    let syntax_ok = toml::de::DeTable::parse(text).is_ok();
+    let key = match span {
+        Some(s) if syntax_ok => key_at(text, s.start),
+        _ => String::new(),
+    };
+    // serde speaks of fields, sequences and i64; the file has keys, arrays and integers.
+    let mut message = e
+        .message()
+        .trim_end()
+        .replace("unknown field", "unknown key")
+        .replace("missing field", "missing key")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected i64", "expected an integer");
+    if !syntax_ok {
+        message.insert_str(0, "TOML syntax error: ");
+    }
+    if key == "component" && message.contains("expected an array") {
+        message.push_str("; write [[component]] (double brackets) for each component");
+    }
+    let under_domain_map = ["routes.", "tls.domains.", "tls.peers."].iter().any(|p| {
+        key.strip_prefix(p)
+            .is_some_and(|rest| !rest.starts_with('"'))
+    });
+    if under_domain_map {
+        message.push_str(
+            "; quote domain names that contain dots, e.g. [tls.peers.\"b.example\"] or \
+             \"b.example\" = \"host:5269\"",
+        );
+    }
+    ConfigError {
+        file: file.to_path_buf(),
+        key,
+        message,
+        position,
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// The dotted path of the innermost key whose key or value contains byte `offset`.
+///
+/// Every entry is searched, not only those whose span contains the offset: the span of a table
+/// opened by a `[header]` covers the header, not the keys below it.
+fn key_at(text: &str, offset: usize) -> String {
+    use toml::de::{DeTable, DeValue};
+
+    /// The path below `value` to the innermost key or value containing `offset`.
+    fn find(value: &DeValue<'_>, offset: usize) -> Option<String> {
+        match value {
+            DeValue::Table(t) => t.iter().find_map(|(k, v)| {
+                let name = key_segment(k.get_ref());
+                match find(v.get_ref(), offset) {
+                    Some(rest) if rest.starts_with('[') => Some(format!("{name}{rest}")),
+                    Some(rest) => Some(format!("{name}.{rest}")),
+                    None if k.span().contains(&offset) || v.span().contains(&offset) => Some(name),
+                    None => None,
+                }
+            }),
+            DeValue::Array(a) => {
+                a.iter()
+                    .enumerate()
+                    .find_map(|(i, v)| match find(v.get_ref(), offset) {
+                        Some(rest) if rest.starts_with('[') => Some(format!("[{i}]{rest}")),
+                        Some(rest) => Some(format!("[{i}].{rest}")),
+                        None if v.span().contains(&offset) => Some(format!("[{i}]")),
+                        None => None,
+                    })
+            }
+            _ => None,
+        }
+    }
+
+    DeTable::parse(text)
+        .ok()
+        .and_then(|doc| find(&DeValue::Table(doc.into_inner()), offset))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "domains = [\"a.test\"]\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("etc/x.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn d(s: &str) -> Domain {
+        Domain::parse(s).unwrap()
+    }
+
+    #[test]
+    fn minimal_config_has_the_documented_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.path, Path::new("etc/x.toml"));
+        assert_eq!(c.domains, vec![d("a.test")]);
+        assert_eq!(c.dialback_secret, None);
+        assert_eq!(c.listen, Listen::default());
+        assert_eq!(c.listen.s2s, vec!["0.0.0.0:5269".parse().unwrap()]);
+        assert_eq!(c.listen.component, "127.0.0.1:5347".parse().unwrap());
+        assert!(c.listen.direct_tls.is_empty());
+        assert!(c.components.is_empty() && c.nameservers.is_empty() && c.routes.is_empty());
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.timeouts.negotiation, Duration::from_secs(90));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(3600));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.stanza_size, 524_288);
+        assert_eq!(c.tls, TlsPolicy::default());
+        assert!(!c.tls.enabled && !c.tls.require_encryption);
+        assert_eq!(c.tls.verify, CertMode::Dialback);
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let a = parse(include_str!("../etc/dialbackd.toml")).unwrap();
+        assert_eq!(a.domains, vec![d("a.test")]);
+        assert_eq!(a.listen.s2s, vec!["127.0.0.1:5269".parse().unwrap()]);
+        assert_eq!(a.components.len(), 1);
+        assert_eq!(a.components[0].domain, d("echo.a.test"));
+        assert_eq!(
+            a.routes[&d("b.test")],
+            StaticRoute {
+                host: "127.0.0.2".into(),
+                port: 5269
+            }
+        );
+        assert!(!a.tls.enabled);
+        // The example documents every default: it must not change them.
+        assert_eq!(a.timeouts, Timeouts::default());
+        assert_eq!(a.limits, Limits::default());
+
+        let b = parse(include_str!("../etc/peer.toml")).unwrap();
+        assert_eq!(b.domains, vec![d("b.test")]);
+        assert_eq!(b.listen.s2s, vec!["127.0.0.2:5269".parse().unwrap()]);
+        assert_eq!(b.listen.component, "127.0.0.2:5347".parse().unwrap());
+        assert!(b.routes.contains_key(&d("a.test")) && b.routes.contains_key(&d("echo.a.test")));
+        assert!(b.is_local(&d("echo.b.test")));
+    }
+
+    #[test]
+    fn stanza_size_below_rfc_minimum_is_named() {
+        let e = parse(&format!("{MIN}[limits]\nstanza_size = 500\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "etc/x.toml: limits.stanza_size: must be at least 10000 (RFC 6120 §13.12), got 500"
+        );
+        assert_eq!(e.key(), "limits.stanza_size");
+        assert_eq!(e.file(), Path::new("etc/x.toml"));
+        assert!(err(&format!("{MIN}[limits]\ndepth = 2\n"))
+            .contains("limits.depth: must be at least 8"));
+        assert!(err(&format!("{MIN}[limits]\noutbox = -1\n"))
+            .contains("limits.outbox: must be at least 1, got -1"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_key_and_position() {
+        let e = parse(&format!("{MIN}[limits]\nstanza_sise = 100000\n")).unwrap_err();
+        assert_eq!(e.key(), "limits.stanza_sise", "{e}");
+        assert!(e.message().contains("unknown key `stanza_sise`"), "{e}");
+        assert!(e.message().contains("stanza_size"), "{e}");
+        assert_eq!(e.position(), Some((3, 1)), "{e}");
+
+        let e = parse(&format!("domian = \"x\"\n{MIN}")).unwrap_err();
+        assert_eq!(e.key(), "domian", "{e}");
+
+        let e = parse(&format!(
+            "{MIN}[[component]]\ndomain = \"c.test\"\nsecert = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.key().starts_with("component[0]"), "{e}");
+        assert!(e.to_string().contains("secert"), "{e}");
+
+        let e = parse(&format!("{MIN}[tls.peers.\"b.test\"]\nverfy = \"pkix\"\n")).unwrap_err();
+        assert_eq!(e.key(), "tls.peers.\"b.test\".verfy", "{e}");
+    }
+
+    #[test]
+    fn common_mistakes_get_a_hint() {
+        let e = err(&format!(
+            "{MIN}[component]\ndomain = \"c.test\"\nsecret = \"s\"\n"
+        ));
+        assert!(
+            e.contains("component: invalid type: map, expected an array"),
+            "{e}"
+        );
+        assert!(e.contains("[[component]]"), "{e}");
+        let e = err(&format!("{MIN}[tls.peers.b.test]\nverify = \"pkix\"\n"));
+        assert!(e.contains("quote domain names"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let e = parse(&format!("{MIN}[timeouts]\ndns = \"10\"\n")).unwrap_err();
+        assert_eq!(e.key(), "timeouts.dns", "{e}");
+        assert!(e.message().contains("expected an integer"), "{e}");
+        assert_eq!(e.position().map(|p| p.0), Some(3), "{e}");
+        let e = parse(&format!("{MIN}[[component]]\ndomain = \"c.test\"\n")).unwrap_err();
+        assert!(e.key().starts_with("component"), "{e}");
+        assert!(e.message().contains("missing key `secret`"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_keep_line_and_column() {
+        let e = parse("domains = [\"a.test\"]\n\n[limits\n").unwrap_err();
+        assert_eq!(e.position().map(|p| p.0), Some(3), "{e}");
+        assert!(e.to_string().starts_with("etc/x.toml: "), "{e}");
+        assert!(e.to_string().contains("(line 3, column"), "{e}");
+        assert!(e.message().starts_with("TOML syntax error: "), "{e}");
+        assert_eq!(e.key(), "");
+    }
+
+    #[test]
+    fn domains_required_unique_and_valid() {
+        assert!(err("").contains("etc/x.toml: domains: missing"));
+        assert!(err("domains = []").contains("domains: must list at least one"));
+        let e = err("domains = [\"a.test\", \"A.test.\"]");
+        assert!(e.contains("domains[1]: a.test is listed twice"), "{e}");
+        let e = err("domains = [\"a..test\"]");
+        assert!(e.contains("domains[0]: invalid domain"), "{e}");
+    }
+
+    #[test]
+    fn components_may_share_a_hosted_domain_but_not_each_other() {
+        let ok = format!(
+            "{MIN}[[component]]\ndomain = \"a.test\"\nsecret = \"s\"\n\
+             [[component]]\ndomain = \"echo.a.test\"\nsecret = \"t\"\n"
+        );
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.local_domains(), vec![d("a.test"), d("echo.a.test")]);
+        assert!(c.is_local(&d("echo.a.test")) && c.is_local(&d("A.TEST")));
+        assert!(!c.is_local(&d("b.test")));
+
+        let dup = format!(
+            "{MIN}[[component]]\ndomain = \"e.test\"\nsecret = \"s\"\n\
+             [[component]]\ndomain = \"E.test\"\nsecret = \"t\"\n"
+        );
+        let e = err(&dup);
+        assert!(
+            e.contains("component[1].domain: e.test is already the domain of component[0]"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MIN}[[component]]\ndomain = \"e.test\"\nsecret = \"\"\n"
+        ));
+        assert!(e.contains("component[0].secret: must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = parse(&format!(
+            "dialback_secret = \"hunter2-dialback\"\n{MIN}\
+             [[component]]\ndomain = \"e.test\"\nsecret = \"hunter2-component\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.dialback_secret.as_deref(), Some("hunter2-dialback"));
+        let dbg = format!("{c:?} {:?} {:#?}", c.components[0], c);
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+        let e = err(&format!("dialback_secret = \"\"\n{MIN}"));
+        assert!(e.contains("dialback_secret: must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn listen_addresses_parse_and_do_not_collide() {
+        let c = parse(&format!(
+            "{MIN}[listen]\ns2s = [\"127.0.0.1:5269\", \"[::1]:5269\"]\ncomponent = \"127.0.0.1:6000\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.listen.s2s[1], "[::1]:5269".parse().unwrap());
+        let e = err(&format!("{MIN}[listen]\ns2s = [\"localhost:5269\"]\n"));
+        assert!(
+            e.contains("listen.s2s[0]: must be an IP address and port"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}[listen]\ns2s = []\n"));
+        assert!(e.contains("listen.s2s: must list at least one"), "{e}");
+        let e = err(&format!("{MIN}[listen]\ncomponent = \"0.0.0.0:5269\"\n"));
+        assert!(
+            e.contains("listen.component: 0.0.0.0:5269 is already used by listen.s2s[0]"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}[listen]\ndirect_tls = [\"0.0.0.0:5270\"]\n"));
+        assert!(e.contains("listen.direct_tls: needs TLS"), "{e}");
+    }
+
+    #[test]
+    fn nameservers_default_to_port_53() {
+        let c = parse(&format!(
+            "{MIN}[dns]\nnameservers = [\"127.0.0.1\", \"127.0.0.1:5353\", \"::1\", \"[::1]:53\"]\n"
+        ))
+        .unwrap();
+        let want: Vec<SocketAddr> = ["127.0.0.1:53", "127.0.0.1:5353", "[::1]:53", "[::1]:53"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(c.nameservers, want);
+        let e = err(&format!("{MIN}[dns]\nnameservers = [\"ns1.test\"]\n"));
+        assert!(
+            e.contains("dns.nameservers[0]: must be an IP address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn routes_take_names_ips_and_default_port() {
+        let c = parse(&format!(
+            "{MIN}[routes]\n\"b.test\" = \"127.0.0.2:5269\"\n\"c.test\" = \"Relay.Example\"\n\
+             \"d.test\" = \"[::1]:5270\"\n\"e.test\" = \"::1\"\n\"f.test\" = \"[::2]\"\n"
+        ))
+        .unwrap();
+        let r = |s: &str| c.routes[&d(s)].clone();
+        let sr = |h: &str, p| StaticRoute {
+            host: h.into(),
+            port: p,
+        };
+        assert_eq!(r("b.test"), sr("127.0.0.2", 5269));
+        assert_eq!(r("c.test"), sr("relay.example", 5269));
+        assert_eq!(r("d.test"), sr("::1", 5270));
+        assert_eq!(r("e.test"), sr("::1", 5269));
+        assert_eq!(r("f.test"), sr("::2", 5269));
+        let e = err(&format!("{MIN}[routes]\n\"b.test\" = \"127.0.0.2:0\"\n"));
+        assert!(e.contains("routes.\"b.test\": bad port"), "{e}");
+        let e = err(&format!("{MIN}[routes]\n\"b..test\" = \"127.0.0.2\"\n"));
+        assert!(e.contains("routes.\"b..test\": invalid domain"), "{e}");
+        let e = err(&format!("{MIN}[routes]\n\"a.test\" = \"127.0.0.2\"\n"));
+        assert!(e.contains("is a local domain"), "{e}");
+        let e = err(&format!("{MIN}[routes]\nb.test = \"127.0.0.2\"\n"));
+        assert!(e.contains("quote domain names"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_are_whole_positive_seconds() {
+        let c = parse(&format!("{MIN}[timeouts]\nnegotiation = 30\nclose = 1\n")).unwrap();
+        assert_eq!(c.timeouts.negotiation, Duration::from_secs(30));
+        assert_eq!(c.timeouts.close, Duration::from_secs(1));
+        let e = err(&format!("{MIN}[timeouts]\nconnect = 0\n"));
+        assert!(
+            e.contains("timeouts.connect: must be at least 1 (seconds), got 0"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}[timeouts]\nidle = 100\nkeepalive = 100\n"));
+        assert!(
+            e.contains("timeouts.keepalive: must be less than timeouts.idle (100)"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}[timeouts]\ndns = 99999999\n"));
+        assert!(e.contains("timeouts.dns: must be at most"), "{e}");
+    }
+
+    #[test]
+    fn tls_defaults_follow_the_certificates() {
+        let base = format!("{MIN}[tls]\ncertificate = \"certs/a.pem\"\nkey = \"/k/a.key\"\n");
+        let c = Config::parse(&base, Path::new("/etc/dialbackd/dialbackd.toml")).unwrap();
+        assert!(c.tls.enabled && c.tls.require_encryption);
+        let pair = c.tls.default_cert.as_ref().unwrap();
+        assert_eq!(pair.certificate, Path::new("/etc/dialbackd/certs/a.pem"));
+        assert_eq!(pair.key, Path::new("/k/a.key"));
+        assert_eq!(c.tls.cert_for(&d("a.test")), Some(pair));
+
+        let c = parse(&format!("{base}require_encryption = false\n")).unwrap();
+        assert!(c.tls.enabled && !c.tls.require_encryption);
+        let c = parse(&format!("{base}enabled = false\n")).unwrap();
+        assert!(!c.tls.enabled && !c.tls.require_encryption);
+
+        let e = err(&format!("{MIN}[tls]\nenabled = true\n"));
+        assert!(e.contains("etc/x.toml: tls.certificate: missing"), "{e}");
+        let e = err(&format!("{MIN}[tls]\nrequire_encryption = true\n"));
+        assert!(e.contains("tls.require_encryption: cannot be true"), "{e}");
+        let e = err(&format!("{MIN}[tls]\ncertificate = \"a.pem\"\n"));
+        assert!(e.contains("tls.key: missing"), "{e}");
+        let e = err(&format!("{MIN}[tls]\ncertificate = \"\"\nkey = \"k\"\n"));
+        assert!(e.contains("tls.certificate: must not be empty"), "{e}");
+        let e = err(&format!("{MIN}[tls]\nverify = \"pkix\"\n"));
+        assert!(e.contains("tls.verify: \"pkix\" needs TLS"), "{e}");
+        let e = err(&format!("{base}verify = \"PKIX-ish\"\n"));
+        assert!(
+            e.contains("tls.verify: must be \"dialback\" or \"pkix\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn per_domain_certificates_are_for_local_domains() {
+        let text =
+            format!("{MIN}[tls.domains.\"a.test\"]\ncertificate = \"a.pem\"\nkey = \"a.key\"\n");
+        let c = Config::parse(&text, Path::new("conf/x.toml")).unwrap();
+        assert!(c.tls.enabled && c.tls.default_cert.is_none());
+        assert_eq!(c.tls.certs[&d("a.test")].key, Path::new("conf/a.key"));
+        let e = err(&format!(
+            "{MIN}[tls.domains.\"z.test\"]\ncertificate = \"a.pem\"\nkey = \"a.key\"\n"
+        ));
+        assert!(
+            e.contains("tls.domains.\"z.test\": z.test is neither"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MIN}[tls.domains.\"a.test\"]\ncertificate = \"a.pem\"\n"
+        ));
+        assert!(
+            e.contains("tls.domains.\"a.test\"") && e.contains("missing key `key`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn peer_policies_override_the_defaults() {
+        let pin_hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let pin_colons: String = (0..32)
+            .map(|i| &pin_hex[2 * i..2 * i + 2])
+            .collect::<Vec<_>>()
+            .join(":");
+        let text = format!(
+            "{MIN}[tls]\ncertificate = \"a.pem\"\nkey = \"a.key\"\n\
+             [tls.peers.\"old.test\"]\nrequire_encryption = false\n\
+             [tls.peers.\"b.test\"]\nverify = \"pkix\"\n\
+             fingerprints = [\"sha256:{pin_hex}\", \"SHA256:{pin_colons}\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        let t = &c.tls;
+        assert!(t.require_encryption_for(&d("b.test")));
+        assert!(!t.require_encryption_for(&d("old.test")));
+        assert!(t.require_encryption_for(&d("other.test")));
+        assert_eq!(t.verify_for(&d("b.test")), CertMode::Pkix);
+        assert_eq!(t.verify_for(&d("old.test")), CertMode::Dialback);
+        let pins = t.pins_for(&d("b.test"));
+        assert_eq!(pins.len(), 2);
+        assert_eq!(pins[0], pins[1]);
+        assert_eq!(pins[0][..4], [0x00, 0x11, 0x22, 0x33]);
+        assert_eq!(pins[0][31], 0xff);
+        assert!(t.pins_for(&d("old.test")).is_empty());
+
+        for bad in [
+            "sha256:00",
+            "md5:00",
+            "sha256:zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        ] {
+            let e = err(&format!(
+                "{MIN}[tls]\ncertificate = \"a.pem\"\nkey = \"a.key\"\n\
+                 [tls.peers.\"b.test\"]\nfingerprints = [\"{bad}\"]\n"
+            ));
+            assert!(
+                e.contains("tls.peers.\"b.test\".fingerprints[0]: must be \"sha256:\""),
+                "{e}"
+            );
+        }
+        let e = err(&format!(
+            "{MIN}[tls.peers.\"b.test\"]\nrequire_encryption = true\n"
+        ));
+        assert!(
+            e.contains("tls.peers.\"b.test\".require_encryption: needs TLS"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MIN}[tls.peers.\"b.test\"]\nfingerprints = [\"sha256:{pin_hex}\"]\n"
+        ));
+        assert!(
+            e.contains("tls.peers.\"b.test\".fingerprints: needs TLS"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn load_reads_a_file_and_resolves_paths_next_to_it() {
+        let dir =
+            std::env::temp_dir().join(format!("dialbackd-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dialbackd.toml");
+        std::fs::write(
+            &file,
+            format!("{MIN}[tls]\ncertificate = \"a.pem\"\nkey = \"a.key\"\nca_file = \"ca.pem\"\n"),
+        )
+        .unwrap();
+        let c = Config::load(&file);
+        let missing = Config::load(&dir.join("nope.toml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let c = c.unwrap();
+        assert_eq!(c.path, file);
+        assert_eq!(c.tls.default_cert.unwrap().certificate, dir.join("a.pem"));
+        assert_eq!(c.tls.ca_file, Some(dir.join("ca.pem")));
+        let e = missing.unwrap_err();
+        assert!(
+            e.to_string().contains("nope.toml: cannot read the file"),
+            "{e}"
+        );
+        assert_eq!(e.key(), "");
+    }
+}

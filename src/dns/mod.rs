@@ -1,0 +1,670 @@
+//! Blocking DNS lookups for server-to-server connections.
+//!
+//! This module finds where to connect for outbound S2S traffic to a remote
+//! domain:
+//!
+//! * `_xmpp-server._tcp.<domain>` SRV records (RFC 6120 §3.2.1), ordered by
+//!   priority and weight as RFC 2782 describes ([`order_srv`]);
+//! * `_xmpps-server._tcp.<domain>` SRV records for direct TLS (XEP-0368),
+//!   merged with the plain records into one RFC 2782 set;
+//! * the fallback to the domain itself on port 5269 when there are no SRV
+//!   records (RFC 6120 §3.2.2);
+//! * A and AAAA lookups of the chosen targets ([`Resolver::ips`]).
+//!
+//! It is a small stub resolver: `hickory-proto` encodes and decodes the
+//! messages, and `std::net` sockets carry them (UDP, with a TCP retry when the
+//! answer is truncated). Each query uses a fresh UDP socket (random source
+//! port), a random 16-bit id, recursion desired and EDNS with a 1232-byte
+//! payload. Answers whose id, question name or type don't match are ignored.
+//! Every query has a hard overall deadline, so a lookup never blocks longer
+//! than `timeout * attempts * nameservers`.
+//!
+//! Out of scope: caching, `/etc/hosts`, `search`/`ndots` handling (all names
+//! are queried as fully qualified), DNSSEC, and non-ASCII (IDNA) names, which
+//! are rejected with [`DnsError::BadName`]. Connecting to the targets, and
+//! trying every address of a target before the next one, is the caller's job.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use ring::rand::{SecureRandom, SystemRandom};
+
+mod srv;
+pub use srv::order_srv;
+use srv::{order_by, system_rand};
+
+/// Default S2S port used for the A/AAAA fallback (RFC 6120 §3.2.2).
+pub const DEFAULT_S2S_PORT: u16 = 5269;
+
+/// EDNS UDP payload size we advertise (the DNS flag day 2020 value).
+const EDNS_PAYLOAD: u16 = 1232;
+
+/// Number of passes over the nameserver list.
+const ATTEMPTS: usize = 2;
+
+/// One SRV resource record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SrvRecord {
+    pub priority: u16,
+    pub weight: u16,
+    pub port: u16,
+    /// Lowercase, without the trailing dot; the root target is kept as `"."`.
+    pub target: String,
+}
+
+/// A place to connect to, in the order returned by [`Resolver::resolve_s2s`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// Connect with TLS from the first byte (XEP-0368); otherwise plain TCP
+    /// (STARTTLS later).
+    pub direct_tls: bool,
+}
+
+/// Why a lookup failed.
+#[derive(Debug)]
+pub enum DnsError {
+    /// The only `_xmpp-server` record has target `"."`: the service is
+    /// decidedly not available (RFC 6120 §3.2.1).
+    NoService,
+    /// No answer from any nameserver within the bound.
+    Timeout,
+    /// SERVFAIL/REFUSED/other error rcode, or a malformed answer.
+    ServerFailure(String),
+    /// The name cannot be encoded as a DNS name.
+    BadName(String),
+    Io(io::Error),
+}
+
+impl fmt::Display for DnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DnsError::NoService => {
+                f.write_str("service decidedly not available (SRV target \".\")")
+            }
+            DnsError::Timeout => f.write_str("DNS query timed out"),
+            DnsError::ServerFailure(s) => write!(f, "DNS server failure: {s}"),
+            DnsError::BadName(s) => write!(f, "invalid DNS name: {s}"),
+            DnsError::Io(e) => write!(f, "DNS I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DnsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DnsError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for DnsError {
+    fn from(e: io::Error) -> Self {
+        DnsError::Io(e)
+    }
+}
+
+impl DnsError {
+    /// True when the failure means "the domain does not exist / has no XMPP
+    /// service" (bounce `remote-server-not-found`) rather than a transient
+    /// failure. A name that cannot be a DNS name ([`DnsError::BadName`]) also
+    /// counts as not found.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, DnsError::NoService | DnsError::BadName(_))
+    }
+}
+
+/// Result of one successful exchange.
+enum Answer {
+    /// NOERROR: the answer section (possibly empty = NODATA).
+    Records(Vec<Record>),
+    /// NXDOMAIN.
+    NxDomain,
+}
+
+/// A blocking stub resolver (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct Resolver {
+    nameservers: Vec<SocketAddr>,
+    timeout: Duration,
+    attempts: usize,
+}
+
+impl Resolver {
+    /// Use these nameservers (ip:port). `timeout` bounds each query attempt.
+    pub fn new(nameservers: Vec<SocketAddr>, timeout: Duration) -> Resolver {
+        Resolver {
+            nameservers,
+            timeout,
+            attempts: ATTEMPTS,
+        }
+    }
+
+    /// Nameservers from `nameserver` lines of /etc/resolv.conf (port 53).
+    /// Error if the file has none.
+    pub fn from_system(timeout: Duration) -> io::Result<Resolver> {
+        let text = std::fs::read_to_string("/etc/resolv.conf")?;
+        let ns = Self::parse_resolv_conf(&text);
+        if ns.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no nameserver lines in /etc/resolv.conf",
+            ));
+        }
+        Ok(Resolver::new(ns, timeout))
+    }
+
+    /// Parse resolv.conf text: `nameserver <ip>` lines, port 53. Comments
+    /// (`#`, `;`) and unparsable addresses are skipped. An IPv6 zone index is
+    /// kept when it is numeric (`fe80::1%2`); named zones are skipped.
+    pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let line = line.split(['#', ';']).next().unwrap_or("");
+            let mut words = line.split_whitespace();
+            if words.next() != Some("nameserver") {
+                continue;
+            }
+            let Some(addr) = words.next() else { continue };
+            if let Ok(ip) = addr.parse::<IpAddr>() {
+                out.push(SocketAddr::new(ip, 53));
+            } else if let Some((ip, zone)) = addr.split_once('%') {
+                if let (Ok(ip), Ok(scope)) = (ip.parse(), zone.parse()) {
+                    out.push(SocketAddr::V6(std::net::SocketAddrV6::new(
+                        ip, 53, 0, scope,
+                    )));
+                }
+            }
+        }
+        out
+    }
+
+    /// SRV records for `name` (e.g. `_xmpp-server._tcp.example.org`), in
+    /// answer order. NXDOMAIN or NODATA give `Ok(empty)`.
+    pub fn srv(&self, name: &str) -> Result<Vec<SrvRecord>, DnsError> {
+        let qname = to_name(name)?;
+        let records = match self.query(&qname, RecordType::SRV)? {
+            Answer::NxDomain => return Ok(Vec::new()),
+            Answer::Records(r) => r,
+        };
+        let owners = owner_chain(&qname, &records);
+        let out = records
+            .iter()
+            .filter(|r| owners.contains(&r.name))
+            .filter_map(|r| match &r.data {
+                RData::SRV(s) => Some(SrvRecord {
+                    priority: s.priority,
+                    weight: s.weight,
+                    port: s.port,
+                    target: name_to_string(&s.target),
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(out)
+    }
+
+    /// A and AAAA addresses of `host` (IPv4 first, then IPv6). NXDOMAIN/NODATA
+    /// give `Ok(empty)`. An IP literal is returned without querying.
+    pub fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let qname = to_name(host)?;
+        let v4 = self.addresses(&qname, RecordType::A);
+        let v6 = self.addresses(&qname, RecordType::AAAA);
+        match (v4, v6) {
+            (Ok(mut a), Ok(b)) => {
+                a.extend(b);
+                Ok(a)
+            }
+            // One family failed: use the other if it gave addresses.
+            (Ok(a), Err(e)) | (Err(e), Ok(a)) => {
+                if a.is_empty() {
+                    Err(e)
+                } else {
+                    log::debug!("dns: {host}: one address family failed: {e}");
+                    Ok(a)
+                }
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    fn addresses(&self, qname: &Name, rtype: RecordType) -> Result<Vec<IpAddr>, DnsError> {
+        let records = match self.query(qname, rtype)? {
+            Answer::NxDomain => return Ok(Vec::new()),
+            Answer::Records(r) => r,
+        };
+        let owners = owner_chain(qname, &records);
+        Ok(records
+            .iter()
+            .filter(|r| owners.contains(&r.name))
+            .filter_map(|r| match (&r.data, rtype) {
+                (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
+                (RData::AAAA(a), RecordType::AAAA) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Where to connect for S2S traffic to `domain`, in the order to try
+    /// (RFC 6120 §3.2, XEP-0368):
+    ///
+    /// * `_xmpp-server` and `_xmpps-server` records form one RFC 2782 set;
+    ///   `xmpps` targets get `direct_tls = true`;
+    /// * a single `"."` `_xmpp-server` record gives [`DnsError::NoService`]
+    ///   (unless `_xmpps-server` offers usable targets, which are then used);
+    /// * `"."` in `_xmpps-server` only means "no direct TLS";
+    /// * no usable records at all, or a failed `_xmpp-server` query →
+    ///   `[domain:5269, plain]` (the latter logged at warn);
+    /// * when records exist the fallback is never added.
+    pub fn resolve_s2s(&self, domain: &str) -> Result<Vec<Target>, DnsError> {
+        let domain = normalize(domain);
+        // Validate once so a bad domain is BadName rather than a fallback.
+        to_name(&domain)?;
+
+        let plain_name = format!("_xmpp-server._tcp.{domain}");
+        let plain = match self.srv(&plain_name) {
+            Ok(r) => r,
+            Err(e @ DnsError::BadName(_)) => return Err(e),
+            Err(e) => {
+                log::warn!("dns: SRV lookup of {plain_name} failed ({e}); falling back to {domain}:{DEFAULT_S2S_PORT} if no direct-TLS records");
+                Vec::new()
+            }
+        };
+        let tls_name = format!("_xmpps-server._tcp.{domain}");
+        let tls = match self.srv(&tls_name) {
+            Ok(r) => r,
+            Err(e @ DnsError::BadName(_)) => return Err(e),
+            Err(e) => {
+                log::debug!("dns: SRV lookup of {tls_name} failed ({e}); ignoring direct TLS");
+                Vec::new()
+            }
+        };
+        let plain_refused = plain.len() == 1 && plain[0].target == ".";
+
+        let mut set: Vec<(SrvRecord, bool)> = plain.into_iter().map(|r| (r, false)).collect();
+        set.extend(tls.into_iter().map(|r| (r, true)));
+        let ordered = order_by(set, |(r, _)| r, &mut system_rand);
+        if ordered.is_empty() {
+            if plain_refused {
+                log::debug!("dns: {domain}: SRV target \".\": no XMPP service");
+                return Err(DnsError::NoService);
+            }
+            log::debug!("dns: {domain}: no SRV records, using {domain}:{DEFAULT_S2S_PORT}");
+            return Ok(vec![Target {
+                host: domain,
+                port: DEFAULT_S2S_PORT,
+                direct_tls: false,
+            }]);
+        }
+        Ok(ordered
+            .into_iter()
+            .map(|(r, direct_tls)| Target {
+                host: r.target,
+                port: r.port,
+                direct_tls,
+            })
+            .collect())
+    }
+
+    /// One query with retries over all nameservers and a hard deadline.
+    fn query(&self, qname: &Name, rtype: RecordType) -> Result<Answer, DnsError> {
+        let tries = self.attempts.max(1) * self.nameservers.len().max(1);
+        let overall = Instant::now() + self.timeout * tries as u32;
+        let mut last = DnsError::Timeout;
+        for _ in 0..self.attempts.max(1) {
+            for &ns in &self.nameservers {
+                let now = Instant::now();
+                if now >= overall {
+                    return Err(last);
+                }
+                let deadline = (now + self.timeout).min(overall);
+                match self.exchange(ns, qname, rtype, deadline) {
+                    Ok(msg) => match msg.metadata.response_code {
+                        ResponseCode::NoError => return Ok(Answer::Records(msg.answers)),
+                        ResponseCode::NXDomain => return Ok(Answer::NxDomain),
+                        rc => {
+                            log::debug!("dns: {ns}: {qname} {rtype}: rcode {rc}");
+                            last = DnsError::ServerFailure(format!("{rc} from {ns}"));
+                        }
+                    },
+                    Err(e) => {
+                        log::debug!("dns: {ns}: {qname} {rtype}: {e}");
+                        // Keep the most informative error: a timeout says less
+                        // than a server failure or an I/O error.
+                        if !matches!(e, DnsError::Timeout) || matches!(last, DnsError::Timeout) {
+                            if let DnsError::BadName(_) = e {
+                                return Err(e);
+                            }
+                            last = e;
+                        }
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// One attempt against one nameserver: UDP, then TCP if truncated.
+    fn exchange(
+        &self,
+        ns: SocketAddr,
+        qname: &Name,
+        rtype: RecordType,
+        deadline: Instant,
+    ) -> Result<Message, DnsError> {
+        let id = random_id()?;
+        let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+        msg.add_query(Query::query(qname.clone(), rtype));
+        msg.metadata.recursion_desired = true;
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        msg.set_edns(edns);
+        let wire = msg
+            .to_vec()
+            .map_err(|e| DnsError::BadName(format!("{qname}: {e}")))?;
+
+        let bind: SocketAddr = if ns.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal")
+        } else {
+            "[::]:0".parse().expect("literal")
+        };
+        let sock = UdpSocket::bind(bind)?;
+        sock.connect(ns)?;
+        sock.send(&wire)?;
+        let mut buf = vec![0u8; 65535];
+        loop {
+            sock.set_read_timeout(Some(remaining(deadline)?))?;
+            let n = match sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if is_timeout(&e) => return Err(DnsError::Timeout),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DnsError::Io(e)),
+            };
+            let data = &buf[..n];
+            match Message::from_vec(data) {
+                Ok(resp) if matches_query(&resp, id, qname, rtype) => {
+                    if resp.metadata.truncation {
+                        log::debug!("dns: {ns}: {qname} {rtype}: truncated, retrying over TCP");
+                        return tcp_exchange(ns, &wire, id, qname, rtype, deadline);
+                    }
+                    return Ok(resp);
+                }
+                Ok(_) => log::debug!("dns: {ns}: ignoring non-matching answer"),
+                Err(e) => {
+                    // A truncated answer may not decode; its header still tells.
+                    if truncated_header(data, id) {
+                        log::debug!("dns: {ns}: undecodable truncated answer, retrying over TCP");
+                        return tcp_exchange(ns, &wire, id, qname, rtype, deadline);
+                    }
+                    log::debug!("dns: {ns}: ignoring undecodable datagram: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn tcp_exchange(
+    ns: SocketAddr,
+    wire: &[u8],
+    id: u16,
+    qname: &Name,
+    rtype: RecordType,
+    deadline: Instant,
+) -> Result<Message, DnsError> {
+    let len = u16::try_from(wire.len())
+        .map_err(|_| DnsError::BadName(format!("{qname}: query too long")))?;
+    let mut stream =
+        TcpStream::connect_timeout(&ns, remaining(deadline)?).map_err(io_or_timeout)?;
+    stream.set_write_timeout(Some(remaining(deadline)?))?;
+    let mut out = Vec::with_capacity(wire.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(wire);
+    stream.write_all(&out).map_err(io_or_timeout)?;
+    let mut lenbuf = [0u8; 2];
+    read_full(&mut stream, &mut lenbuf, deadline)?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(lenbuf))];
+    read_full(&mut stream, &mut body, deadline)?;
+    let resp = Message::from_vec(&body)
+        .map_err(|e| DnsError::ServerFailure(format!("malformed TCP answer from {ns}: {e}")))?;
+    if !matches_query(&resp, id, qname, rtype) {
+        return Err(DnsError::ServerFailure(format!(
+            "TCP answer from {ns} does not match the query"
+        )));
+    }
+    Ok(resp)
+}
+
+/// `read_exact` that honours an overall deadline.
+fn read_full(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(), DnsError> {
+    let mut got = 0;
+    while got < buf.len() {
+        stream.set_read_timeout(Some(remaining(deadline)?))?;
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(DnsError::ServerFailure(
+                    "TCP connection closed mid-answer".into(),
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_or_timeout(e)),
+        }
+    }
+    Ok(())
+}
+
+fn remaining(deadline: Instant) -> Result<Duration, DnsError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(DnsError::Timeout)
+    } else {
+        Ok(left)
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn io_or_timeout(e: io::Error) -> DnsError {
+    if is_timeout(&e) {
+        DnsError::Timeout
+    } else {
+        DnsError::Io(e)
+    }
+}
+
+/// Does `resp` answer our query (id, QR, one question with our name/type/class)?
+fn matches_query(resp: &Message, id: u16, qname: &Name, rtype: RecordType) -> bool {
+    resp.metadata.id == id
+        && resp.metadata.message_type == MessageType::Response
+        && resp.queries.len() == 1
+        && resp.queries[0].name() == qname // case-insensitive
+        && resp.queries[0].query_type() == rtype
+        && resp.queries[0].query_class() == DNSClass::IN
+}
+
+/// Raw header check for an answer that did not decode: our id, QR=1, TC=1.
+fn truncated_header(data: &[u8], id: u16) -> bool {
+    data.len() >= 12 && u16::from_be_bytes([data[0], data[1]]) == id && data[2] & 0x82 == 0x82
+}
+
+/// The query name plus every name reached from it through CNAME records in
+/// the answer (a recursive server has already followed the chain).
+fn owner_chain(qname: &Name, records: &[Record]) -> Vec<Name> {
+    let mut owners = vec![qname.clone()];
+    // Bounded: each pass adds at most one name, and there are at most
+    // `records.len()` CNAMEs.
+    for _ in 0..records.len().min(16) {
+        let next = records.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if owners.contains(&r.name) && !owners.contains(&c.0) => {
+                Some(c.0.clone())
+            }
+            _ => None,
+        });
+        match next {
+            Some(n) => owners.push(n),
+            None => break,
+        }
+    }
+    owners
+}
+
+/// Lowercase, without one trailing dot.
+fn normalize(name: &str) -> String {
+    let name = name.trim();
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// Encode `name` as a fully qualified DNS name.
+fn to_name(name: &str) -> Result<Name, DnsError> {
+    let n = normalize(name);
+    let bad = |why: &str| DnsError::BadName(format!("{name:?}: {why}"));
+    if n.is_empty() || n.len() > 253 {
+        return Err(bad("empty or too long"));
+    }
+    if !n.is_ascii() {
+        return Err(bad("non-ASCII names are not supported"));
+    }
+    if n.bytes()
+        .any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'))
+    {
+        return Err(bad("invalid character"));
+    }
+    if n.split('.').any(|l| l.is_empty() || l.len() > 63) {
+        return Err(bad("empty or over-long label"));
+    }
+    Name::from_str_relaxed(format!("{n}.")).map_err(|e| bad(&e.to_string()))
+}
+
+/// Lowercase text form without the trailing dot; the root stays `"."`.
+fn name_to_string(name: &Name) -> String {
+    if name.is_root() {
+        return ".".to_string();
+    }
+    let s = name.to_ascii().to_ascii_lowercase();
+    match s.strip_suffix('.') {
+        Some(t) if !t.is_empty() => t.to_string(),
+        _ => s,
+    }
+}
+
+fn random_id() -> Result<u16, DnsError> {
+    let mut b = [0u8; 2];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| DnsError::Io(io::Error::other("system random generator failed")))?;
+    Ok(u16::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_parsing() {
+        let text = "# generated\n\
+                    ; also a comment\n\
+                    search example.org\n\
+                    nameserver 192.0.2.1   \n\
+                    nameserver\t2001:db8::53 # trailing comment\n\
+                    #nameserver 192.0.2.99\n\
+                    nameserver fe80::1%2\n\
+                    nameserver not-an-ip\n\
+                    nameserverx 192.0.2.7\n\
+                    options ndots:2\n";
+        let ns = Resolver::parse_resolv_conf(text);
+        let want: Vec<SocketAddr> = vec![
+            "192.0.2.1:53".parse().unwrap(),
+            "[2001:db8::53]:53".parse().unwrap(),
+            "[fe80::1%2]:53".parse().unwrap(),
+        ];
+        assert_eq!(ns, want);
+        assert!(Resolver::parse_resolv_conf("search a\noptions x\n").is_empty());
+        assert!(Resolver::parse_resolv_conf("").is_empty());
+    }
+
+    #[test]
+    fn names() {
+        assert!(to_name("_xmpp-server._tcp.Example.ORG.").is_ok());
+        assert!(matches!(to_name(""), Err(DnsError::BadName(_))));
+        assert!(matches!(to_name("a..b"), Err(DnsError::BadName(_))));
+        assert!(matches!(to_name("a b"), Err(DnsError::BadName(_))));
+        assert!(matches!(
+            to_name("bücher.example"),
+            Err(DnsError::BadName(_))
+        ));
+        assert!(matches!(
+            to_name(&"a".repeat(64)),
+            Err(DnsError::BadName(_))
+        ));
+        assert_eq!(name_to_string(&Name::root()), ".");
+        let n = Name::from_ascii("XMPP.Example.ORG.").unwrap();
+        assert_eq!(name_to_string(&n), "xmpp.example.org");
+    }
+
+    #[test]
+    fn not_found_classification() {
+        assert!(DnsError::NoService.is_not_found());
+        assert!(!DnsError::Timeout.is_not_found());
+        assert!(!DnsError::ServerFailure("x".into()).is_not_found());
+    }
+
+    /// Never panic on datagram content: every single-byte mutation and every
+    /// truncation of a valid answer goes through decode + validation.
+    #[test]
+    fn mutated_answers_do_not_panic() {
+        use hickory_proto::rr::rdata::SRV;
+        let qname = Name::from_ascii("_xmpp-server._tcp.example.test.").unwrap();
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(qname.clone(), RecordType::SRV));
+        let target = Name::from_ascii("xmpp.example.test.").unwrap();
+        let srv = RData::SRV(SRV::new(1, 2, 5269, target));
+        m.add_answer(Record::from_rdata(qname.clone(), 60, srv));
+        let wire = m.to_vec().unwrap();
+        let check = |data: &[u8]| {
+            if let Ok(resp) = Message::from_vec(data) {
+                let _ = matches_query(&resp, 7, &qname, RecordType::SRV);
+                let _ = owner_chain(&qname, &resp.answers);
+            }
+            let _ = truncated_header(data, 7);
+        };
+        for len in 0..wire.len() {
+            check(&wire[..len]);
+        }
+        for i in 0..wire.len() {
+            for v in [0u8, 1, 0x3f, 0x40, 0x7f, 0xc0, 0xff] {
+                let mut w = wire.clone();
+                w[i] = v;
+                check(&w);
+            }
+        }
+    }
+
+    #[test]
+    fn header_truncation_check() {
+        let mut h = [0u8; 12];
+        h[0] = 0x12;
+        h[1] = 0x34;
+        h[2] = 0x82;
+        assert!(truncated_header(&h, 0x1234));
+        assert!(!truncated_header(&h, 0x1235));
+        assert!(!truncated_header(&h[..5], 0x1234));
+    }
+}

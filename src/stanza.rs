@@ -1,0 +1,210 @@
+//! Stanza helpers: what a stanza is, its addresses, and error replies (RFC 6120 §8).
+//!
+//! In scope: recognising `<message/>`, `<presence/>` and `<iq/>` in any stream content
+//! namespace, reading their addresses, and building the error reply or bounce for one. Out of
+//! scope: routing (see `router`) and stream-level errors (see `stream`).
+
+use crate::domain::{DomainError, Jid};
+use crate::xml::{is_content_ns, Element, Node, STANZAS_NS};
+
+/// XEP-0199 ping namespace.
+pub const PING_NS: &str = "urn:xmpp:ping";
+
+/// True for `<message/>`, `<presence/>` and `<iq/>` in a stream content namespace.
+pub fn is_stanza(el: &Element) -> bool {
+    matches!(el.name.as_str(), "message" | "presence" | "iq") && is_content_ns(&el.ns)
+}
+
+/// The parsed `from` and `to` of a stanza.
+#[derive(Debug)]
+pub struct Addresses {
+    /// The sender.
+    pub from: Jid,
+    /// The recipient.
+    pub to: Jid,
+}
+
+/// Why a stanza's addresses are unusable (RFC 6120 §8.1.1.2, §8.1.2.2: `improper-addressing`).
+#[derive(Debug)]
+pub enum AddressError {
+    /// `from` or `to` is missing or empty.
+    Missing(&'static str),
+    /// `from` or `to` is not a valid JID.
+    Invalid(&'static str, DomainError),
+}
+
+impl std::fmt::Display for AddressError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddressError::Missing(a) => write!(f, "stanza has no '{a}'"),
+            AddressError::Invalid(a, e) => write!(f, "stanza '{a}': {e}"),
+        }
+    }
+}
+
+/// Read and validate both addresses.
+///
+/// # Errors
+/// When either is missing, empty or not a valid JID.
+pub fn addresses(el: &Element) -> Result<Addresses, AddressError> {
+    let get = |a: &'static str| match el.attr(a) {
+        None | Some("") => Err(AddressError::Missing(a)),
+        Some(v) => Jid::parse(v).map_err(|e| AddressError::Invalid(a, e)),
+    };
+    Ok(Addresses {
+        from: get("from")?,
+        to: get("to")?,
+    })
+}
+
+/// The stanza error type RFC 6120 §8.3.3 gives for a defined condition.
+pub fn error_type(condition: &str) -> &'static str {
+    match condition {
+        "remote-server-timeout"
+        | "resource-constraint"
+        | "recipient-unavailable"
+        | "unexpected-request" => "wait",
+        "bad-request" | "jid-malformed" | "not-acceptable" | "policy-violation" | "not-allowed" => {
+            "modify"
+        }
+        "not-authorized" => "auth",
+        _ => "cancel",
+    }
+}
+
+/// True when a stanza must never be answered with an error: errors themselves (no loops) and
+/// iq results (RFC 6120 §8.3.1).
+pub fn is_unbounceable(el: &Element) -> bool {
+    match el.attr("type") {
+        Some("error") => true,
+        Some("result") => el.name == "iq",
+        _ => false,
+    }
+}
+
+/// The `<error/>` child for `condition`, with an optional human-readable text.
+pub fn error_element(condition: &str, text: Option<&str>) -> Element {
+    let mut err = Element::new("error", "jabber:server")
+        .with_attr("type", error_type(condition))
+        .with_child(Element::new(condition, STANZAS_NS));
+    if let Some(t) = text {
+        err.push_child(
+            Element::new("text", STANZAS_NS)
+                .with_attr("xml:lang", "en")
+                .with_text(t),
+        );
+    }
+    err
+}
+
+/// The error reply to `el`: addresses swapped, `type='error'`, the original payload kept (RFC
+/// 6120 §8.3.1 allows it and it helps the sender see what failed), and an `<error/>` with
+/// `condition`. `None` when `el` must not be answered with an error.
+pub fn error_reply(el: &Element, condition: &str, text: Option<&str>) -> Option<Element> {
+    if is_unbounceable(el) || !is_stanza(el) {
+        return None;
+    }
+    let mut reply = Element::new(&el.name, "jabber:server");
+    if let Some(from) = el.attr("to") {
+        reply.set_attr("from", from);
+    }
+    if let Some(to) = el.attr("from") {
+        reply.set_attr("to", to);
+    }
+    if let Some(id) = el.attr("id") {
+        reply.set_attr("id", id);
+    }
+    reply.set_attr("type", "error");
+    reply.children = el
+        .children
+        .iter()
+        .filter(|n| !matches!(n, Node::Element(c) if c.name == "error" && is_content_ns(&c.ns)))
+        .cloned()
+        .collect();
+    reply.push_child(error_element(condition, text));
+    Some(reply)
+}
+
+/// True for an XEP-0199 ping request (`<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>`).
+pub fn is_ping(el: &Element) -> bool {
+    el.name == "iq" && el.attr("type") == Some("get") && el.child("ping", PING_NS).is_some()
+}
+
+/// The empty `<iq type='result'/>` that answers `iq`.
+pub fn iq_result(iq: &Element) -> Element {
+    let mut r = Element::new("iq", "jabber:server").with_attr("type", "result");
+    if let Some(to) = iq.attr("from") {
+        r.set_attr("to", to);
+    }
+    if let Some(from) = iq.attr("to") {
+        r.set_attr("from", from);
+    }
+    if let Some(id) = iq.attr("id") {
+        r.set_attr("id", id);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ty: Option<&str>) -> Element {
+        let mut m = Element::new("message", "jabber:component:accept")
+            .with_attr("from", "bot@echo.a.test")
+            .with_attr("to", "x@b.test")
+            .with_attr("id", "m1")
+            .with_child(Element::new("body", "jabber:component:accept").with_text("hi"));
+        if let Some(t) = ty {
+            m.set_attr("type", t);
+        }
+        m
+    }
+
+    #[test]
+    fn error_reply_swaps_addresses_and_keeps_payload() {
+        let r = error_reply(&msg(Some("chat")), "remote-server-timeout", Some("gone")).unwrap();
+        assert_eq!(r.attr("from"), Some("x@b.test"));
+        assert_eq!(r.attr("to"), Some("bot@echo.a.test"));
+        assert_eq!(r.attr("id"), Some("m1"));
+        assert_eq!(r.attr("type"), Some("error"));
+        assert!(r.elements().any(|c| c.name == "body"));
+        let e = r.child("error", "jabber:server").unwrap();
+        assert_eq!(e.attr("type"), Some("wait"));
+        assert!(e.child("remote-server-timeout", STANZAS_NS).is_some());
+    }
+
+    #[test]
+    fn errors_and_iq_results_are_never_bounced() {
+        assert!(error_reply(&msg(Some("error")), "service-unavailable", None).is_none());
+        let iq = Element::new("iq", "jabber:server").with_attr("type", "result");
+        assert!(error_reply(&iq, "service-unavailable", None).is_none());
+        let db = Element::new("result", crate::xml::DIALBACK_NS);
+        assert!(error_reply(&db, "service-unavailable", None).is_none());
+    }
+
+    #[test]
+    fn addresses_are_validated() {
+        assert!(addresses(&msg(None)).is_ok());
+        let mut m = msg(None);
+        m.set_attr("to", "");
+        assert!(matches!(addresses(&m), Err(AddressError::Missing("to"))));
+        m.set_attr("to", "a@b c");
+        assert!(matches!(addresses(&m), Err(AddressError::Invalid("to", _))));
+    }
+
+    #[test]
+    fn ping_is_recognised_and_answered() {
+        let iq = Element::new("iq", "jabber:server")
+            .with_attr("type", "get")
+            .with_attr("id", "p")
+            .with_attr("from", "alice@p.test/r")
+            .with_attr("to", "a.test")
+            .with_child(Element::new("ping", PING_NS));
+        assert!(is_ping(&iq));
+        let r = iq_result(&iq);
+        assert_eq!(r.attr("to"), Some("alice@p.test/r"));
+        assert_eq!(r.attr("from"), Some("a.test"));
+        assert_eq!(r.attr("id"), Some("p"));
+    }
+}

@@ -1,0 +1,334 @@
+//! XEP-0114 external components (`jabber:component:accept`).
+//!
+//! In scope: the component's stream header (its `to` must be a configured component domain),
+//! the handshake (`hex(SHA-1(stream id + secret))`, compared in constant time), registration
+//! with the router (one connection per component domain: a second gets `conflict`), and the
+//! `from` check on the stanzas it sends (`invalid-from`). Out of scope: routing.
+
+use super::incoming::describe_stream_error;
+use super::{Action, Ctx, Event, StreamError};
+use crate::domain::{Domain, Jid};
+use crate::stanza;
+use crate::xml::{Element, StreamHeader, COMPONENT_NS, STREAM_NS};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    ExpectHeader,
+    ExpectHandshake,
+    AwaitRegistration,
+    Open,
+    Closed,
+}
+
+/// The core of one component stream.
+pub struct Component {
+    ctx: Arc<Ctx>,
+    label: String,
+    state: State,
+    id: String,
+    domain: Option<Domain>,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `hex(SHA-1(stream_id ‖ secret))` (XEP-0114 §3).
+pub fn handshake_digest(stream_id: &str, secret: &str) -> String {
+    let d = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{stream_id}{secret}").as_bytes(),
+    );
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Component {
+    /// A new component stream; `id` is the stream id we will send.
+    pub fn new(ctx: Arc<Ctx>, label: String, id: String) -> Component {
+        Component {
+            ctx,
+            label,
+            state: State::ExpectHeader,
+            id,
+            domain: None,
+        }
+    }
+
+    /// The component's domain once it authenticated.
+    pub fn domain(&self) -> Option<&Domain> {
+        self.domain
+            .as_ref()
+            .filter(|_| matches!(self.state, State::Open | State::Closed))
+    }
+
+    /// Feed one event; returns what to do, in order.
+    pub fn handle(&mut self, ev: Event) -> Vec<Action> {
+        match (self.state, ev) {
+            (State::Open, Event::Stanza(el)) => vec![Action::Send(el)],
+            (_, Event::Stanza(el)) => vec![Action::Bounce {
+                stanzas: vec![el],
+                condition: "service-unavailable",
+                text: "the component is not connected".into(),
+            }],
+            (State::Closed, _) => Vec::new(),
+            (State::ExpectHeader, Event::Header(h)) => self.expect_header(h),
+            (
+                State::ExpectHeader,
+                Event::Broken {
+                    condition: Some(c), ..
+                },
+            ) => {
+                self.state = State::Closed;
+                vec![
+                    Action::SendHeader(self.header(None)),
+                    Action::Close(Some(StreamError::new(c))),
+                ]
+            }
+            (State::ExpectHandshake, Event::Element(e)) if e.is("handshake", COMPONENT_NS) => {
+                self.handshake(&e)
+            }
+            (State::AwaitRegistration, Event::Registered(true)) => {
+                self.state = State::Open;
+                log::info!(
+                    "{}: component {} connected",
+                    self.label,
+                    self.domain.as_ref().map(Domain::as_str).unwrap_or("")
+                );
+                vec![Action::Send(Element::new("handshake", COMPONENT_NS))]
+            }
+            (State::AwaitRegistration, Event::Registered(false)) => self.close(Some(
+                StreamError::text("conflict", "this component is already connected"),
+            )),
+            (State::Open, Event::Element(e)) if stanza::is_stanza(&e) => self.stanza(e),
+            (_, Event::Element(e)) if e.is("error", STREAM_NS) => {
+                log::warn!(
+                    "{}: component sent a stream error: {}",
+                    self.label,
+                    describe_stream_error(&e)
+                );
+                self.close(None)
+            }
+            (State::Open, Event::Element(e)) => self.close(Some(StreamError::text(
+                "unsupported-stanza-type",
+                format!("unexpected <{}/>", e.name),
+            ))),
+            (_, Event::Element(_)) => {
+                self.close(Some(StreamError::text("not-authorized", "handshake first")))
+            }
+            (_, Event::Close) => self.close(None),
+            (_, Event::Broken { condition, reason }) => {
+                log::info!("{}: stream broken: {reason}", self.label);
+                self.close(condition.map(StreamError::new))
+            }
+            (State::Open, Event::Timeout) => Vec::new(),
+            (_, Event::Timeout) => self.close(Some(StreamError::new("connection-timeout"))),
+            (_, Event::Shutdown) => self.close(Some(StreamError::new("system-shutdown"))),
+            (state, ev) => {
+                log::debug!("{}: ignoring {ev:?} in state {state:?}", self.label);
+                Vec::new()
+            }
+        }
+    }
+
+    fn close(&mut self, err: Option<StreamError>) -> Vec<Action> {
+        self.state = State::Closed;
+        vec![Action::Close(err)]
+    }
+
+    fn header(&self, from: Option<&Domain>) -> StreamHeader {
+        StreamHeader {
+            name: "stream".into(),
+            ns: STREAM_NS.into(),
+            default_ns: Some(COMPONENT_NS.into()),
+            db_ns: false,
+            from: from.map(|d| d.to_string()),
+            id: Some(self.id.clone()),
+            ..StreamHeader::default()
+        }
+    }
+
+    fn expect_header(&mut self, h: StreamHeader) -> Vec<Action> {
+        if h.name != "stream" || h.ns != STREAM_NS || h.default_ns.as_deref() != Some(COMPONENT_NS)
+        {
+            self.state = State::Closed;
+            return vec![
+                Action::SendHeader(self.header(None)),
+                Action::Close(Some(StreamError::new("invalid-namespace"))),
+            ];
+        }
+        let domain = h.to.as_deref().and_then(|t| Domain::parse(t).ok());
+        let known = domain
+            .as_ref()
+            .is_some_and(|d| self.ctx.config.components.iter().any(|c| c.domain == *d));
+        if !known {
+            self.state = State::Closed;
+            let text = format!(
+                "no component is configured for {}",
+                h.to.unwrap_or_default()
+            );
+            return vec![
+                Action::SendHeader(self.header(None)),
+                Action::Close(Some(StreamError::text("host-unknown", text))),
+            ];
+        }
+        self.domain = domain;
+        self.state = State::ExpectHandshake;
+        vec![Action::SendHeader(self.header(self.domain.as_ref()))]
+    }
+
+    fn handshake(&mut self, e: &Element) -> Vec<Action> {
+        let Some(domain) = self.domain.clone() else {
+            return self.close(None);
+        };
+        let Some(conf) = self
+            .ctx
+            .config
+            .components
+            .iter()
+            .find(|c| c.domain == domain)
+        else {
+            return self.close(None);
+        };
+        let want = handshake_digest(&self.id, &conf.secret);
+        let got = e.text().trim().to_ascii_lowercase();
+        if !constant_time_eq(want.as_bytes(), got.as_bytes()) {
+            log::warn!("{}: component {domain} sent a wrong handshake", self.label);
+            return self.close(Some(StreamError::text("not-authorized", "wrong handshake")));
+        }
+        self.state = State::AwaitRegistration;
+        vec![Action::Register(domain)]
+    }
+
+    fn stanza(&mut self, e: Element) -> Vec<Action> {
+        let Some(domain) = &self.domain else {
+            return self.close(None);
+        };
+        let from_ok = e
+            .attr("from")
+            .and_then(|f| Jid::parse(f).ok())
+            .is_some_and(|j| j.domain == *domain);
+        if !from_ok {
+            let text = format!("stanzas from this component must come from {domain}");
+            return self.close(Some(StreamError::text("invalid-from", text)));
+        }
+        if let Err(err) = stanza::addresses(&e) {
+            return self.close(Some(StreamError::text(
+                "improper-addressing",
+                err.to_string(),
+            )));
+        }
+        vec![Action::Deliver(e)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::testutil::{ctx, el};
+
+    fn open(c: &mut Component) {
+        let h = StreamHeader {
+            name: "stream".into(),
+            ns: STREAM_NS.into(),
+            default_ns: Some(COMPONENT_NS.into()),
+            to: Some("echo.a.test".into()),
+            ..StreamHeader::default()
+        };
+        let out = c.handle(Event::Header(h));
+        assert!(
+            matches!(&out[..], [Action::SendHeader(h)] if h.from.as_deref() == Some("echo.a.test") && h.id.as_deref() == Some("cid"))
+        );
+    }
+
+    #[test]
+    fn handshake_registers_and_acknowledges() {
+        let mut c = Component::new(ctx(), "t".into(), "cid".into());
+        open(&mut c);
+        let hs = Element::new("handshake", COMPONENT_NS)
+            .with_text(handshake_digest("cid", "echosecret"));
+        assert_eq!(
+            c.handle(Event::Element(hs)),
+            vec![Action::Register(Domain::parse("echo.a.test").unwrap())]
+        );
+        assert_eq!(
+            c.handle(Event::Registered(true)),
+            vec![Action::Send(Element::new("handshake", COMPONENT_NS))]
+        );
+        let m =
+            el("<message xmlns='jabber:component:accept' from='bot@echo.a.test' to='x@b.test'/>");
+        assert_eq!(
+            c.handle(Event::Element(m.clone())),
+            vec![Action::Deliver(m)]
+        );
+    }
+
+    #[test]
+    fn wrong_handshake_is_not_authorized() {
+        let mut c = Component::new(ctx(), "t".into(), "cid".into());
+        open(&mut c);
+        let hs =
+            Element::new("handshake", COMPONENT_NS).with_text(handshake_digest("cid", "wrong"));
+        let out = c.handle(Event::Element(hs));
+        assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "not-authorized"));
+    }
+
+    #[test]
+    fn second_connection_gets_conflict() {
+        let mut c = Component::new(ctx(), "t".into(), "cid".into());
+        open(&mut c);
+        let hs = Element::new("handshake", COMPONENT_NS)
+            .with_text(handshake_digest("cid", "echosecret"));
+        c.handle(Event::Element(hs));
+        let out = c.handle(Event::Registered(false));
+        assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "conflict"));
+    }
+
+    #[test]
+    fn spoofed_from_is_invalid_from() {
+        let mut c = Component::new(ctx(), "t".into(), "cid".into());
+        open(&mut c);
+        let hs = Element::new("handshake", COMPONENT_NS)
+            .with_text(handshake_digest("cid", "echosecret"));
+        c.handle(Event::Element(hs));
+        c.handle(Event::Registered(true));
+        let m = el("<message xmlns='jabber:component:accept' from='bot@a.test' to='x@b.test'/>");
+        let out = c.handle(Event::Element(m));
+        assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "invalid-from"));
+    }
+
+    #[test]
+    fn unknown_component_domain_is_host_unknown() {
+        let mut c = Component::new(ctx(), "t".into(), "cid".into());
+        let h = StreamHeader {
+            name: "stream".into(),
+            ns: STREAM_NS.into(),
+            default_ns: Some(COMPONENT_NS.into()),
+            to: Some("other.a.test".into()),
+            ..StreamHeader::default()
+        };
+        let out = c.handle(Event::Header(h));
+        assert!(
+            matches!(&out[..], [Action::SendHeader(_), Action::Close(Some(e))] if e.condition == "host-unknown")
+        );
+    }
+
+    #[test]
+    fn stanza_before_handshake_is_not_authorized() {
+        let mut c = Component::new(ctx(), "t".into(), "cid".into());
+        open(&mut c);
+        let m =
+            el("<message xmlns='jabber:component:accept' from='bot@echo.a.test' to='x@b.test'/>");
+        let out = c.handle(Event::Element(m));
+        assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "not-authorized"));
+    }
+
+    #[test]
+    fn handshake_digest_is_hex_sha1_of_id_and_secret() {
+        // Cross-checked with Python's hashlib.sha1(b"3BF96D32secret").
+        assert_eq!(
+            handshake_digest("3BF96D32", "secret"),
+            "b09ea9b3b7f586be8a08d0a3dd7466f110aeb136"
+        );
+    }
+}

@@ -1,0 +1,552 @@
+//! Unit tests of the inbound stream core on literal XML. Each cites the rule it proves.
+
+use super::*;
+use crate::stream::testutil::{ctx, ctx_with, el, header, ids, SECRET};
+use crate::xml::STANZAS_NS;
+
+fn d(s: &str) -> Domain {
+    Domain::parse(s).unwrap()
+}
+
+fn incoming() -> Incoming {
+    Incoming::new(ctx(), "test".into(), ids(), false)
+}
+
+/// A stream from b.test to a.test past the header.
+fn opened() -> Incoming {
+    let mut s = incoming();
+    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    s
+}
+
+/// A stream with b.test→a.test verified.
+fn verified() -> Incoming {
+    let mut s = opened();
+    s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    s.handle(Event::Verified {
+        remote: d("b.test"),
+        local: d("a.test"),
+        verdict: Verdict::Valid,
+    });
+    assert!(s.is_authenticated());
+    s
+}
+
+fn closes_with(out: &[Action], cond: &str) -> bool {
+    matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == cond)
+}
+
+#[test]
+fn db01_db26_header_answered_with_id_and_dialback_errors_feature() {
+    let mut s = incoming();
+    let out = s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let [Action::SendHeader(h), Action::Send(f)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert!(h.db_ns, "DB-01: xmlns:db on every s2s header");
+    assert_eq!(h.from.as_deref(), Some("a.test"));
+    assert_eq!(h.to.as_deref(), Some("b.test"));
+    assert_eq!(h.id.as_deref(), Some("id1"));
+    assert_eq!(h.version.as_deref(), Some("1.0"));
+    let db = f
+        .child("dialback", DIALBACK_FEATURE_NS)
+        .expect("DB-26 dialback feature");
+    assert!(db.child("errors", DIALBACK_FEATURE_NS).is_some());
+    assert!(
+        f.child("starttls", TLS_NS).is_none(),
+        "no TLS configured, none offered"
+    );
+}
+
+#[test]
+fn err03_header_for_unhosted_domain_is_host_unknown() {
+    let mut s = incoming();
+    let out = s.handle(Event::Header(header(Some("b.test"), Some("nosuch.test"))));
+    assert!(
+        matches!(&out[0], Action::SendHeader(_)),
+        "ERR-01: header first"
+    );
+    assert!(closes_with(&out, "host-unknown"));
+}
+
+#[test]
+fn str07_wrong_content_namespace_is_invalid_namespace() {
+    let mut s = incoming();
+    let mut h = header(Some("b.test"), Some("a.test"));
+    h.default_ns = Some("jabber:client".into());
+    let out = s.handle(Event::Header(h));
+    assert!(matches!(&out[0], Action::SendHeader(_)));
+    assert!(closes_with(&out, "invalid-namespace"));
+}
+
+#[test]
+fn str01_unsupported_version() {
+    for v in [None, Some("0.9"), Some("2.0")] {
+        let mut s = incoming();
+        let mut h = header(Some("b.test"), Some("a.test"));
+        h.version = v.map(str::to_string);
+        let out = s.handle(Event::Header(h));
+        assert!(closes_with(&out, "unsupported-version"), "{v:?}: {out:?}");
+    }
+}
+
+#[test]
+fn err01_broken_header_is_still_answered_with_a_header() {
+    let mut s = incoming();
+    let out = s.handle(Event::Broken {
+        condition: Some("not-well-formed"),
+        reason: "junk".into(),
+    });
+    assert!(matches!(&out[0], Action::SendHeader(_)));
+    assert!(closes_with(&out, "not-well-formed"));
+}
+
+#[test]
+fn db10_db_result_starts_verification_with_our_stream_id() {
+    let mut s = opened();
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>\n  abc123\n</db:result>",
+    )));
+    assert_eq!(
+        out,
+        vec![Action::Verify(VerifyRequest {
+            local: d("a.test"),
+            remote: d("b.test"),
+            stream_id: "id1".into(),
+            key: "abc123".into(),
+        })]
+    );
+    assert!(!s.is_authenticated());
+}
+
+#[test]
+fn db20_db18_valid_answer_authorises_the_pair_and_stanzas_flow() {
+    let mut s = opened();
+    s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    let out = s.handle(Event::Verified {
+        remote: d("b.test"),
+        local: d("a.test"),
+        verdict: Verdict::Valid,
+    });
+    let [Action::Send(r), Action::Authenticated { .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        r,
+        &el("<db:result from='a.test' to='b.test' type='valid'/>")
+    );
+    let m = el("<message from='u@b.test' to='v@a.test'><body>hi</body></message>");
+    assert_eq!(
+        s.handle(Event::Element(m.clone())),
+        vec![Action::Deliver(m)]
+    );
+    // DB-18: dialback keeps working on an authorised stream.
+    let out = s.handle(Event::Element(el(
+        "<db:result from='muc.b.test' to='a.test'>k2</db:result>",
+    )));
+    assert!(matches!(&out[..], [Action::Verify(_)]));
+}
+
+#[test]
+fn db21_invalid_answer_on_first_pair_answers_invalid_and_closes() {
+    let mut s = opened();
+    s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>forged</db:result>",
+    )));
+    let out = s.handle(Event::Verified {
+        remote: d("b.test"),
+        local: d("a.test"),
+        verdict: Verdict::Invalid,
+    });
+    assert_eq!(
+        out[0],
+        Action::Send(el("<db:result from='a.test' to='b.test' type='invalid'/>"))
+    );
+    assert_eq!(out[1], Action::Close(None));
+    // Nothing it sends afterwards is delivered.
+    let m = el("<message from='u@b.test' to='v@a.test'/>");
+    assert!(s.handle(Event::Element(m)).is_empty());
+}
+
+#[test]
+fn db21_invalid_for_a_second_pair_keeps_the_first() {
+    let mut s = verified();
+    s.handle(Event::Element(el(
+        "<db:result from='c.test' to='a.test'>forged</db:result>",
+    )));
+    let out = s.handle(Event::Verified {
+        remote: d("c.test"),
+        local: d("a.test"),
+        verdict: Verdict::Invalid,
+    });
+    assert_eq!(
+        out,
+        vec![Action::Send(el(
+            "<db:result from='a.test' to='c.test' type='invalid'/>"
+        ))]
+    );
+    let m = el("<message from='u@b.test' to='v@a.test'/>");
+    assert_eq!(
+        s.handle(Event::Element(m.clone())),
+        vec![Action::Deliver(m)]
+    );
+    // SEC-10: and c.test still may not send.
+    let out = s.handle(Event::Element(el(
+        "<message from='u@c.test' to='v@a.test'/>",
+    )));
+    assert!(closes_with(&out, "invalid-from"));
+}
+
+#[test]
+fn db27_verification_error_is_a_dialback_error_and_the_stream_stays() {
+    let mut s = opened();
+    s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    let out = s.handle(Event::Verified {
+        remote: d("b.test"),
+        local: d("a.test"),
+        verdict: Verdict::Error("remote-server-not-found"),
+    });
+    let [Action::Send(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.attr("type"), Some("error"));
+    let e = r.child("error", SERVER_NS).unwrap();
+    assert!(e.child("remote-server-not-found", STANZAS_NS).is_some());
+    // The stream is still open: a new db:result is processed.
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    assert!(matches!(&out[..], [Action::Verify(_)]));
+}
+
+#[test]
+fn db17_stanza_before_verification_is_not_authorized() {
+    let mut s = opened();
+    let out = s.handle(Event::Element(el(
+        "<message from='u@b.test' to='v@a.test'/>",
+    )));
+    assert!(closes_with(&out, "not-authorized"));
+}
+
+#[test]
+fn sec10_stanza_from_unverified_domain_is_invalid_from() {
+    let mut s = verified();
+    let out = s.handle(Event::Element(el(
+        "<message from='mallory@c.test' to='v@a.test'/>",
+    )));
+    assert!(closes_with(&out, "invalid-from"));
+}
+
+#[test]
+fn addr01_stanza_to_a_pair_not_verified_is_host_unknown() {
+    let mut s = verified();
+    let out = s.handle(Event::Element(el(
+        "<message from='u@b.test' to='v@conference.a.test'/>",
+    )));
+    assert!(closes_with(&out, "host-unknown"));
+}
+
+#[test]
+fn addr01_addr02_missing_or_bad_addresses_are_improper_addressing() {
+    for m in [
+        "<message from='u@b.test'/>",
+        "<message to='v@a.test'/>",
+        "<message from='u@b.test' to=''/>",
+        "<message from='u@b test' to='v@a.test'/>",
+    ] {
+        let mut s = verified();
+        let out = s.handle(Event::Element(el(m)));
+        assert!(closes_with(&out, "improper-addressing"), "{m}: {out:?}");
+    }
+}
+
+#[test]
+fn db19_db_result_for_unhosted_domain_is_item_not_found_and_stream_stays() {
+    let mut s = opened();
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='nosuch.test'>k</db:result>",
+    )));
+    let [Action::Send(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.attr("from"), Some("nosuch.test"));
+    assert_eq!(r.attr("to"), Some("b.test"));
+    assert_eq!(r.attr("type"), Some("error"));
+    assert!(r
+        .child("error", SERVER_NS)
+        .unwrap()
+        .child("item-not-found", STANZAS_NS)
+        .is_some());
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    assert!(matches!(&out[..], [Action::Verify(_)]));
+}
+
+#[test]
+fn db32_db_result_without_from_is_improper_addressing() {
+    let mut s = opened();
+    let out = s.handle(Event::Element(el("<db:result to='a.test'>k</db:result>")));
+    assert!(closes_with(&out, "improper-addressing"));
+}
+
+#[test]
+fn db16_sec01_typed_dialback_on_inbound_authorises_nothing() {
+    let mut s = opened();
+    assert!(s
+        .handle(Event::Element(el(
+            "<db:result from='b.test' to='a.test' type='valid'/>"
+        )))
+        .is_empty());
+    assert!(s
+        .handle(Event::Element(el(
+            "<db:verify from='b.test' to='a.test' id='id1' type='valid'/>"
+        )))
+        .is_empty());
+    let out = s.handle(Event::Element(el(
+        "<message from='u@b.test' to='v@a.test'/>",
+    )));
+    assert!(closes_with(&out, "not-authorized"));
+}
+
+#[test]
+fn sec01_unsolicited_verification_answer_is_dropped() {
+    let mut s = opened();
+    let out = s.handle(Event::Verified {
+        remote: d("b.test"),
+        local: d("a.test"),
+        verdict: Verdict::Valid,
+    });
+    assert!(out.is_empty());
+    assert!(!s.is_authenticated());
+}
+
+#[test]
+fn db23_authoritative_answers_db_verify_swapped_with_id() {
+    let secret = DialbackSecret::from_secret(SECRET);
+    let key = secret.key("b.test", "a.test", "S1");
+    let mut s = opened();
+    let out = s.handle(Event::Element(el(&format!(
+        "<db:verify from='b.test' to='a.test' id='S1'>{key}</db:verify>"
+    ))));
+    assert_eq!(
+        out,
+        vec![Action::Send(el(
+            "<db:verify from='a.test' to='b.test' id='S1' type='valid'/>"
+        ))]
+    );
+    let out = s.handle(Event::Element(el(&format!(
+        "<db:verify from='b.test' to='a.test' id='S2'>{key}</db:verify>"
+    ))));
+    assert_eq!(
+        out,
+        vec![Action::Send(el(
+            "<db:verify from='a.test' to='b.test' id='S2' type='invalid'/>"
+        ))]
+    );
+    // A verify-only stream needs no authentication of its own (DB-11).
+    assert!(!s.is_authenticated());
+}
+
+use crate::keys::DialbackSecret;
+
+#[test]
+fn db22_db_verify_for_unhosted_domain_is_item_not_found() {
+    let mut s = opened();
+    let out = s.handle(Event::Element(el(
+        "<db:verify from='b.test' to='nosuch.test' id='S1'>k</db:verify>",
+    )));
+    let [Action::Send(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (r.attr("from"), r.attr("to"), r.attr("id"), r.attr("type")),
+        (
+            Some("nosuch.test"),
+            Some("b.test"),
+            Some("S1"),
+            Some("error")
+        )
+    );
+    assert!(r
+        .child("error", SERVER_NS)
+        .unwrap()
+        .child("item-not-found", STANZAS_NS)
+        .is_some());
+}
+
+#[test]
+fn db28_several_sender_domains_on_one_stream() {
+    let mut s = verified();
+    s.handle(Event::Element(el(
+        "<db:result from='muc.b.test' to='conference.a.test'>k</db:result>",
+    )));
+    s.handle(Event::Verified {
+        remote: d("muc.b.test"),
+        local: d("conference.a.test"),
+        verdict: Verdict::Valid,
+    });
+    let m = el("<presence from='r@muc.b.test/x' to='u@conference.a.test'/>");
+    assert_eq!(
+        s.handle(Event::Element(m.clone())),
+        vec![Action::Deliver(m)]
+    );
+    assert_eq!(s.verified_pairs().len(), 2);
+}
+
+#[test]
+fn sec11_pending_verifications_per_stream_are_capped() {
+    let ctx = ctx_with(|c| c.limits.pending_verifications_per_stream = 2);
+    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    for n in 0..2 {
+        let out = s.handle(Event::Element(el(&format!(
+            "<db:result from='x{n}.test' to='a.test'>k</db:result>"
+        ))));
+        assert!(matches!(&out[..], [Action::Verify(_)]));
+    }
+    let out = s.handle(Event::Element(el(
+        "<db:result from='x9.test' to='a.test'>k</db:result>",
+    )));
+    let [Action::Send(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert!(r
+        .child("error", SERVER_NS)
+        .unwrap()
+        .child("resource-constraint", STANZAS_NS)
+        .is_some());
+}
+
+#[test]
+fn sec12_dialback_without_tls_when_required_is_policy_violation() {
+    let ctx = ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = true;
+    });
+    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    let out = s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let [_, Action::Send(f)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let starttls = f.child("starttls", TLS_NS).expect("STARTTLS offered");
+    assert!(starttls.child("required", TLS_NS).is_some());
+    assert!(
+        f.child("dialback", DIALBACK_FEATURE_NS).is_some(),
+        "DB-26 before TLS too"
+    );
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    let [Action::Send(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert!(r
+        .child("error", SERVER_NS)
+        .unwrap()
+        .child("policy-violation", STANZAS_NS)
+        .is_some());
+}
+
+#[test]
+fn tls01_starttls_then_restart_with_new_id_and_dialback_still_offered() {
+    let ctx = ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = true;
+    });
+    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let out = s.handle(Event::Element(el(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    assert_eq!(
+        out,
+        vec![
+            Action::Send(Element::new("proceed", TLS_NS)),
+            Action::StartTls
+        ]
+    );
+    assert!(s.handle(Event::TlsEstablished).is_empty());
+    let out = s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let [Action::SendHeader(h), Action::Send(f)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        h.id.as_deref(),
+        Some("id2"),
+        "STR-03: a new id after the restart"
+    );
+    assert!(f.child("starttls", TLS_NS).is_none());
+    assert!(
+        f.child("dialback", DIALBACK_FEATURE_NS).is_some(),
+        "DB-26 after TLS"
+    );
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    assert!(matches!(&out[..], [Action::Verify(v)] if v.stream_id == "id2"));
+}
+
+#[test]
+fn str04_restart_may_not_change_the_target() {
+    let ctx = ctx_with(|c| c.tls.enabled = true);
+    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    s.handle(Event::Element(el(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    s.handle(Event::TlsEstablished);
+    let out = s.handle(Event::Header(header(
+        Some("b.test"),
+        Some("conference.a.test"),
+    )));
+    assert!(closes_with(&out, "improper-addressing"));
+}
+
+#[test]
+fn starttls_without_tls_configured_fails() {
+    let mut s = opened();
+    let out = s.handle(Event::Element(el(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    assert_eq!(
+        out,
+        vec![
+            Action::Send(Element::new("failure", TLS_NS)),
+            Action::Close(None)
+        ]
+    );
+}
+
+#[test]
+fn negotiation_timeout_closes_unauthenticated_streams_only() {
+    let mut s = opened();
+    assert!(closes_with(&s.handle(Event::Timeout), "connection-timeout"));
+    let mut s = verified();
+    assert!(s.handle(Event::Timeout).is_empty());
+}
+
+#[test]
+fn unknown_top_level_element_is_unsupported_stanza_type() {
+    let mut s = verified();
+    let out = s.handle(Event::Element(el("<foo xmlns='urn:example'/>")));
+    assert!(closes_with(&out, "unsupported-stanza-type"));
+}
+
+#[test]
+fn peer_claiming_our_own_domain_is_refused() {
+    let mut s = opened();
+    let out = s.handle(Event::Element(el(
+        "<db:result from='a.test' to='a.test'>k</db:result>",
+    )));
+    let [Action::Send(r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.attr("type"), Some("error"));
+}

@@ -1,0 +1,326 @@
+//! The sans-I/O protocol core: one state machine per stream, `Event` in, `Vec<Action>` out.
+//!
+//! In scope: everything XEP-0220 and RFC 6120 say a stream must do, for the three kinds of
+//! stream dialbackd has:
+//! - [`incoming::Incoming`]: a peer connected to us. We are the **Receiving Server** for its
+//!   `<db:result/>` and the **Authoritative Server** for its `<db:verify/>`.
+//! - [`outgoing::Outgoing`]: we connected to a peer, either as the **Initiating Server** of one
+//!   domain pair (stanzas queue until `type='valid'`) or to ask its **Authoritative Server** one
+//!   `<db:verify/>` (a dedicated verify connection, XEP-0220 §2.1.2, DB-11).
+//! - [`component::Component`]: an XEP-0114 external component.
+//!
+//! Out of scope: sockets, threads, TLS, DNS and the clock. The connection layer (`conn`) feeds
+//! parsed XML, timer expiries and router messages in as [`Event`]s and carries out the
+//! [`Action`]s in order; it takes no protocol decision of its own.
+//!
+//! ```text
+//!  Incoming:  ExpectHeader ──header──► Open ──<starttls/>──► AwaitTls ──TlsEstablished──► ExpectHeader
+//!                                       │  db:result → Verify action … Verified → db:result type=…
+//!                                       │  db:verify → answered at once (Authoritative)
+//!                                       └─ stanzas of verified pairs → Deliver
+//!  Outgoing:  ExpectHeader → ExpectFeatures ─starttls─► ExpectProceed → AwaitTls → ExpectHeader
+//!                               └─ db:result → ExpectResult ─valid─► Established (queue flushed)
+//!                               └─ db:verify → ExpectVerify ─answer─► VerifyDone, close
+//! ```
+
+pub mod component;
+pub mod incoming;
+pub mod outgoing;
+
+use crate::config::Config;
+use crate::domain::Domain;
+use crate::keys::DialbackSecret;
+use crate::xml::{
+    Element, StreamHeader, DIALBACK_NS, SERVER_NS, STANZAS_NS, STREAMS_ERR_NS, STREAM_NS,
+};
+use std::sync::Arc;
+
+/// What every stream core needs to know about the daemon.
+pub struct Ctx {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The dialback secret (mints our keys, checks `<db:verify/>` as Authoritative Server).
+    pub secret: DialbackSecret,
+    /// Whether we can offer and use TLS (certificates are configured and loaded).
+    pub tls_available: bool,
+}
+
+/// A stream-level error (RFC 6120 §4.9): sent, then the stream is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamError {
+    /// The defined condition (RFC 6120 §4.9.3), e.g. `host-unknown`.
+    pub condition: &'static str,
+    /// Human-readable text for the peer's operator.
+    pub text: Option<String>,
+}
+
+impl StreamError {
+    /// An error with a condition and no text.
+    pub fn new(condition: &'static str) -> StreamError {
+        StreamError {
+            condition,
+            text: None,
+        }
+    }
+
+    /// An error with a condition and explanatory text.
+    pub fn text(condition: &'static str, text: impl Into<String>) -> StreamError {
+        StreamError {
+            condition,
+            text: Some(text.into()),
+        }
+    }
+
+    /// `<stream:error><condition xmlns='…streams'/><text>…</text></stream:error>`.
+    pub fn to_element(&self) -> Element {
+        let mut e = Element::new("error", STREAM_NS)
+            .with_child(Element::new(self.condition, STREAMS_ERR_NS));
+        if let Some(t) = &self.text {
+            e.push_child(
+                Element::new("text", STREAMS_ERR_NS)
+                    .with_attr("xml:lang", "en")
+                    .with_text(t.clone()),
+            );
+        }
+        e
+    }
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.text {
+            Some(t) => write!(f, "{} ({t})", self.condition),
+            None => f.write_str(self.condition),
+        }
+    }
+}
+
+/// The outcome of one dialback verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The key is right: the pair is authorised.
+    Valid,
+    /// The key is wrong: the sender is not who it claims to be.
+    Invalid,
+    /// Verification could not be done; the condition is one of XEP-0220 §2.5.
+    Error(&'static str),
+}
+
+impl Verdict {
+    /// `valid`, `invalid` or `error`.
+    pub fn type_attr(&self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Invalid => "invalid",
+            Verdict::Error(_) => "error",
+        }
+    }
+
+    /// Read the verdict of a typed `<db:result/>` or `<db:verify/>`; `None` when untyped or
+    /// when the type is not one XEP-0220 defines.
+    pub fn of(el: &Element) -> Option<Verdict> {
+        match el.attr("type")? {
+            "valid" => Some(Verdict::Valid),
+            "invalid" => Some(Verdict::Invalid),
+            "error" => Some(Verdict::Error(dialback_error_condition(el))),
+            _ => None,
+        }
+    }
+}
+
+/// The condition inside a dialback error (`undefined-condition` when there is none we know).
+fn dialback_error_condition(el: &Element) -> &'static str {
+    const KNOWN: [&str; 12] = [
+        "item-not-found",
+        "remote-connection-failed",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "policy-violation",
+        "not-authorized",
+        "forbidden",
+        "not-acceptable",
+        "resource-constraint",
+        "internal-server-error",
+        "not-allowed",
+        "service-unavailable",
+    ];
+    el.elements()
+        .find(|e| e.name == "error")
+        .and_then(|e| {
+            e.elements()
+                .find(|c| c.ns == STANZAS_NS && c.name != "text")
+        })
+        .and_then(|c| KNOWN.iter().find(|k| **k == c.name).copied())
+        .unwrap_or("undefined-condition")
+}
+
+/// One `<db:verify/>` to ask an Authoritative Server (XEP-0220 §2.1.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyRequest {
+    /// Our domain: the Receiving Server's (the `to` of the peer's `<db:result/>`).
+    pub local: Domain,
+    /// The domain whose key is checked: the Originating Server's (the `from`).
+    pub remote: Domain,
+    /// The id of the inbound stream the key arrived on (DB-10).
+    pub stream_id: String,
+    /// The key as received.
+    pub key: String,
+}
+
+/// Input to a stream core.
+#[derive(Debug)]
+pub enum Event {
+    /// The peer's stream header (also after a restart).
+    Header(StreamHeader),
+    /// A complete top-level element from the peer.
+    Element(Element),
+    /// The peer closed its stream (`</stream:stream>`).
+    Close,
+    /// The stream broke: bad XML (`condition` is the stream error to send, if any), or the
+    /// transport failed or hit EOF (`condition` is `None`).
+    Broken {
+        /// The stream error condition to send, when the peer sent something invalid.
+        condition: Option<&'static str>,
+        /// What went wrong, for the log.
+        reason: String,
+    },
+    /// The TLS handshake is done (or under way, server side); a new stream begins.
+    TlsEstablished,
+    /// Outgoing: the TCP connection is up; open the stream.
+    Connected,
+    /// Outgoing: no connection could be made. `not_found` when the domain does not resolve
+    /// (`remote-server-not-found`) rather than being unreachable (`remote-server-timeout`).
+    ConnectFailed {
+        /// True when DNS said the domain has no XMPP service.
+        not_found: bool,
+        /// Why, for the log and the bounce text.
+        reason: String,
+    },
+    /// Outgoing: a stanza from the router for this stream's domain pair.
+    Stanza(Element),
+    /// Incoming: the Authoritative Server's answer for a key this stream asked about.
+    Verified {
+        /// The originating domain.
+        remote: Domain,
+        /// Our domain.
+        local: Domain,
+        /// The answer.
+        verdict: Verdict,
+    },
+    /// Component: the router accepted (`true`) or refused (`false`, already connected) the
+    /// component's domain.
+    Registered(bool),
+    /// The negotiation or dialback deadline passed.
+    Timeout,
+    /// The stream was idle for the configured time.
+    Idle,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+/// Output of a stream core, to be carried out in order.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Write our stream header.
+    SendHeader(StreamHeader),
+    /// Write an element.
+    Send(Element),
+    /// Upgrade the transport to TLS now (after `<proceed/>` was sent or received).
+    StartTls,
+    /// Ask the Authoritative Server of `remote` about a key (dedicated verify connection).
+    Verify(VerifyRequest),
+    /// A domain pair is now authorised on this stream (for logs and routing).
+    Authenticated {
+        /// Our domain.
+        local: Domain,
+        /// The peer's domain.
+        remote: Domain,
+    },
+    /// Hand a stanza to the router.
+    Deliver(Element),
+    /// Return these stanzas to their senders with an error.
+    Bounce {
+        /// The stanzas (errors and iq results among them are dropped by the router).
+        stanzas: Vec<Element>,
+        /// The stanza error condition.
+        condition: &'static str,
+        /// Why, for the sender and the log.
+        text: String,
+    },
+    /// Verify connection: report the Authoritative Server's answer to the waiting stream.
+    VerifyDone(Verdict),
+    /// Component: register this domain with the router.
+    Register(Domain),
+    /// Close the stream: send the error if any, then `</stream:stream>`, wait (bounded) for the
+    /// peer's close, then close the transport.
+    Close(Option<StreamError>),
+}
+
+/// The stream header we send on server-to-server streams: `xmlns:db` always declared (DB-01).
+pub fn s2s_header(from: Option<&Domain>, to: Option<&str>, id: Option<&str>) -> StreamHeader {
+    StreamHeader {
+        name: "stream".into(),
+        ns: STREAM_NS.into(),
+        default_ns: Some(SERVER_NS.into()),
+        db_ns: true,
+        from: from.map(|d| d.to_string()),
+        to: to.map(str::to_string),
+        id: id.map(str::to_string),
+        version: Some("1.0".into()),
+        lang: None,
+    }
+}
+
+/// `<db:result from to>key</db:result>` (DB-03) or typed (DB-20).
+pub fn db_result(from: &Domain, to: &Domain, body: DbBody<'_>) -> Element {
+    body.apply(
+        Element::new("result", DIALBACK_NS)
+            .with_attr("from", from.as_str())
+            .with_attr("to", to.as_str()),
+    )
+}
+
+/// `<db:verify from to id>key</db:verify>` (DB-10) or typed (DB-23).
+pub fn db_verify(from: &str, to: &str, id: &str, body: DbBody<'_>) -> Element {
+    body.apply(
+        Element::new("verify", DIALBACK_NS)
+            .with_attr("from", from)
+            .with_attr("to", to)
+            .with_attr("id", id),
+    )
+}
+
+/// What goes in a dialback element: a key, or a verdict.
+pub enum DbBody<'a> {
+    /// The key, as character data.
+    Key(&'a str),
+    /// `type='valid|invalid|error'` (with the `<error/>` child for errors, DB-27).
+    Verdict(&'a Verdict),
+}
+
+impl DbBody<'_> {
+    fn apply(self, el: Element) -> Element {
+        match self {
+            DbBody::Key(k) => el.with_text(k),
+            DbBody::Verdict(v) => {
+                let el = el.with_attr("type", v.type_attr());
+                match v {
+                    Verdict::Error(cond) => el.with_child(
+                        Element::new("error", SERVER_NS)
+                            .with_attr("type", crate::stanza::error_type(cond))
+                            .with_child(Element::new(cond, STANZAS_NS)),
+                    ),
+                    _ => el,
+                }
+            }
+        }
+    }
+}
+
+/// Parse a domain attribute of a dialback element.
+fn domain_attr(el: &Element, name: &str) -> Option<Domain> {
+    el.attr(name).and_then(|v| Domain::parse(v).ok())
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;

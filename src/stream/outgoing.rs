@@ -1,0 +1,474 @@
+//! Streams we open: the **Initiating Server** role for one domain pair (XEP-0220 §2.1.1) and
+//! dedicated verify connections to an **Authoritative Server** (§2.1.2, DB-11).
+//!
+//! In scope: the stream header and features, STARTTLS when offered (and refusing to go on in
+//! plaintext when encryption is required: SEC-12), sending `<db:result/>` with the XEP-0185 key
+//! or the `<db:verify/>` we were asked to send, correlating the answer with what we sent on this
+//! stream (DB-07, DB-14), the per-pair FIFO of stanzas queued until `type='valid'` (DB-05,
+//! ROUTE-01), and bouncing it when the pair cannot be established (DB-06, DB-08, DB-09,
+//! ROUTE-02). Out of scope: DNS and connecting (the connection layer reports
+//! [`Event::Connected`] or [`Event::ConnectFailed`]).
+
+use super::incoming::describe_stream_error;
+use super::{
+    db_result, db_verify, s2s_header, Action, Ctx, DbBody, Event, StreamError, Verdict,
+    VerifyRequest,
+};
+use crate::domain::Domain;
+use crate::xml::{Element, StreamHeader, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Why we opened the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Carry stanzas from `local` to `remote` once dialback says valid.
+    Pair,
+    /// Ask `remote`'s Authoritative Server about one key, then close.
+    Verify(VerifyRequest),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    ExpectHeader,
+    ExpectFeatures,
+    ExpectProceed,
+    AwaitTls,
+    ExpectResult,
+    ExpectVerify,
+    Established,
+    Closed,
+}
+
+/// The core of one outbound server-to-server stream.
+pub struct Outgoing {
+    ctx: Arc<Ctx>,
+    label: String,
+    local: Domain,
+    remote: Domain,
+    purpose: Purpose,
+    state: State,
+    tls: bool,
+    their_id: String,
+    queue: VecDeque<Element>,
+}
+
+impl Outgoing {
+    /// A new outbound stream from `local` to `remote`. `tls` is true when the transport is
+    /// direct TLS (XEP-0368) from the start; STARTTLS is then never used (DTLS-02).
+    pub fn new(
+        ctx: Arc<Ctx>,
+        label: String,
+        local: Domain,
+        remote: Domain,
+        purpose: Purpose,
+        tls: bool,
+    ) -> Outgoing {
+        Outgoing {
+            ctx,
+            label,
+            local,
+            remote,
+            purpose,
+            state: State::Connecting,
+            tls,
+            their_id: String::new(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// True once dialback said valid and stanzas go straight to the wire.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    /// True once the stream is over (nothing more will be sent).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// How many stanzas wait for the pair to be verified.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Feed one event; returns what to do, in order.
+    pub fn handle(&mut self, ev: Event) -> Vec<Action> {
+        match (self.state, ev) {
+            (_, Event::Stanza(el)) => self.stanza(el),
+            (State::Closed, _) => Vec::new(),
+            (State::Connecting, Event::Connected) => {
+                self.state = State::ExpectHeader;
+                vec![self.header()]
+            }
+            (State::Connecting, Event::ConnectFailed { not_found, reason }) => {
+                let cond = if not_found {
+                    "remote-server-not-found"
+                } else {
+                    "remote-server-timeout"
+                };
+                let mut out = self.fail(cond, not_found, &reason);
+                out.push(Action::Close(None));
+                out
+            }
+            (State::ExpectHeader, Event::Header(h)) => self.expect_header(h),
+            (State::ExpectFeatures, Event::Element(e)) if e.is("features", STREAM_NS) => {
+                self.expect_features(&e)
+            }
+            (State::ExpectProceed, Event::Element(e)) if e.is("proceed", TLS_NS) => {
+                self.state = State::AwaitTls;
+                vec![Action::StartTls]
+            }
+            (State::AwaitTls, Event::TlsEstablished) => {
+                self.tls = true;
+                self.state = State::ExpectHeader;
+                vec![self.header()]
+            }
+            (State::ExpectResult, Event::Element(e))
+                if e.ns == DIALBACK_NS && e.name == "result" =>
+            {
+                self.expect_result(&e)
+            }
+            (State::ExpectVerify, Event::Element(e))
+                if e.ns == DIALBACK_NS && e.name == "verify" =>
+            {
+                self.expect_verify(&e)
+            }
+            (_, Event::Element(e)) if e.is("error", STREAM_NS) => {
+                let what = describe_stream_error(&e);
+                log::warn!(
+                    "{}: {} closed the stream with an error: {what}",
+                    self.label,
+                    self.remote
+                );
+                // XEP-0220 §2.5: host-unknown from the Authoritative Server means not found.
+                let not_found = e
+                    .child("host-unknown", crate::xml::STREAMS_ERR_NS)
+                    .is_some();
+                let cond = if not_found {
+                    "remote-server-not-found"
+                } else {
+                    "remote-server-timeout"
+                };
+                self.fail_and_close(
+                    cond,
+                    not_found,
+                    &format!("{} sent a stream error: {what}", self.remote),
+                    None,
+                )
+            }
+            (State::ExpectProceed, Event::Element(e)) if e.is("failure", TLS_NS) => self
+                .fail_and_close(
+                    "remote-server-timeout",
+                    false,
+                    &format!("{} refused STARTTLS", self.remote),
+                    None,
+                ),
+            (State::Established, Event::Element(e)) => {
+                // DB-24: dialback is one-way; the peer has no business sending on our stream.
+                log::debug!(
+                    "{}: ignoring <{}/> from the peer on an outbound stream",
+                    self.label,
+                    e.name
+                );
+                Vec::new()
+            }
+            (_, Event::Element(e)) => {
+                // DB-07, DB-14, SEC-01: answers that match nothing we asked on this stream.
+                log::debug!(
+                    "{}: ignoring unexpected <{} xmlns='{}'/> in state {:?}",
+                    self.label,
+                    e.name,
+                    e.ns,
+                    self.state
+                );
+                Vec::new()
+            }
+            (State::Established, Event::Close) => {
+                log::info!("{}: closed by the peer", self.label);
+                self.state = State::Closed;
+                vec![Action::Close(None)]
+            }
+            (_, Event::Close) => {
+                let reason = format!(
+                    "{} closed the stream before dialback completed",
+                    self.remote
+                );
+                self.fail_and_close("remote-server-timeout", false, &reason, None)
+            }
+            (_, Event::Broken { condition, reason }) => {
+                let reason = format!("stream to {} broke: {reason}", self.remote);
+                self.fail_and_close(
+                    "remote-server-timeout",
+                    false,
+                    &reason,
+                    condition.map(StreamError::new),
+                )
+            }
+            (State::Established, Event::Timeout) => Vec::new(),
+            (_, Event::Timeout) => {
+                let reason = format!("timed out setting up the stream to {}", self.remote);
+                self.fail_and_close(
+                    "remote-server-timeout",
+                    false,
+                    &reason,
+                    Some(StreamError::new("connection-timeout")),
+                )
+            }
+            (_, Event::Idle) | (_, Event::Shutdown) => {
+                let reason = "the server is closing the stream".to_string();
+                self.fail_and_close("remote-server-timeout", false, &reason, None)
+            }
+            (state, ev) => {
+                log::debug!("{}: ignoring {ev:?} in state {state:?}", self.label);
+                Vec::new()
+            }
+        }
+    }
+
+    fn header(&self) -> Action {
+        Action::SendHeader(s2s_header(
+            Some(&self.local),
+            Some(self.remote.as_str()),
+            None,
+        ))
+    }
+
+    fn stanza(&mut self, el: Element) -> Vec<Action> {
+        match self.state {
+            State::Established => vec![Action::Send(el)],
+            // The route is gone: hand it back to the router for a fresh connection.
+            State::Closed => vec![Action::Deliver(el)],
+            _ if self.queue.len() >= self.ctx.config.limits.queue => vec![Action::Bounce {
+                stanzas: vec![el],
+                condition: "resource-constraint",
+                text: format!("too many stanzas queued for {}", self.remote),
+            }],
+            _ => {
+                self.queue.push_back(el);
+                Vec::new()
+            }
+        }
+    }
+
+    fn expect_header(&mut self, h: StreamHeader) -> Vec<Action> {
+        if h.name != "stream" || h.ns != STREAM_NS || h.default_ns.as_deref() != Some(SERVER_NS) {
+            let reason = format!(
+                "{} answered with a stream that is not jabber:server",
+                self.remote
+            );
+            return self.fail_and_close(
+                "remote-server-timeout",
+                false,
+                &reason,
+                Some(StreamError::new("invalid-namespace")),
+            );
+        }
+        match h.id {
+            Some(id) if !id.is_empty() && !id.contains(char::is_whitespace) => self.their_id = id,
+            _ => {
+                // STR-03: the key depends on the id; without one there is no dialback.
+                let reason = format!("{} sent no usable stream id", self.remote);
+                return self.fail_and_close(
+                    "remote-server-timeout",
+                    false,
+                    &reason,
+                    Some(StreamError::new("undefined-condition")),
+                );
+            }
+        }
+        if h.version.as_deref().is_some_and(|v| v.starts_with("1.")) {
+            self.state = State::ExpectFeatures;
+            return Vec::new();
+        }
+        // A pre-1.0 peer sends no features: dialback right away (DB-25), if policy allows.
+        self.after_features(false)
+    }
+
+    fn expect_features(&mut self, features: &Element) -> Vec<Action> {
+        self.after_features(features.child("starttls", TLS_NS).is_some())
+    }
+
+    fn after_features(&mut self, starttls_offered: bool) -> Vec<Action> {
+        if !self.tls && starttls_offered && self.ctx.tls_available {
+            self.state = State::ExpectProceed;
+            return vec![Action::Send(Element::new("starttls", TLS_NS))];
+        }
+        if !self.tls && self.ctx.config.tls.require_encryption_for(&self.remote) {
+            // SEC-12: a stripped or missing STARTTLS; send nothing in the clear.
+            let reason = if starttls_offered {
+                format!("{} offers STARTTLS but we have no TLS configured, and require_encryption is on", self.remote)
+            } else {
+                format!(
+                    "{} offered no STARTTLS and require_encryption is on",
+                    self.remote
+                )
+            };
+            log::warn!("{}: {reason}", self.label);
+            return self.fail_and_close(
+                "remote-server-timeout",
+                false,
+                &reason,
+                Some(StreamError::new("policy-violation")),
+            );
+        }
+        match &self.purpose {
+            Purpose::Pair => {
+                self.state = State::ExpectResult;
+                let key =
+                    self.ctx
+                        .secret
+                        .key(self.remote.as_str(), self.local.as_str(), &self.their_id);
+                log::debug!("{}: sending db:result", self.label);
+                vec![Action::Send(db_result(
+                    &self.local,
+                    &self.remote,
+                    DbBody::Key(&key),
+                ))]
+            }
+            Purpose::Verify(req) => {
+                self.state = State::ExpectVerify;
+                log::debug!(
+                    "{}: sending db:verify for stream {}",
+                    self.label,
+                    req.stream_id
+                );
+                vec![Action::Send(db_verify(
+                    req.local.as_str(),
+                    req.remote.as_str(),
+                    &req.stream_id,
+                    DbBody::Key(&req.key),
+                ))]
+            }
+        }
+    }
+
+    /// Does a typed answer come from the domain we asked, for the domain we asked as (DB-07)?
+    fn answers_us(&self, e: &Element) -> bool {
+        e.attr("from").and_then(|f| Domain::parse(f).ok()).as_ref() == Some(&self.remote)
+            && e.attr("to").and_then(|t| Domain::parse(t).ok()).as_ref() == Some(&self.local)
+    }
+
+    fn expect_result(&mut self, e: &Element) -> Vec<Action> {
+        let verdict = match Verdict::of(e) {
+            Some(v) if self.answers_us(e) => v,
+            _ => {
+                log::debug!(
+                    "{}: ignoring a db:result that answers nothing we sent",
+                    self.label
+                );
+                return Vec::new();
+            }
+        };
+        match verdict {
+            Verdict::Valid => {
+                log::info!(
+                    "{}: {}→{} authenticated by dialback, {} queued stanzas sent",
+                    self.label,
+                    self.local,
+                    self.remote,
+                    self.queue.len()
+                );
+                self.state = State::Established;
+                let mut out = vec![Action::Authenticated {
+                    local: self.local.clone(),
+                    remote: self.remote.clone(),
+                }];
+                out.extend(self.queue.drain(..).map(Action::Send));
+                out
+            }
+            Verdict::Invalid => {
+                // DB-08: our key was refused.
+                let reason = format!("{} refused our dialback key", self.remote);
+                self.fail_and_close("internal-server-error", false, &reason, None)
+            }
+            Verdict::Error(cond) => {
+                // DB-09.
+                let reason = format!("{} answered dialback with an error: {cond}", self.remote);
+                self.fail_and_close("remote-server-timeout", false, &reason, None)
+            }
+        }
+    }
+
+    fn expect_verify(&mut self, e: &Element) -> Vec<Action> {
+        let Purpose::Verify(req) = &self.purpose else {
+            return Vec::new();
+        };
+        let matches = self.answers_us(e) && e.attr("id") == Some(req.stream_id.as_str());
+        let verdict = match Verdict::of(e) {
+            Some(v) if matches => v,
+            _ => {
+                log::debug!(
+                    "{}: ignoring a db:verify that answers nothing we sent",
+                    self.label
+                );
+                return Vec::new();
+            }
+        };
+        // DB-27: an error from the Authoritative Server becomes remote-server-not-found.
+        let verdict = match verdict {
+            Verdict::Error(c) => {
+                log::info!(
+                    "{}: Authoritative Server answered with an error: {c}",
+                    self.label
+                );
+                Verdict::Error("remote-server-not-found")
+            }
+            v => v,
+        };
+        self.state = State::Closed;
+        // DB-11: a verify connection closes right after the answer.
+        vec![Action::VerifyDone(verdict), Action::Close(None)]
+    }
+
+    /// Give up: bounce the queue (pair) or report an error (verify).
+    fn fail(&mut self, condition: &'static str, not_found: bool, reason: &str) -> Vec<Action> {
+        let was = self.state;
+        self.state = State::Closed;
+        match &self.purpose {
+            Purpose::Pair if was == State::Established => Vec::new(),
+            Purpose::Pair => {
+                log::warn!(
+                    "{}: {reason}; bouncing {} stanzas ({condition})",
+                    self.label,
+                    self.queue.len()
+                );
+                if self.queue.is_empty() {
+                    return Vec::new();
+                }
+                vec![Action::Bounce {
+                    stanzas: self.queue.drain(..).collect(),
+                    condition,
+                    text: reason.to_string(),
+                }]
+            }
+            Purpose::Verify(_) => {
+                log::info!("{}: verification failed: {reason}", self.label);
+                // XEP-0220 §2.5 conditions for step 4.
+                let cond = match (not_found, condition) {
+                    (true, _) => "remote-server-not-found",
+                    (false, _) if was == State::Connecting => "remote-connection-failed",
+                    _ => "remote-server-timeout",
+                };
+                vec![Action::VerifyDone(Verdict::Error(cond))]
+            }
+        }
+    }
+
+    fn fail_and_close(
+        &mut self,
+        condition: &'static str,
+        not_found: bool,
+        reason: &str,
+        err: Option<StreamError>,
+    ) -> Vec<Action> {
+        let mut out = self.fail(condition, not_found, reason);
+        out.push(Action::Close(err));
+        out
+    }
+}
+
+#[cfg(test)]
+#[path = "outgoing_tests.rs"]
+mod tests;

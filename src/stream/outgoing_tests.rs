@@ -1,0 +1,448 @@
+//! Unit tests of the outbound stream core on literal XML. Each cites the rule it proves.
+
+use super::*;
+use crate::keys::DialbackSecret;
+use crate::stream::testutil::{ctx, ctx_with, el, SECRET};
+use crate::xml::STANZAS_NS;
+
+fn d(s: &str) -> Domain {
+    Domain::parse(s).unwrap()
+}
+
+fn their_header(id: Option<&str>) -> StreamHeader {
+    StreamHeader {
+        name: "stream".into(),
+        ns: STREAM_NS.into(),
+        default_ns: Some(SERVER_NS.into()),
+        db_ns: true,
+        from: Some("b.test".into()),
+        to: Some("a.test".into()),
+        id: id.map(str::to_string),
+        version: Some("1.0".into()),
+        lang: None,
+    }
+}
+
+fn features() -> Element {
+    el("<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>")
+}
+
+fn msg(n: u32) -> Element {
+    el(&format!(
+        "<message from='bot@a.test' to='u@b.test' id='m{n}'><body>{n}</body></message>"
+    ))
+}
+
+/// A pair stream a.test→b.test that has sent its db:result.
+fn awaiting_result() -> (Outgoing, Vec<Action>) {
+    let mut s = Outgoing::new(
+        ctx(),
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    let out = s.handle(Event::Connected);
+    let [Action::SendHeader(h)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert!(h.db_ns, "DB-01");
+    assert_eq!(
+        (h.from.as_deref(), h.to.as_deref()),
+        (Some("a.test"), Some("b.test")),
+        "STR-02"
+    );
+    assert!(s
+        .handle(Event::Header(their_header(Some("ID-B"))))
+        .is_empty());
+    let out = s.handle(Event::Element(features()));
+    (s, out)
+}
+
+fn bounced(out: &[Action]) -> Option<(usize, &'static str)> {
+    out.iter().find_map(|a| match a {
+        Action::Bounce {
+            stanzas, condition, ..
+        } => Some((stanzas.len(), *condition)),
+        _ => None,
+    })
+}
+
+#[test]
+fn db03_db_result_carries_the_xep0185_key_for_their_stream_id() {
+    let (_, out) = awaiting_result();
+    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "ID-B");
+    assert_eq!(
+        out,
+        vec![Action::Send(el(&format!(
+            "<db:result from='a.test' to='b.test'>{key}</db:result>"
+        )))]
+    );
+}
+
+#[test]
+fn db05_rout01_stanzas_wait_for_valid_then_flush_in_order() {
+    let mut s = Outgoing::new(
+        ctx(),
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    assert!(
+        s.handle(Event::Stanza(msg(1))).is_empty(),
+        "queued before connecting"
+    );
+    s.handle(Event::Connected);
+    s.handle(Event::Header(their_header(Some("ID-B"))));
+    assert!(s.handle(Event::Stanza(msg(2))).is_empty());
+    let out = s.handle(Event::Element(features()));
+    assert!(
+        matches!(&out[..], [Action::Send(e)] if e.name == "result"),
+        "only the key goes out"
+    );
+    assert!(s.handle(Event::Stanza(msg(3))).is_empty());
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    )));
+    assert!(matches!(&out[0], Action::Authenticated { .. }));
+    assert_eq!(
+        out[1..],
+        [
+            Action::Send(msg(1)),
+            Action::Send(msg(2)),
+            Action::Send(msg(3))
+        ]
+    );
+    assert_eq!(s.handle(Event::Stanza(msg(4))), vec![Action::Send(msg(4))]);
+}
+
+#[test]
+fn db07_sec01_result_for_another_pair_is_ignored() {
+    let (mut s, _) = awaiting_result();
+    s.handle(Event::Stanza(msg(1)));
+    for bad in [
+        "<db:result from='c.test' to='a.test' type='valid'/>",
+        "<db:result from='b.test' to='conference.a.test' type='valid'/>",
+        "<db:result from='b.test' to='a.test'/>",
+        "<db:verify from='b.test' to='a.test' id='ID-B' type='valid'/>",
+    ] {
+        assert!(s.handle(Event::Element(el(bad))).is_empty(), "{bad}");
+        assert!(!s.is_established());
+    }
+    assert_eq!(s.queued(), 1);
+}
+
+#[test]
+fn db04_valid_may_arrive_without_any_verify_round_trip() {
+    let (mut s, _) = awaiting_result();
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    )));
+    assert!(matches!(&out[..], [Action::Authenticated { .. }]));
+    assert!(s.is_established());
+}
+
+#[test]
+fn db08_invalid_bounces_queue_with_internal_server_error() {
+    let (mut s, _) = awaiting_result();
+    s.handle(Event::Stanza(msg(1)));
+    s.handle(Event::Stanza(msg(2)));
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='invalid'/>",
+    )));
+    assert_eq!(bounced(&out), Some((2, "internal-server-error")));
+    assert_eq!(out.last(), Some(&Action::Close(None)));
+}
+
+#[test]
+fn db09_error_bounces_queue_with_remote_server_timeout() {
+    let (mut s, _) = awaiting_result();
+    s.handle(Event::Stanza(msg(1)));
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+    )));
+    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+}
+
+#[test]
+fn db06_peer_closing_mid_dialback_bounces() {
+    for ev in [
+        Event::Close,
+        Event::Broken {
+            condition: None,
+            reason: "EOF".into(),
+        },
+        Event::Timeout,
+    ] {
+        let (mut s, _) = awaiting_result();
+        s.handle(Event::Stanza(msg(1)));
+        let out = s.handle(ev);
+        assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+        assert!(s.is_closed());
+    }
+}
+
+#[test]
+fn route02_resolution_failure_is_remote_server_not_found() {
+    let mut s = Outgoing::new(
+        ctx(),
+        "t".into(),
+        d("a.test"),
+        d("nosuch.test"),
+        Purpose::Pair,
+        false,
+    );
+    s.handle(Event::Stanza(msg(1)));
+    let out = s.handle(Event::ConnectFailed {
+        not_found: true,
+        reason: "NXDOMAIN".into(),
+    });
+    assert_eq!(bounced(&out), Some((1, "remote-server-not-found")));
+    let mut s = Outgoing::new(
+        ctx(),
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    s.handle(Event::Stanza(msg(1)));
+    let out = s.handle(Event::ConnectFailed {
+        not_found: false,
+        reason: "refused".into(),
+    });
+    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+}
+
+#[test]
+fn closed_route_hands_stanzas_back_to_the_router() {
+    let (mut s, _) = awaiting_result();
+    s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    )));
+    s.handle(Event::Idle);
+    assert_eq!(
+        s.handle(Event::Stanza(msg(9))),
+        vec![Action::Deliver(msg(9))]
+    );
+}
+
+#[test]
+fn queue_cap_bounces_resource_constraint() {
+    let ctx = ctx_with(|c| c.limits.queue = 2);
+    let mut s = Outgoing::new(
+        ctx,
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    s.handle(Event::Stanza(msg(1)));
+    s.handle(Event::Stanza(msg(2)));
+    let out = s.handle(Event::Stanza(msg(3)));
+    assert_eq!(bounced(&out), Some((1, "resource-constraint")));
+    assert_eq!(s.queued(), 2);
+}
+
+#[test]
+fn str03_header_without_id_fails() {
+    let mut s = Outgoing::new(
+        ctx(),
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    s.handle(Event::Connected);
+    s.handle(Event::Stanza(msg(1)));
+    let out = s.handle(Event::Header(their_header(None)));
+    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+}
+
+#[test]
+fn tls01_starttls_when_offered_and_restart_after_proceed() {
+    let ctx = ctx_with(|c| c.tls.enabled = true);
+    let mut s = Outgoing::new(
+        ctx,
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    s.handle(Event::Connected);
+    s.handle(Event::Header(their_header(Some("ID-1"))));
+    let out = s.handle(Event::Element(el(
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+    )));
+    assert_eq!(out, vec![Action::Send(Element::new("starttls", TLS_NS))]);
+    assert_eq!(
+        s.handle(Event::Element(el(
+            "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+        ))),
+        vec![Action::StartTls]
+    );
+    let out = s.handle(Event::TlsEstablished);
+    assert!(matches!(&out[..], [Action::SendHeader(_)]));
+    s.handle(Event::Header(their_header(Some("ID-2"))));
+    let out = s.handle(Event::Element(features()));
+    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "ID-2");
+    assert_eq!(
+        out,
+        vec![Action::Send(el(&format!(
+            "<db:result from='a.test' to='b.test'>{key}</db:result>"
+        )))]
+    );
+}
+
+#[test]
+fn sec12_stripped_starttls_with_required_encryption_sends_nothing() {
+    let ctx = ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = true;
+    });
+    let mut s = Outgoing::new(
+        ctx,
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    s.handle(Event::Connected);
+    s.handle(Event::Stanza(msg(1)));
+    s.handle(Event::Header(their_header(Some("ID-1"))));
+    let out = s.handle(Event::Element(features()));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Send(_))),
+        "no key in the clear: {out:?}"
+    );
+    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+    assert!(
+        matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == "policy-violation")
+    );
+}
+
+fn verify_stream() -> Outgoing {
+    let req = VerifyRequest {
+        local: d("a.test"),
+        remote: d("b.test"),
+        stream_id: "IN-1".into(),
+        key: "k3y".into(),
+    };
+    let mut s = Outgoing::new(
+        ctx(),
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Verify(req),
+        false,
+    );
+    s.handle(Event::Connected);
+    s.handle(Event::Header(their_header(Some("ID-B"))));
+    let out = s.handle(Event::Element(features()));
+    assert_eq!(
+        out,
+        vec![Action::Send(el(
+            "<db:verify from='a.test' to='b.test' id='IN-1'>k3y</db:verify>"
+        ))],
+        "DB-10"
+    );
+    s
+}
+
+#[test]
+fn db11_db14_verify_answer_must_match_and_then_the_connection_closes() {
+    let mut s = verify_stream();
+    for bad in [
+        "<db:verify from='b.test' to='a.test' id='OTHER' type='valid'/>",
+        "<db:verify from='c.test' to='a.test' id='IN-1' type='valid'/>",
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    ] {
+        assert!(s.handle(Event::Element(el(bad))).is_empty(), "{bad}");
+    }
+    let out = s.handle(Event::Element(el(
+        "<db:verify from='b.test' to='a.test' id='IN-1' type='invalid'/>",
+    )));
+    assert_eq!(
+        out,
+        vec![Action::VerifyDone(Verdict::Invalid), Action::Close(None)]
+    );
+}
+
+#[test]
+fn db27_authoritative_error_becomes_remote_server_not_found() {
+    let mut s = verify_stream();
+    let out = s.handle(Event::Element(el(
+        "<db:verify from='b.test' to='a.test' id='IN-1' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:verify>",
+    )));
+    assert_eq!(
+        out[0],
+        Action::VerifyDone(Verdict::Error("remote-server-not-found"))
+    );
+}
+
+#[test]
+fn db13_verify_connection_failures_map_to_xep0220_conditions() {
+    let req = VerifyRequest {
+        local: d("a.test"),
+        remote: d("b.test"),
+        stream_id: "IN-1".into(),
+        key: "k".into(),
+    };
+    let mk = || {
+        Outgoing::new(
+            ctx(),
+            "t".into(),
+            d("a.test"),
+            d("b.test"),
+            Purpose::Verify(req.clone()),
+            false,
+        )
+    };
+    let out = mk().handle(Event::ConnectFailed {
+        not_found: true,
+        reason: "NXDOMAIN".into(),
+    });
+    assert_eq!(
+        out[0],
+        Action::VerifyDone(Verdict::Error("remote-server-not-found"))
+    );
+    let out = mk().handle(Event::ConnectFailed {
+        not_found: false,
+        reason: "refused".into(),
+    });
+    assert_eq!(
+        out[0],
+        Action::VerifyDone(Verdict::Error("remote-connection-failed"))
+    );
+    let mut s = verify_stream();
+    let out = s.handle(Event::Close);
+    assert_eq!(
+        out[0],
+        Action::VerifyDone(Verdict::Error("remote-server-timeout"))
+    );
+    let mut s = verify_stream();
+    let out = s.handle(Event::Element(el(
+        "<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+    )));
+    assert_eq!(
+        out[0],
+        Action::VerifyDone(Verdict::Error("remote-server-not-found"))
+    );
+}
+
+#[test]
+fn dialback_error_condition_is_read() {
+    let e = el("<db:result from='b.test' to='a.test' type='error'><error type='cancel'><remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>");
+    assert_eq!(
+        Verdict::of(&e),
+        Some(Verdict::Error("remote-connection-failed"))
+    );
+    let _ = STANZAS_NS;
+}
