@@ -1219,6 +1219,38 @@ mod tests {
     }
 
     #[test]
+    fn example_documents_the_real_defaults() {
+        // Uncomment every `# key = value` line of [timeouts] and [limits] in the example: the
+        // result must still be exactly the defaults, so the comments cannot drift from the code.
+        let mut section = "";
+        let mut changed = 0;
+        let text: String = include_str!("../etc/dialbackd.toml")
+            .lines()
+            .map(|line| {
+                if line.starts_with('[') {
+                    section = line;
+                }
+                let key_value = line.strip_prefix("# ").filter(|rest| {
+                    rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+                });
+                match key_value {
+                    Some(kv) if section == "[timeouts]" || section == "[limits]" => {
+                        changed += 1;
+                        format!("{kv}\n")
+                    }
+                    _ => format!("{line}\n"),
+                }
+            })
+            .collect();
+        assert_eq!(changed, 16, "every timeout and limit is documented once");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
     fn stanza_size_below_rfc_minimum_is_named() {
         let e = parse(&format!("{MIN}[limits]\nstanza_size = 500\n")).unwrap_err();
         assert_eq!(

@@ -122,12 +122,12 @@ impl Jid {
             reason,
         };
         let (bare, resource) = match s.split_once('/') {
-            Some((_, r)) if r.is_empty() => return Err(bad("empty resourcepart")),
+            Some((_, "")) => return Err(bad("empty resourcepart")),
             Some((b, r)) => (b, Some(r.to_string())),
             None => (s, None),
         };
         let (node, domain) = match bare.split_once('@') {
-            Some((n, _)) if n.is_empty() => return Err(bad("empty localpart")),
+            Some(("", _)) => return Err(bad("empty localpart")),
             Some((n, d)) => (Some(n.to_string()), d),
             None => (None, bare),
         };

@@ -1,1 +1,155 @@
-fn main() {}
+//! The `dialbackd` command: parse arguments, load the configuration, start logging, serve.
+
+use dialbackd::config::Config;
+use dialbackd::dns::Resolver;
+use dialbackd::keys::{self, DialbackSecret};
+use dialbackd::net::{self, Listeners};
+use dialbackd::router::Router;
+use dialbackd::stream::Ctx;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const DEFAULT_CONFIG: &str = "/etc/dialbackd/dialbackd.toml";
+
+const USAGE: &str = "\
+usage: dialbackd [--config FILE]          run the daemon (default config: /etc/dialbackd/dialbackd.toml)
+       dialbackd --check-config FILE      validate a configuration file and exit
+       dialbackd --version | --help
+Logging: RUST_LOG=error|warn|info|debug|trace (default info).";
+
+enum Command {
+    Run(PathBuf),
+    Check(PathBuf),
+    Version,
+    Help,
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    let mut it = args.iter();
+    let mut config = None;
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a FILE argument"))
+        };
+        match a.as_str() {
+            "-c" | "--config" => config = Some(PathBuf::from(value(a)?)),
+            "--check-config" => return Ok(Command::Check(PathBuf::from(value(a)?))),
+            "-V" | "--version" => return Ok(Command::Version),
+            "-h" | "--help" => return Ok(Command::Help),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Command::Run(
+        config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
+    ))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match parse_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dialbackd: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Command::Help => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("dialbackd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check(path) => match Config::load(&path) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} domains, {} components)",
+                    path.display(),
+                    c.domains.len(),
+                    c.components.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dialbackd: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(path) => run(&path),
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match Config::load(path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SEC-03: a configured secret, or 256 bits from the OS generator; fail loudly without one.
+    let secret = match &config.dialback_secret {
+        Some(s) => DialbackSecret::from_secret(s),
+        None => match DialbackSecret::random() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("dialbackd: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if let Err(e) = keys::new_stream_id() {
+        eprintln!("dialbackd: {e}");
+        return ExitCode::FAILURE;
+    }
+    let resolver = if config.nameservers.is_empty() {
+        match Resolver::from_system(config.timeouts.dns) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "dialbackd: /etc/resolv.conf: {e}; set [dns] nameservers in {}",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        Resolver::new(config.nameservers.clone(), config.timeouts.dns)
+    };
+    let listeners = match Listeners::bind(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ctx = Arc::new(Ctx {
+        config: config.clone(),
+        secret,
+        tls_available: false,
+    });
+    let router = Router::new(ctx, resolver);
+    log::info!(
+        "dialbackd {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        config
+            .local_domains()
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    match net::serve(&router, listeners) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

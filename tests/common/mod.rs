@@ -1,4 +1,354 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: real `dialbackd` processes on their own
+//! 127.x.y.z addresses, a test DNS server, an XEP-0114 component client and a raw
+//! server-to-server peer. Every wait is bounded; every process started is stopped by PID.
 #![allow(dead_code)]
 
 pub mod dns_server;
+
+use dialbackd::xml::{Element, Limits, StreamEvent, StreamReader};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The bound for anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A fresh loopback address for one server: 127.P.N.1 where P depends on the process (test
+/// binaries never share addresses) and N counts up within it.
+pub fn next_ip() -> Ipv4Addr {
+    static N: AtomicU32 = AtomicU32::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let p = 20 + (std::process::id() % 200) as u8;
+    Ipv4Addr::new(127, p, (n % 250) as u8, 1 + (n / 250) as u8)
+}
+
+/// A running `dialbackd` process.
+pub struct Daemon {
+    child: Child,
+    pub ip: Ipv4Addr,
+    pub dir: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: Receiver<String>,
+    exited: Option<Receiver<std::process::ExitStatus>>,
+    pub name: String,
+}
+
+impl Daemon {
+    /// Write `config` (with `{ip}` and `{dir}` replaced) and start the daemon on it; returns
+    /// once it logged that it listens.
+    pub fn start(name: &str, ip: Ipv4Addr, config: &str) -> Daemon {
+        let dir =
+            std::env::temp_dir().join(format!("dialbackd-test-{}-{name}-{ip}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = config
+            .replace("{ip}", &ip.to_string())
+            .replace("{dir}", &dir.display().to_string());
+        let path = dir.join("dialbackd.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dialbackd"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dialbackd");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = mpsc::channel();
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut d = Daemon {
+            child,
+            ip,
+            dir,
+            log,
+            lines,
+            exited: None,
+            name: name.to_string(),
+        };
+        d.wait_log("listening on");
+        d
+    }
+
+    /// Wait (bounded) for a log line containing `needle`; panics with the log if none comes.
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "{}: no log line with {needle:?} in {WAIT:?}\n{}",
+                    self.name,
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn s2s(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip), 5269)
+    }
+
+    pub fn component_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip), 5347)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send SIGTERM and wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        self.wait_exit(WAIT)
+    }
+
+    fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        if self.exited.is_none() {
+            // Child::wait in a thread so the wait can be bounded without polling.
+            let (tx, rx) = mpsc::channel();
+            let pid = self.child.id();
+            thread::spawn(move || {
+                let status = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "while kill -0 {pid} 2>/dev/null; do sleep 0.05; done"
+                    ))
+                    .status();
+                let _ = tx.send(status);
+            });
+            let _ = rx.recv_timeout(bound);
+            let (tx2, rx2) = mpsc::channel();
+            self.exited = Some(rx2);
+            if let Ok(Some(st)) = self.child.try_wait() {
+                let _ = tx2.send(st);
+            }
+        }
+        self.exited.as_ref().and_then(|rx| rx.try_recv().ok())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.pid().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                let _ = self.lines.recv_timeout(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "===== log of {} ({}) =====\n{}",
+                self.name,
+                self.ip,
+                self.log_text()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A client of XML streams: a socket, a reader thread delivering parsed events.
+pub struct XmlConn {
+    pub sock: TcpStream,
+    events: Receiver<Result<StreamEvent, String>>,
+}
+
+impl XmlConn {
+    pub fn connect(addr: SocketAddr) -> XmlConn {
+        let sock = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        XmlConn::over(sock)
+    }
+
+    pub fn over(sock: TcpStream) -> XmlConn {
+        let rd = sock.try_clone().unwrap();
+        let (tx, events) = mpsc::channel();
+        thread::spawn(move || {
+            let mut r = StreamReader::new(rd, Limits::default());
+            loop {
+                let ev = r.next_event().map_err(|e| e.to_string());
+                let end = !matches!(ev, Ok(StreamEvent::Header(_)) | Ok(StreamEvent::Element(_)));
+                if tx.send(ev).is_err() || end {
+                    return;
+                }
+            }
+        });
+        XmlConn { sock, events }
+    }
+
+    pub fn send(&mut self, xml: &str) {
+        self.sock.write_all(xml.as_bytes()).expect("write");
+    }
+
+    /// The next event, or None after `bound`.
+    pub fn next(&self, bound: Duration) -> Option<Result<StreamEvent, String>> {
+        self.events.recv_timeout(bound).ok()
+    }
+
+    /// The next element (skipping nothing); panics on anything else.
+    pub fn element(&self) -> Element {
+        match self.next(WAIT) {
+            Some(Ok(StreamEvent::Element(e))) => e,
+            other => panic!("expected an element, got {other:?}"),
+        }
+    }
+
+    /// Wait for the next element satisfying `f`, skipping others; None if the stream ends or
+    /// `bound` passes.
+    pub fn element_where(&self, bound: Duration, f: impl Fn(&Element) -> bool) -> Option<Element> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left) {
+                Some(Ok(StreamEvent::Element(e))) if f(&e) => return Some(e),
+                Some(Ok(StreamEvent::Element(_))) | Some(Ok(StreamEvent::Header(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    pub fn header(&self) -> dialbackd::xml::StreamHeader {
+        match self.next(WAIT) {
+            Some(Ok(StreamEvent::Header(h))) => h,
+            other => panic!("expected a stream header, got {other:?}"),
+        }
+    }
+}
+
+/// An XEP-0114 component connected and authenticated.
+pub struct ComponentClient {
+    pub conn: XmlConn,
+    pub domain: String,
+}
+
+impl ComponentClient {
+    pub fn connect(addr: SocketAddr, domain: &str, secret: &str) -> ComponentClient {
+        let mut conn = XmlConn::connect(addr);
+        conn.send(&format!(
+            "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+        ));
+        let h = conn.header();
+        let id = h.id.expect("stream id");
+        let digest = dialbackd::stream::component::handshake_digest(&id, secret);
+        conn.send(&format!("<handshake>{digest}</handshake>"));
+        let ack = conn.element();
+        assert_eq!(
+            ack.name, "handshake",
+            "component handshake refused: {ack:?}"
+        );
+        ComponentClient {
+            conn,
+            domain: domain.to_string(),
+        }
+    }
+
+    pub fn send(&mut self, xml: &str) {
+        self.conn.send(xml);
+    }
+
+    /// The next stanza, within `bound`.
+    pub fn recv(&self, bound: Duration) -> Option<Element> {
+        self.conn.element_where(bound, |_| true)
+    }
+}
+
+/// A TCP listener standing in for a remote server the test scripts by hand.
+pub struct FakeServer {
+    pub listener: TcpListener,
+}
+
+impl FakeServer {
+    pub fn bind(ip: Ipv4Addr) -> FakeServer {
+        FakeServer {
+            listener: TcpListener::bind((ip, 5269)).expect("bind fake server"),
+        }
+    }
+
+    /// Accept one connection within the bound.
+    pub fn accept(&self) -> XmlConn {
+        self.listener.set_nonblocking(false).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let l = self.listener.try_clone().unwrap();
+        thread::spawn(move || {
+            let _ = tx.send(l.accept());
+        });
+        let (sock, _) = rx
+            .recv_timeout(WAIT)
+            .expect("no connection came")
+            .expect("accept");
+        XmlConn::over(sock)
+    }
+}
+
+/// `<stream:stream …>` of a server-to-server stream.
+pub fn s2s_header(from: &str, to: &str, id: Option<&str>) -> String {
+    let id = id.map(|i| format!(" id='{i}'")).unwrap_or_default();
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+         xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'{id}>"
+    )
+}
+
+/// A daemon config: `domains`, components `(domain, secret)`, nameserver, extra TOML.
+pub fn config(
+    domains: &[&str],
+    components: &[(&str, &str)],
+    dns: SocketAddr,
+    extra: &str,
+) -> String {
+    let mut s = format!(
+        "domains = [{}]\n[listen]\ns2s = [\"{{ip}}:5269\"]\ncomponent = \"{{ip}}:5347\"\n[dns]\nnameservers = [\"{dns}\"]\n",
+        domains.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", ")
+    );
+    s.push_str("[timeouts]\nnegotiation = 15\ndialback = 15\nclose = 2\nshutdown = 6\ndns = 2\nconnect = 3\n");
+    for (d, secret) in components {
+        s.push_str(&format!(
+            "[[component]]\ndomain = \"{d}\"\nsecret = \"{secret}\"\n"
+        ));
+    }
+    s.push_str(extra);
+    s
+}

@@ -1,0 +1,56 @@
+# dialbackd: thin wrappers around cargo. `make run` builds and starts the daemon on the example
+# configuration; `make test` runs every test.
+# RUST_LOG (default info) sets the log level of `make run` and `make run-peer`.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BIN := target/release/dialbackd
+
+.PHONY: all build test run run-peer check-config lint doc install clean bench
+
+all: build
+
+build:
+	cargo build --release --locked
+
+test:
+	cargo test --all-targets --locked
+
+# The a.test instance (127.0.0.1); `make run-peer` in a second terminal starts b.test.
+run: build
+	RUST_LOG=$${RUST_LOG:-info} ./$(BIN) --config etc/dialbackd.toml
+
+run-peer: build
+	RUST_LOG=$${RUST_LOG:-info} ./$(BIN) --config etc/peer.toml
+
+check-config: build
+	./$(BIN) --check-config etc/dialbackd.toml
+	./$(BIN) --check-config etc/peer.toml
+
+lint:
+	cargo fmt --all -- --check && cargo clippy --all-targets --locked -- -D warnings
+
+doc:
+	RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps
+
+# Needs a built binary (`make build` as your user first; then `sudo make install`).
+# The example configuration is installed only when none exists, so an edited one is never
+# overwritten. Installing to the live system (empty DESTDIR) also creates the `dialbackd` system
+# user the unit runs as and lets its group read a newly installed configuration.
+install:
+	@test -x $(BIN) || { echo "$(BIN) is missing: run 'make build' first" >&2; exit 1; }
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/dialbackd $(DESTDIR)/lib/systemd/system
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/dialbackd
+	sed 's|/usr/local/bin/dialbackd|$(PREFIX)/bin/dialbackd|' etc/dialbackd.service > $(DESTDIR)/lib/systemd/system/dialbackd.service
+	chmod 0644 $(DESTDIR)/lib/systemd/system/dialbackd.service
+	@if [ -z "$(DESTDIR)" ] && ! getent passwd dialbackd >/dev/null; then \
+		echo "useradd --system --user-group dialbackd"; \
+		useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin dialbackd; \
+	fi
+	test -f $(DESTDIR)/etc/dialbackd/dialbackd.toml || { install -m 0640 etc/dialbackd.toml $(DESTDIR)/etc/dialbackd/dialbackd.toml && if [ -z "$(DESTDIR)" ]; then chgrp dialbackd /etc/dialbackd/dialbackd.toml; fi; }
+
+clean:
+	cargo clean
+
+bench:
+	@echo "benchmarks are not written yet" >&2; exit 1

@@ -1,0 +1,915 @@
+//! One stream's threads: socket ⇄ XML reader ⇄ protocol core ⇄ router ⇄ socket.
+//!
+//! Each stream has a **reader thread** (blocking socket read → [`StreamReader`] → `Input`s on
+//! the worker's channel) and a **worker thread** that owns the protocol core and is the only
+//! writer of the socket. Every other thread reaches a stream through its [`Handle`] and never
+//! blocks on it: a full outbox bounces with `resource-constraint`. The worker carries out the
+//! core's [`Action`]s in order and takes no protocol decision of its own; it owns the clock
+//! (negotiation deadline, idle close, whitespace keepalives, close handshake).
+//!
+//! STARTTLS: the reader stops after `<starttls/>` (inbound) or `<proceed/>` (outbound) and hands
+//! over the bytes it had already read; any such byte is plaintext injection and closes the
+//! stream with `policy-violation`. The worker upgrades the socket and gives the reader a fresh
+//! transport, on which it starts a fresh parser (RFC 6120 §5.4.3.3).
+//!
+//! Out of scope: protocol rules (`stream`), routing tables (`router`), accepting (`net`).
+
+use crate::domain::Domain;
+use crate::keys;
+use crate::router::{Handle, Router, StreamKind};
+use crate::stanza;
+use crate::stream::component::Component;
+use crate::stream::incoming::Incoming;
+use crate::stream::outgoing::{Outgoing, Purpose};
+use crate::stream::{Action, Event, StreamError, Verdict, VerifyRequest};
+use crate::xml::{Element, Limits, StreamEvent, StreamReader, XmlError, STREAM_CLOSE, TLS_NS};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Stack size of stream threads: enough for the parser, rustls and our serializer, small
+/// enough for thousands of streams on a 32-bit box.
+const STACK_SIZE: usize = 256 * 1024;
+/// How long a stream closing at shutdown waits for the peer's `</stream:stream>`.
+const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// Inputs handled before the worker flushes its writes.
+const BATCH: usize = 256;
+
+/// A message to a stream's worker.
+#[derive(Debug)]
+pub enum Input {
+    /// From the reader: the next event or the error that ended reading.
+    Xml(Result<StreamEvent, XmlError>),
+    /// From the reader: it stopped after this STARTTLS element; `leftover` is what it had
+    /// already read beyond it.
+    Paused {
+        /// `<starttls/>` or `<proceed/>`.
+        element: Element,
+        /// Bytes read past the element (must be empty).
+        leftover: Vec<u8>,
+    },
+    /// A stanza to send on this stream (outbound routes and components).
+    Stanza(Element),
+    /// The answer to a verification this stream asked for.
+    Verified {
+        /// The originating domain.
+        remote: Domain,
+        /// Our domain.
+        local: Domain,
+        /// The Authoritative Server's answer.
+        verdict: Verdict,
+    },
+    /// Close now: the daemon is shutting down.
+    Shutdown,
+}
+
+enum ReaderCmd {
+    Resume(Box<dyn Read + Send>),
+}
+
+enum Core {
+    In(Incoming),
+    Out(Outgoing),
+    Comp(Component),
+}
+
+impl Core {
+    fn handle(&mut self, ev: Event) -> Vec<Action> {
+        match self {
+            Core::In(c) => c.handle(ev),
+            Core::Out(c) => c.handle(ev),
+            Core::Comp(c) => c.handle(ev),
+        }
+    }
+
+    /// True once the stream carries traffic (so idle and keepalive timers apply, and the
+    /// negotiation deadline no longer does).
+    fn is_open(&self) -> bool {
+        match self {
+            Core::In(c) => c.is_authenticated(),
+            Core::Out(c) => c.is_established(),
+            Core::Comp(c) => c.domain().is_some(),
+        }
+    }
+
+    /// The STARTTLS element after which the reader must stop.
+    fn pause_on(&self) -> Option<&'static str> {
+        match self {
+            Core::In(_) => Some("starttls"),
+            Core::Out(_) => Some("proceed"),
+            Core::Comp(_) => None,
+        }
+    }
+}
+
+fn fresh_id() -> String {
+    // The OS generator was checked at start-up (main draws the secret and an id); a failure
+    // now means the kernel cannot give randomness, and no stream may go on without it.
+    keys::new_stream_id().expect("the OS random number generator failed")
+}
+
+struct Worker {
+    router: Arc<Router>,
+    label: String,
+    core: Core,
+    me: Handle,
+    rx: Receiver<Input>,
+    sock: Option<TcpStream>,
+    out: Option<Box<dyn Write + Send>>,
+    wbuf: Vec<u8>,
+    wbuf_stanzas: Vec<Element>,
+    reader_ctl: Option<Sender<ReaderCmd>>,
+    reader_running: bool,
+    leftover: Option<Vec<u8>>,
+    deadline: Instant,
+    deadline_fired: bool,
+    last_activity: Instant,
+    last_write: Instant,
+    closing_until: Option<Instant>,
+    done: bool,
+    route_key: Option<(Domain, Domain)>,
+    component: Option<Domain>,
+    verify: Option<(Handle, Domain, Domain)>,
+    peer_ip: Option<IpAddr>,
+}
+
+impl Worker {
+    fn new(
+        router: &Arc<Router>,
+        label: String,
+        core: Core,
+        kind: StreamKind,
+        cap: usize,
+        negotiation: Duration,
+    ) -> (Worker, Handle) {
+        let (tx, rx) = mpsc::channel();
+        let me = Handle::new(router.next_id(), kind, tx, cap);
+        let now = Instant::now();
+        let w = Worker {
+            router: router.clone(),
+            label,
+            core,
+            me: me.clone(),
+            rx,
+            sock: None,
+            out: None,
+            wbuf: Vec::new(),
+            wbuf_stanzas: Vec::new(),
+            reader_ctl: None,
+            reader_running: false,
+            leftover: None,
+            deadline: now + negotiation,
+            deadline_fired: false,
+            last_activity: now,
+            last_write: now,
+            closing_until: None,
+            done: false,
+            route_key: None,
+            component: None,
+            verify: None,
+            peer_ip: None,
+        };
+        (w, me)
+    }
+
+    fn limits(&self) -> Limits {
+        let l = &self.router.ctx.config.limits;
+        Limits {
+            max_stanza_bytes: l.stanza_size,
+            max_depth: l.depth,
+        }
+    }
+
+    /// Take over a connected socket: start the reader, keep the write half.
+    fn attach(&mut self, sock: TcpStream) -> io::Result<()> {
+        let _ = sock.set_nodelay(true);
+        sock.set_write_timeout(Some(self.router.ctx.config.timeouts.negotiation))?;
+        let read_half = sock.try_clone()?;
+        self.out = Some(Box::new(sock.try_clone()?));
+        self.sock = Some(sock);
+        self.start_reader(Box::new(read_half))
+    }
+
+    fn start_reader(&mut self, read: Box<dyn Read + Send>) -> io::Result<()> {
+        let (ctl_tx, ctl_rx) = mpsc::channel();
+        let tx = self.me.clone();
+        let limits = self.limits();
+        let pause_on = self.core.pause_on();
+        thread::Builder::new()
+            .name(format!("rd-{}", self.me.id()))
+            .stack_size(STACK_SIZE)
+            .spawn(move || reader_loop(read, limits, &tx, &ctl_rx, pause_on))?;
+        self.reader_ctl = Some(ctl_tx);
+        self.reader_running = true;
+        Ok(())
+    }
+
+    fn spawn(mut self, connect: bool) -> io::Result<()> {
+        self.router.add_stream(self.me.clone());
+        let name = format!("st-{}", self.me.id());
+        let id = self.me.id();
+        let router = self.router.clone();
+        thread::Builder::new()
+            .name(name)
+            .stack_size(STACK_SIZE)
+            .spawn(move || {
+                if connect {
+                    self.connect();
+                }
+                self.run();
+            })
+            .map(|_| ())
+            .inspect_err(|_| router.remove_stream(id))
+    }
+
+    /// Outbound: resolve, connect, and tell the core how it went.
+    fn connect(&mut self) {
+        let Core::Out(_) = &self.core else { return };
+        let remote = self.remote_domain();
+        let ev = match self.dial(&remote) {
+            Ok((sock, addr, direct_tls)) => {
+                log::debug!("{}: connected to {addr}", self.label);
+                if direct_tls {
+                    // Direct-TLS targets are only chosen when TLS is configured (see dial).
+                    match self.attach_tls_client(sock, &remote) {
+                        Ok(()) => Event::Connected,
+                        Err(e) => Event::ConnectFailed {
+                            not_found: false,
+                            reason: format!("TLS with {addr}: {e}"),
+                        },
+                    }
+                } else {
+                    match self.attach(sock) {
+                        Ok(()) => Event::Connected,
+                        Err(e) => Event::ConnectFailed {
+                            not_found: false,
+                            reason: e.to_string(),
+                        },
+                    }
+                }
+            }
+            Err((not_found, reason)) => Event::ConnectFailed { not_found, reason },
+        };
+        if !matches!(ev, Event::Connected) {
+            // Stanzas that arrived while we dialled are still in the channel: queue them in
+            // the core first, so the failure bounces them rather than re-routing them.
+            while let Ok(input) = self.rx.try_recv() {
+                self.input(input);
+            }
+        }
+        self.feed(ev);
+        self.flush();
+    }
+
+    fn remote_domain(&self) -> Domain {
+        match (&self.route_key, &self.verify) {
+            (Some((_, r)), _) | (None, Some((_, r, _))) => r.clone(),
+            (None, None) => unreachable!("outbound workers have a route or a verify request"),
+        }
+    }
+
+    /// Find and connect to `remote` (static route, else SRV/A per RFC 6120 §3.2).
+    fn dial(&self, remote: &Domain) -> Result<(TcpStream, SocketAddr, bool), (bool, String)> {
+        let cfg = &self.router.ctx.config;
+        let targets = match cfg.routes.get(remote) {
+            Some(r) => vec![(r.host.clone(), r.port, false)],
+            None => match self.router.resolver.resolve_s2s(remote.as_str()) {
+                Ok(t) => t
+                    .into_iter()
+                    .map(|t| (t.host, t.port, t.direct_tls))
+                    .collect(),
+                Err(e) => {
+                    return Err((
+                        e.is_not_found(),
+                        format!("DNS lookup for {remote} failed: {e}"),
+                    ))
+                }
+            },
+        };
+        let mut any_address = false;
+        let mut transient = false;
+        let mut errors = Vec::new();
+        for (host, port, direct_tls) in targets {
+            if direct_tls && !self.router.ctx.tls_available {
+                log::debug!(
+                    "{}: skipping direct-TLS target {host}:{port}, TLS is not configured",
+                    self.label
+                );
+                continue;
+            }
+            let ips = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => match self.router.resolver.ips(&host) {
+                    Ok(ips) => ips,
+                    Err(e) => {
+                        transient |= !e.is_not_found();
+                        errors.push(format!("{host}: {e}"));
+                        continue;
+                    }
+                },
+            };
+            for ip in ips {
+                any_address = true;
+                let addr = SocketAddr::new(ip, port);
+                match TcpStream::connect_timeout(&addr, cfg.timeouts.connect) {
+                    Ok(s) => return Ok((s, addr, direct_tls)),
+                    Err(e) => errors.push(format!("{addr}: {e}")),
+                }
+            }
+        }
+        let not_found = !any_address && !transient;
+        let detail = if errors.is_empty() {
+            "no address".to_string()
+        } else {
+            errors.join("; ")
+        };
+        Err((not_found, format!("cannot connect to {remote}: {detail}")))
+    }
+
+    fn run(mut self) {
+        while !self.done {
+            let wait = self.next_wakeup().saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(input) => {
+                    self.input(input);
+                    for _ in 0..BATCH {
+                        if self.done {
+                            break;
+                        }
+                        match self.rx.try_recv() {
+                            Ok(input) => self.input(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // We hold a sender ourselves (`me`), so the channel cannot disconnect.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.flush();
+            self.timers();
+            self.flush();
+        }
+        self.finish();
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Xml(res) => {
+                self.last_activity = Instant::now();
+                let ev = match res {
+                    Ok(StreamEvent::Header(h)) => Event::Header(h),
+                    Ok(StreamEvent::Element(e)) => Event::Element(e),
+                    Ok(StreamEvent::Close) => {
+                        self.reader_running = false;
+                        Event::Close
+                    }
+                    Err(e) => {
+                        self.reader_running = false;
+                        Event::Broken {
+                            condition: e.condition(),
+                            reason: e.to_string(),
+                        }
+                    }
+                };
+                if self.closing_until.is_some() {
+                    // We already closed; the peer's close (or EOF) ends the handshake.
+                    if !self.reader_running {
+                        self.done = true;
+                    }
+                    return;
+                }
+                self.feed(ev);
+            }
+            Input::Paused { element, leftover } => {
+                self.reader_running = false;
+                self.leftover = Some(leftover);
+                self.feed(Event::Element(element));
+                if self.leftover.is_some() && self.closing_until.is_none() && !self.done {
+                    // The core did not start TLS: the element was out of place.
+                    self.feed(Event::Broken {
+                        condition: Some("policy-violation"),
+                        reason: "unexpected STARTTLS element".into(),
+                    });
+                }
+            }
+            Input::Stanza(el) => {
+                self.me.queued().fetch_sub(1, Ordering::AcqRel);
+                self.feed(Event::Stanza(el));
+            }
+            Input::Verified {
+                remote,
+                local,
+                verdict,
+            } => self.feed(Event::Verified {
+                remote,
+                local,
+                verdict,
+            }),
+            Input::Shutdown => {
+                self.feed(Event::Shutdown);
+                if let Some(until) = &mut self.closing_until {
+                    *until = (*until).min(Instant::now() + SHUTDOWN_CLOSE_WAIT);
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, ev: Event) {
+        let actions = self.core.handle(ev);
+        self.execute(actions);
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::SendHeader(h) => self.write(&h.to_bytes()),
+                Action::Send(el) => {
+                    crate::xml::write_element(&el, &mut self.wbuf);
+                    if stanza::is_stanza(&el) {
+                        self.last_activity = Instant::now();
+                        self.wbuf_stanzas.push(el);
+                    }
+                }
+                Action::StartTls => self.start_tls(),
+                Action::Verify(req) => self.router.verify(req, self.me.clone()),
+                Action::Authenticated { .. } => self.deadline_fired = true,
+                Action::Deliver(el) => self.router.route(el),
+                Action::Bounce {
+                    stanzas,
+                    condition,
+                    text,
+                } => {
+                    for s in stanzas {
+                        self.router.bounce(s, condition, &text);
+                    }
+                }
+                Action::VerifyDone(v) => self.answer_verify(v),
+                Action::Register(domain) => {
+                    let ok = self
+                        .router
+                        .register_component(domain.clone(), self.me.clone());
+                    if ok {
+                        self.component = Some(domain);
+                    }
+                    let more = self.core.handle(Event::Registered(ok));
+                    self.execute(more);
+                }
+                Action::Close(err) => self.close(err),
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.wbuf.extend_from_slice(bytes);
+    }
+
+    /// Push buffered bytes to the socket. On failure the stanzas in the batch are bounced
+    /// (nothing accepted is silently lost) and the core learns the stream broke.
+    fn flush(&mut self) {
+        if self.wbuf.is_empty() {
+            return;
+        }
+        let res = match &mut self.out {
+            Some(out) => out.write_all(&self.wbuf).and_then(|()| out.flush()),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "no transport")),
+        };
+        self.wbuf.clear();
+        let sent = std::mem::take(&mut self.wbuf_stanzas);
+        match res {
+            Ok(()) => self.last_write = Instant::now(),
+            Err(e) => {
+                let had_transport = self.out.take().is_some();
+                for s in sent {
+                    self.router.bounce(
+                        s,
+                        "remote-server-timeout",
+                        "the connection failed while sending",
+                    );
+                }
+                if had_transport && !self.done {
+                    log::info!("{}: write failed: {e}", self.label);
+                    self.feed(Event::Broken {
+                        condition: None,
+                        reason: format!("write failed: {e}"),
+                    });
+                    self.wbuf.clear();
+                    self.done = true;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, err: Option<StreamError>) {
+        if let Some(e) = &err {
+            log::debug!("{}: closing with {e}", self.label);
+            self.write(&e.to_element().to_bytes());
+        }
+        self.write(STREAM_CLOSE);
+        self.flush();
+        self.unroute();
+        let wait = if self.router.is_shutting_down() {
+            SHUTDOWN_CLOSE_WAIT
+        } else {
+            self.router.ctx.config.timeouts.close
+        };
+        if self.out.is_none() || !self.reader_running {
+            self.done = true;
+        } else {
+            self.closing_until = Some(Instant::now() + wait);
+        }
+    }
+
+    /// Stop the router from sending us more stanzas.
+    fn unroute(&mut self) {
+        if let Some(key) = self.route_key.take() {
+            self.router.remove_route(&key, self.me.id());
+        }
+        if let Some(domain) = self.component.take() {
+            self.router.unregister_component(&domain, self.me.id());
+        }
+    }
+
+    fn answer_verify(&mut self, verdict: Verdict) {
+        if let Some((reply, remote, local)) = self.verify.take() {
+            reply.send(Input::Verified {
+                remote,
+                local,
+                verdict,
+            });
+            self.router.verification_done();
+        }
+    }
+
+    fn next_wakeup(&self) -> Instant {
+        let cfg = &self.router.ctx.config.timeouts;
+        let mut t = Instant::now() + Duration::from_secs(3600);
+        if let Some(c) = self.closing_until {
+            return t.min(c);
+        }
+        if !self.core.is_open() && !self.deadline_fired {
+            t = t.min(self.deadline);
+        }
+        if self.core.is_open() {
+            t = t
+                .min(self.last_activity + cfg.idle)
+                .min(self.last_write + cfg.keepalive);
+        }
+        t
+    }
+
+    fn timers(&mut self) {
+        if self.done {
+            return;
+        }
+        let now = Instant::now();
+        let cfg = &self.router.ctx.config.timeouts;
+        if let Some(c) = self.closing_until {
+            if now >= c {
+                log::debug!("{}: peer did not close its stream in time", self.label);
+                self.done = true;
+            }
+            return;
+        }
+        if !self.core.is_open() && !self.deadline_fired && now >= self.deadline {
+            self.deadline_fired = true;
+            self.feed(Event::Timeout);
+        } else if self.core.is_open() && now >= self.last_activity + cfg.idle {
+            self.feed(Event::Idle);
+        } else if self.core.is_open() && now >= self.last_write + cfg.keepalive {
+            // RFC 6120 §4.6.1: whitespace keepalive.
+            self.write(b" ");
+        }
+    }
+
+    /// STARTTLS: the reader has stopped; check for injected bytes and upgrade.
+    fn start_tls(&mut self) {
+        self.flush();
+        match self.leftover.take() {
+            Some(l) if l.is_empty() => {}
+            Some(l) => {
+                log::warn!(
+                    "{}: {} bytes sent after STARTTLS before the TLS handshake",
+                    self.label,
+                    l.len()
+                );
+                self.feed(Event::Broken {
+                    condition: Some("policy-violation"),
+                    reason: "plaintext sent after STARTTLS before the TLS handshake".into(),
+                });
+                return;
+            }
+            None => {
+                self.feed(Event::Broken {
+                    condition: Some("internal-server-error"),
+                    reason: "STARTTLS out of order".into(),
+                });
+                return;
+            }
+        }
+        let upgraded = match (&self.core, self.sock.as_ref().map(TcpStream::try_clone)) {
+            (Core::In(_), Some(Ok(sock))) => tls::upgrade_server(&self.router, sock),
+            (Core::Out(_), Some(Ok(sock))) => {
+                let remote = self.remote_domain();
+                tls::upgrade_client(&self.router, sock, &remote, false)
+            }
+            (_, Some(Err(e))) => Err(e),
+            _ => Err(io::Error::other("no transport to upgrade")),
+        };
+        match upgraded {
+            Ok((reader, writer)) => {
+                self.out = Some(writer);
+                match self
+                    .reader_ctl
+                    .as_ref()
+                    .map(|c| c.send(ReaderCmd::Resume(reader)))
+                {
+                    Some(Ok(())) => {
+                        self.reader_running = true;
+                        self.feed(Event::TlsEstablished);
+                    }
+                    _ => self.feed(Event::Broken {
+                        condition: None,
+                        reason: "reader thread gone".into(),
+                    }),
+                }
+            }
+            Err(e) => {
+                log::info!("{}: TLS failed: {e}", self.label);
+                self.out = None;
+                self.feed(Event::Broken {
+                    condition: None,
+                    reason: format!("TLS failed: {e}"),
+                });
+            }
+        }
+    }
+
+    fn attach_tls_client(&mut self, sock: TcpStream, remote: &Domain) -> io::Result<()> {
+        let _ = sock.set_nodelay(true);
+        sock.set_write_timeout(Some(self.router.ctx.config.timeouts.negotiation))?;
+        sock.set_read_timeout(Some(self.router.ctx.config.timeouts.negotiation))?;
+        let (reader, writer) = tls::upgrade_client(&self.router, sock.try_clone()?, remote, true)?;
+        sock.set_read_timeout(None)?;
+        self.out = Some(writer);
+        self.sock = Some(sock);
+        self.start_reader(reader)
+    }
+
+    fn finish(mut self) {
+        self.flush();
+        self.unroute();
+        if self.verify.is_some() {
+            self.answer_verify(Verdict::Error("remote-server-timeout"));
+        }
+        if let Some(sock) = &self.sock {
+            // Unblocks the reader thread's read().
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+        self.reader_ctl = None;
+        // Stanzas that raced our close: outbound ones go back to the router (a new
+        // connection), ones for a component bounce.
+        while let Ok(input) = self.rx.try_recv() {
+            if let Input::Stanza(el) = input {
+                self.me.queued().fetch_sub(1, Ordering::AcqRel);
+                let actions = self.core.handle(Event::Stanza(el));
+                for a in actions {
+                    match a {
+                        Action::Deliver(el) => self.router.route(el),
+                        Action::Bounce {
+                            stanzas,
+                            condition,
+                            text,
+                        } => {
+                            stanzas
+                                .into_iter()
+                                .for_each(|s| self.router.bounce(s, condition, &text));
+                        }
+                        Action::Send(el) => {
+                            self.router
+                                .bounce(el, "remote-server-timeout", "the stream closed")
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if let Some(ip) = self.peer_ip {
+            self.router.release_ip(ip);
+        }
+        log::debug!("{}: stream ended", self.label);
+        self.router.remove_stream(self.me.id());
+    }
+}
+
+fn reader_loop(
+    read: Box<dyn Read + Send>,
+    limits: Limits,
+    tx: &Handle,
+    ctl: &Receiver<ReaderCmd>,
+    pause_on: Option<&'static str>,
+) {
+    let mut reader = StreamReader::new(read, limits);
+    loop {
+        match reader.next_event() {
+            Ok(StreamEvent::Element(e)) if pause_on.is_some_and(|n| e.is(n, TLS_NS)) => {
+                let (inner, leftover) = reader.into_inner();
+                drop(inner);
+                if !tx.send(Input::Paused {
+                    element: e,
+                    leftover,
+                }) {
+                    return;
+                }
+                match ctl.recv() {
+                    Ok(ReaderCmd::Resume(r)) => reader = StreamReader::new(r, limits),
+                    Err(_) => return,
+                }
+            }
+            Ok(ev) => {
+                let end = ev == StreamEvent::Close;
+                if !tx.send(Input::Xml(Ok(ev))) || end {
+                    return;
+                }
+            }
+            Err(e) => {
+                tx.send(Input::Xml(Err(e)));
+                return;
+            }
+        }
+    }
+}
+
+/// Serve a peer that connected to our server-to-server port. `direct_tls` for the XEP-0368
+/// listener.
+///
+/// # Errors
+/// When the threads cannot be started (the socket is then dropped).
+pub fn spawn_incoming(
+    router: &Arc<Router>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+) -> io::Result<()> {
+    let cfg = &router.ctx.config;
+    let label = format!("s2s-in {peer}");
+    let core = Core::In(Incoming::new(
+        router.ctx.clone(),
+        label.clone(),
+        Box::new(fresh_id),
+        direct_tls,
+    ));
+    let (mut w, me) = Worker::new(
+        router,
+        label,
+        core,
+        StreamKind::Server,
+        cfg.limits.outbox,
+        cfg.timeouts.negotiation,
+    );
+    w.label = format!("{} #{}", w.label, me.id());
+    w.peer_ip = Some(peer.ip());
+    if direct_tls {
+        let _ = sock.set_nodelay(true);
+        sock.set_write_timeout(Some(cfg.timeouts.negotiation))?;
+        let (reader, writer) = tls::upgrade_server(router, sock.try_clone()?)?;
+        w.out = Some(writer);
+        w.sock = Some(sock);
+        w.start_reader(reader)?;
+    } else {
+        w.attach(sock)?;
+    }
+    log::debug!("{}: connected", w.label);
+    w.spawn(false)
+}
+
+/// Serve an XEP-0114 component that connected to the component port.
+///
+/// # Errors
+/// When the threads cannot be started.
+pub fn spawn_component(router: &Arc<Router>, sock: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    let cfg = &router.ctx.config;
+    let label = format!("component {peer}");
+    let core = Core::Comp(Component::new(
+        router.ctx.clone(),
+        label.clone(),
+        fresh_id(),
+    ));
+    let (mut w, me) = Worker::new(
+        router,
+        label,
+        core,
+        StreamKind::Component,
+        cfg.limits.outbox,
+        cfg.timeouts.negotiation,
+    );
+    w.label = format!("{} #{}", w.label, me.id());
+    w.attach(sock)?;
+    w.spawn(false)
+}
+
+/// Start the Initiating Server side of a domain pair; stanzas sent to the returned handle
+/// queue until dialback succeeds.
+///
+/// # Errors
+/// When the thread cannot be started.
+pub fn spawn_outgoing(
+    router: &Arc<Router>,
+    local: Domain,
+    remote: Domain,
+    purpose: Purpose,
+) -> io::Result<Handle> {
+    let cfg = &router.ctx.config;
+    let label = format!("s2s-out {local}→{remote}");
+    let core = Core::Out(Outgoing::new(
+        router.ctx.clone(),
+        label.clone(),
+        local.clone(),
+        remote.clone(),
+        purpose,
+        false,
+    ));
+    let cap = cfg.limits.outbox + cfg.limits.queue;
+    let (mut w, me) = Worker::new(
+        router,
+        label,
+        core,
+        StreamKind::Server,
+        cap,
+        cfg.timeouts.negotiation,
+    );
+    w.label = format!("{} #{}", w.label, me.id());
+    w.route_key = Some((local, remote));
+    w.spawn(true)?;
+    Ok(me)
+}
+
+/// Ask `remote`'s Authoritative Server about `req` on a dedicated connection (DB-11); the
+/// answer goes to `reply`.
+///
+/// # Errors
+/// When the thread cannot be started.
+pub fn spawn_verify(
+    router: &Arc<Router>,
+    local: Domain,
+    remote: Domain,
+    req: VerifyRequest,
+    reply: Handle,
+) -> io::Result<()> {
+    let cfg = &router.ctx.config;
+    let label = format!("verify {local}→{remote}");
+    let core = Core::Out(Outgoing::new(
+        router.ctx.clone(),
+        label.clone(),
+        local.clone(),
+        remote.clone(),
+        Purpose::Verify(req),
+        false,
+    ));
+    let (mut w, me) = Worker::new(
+        router,
+        label,
+        core,
+        StreamKind::Server,
+        cfg.limits.outbox,
+        cfg.timeouts.dialback,
+    );
+    w.label = format!("{} #{}", w.label, me.id());
+    w.verify = Some((reply, remote, local));
+    w.spawn(true)
+}
+
+/// The TLS upgrade, until the TLS layer is wired in: TLS is never offered or used while
+/// `Ctx::tls_available` is false, so these are unreachable in practice.
+mod tls {
+    use super::Router;
+    use crate::domain::Domain;
+    use std::io::{self, Read, Write};
+    use std::net::TcpStream;
+    use std::sync::Arc;
+
+    type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+    pub fn upgrade_server(_router: &Arc<Router>, _sock: TcpStream) -> io::Result<Halves> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TLS is not configured",
+        ))
+    }
+
+    pub fn upgrade_client(
+        _router: &Arc<Router>,
+        _sock: TcpStream,
+        _remote: &Domain,
+        _direct: bool,
+    ) -> io::Result<Halves> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TLS is not configured",
+        ))
+    }
+}

@@ -1,0 +1,199 @@
+//! The accept loop: one `mio::Poll` over every listener and the signals.
+//!
+//! In scope: binding the listeners named in the config, accepting (each accepted socket
+//! becomes a blocking `std::net::TcpStream` handed to `conn`), the connection caps (in total and
+//! per remote IP), and SIGTERM/SIGINT → graceful shutdown (SIGHUP is logged: configuration
+//! reload is not supported; restart the daemon). Out of scope: everything after accept.
+
+use crate::config::Config;
+use crate::conn;
+use crate::router::Router;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SIGNALS: Token = Token(0);
+/// After EMFILE the backlog gives no new readiness event; poll again after this long.
+const RETRY_ACCEPT: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    S2s,
+    DirectTls,
+    Component,
+}
+
+/// The bound listening sockets.
+pub struct Listeners {
+    socks: Vec<(Kind, TcpListener)>,
+}
+
+impl Listeners {
+    /// Bind every listener the config names.
+    ///
+    /// # Errors
+    /// The first address that cannot be bound, named in the message.
+    pub fn bind(config: &Config) -> io::Result<Listeners> {
+        let mut socks = Vec::new();
+        let mut add = |kind: Kind, addr: SocketAddr| -> io::Result<()> {
+            let l = TcpListener::bind(addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {addr} ({kind:?}): {e}"))
+            })?;
+            socks.push((kind, l));
+            Ok(())
+        };
+        for a in &config.listen.s2s {
+            add(Kind::S2s, *a)?;
+        }
+        for a in &config.listen.direct_tls {
+            add(Kind::DirectTls, *a)?;
+        }
+        if !config.components.is_empty() {
+            add(Kind::Component, config.listen.component)?;
+        }
+        Ok(Listeners { socks })
+    }
+
+    /// What is listening where, for the start-up log line.
+    pub fn describe(&self) -> String {
+        self.socks
+            .iter()
+            .map(|(k, l)| {
+                let kind = match k {
+                    Kind::S2s => "s2s",
+                    Kind::DirectTls => "s2s direct TLS",
+                    Kind::Component => "component",
+                };
+                match l.local_addr() {
+                    Ok(a) => format!("{kind} {a}"),
+                    Err(_) => kind.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Accept until SIGTERM or SIGINT, then shut down gracefully (bounded by
+/// `timeouts.shutdown`).
+///
+/// # Errors
+/// When the poll itself fails.
+pub fn serve(router: &Arc<Router>, mut listeners: Listeners) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)?;
+    for (i, (_, l)) in listeners.socks.iter_mut().enumerate() {
+        poll.registry()
+            .register(l, Token(i + 1), Interest::READABLE)?;
+    }
+    log::info!("listening on {}", listeners.describe());
+    let mut events = Events::with_capacity(64);
+    let mut retry = false;
+    'run: loop {
+        let timeout = retry.then_some(RETRY_ACCEPT);
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        retry = false;
+        let mut ready: Vec<usize> = Vec::new();
+        for ev in events.iter() {
+            match ev.token() {
+                SIGNALS => {
+                    for sig in signals.pending() {
+                        if sig == SIGHUP {
+                            log::info!("SIGHUP: configuration reload is not supported; restart dialbackd to apply changes");
+                        } else {
+                            log::info!("signal {sig}: shutting down");
+                            break 'run;
+                        }
+                    }
+                }
+                Token(i) => ready.push(i - 1),
+            }
+        }
+        if events.is_empty() {
+            // The retry timer after EMFILE: try every listener again.
+            ready = (0..listeners.socks.len()).collect();
+        }
+        for i in ready {
+            if let Some((kind, l)) = listeners.socks.get(i) {
+                retry |= accept_all(router, *kind, l);
+            }
+        }
+    }
+    let bound = router.ctx.config.timeouts.shutdown;
+    router.shutdown(bound);
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Accept until the listener would block (mio is edge-triggered). True when accepting failed
+/// for lack of resources and should be retried soon.
+fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
+    loop {
+        let (sock, peer) = match l.accept() {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                return true;
+            }
+        };
+        let sock: std::net::TcpStream = sock.into();
+        if let Err(e) = sock.set_nonblocking(false) {
+            log::warn!("{peer}: {e}");
+            continue;
+        }
+        if router.is_shutting_down() {
+            continue;
+        }
+        let limits = &router.ctx.config.limits;
+        if kind != Kind::Component {
+            if router.stream_count() >= limits.connections {
+                log::warn!("{peer}: refused, {} connections open", limits.connections);
+                refuse(sock, "resource-constraint");
+                continue;
+            }
+            if !router.admit_ip(peer.ip()) {
+                log::warn!(
+                    "{peer}: refused, {} connections from this address",
+                    limits.connections_per_ip
+                );
+                refuse(sock, "policy-violation");
+                continue;
+            }
+        }
+        let res = match kind {
+            Kind::S2s => conn::spawn_incoming(router, sock, peer, false),
+            Kind::DirectTls => conn::spawn_incoming(router, sock, peer, true),
+            Kind::Component => conn::spawn_component(router, sock, peer),
+        };
+        if let Err(e) = res {
+            log::error!("{peer}: cannot start the stream: {e}");
+            if kind != Kind::Component {
+                router.release_ip(peer.ip());
+            }
+        }
+    }
+}
+
+/// Best effort: a header and a stream error, without blocking the accept loop.
+fn refuse(mut sock: std::net::TcpStream, condition: &str) {
+    let _ = sock.set_nonblocking(true);
+    let msg = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>\
+         <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    );
+    let _ = sock.write_all(msg.as_bytes());
+}

@@ -1,0 +1,313 @@
+//! Two and three real daemons on loopback federating by dialback, with components at both
+//! ends and DNS from a test server. Each test cites the rule it proves.
+
+mod common;
+
+use common::dns_server::TestDns;
+use common::*;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A (a.test + component echo.a.test) and B (b.test, whose component serves b.test itself),
+/// both resolved through SRV records.
+struct Pair {
+    dns: TestDns,
+    a: Daemon,
+    b: Daemon,
+}
+
+fn pair() -> Pair {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let (ia, ib) = (next_ip(), next_ip());
+    for (name, ip) in [("a.test", ia), ("echo.a.test", ia), ("b.test", ib)] {
+        dns.add_srv(
+            &format!("_xmpp-server._tcp.{name}"),
+            10,
+            0,
+            5269,
+            &format!("xmpp.{name}"),
+        );
+        dns.add_a(&format!("xmpp.{name}"), ip);
+    }
+    let a = Daemon::start(
+        "a",
+        ia,
+        &config(&["a.test"], &[("echo.a.test", "sa")], dns.addr(), ""),
+    );
+    let b = Daemon::start(
+        "b",
+        ib,
+        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), ""),
+    );
+    Pair { dns, a, b }
+}
+
+#[test]
+fn components_exchange_messages_both_ways_over_dialback() {
+    let p = pair();
+    let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
+    let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    ca.send("<message from='bot@echo.a.test' to='someone@b.test' id='m1'><body>hello b</body></message>");
+    let m = cb.recv(WAIT).expect("B's component got the message");
+    assert_eq!(m.attr("from"), Some("bot@echo.a.test"));
+    assert_eq!(m.attr("to"), Some("someone@b.test"));
+    assert_eq!(
+        m.child("body", "jabber:component:accept").map(|b| b.text()),
+        Some("hello b".into())
+    );
+    cb.send("<message from='someone@b.test' to='bot@echo.a.test' id='m2'><body>hello a</body></message>");
+    let r = ca.recv(WAIT).expect("A's component got the reply");
+    assert_eq!(r.attr("from"), Some("someone@b.test"));
+    assert_eq!(r.attr("id"), Some("m2"));
+    drop(p.dns);
+}
+
+#[test]
+fn ping_to_a_hosted_domain_is_answered_by_the_daemon() {
+    let p = pair();
+    let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    cb.send(
+        "<iq type='get' id='p1' from='u@b.test/r' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    let r = cb.recv(WAIT).expect("pong");
+    assert_eq!(
+        (
+            r.name.as_str(),
+            r.attr("type"),
+            r.attr("id"),
+            r.attr("from")
+        ),
+        ("iq", Some("result"), Some("p1"), Some("a.test"))
+    );
+}
+
+#[test]
+fn stanza_to_an_address_nobody_serves_gets_service_unavailable() {
+    let p = pair();
+    let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    cb.send("<message from='u@b.test' to='nobody@a.test' id='x1'><body>?</body></message>");
+    let r = cb.recv(WAIT).expect("an error comes back");
+    assert_eq!(r.attr("type"), Some("error"));
+    assert_eq!(r.attr("id"), Some("x1"));
+    let err = r
+        .child("error", "jabber:component:accept")
+        .or_else(|| r.child("error", "jabber:server"))
+        .expect("<error/>");
+    assert!(
+        err.elements().any(|c| c.name == "service-unavailable"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn route02_unknown_domain_bounces_remote_server_not_found() {
+    let p = pair();
+    let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
+    ca.send("<message from='bot@echo.a.test' to='x@nosuch.test' id='n1'><body>?</body></message>");
+    let r = ca.recv(WAIT).expect("bounce");
+    assert_eq!(r.attr("type"), Some("error"));
+    assert_eq!(r.attr("from"), Some("x@nosuch.test"));
+    assert!(
+        r.elements()
+            .flat_map(|e| e.elements())
+            .any(|c| c.name == "remote-server-not-found"),
+        "{r:?}"
+    );
+    // SRV-02: a '.' target is the same: service decidedly not available.
+    p.dns.add_srv("_xmpp-server._tcp.dot.test", 0, 0, 0, ".");
+    ca.send("<message from='bot@echo.a.test' to='x@dot.test' id='n2'/>");
+    let r = ca.recv(WAIT).expect("bounce");
+    assert!(
+        r.elements()
+            .flat_map(|e| e.elements())
+            .any(|c| c.name == "remote-server-not-found"),
+        "{r:?}"
+    );
+}
+
+/// The DomainA/DomainC scenario: a raw client claims to be a.test towards B with a made-up
+/// key; B asks the real a.test, which says invalid; nothing the spoofer sends is delivered.
+#[test]
+fn spoofer_claiming_a_test_gets_invalid_and_delivers_nothing() {
+    let mut p = pair();
+    let cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    let mut spoof = XmlConn::connect(p.b.s2s());
+    spoof.send(&s2s_header("a.test", "b.test", None));
+    let h = spoof.header();
+    assert!(h.id.is_some());
+    let _features = spoof.element();
+    spoof.send(&format!(
+        "<db:result from='a.test' to='b.test'>{}</db:result>",
+        "ab".repeat(32)
+    ));
+    let r = spoof
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("an answer to the db:result");
+    assert_eq!(r.attr("type"), Some("invalid"), "{r:?}");
+    assert_eq!(
+        (r.attr("from"), r.attr("to")),
+        (Some("b.test"), Some("a.test"))
+    );
+    // A answered B's db:verify as Authoritative Server, and said invalid.
+    p.a.wait_log("is not ours: invalid");
+    spoof.send("<message from='mallory@a.test' to='someone@b.test'><body>spoofed</body></message>");
+    assert!(
+        cb.recv(Duration::from_secs(2)).is_none(),
+        "a spoofed stanza was delivered"
+    );
+}
+
+/// KEY-01/SEC-14: a key minted by the real a.test for another stream id is worthless here.
+#[test]
+fn replayed_key_for_another_stream_is_invalid() {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let (ia, ib) = (next_ip(), next_ip());
+    for (name, ip) in [("a.test", ia), ("b.test", ib)] {
+        dns.add_a(name, ip);
+    }
+    let extra = "dialback_secret = \"known-secret\"\n";
+    let _a = Daemon::start(
+        "a",
+        ia,
+        &format!("{extra}{}", config(&["a.test"], &[], dns.addr(), "")),
+    );
+    let b = Daemon::start("b", ib, &config(&["b.test"], &[], dns.addr(), ""));
+    let key = dialbackd::keys::DialbackSecret::from_secret("known-secret").key(
+        "b.test",
+        "a.test",
+        "some-other-stream",
+    );
+    let mut c = XmlConn::connect(b.s2s());
+    c.send(&s2s_header("a.test", "b.test", None));
+    let h = c.header();
+    assert_ne!(h.id.as_deref(), Some("some-other-stream"));
+    let _ = c.element();
+    c.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ));
+    let r = c
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("answer");
+    assert_eq!(r.attr("type"), Some("invalid"));
+    // And the right key for this stream id is valid: the same daemons, the same secret.
+    let mut c = XmlConn::connect(b.s2s());
+    c.send(&s2s_header("a.test", "b.test", None));
+    let id = c.header().id.unwrap();
+    let _ = c.element();
+    let key =
+        dialbackd::keys::DialbackSecret::from_secret("known-secret").key("b.test", "a.test", &id);
+    c.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ));
+    let r = c
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("answer");
+    assert_eq!(r.attr("type"), Some("valid"));
+}
+
+/// DB-06: the peer vanishes after our db:result; the queued stanzas bounce, nothing is lost,
+/// and the daemon keeps serving.
+#[test]
+fn db06_peer_vanishing_mid_dialback_bounces_queued_stanzas() {
+    let p = pair();
+    let ic = next_ip();
+    p.dns.add_a("c.test", ic);
+    let fake = FakeServer::bind(ic);
+    let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
+    for i in 0..3 {
+        ca.send(&format!(
+            "<message from='bot@echo.a.test' to='x@c.test' id='v{i}'><body>{i}</body></message>"
+        ));
+    }
+    let mut c = fake.accept();
+    let h = c.header();
+    assert_eq!(
+        (h.from.as_deref(), h.to.as_deref()),
+        (Some("echo.a.test"), Some("c.test"))
+    );
+    c.send(&s2s_header("c.test", "echo.a.test", Some("fake-id")));
+    c.send("<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
+    let r = c.element();
+    assert_eq!(r.name, "result");
+    drop(c); // vanish
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let b = ca.recv(WAIT).expect("bounce");
+        assert_eq!(b.attr("type"), Some("error"));
+        assert!(
+            b.elements()
+                .flat_map(|e| e.elements())
+                .any(|c| c.name == "remote-server-timeout"),
+            "{b:?}"
+        );
+        ids.push(b.attr("id").unwrap().to_string());
+    }
+    assert_eq!(ids, ["v0", "v1", "v2"]);
+    // Still serving.
+    let cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    ca.send("<message from='bot@echo.a.test' to='y@b.test' id='after'/>");
+    assert_eq!(
+        cb.recv(WAIT)
+            .and_then(|m| m.attr("id").map(str::to_string))
+            .as_deref(),
+        Some("after")
+    );
+}
+
+/// DB-02, DB-05, ROUTE-01: 1,000 stanzas queued during a slow dialback go out in order, after
+/// exactly one db:result on one connection.
+#[test]
+fn thousand_stanzas_queued_during_slow_dialback_arrive_in_order() {
+    let p = pair();
+    let ic = next_ip();
+    p.dns.add_a("slow.test", ic);
+    let fake = FakeServer::bind(ic);
+    let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
+    let mut batch = String::new();
+    for i in 0..1000 {
+        batch.push_str(&format!(
+            "<message from='bot@echo.a.test' to='u@slow.test' id='q{i}'><body>{i}</body></message>"
+        ));
+    }
+    ca.send(&batch);
+    let mut c = fake.accept();
+    let _ = c.header();
+    c.send(&s2s_header("slow.test", "echo.a.test", Some("slow-id")));
+    c.send("<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
+    let r = c.element();
+    assert_eq!(r.name, "result");
+    // Nothing but the key so far (DB-05): a ping through the component proves A processed
+    // the whole batch before we answer.
+    ca.send("<iq type='get' id='sync' from='bot@echo.a.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert!(ca.recv(WAIT).is_some_and(|e| e.attr("id") == Some("sync")));
+    assert!(
+        c.next(Duration::from_millis(300)).is_none(),
+        "stanzas sent before valid"
+    );
+    c.send("<db:result from='slow.test' to='echo.a.test' type='valid'/>");
+    for i in 0..1000 {
+        let m = c.element();
+        assert_eq!(m.name, "message", "only stanzas after valid");
+        assert_eq!(m.attr("id"), Some(format!("q{i}").as_str()), "in order");
+    }
+    // Exactly one connection: nobody else knocks.
+    fake.listener.set_nonblocking(true).unwrap();
+    assert!(fake.listener.accept().is_err());
+}
+
+/// Graceful shutdown: SIGTERM closes the streams, bounces what is queued, exits 0.
+#[test]
+fn sigterm_bounces_queued_stanzas_and_exits_zero() {
+    let mut p = pair();
+    let ic = next_ip();
+    p.dns.add_a("stuck.test", ic);
+    let fake = FakeServer::bind(ic);
+    let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
+    ca.send("<message from='bot@echo.a.test' to='u@stuck.test' id='s1'/>");
+    let c = fake.accept();
+    let _ = c.header();
+    let status = p.a.terminate().expect("exited in time");
+    assert!(status.success(), "exit status {status:?}");
+    let b = ca.recv(WAIT).expect("the queued stanza bounced");
+    assert_eq!((b.attr("id"), b.attr("type")), (Some("s1"), Some("error")));
+}
