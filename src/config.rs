@@ -282,12 +282,17 @@ pub struct TlsPolicy {
 
 impl TlsPolicy {
     /// Whether a stream with `peer` must be encrypted before stanzas flow: the peer's
-    /// `require_encryption`, else `[tls] require_encryption`.
+    /// `require_encryption`, else `[tls] require_encryption`. A peer whose certificate must be
+    /// checked (`verify = "pkix"` or fingerprint pins) is always required to use TLS: a
+    /// plaintext stream would skip the check.
     pub fn require_encryption_for(&self, peer: &Domain) -> bool {
-        self.peers
-            .get(peer)
-            .and_then(|p| p.require_encryption)
-            .unwrap_or(self.require_encryption)
+        self.verify_for(peer) == CertMode::Pkix
+            || !self.pins_for(peer).is_empty()
+            || self
+                .peers
+                .get(peer)
+                .and_then(|p| p.require_encryption)
+                .unwrap_or(self.require_encryption)
     }
 
     /// How `peer`'s certificate is checked when the stream is encrypted: the peer's `verify`,

@@ -22,6 +22,7 @@ use crate::stream::component::Component;
 use crate::stream::incoming::Incoming;
 use crate::stream::outgoing::{Outgoing, Purpose};
 use crate::stream::{Action, Event, StreamError, Verdict, VerifyRequest};
+use crate::tls::{CertJudgement, TlsReader, TlsStream, TlsWriter};
 use crate::xml::{Element, Limits, StreamEvent, StreamReader, XmlError, STREAM_CLOSE, TLS_NS};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -135,6 +136,8 @@ struct Worker {
     component: Option<Domain>,
     verify: Option<(Handle, Domain, Domain)>,
     peer_ip: Option<IpAddr>,
+    /// The TLS connection, once there is one (its handshake facts are read from here).
+    tls: Option<TlsWriter>,
 }
 
 impl Worker {
@@ -172,6 +175,7 @@ impl Worker {
             component: None,
             verify: None,
             peer_ip: None,
+            tls: None,
         };
         (w, me)
     }
@@ -236,7 +240,7 @@ impl Worker {
                 if direct_tls {
                     // Direct-TLS targets are only chosen when TLS is configured (see dial).
                     match self.attach_tls_client(sock, &remote) {
-                        Ok(()) => Event::Connected,
+                        Ok(()) => Event::Connected { tls: true },
                         Err(e) => Event::ConnectFailed {
                             not_found: false,
                             reason: format!("TLS with {addr}: {e}"),
@@ -244,7 +248,7 @@ impl Worker {
                     }
                 } else {
                     match self.attach(sock) {
-                        Ok(()) => Event::Connected,
+                        Ok(()) => Event::Connected { tls: false },
                         Err(e) => Event::ConnectFailed {
                             not_found: false,
                             reason: e.to_string(),
@@ -254,7 +258,7 @@ impl Worker {
             }
             Err((not_found, reason)) => Event::ConnectFailed { not_found, reason },
         };
-        if !matches!(ev, Event::Connected) {
+        if !matches!(ev, Event::Connected { .. }) {
             // Stanzas that arrived while we dialled are still in the channel: queue them in
             // the core first, so the failure bounces them rather than re-routing them.
             while let Ok(input) = self.rx.try_recv() {
@@ -263,6 +267,13 @@ impl Worker {
         }
         self.feed(ev);
         self.flush();
+    }
+
+    fn local_domain(&self) -> Domain {
+        match (&self.route_key, &self.verify) {
+            (Some((l, _)), _) | (None, Some((_, _, l))) => l.clone(),
+            (None, None) => unreachable!("outbound workers have a route or a verify request"),
+        }
     }
 
     fn remote_domain(&self) -> Domain {
@@ -387,6 +398,20 @@ impl Worker {
             }
             Input::Paused { element, leftover } => {
                 self.reader_running = false;
+                if !leftover.is_empty() {
+                    // Plaintext injection: bytes sent after <starttls/> (or <proceed/>) that
+                    // would be taken as coming from inside TLS. Refuse before answering.
+                    log::warn!(
+                        "{}: {} bytes sent after STARTTLS before the TLS handshake",
+                        self.label,
+                        leftover.len()
+                    );
+                    self.feed(Event::Broken {
+                        condition: Some("policy-violation"),
+                        reason: "plaintext sent after STARTTLS before the TLS handshake".into(),
+                    });
+                    return;
+                }
                 self.leftover = Some(leftover);
                 self.feed(Event::Element(element));
                 if self.leftover.is_some() && self.closing_until.is_none() && !self.done {
@@ -436,7 +461,14 @@ impl Worker {
                     }
                 }
                 Action::StartTls => self.start_tls(),
-                Action::Verify(req) => self.router.verify(req, self.me.clone()),
+                Action::Verify(req) => match self.verify_by_certificate(&req) {
+                    Some(verdict) => self.feed(Event::Verified {
+                        remote: req.remote,
+                        local: req.local,
+                        verdict,
+                    }),
+                    None => self.router.verify(req, self.me.clone()),
+                },
                 Action::Authenticated { .. } => self.deadline_fired = true,
                 Action::Deliver(el) => self.router.route(el),
                 Action::Bounce {
@@ -589,44 +621,30 @@ impl Worker {
     /// STARTTLS: the reader has stopped; check for injected bytes and upgrade.
     fn start_tls(&mut self) {
         self.flush();
-        match self.leftover.take() {
-            Some(l) if l.is_empty() => {}
-            Some(l) => {
-                log::warn!(
-                    "{}: {} bytes sent after STARTTLS before the TLS handshake",
-                    self.label,
-                    l.len()
-                );
-                self.feed(Event::Broken {
-                    condition: Some("policy-violation"),
-                    reason: "plaintext sent after STARTTLS before the TLS handshake".into(),
-                });
-                return;
-            }
-            None => {
-                self.feed(Event::Broken {
-                    condition: Some("internal-server-error"),
-                    reason: "STARTTLS out of order".into(),
-                });
-                return;
-            }
+        if self.leftover.take().is_none() {
+            self.feed(Event::Broken {
+                condition: Some("internal-server-error"),
+                reason: "STARTTLS out of order".into(),
+            });
+            return;
         }
         let upgraded = match (&self.core, self.sock.as_ref().map(TcpStream::try_clone)) {
-            (Core::In(_), Some(Ok(sock))) => tls::upgrade_server(&self.router, sock),
+            (Core::In(_), Some(Ok(sock))) => upgrade_server(&self.router, sock),
             (Core::Out(_), Some(Ok(sock))) => {
-                let remote = self.remote_domain();
-                tls::upgrade_client(&self.router, sock, &remote, false)
+                let (local, remote) = (self.local_domain(), self.remote_domain());
+                upgrade_client(&self.router, &self.label, sock, &local, &remote, false)
             }
             (_, Some(Err(e))) => Err(e),
             _ => Err(io::Error::other("no transport to upgrade")),
         };
         match upgraded {
             Ok((reader, writer)) => {
-                self.out = Some(writer);
+                self.tls = Some(writer.clone());
+                self.out = Some(Box::new(writer));
                 match self
                     .reader_ctl
                     .as_ref()
-                    .map(|c| c.send(ReaderCmd::Resume(reader)))
+                    .map(|c| c.send(ReaderCmd::Resume(Box::new(reader))))
                 {
                     Some(Ok(())) => {
                         self.reader_running = true;
@@ -652,12 +670,44 @@ impl Worker {
     fn attach_tls_client(&mut self, sock: TcpStream, remote: &Domain) -> io::Result<()> {
         let _ = sock.set_nodelay(true);
         sock.set_write_timeout(Some(self.router.ctx.config.timeouts.negotiation))?;
-        sock.set_read_timeout(Some(self.router.ctx.config.timeouts.negotiation))?;
-        let (reader, writer) = tls::upgrade_client(&self.router, sock.try_clone()?, remote, true)?;
-        sock.set_read_timeout(None)?;
-        self.out = Some(writer);
+        let local = self.local_domain();
+        let (reader, writer) = upgrade_client(
+            &self.router,
+            &self.label,
+            sock.try_clone()?,
+            &local,
+            remote,
+            true,
+        )?;
+        self.tls = Some(writer.clone());
+        self.out = Some(Box::new(writer));
         self.sock = Some(sock);
-        self.start_reader(reader)
+        self.start_reader(Box::new(reader))
+    }
+
+    /// XEP-0344 and the certificate policy, judged against the `from` of this db:result
+    /// (SEC-04): `Some` when the certificate decides, `None` to ask the Authoritative Server.
+    fn verify_by_certificate(&self, req: &VerifyRequest) -> Option<Verdict> {
+        let (tls, ctx) = (self.tls.as_ref()?, self.router.tls.as_ref()?);
+        let cert = tls.info().and_then(|i| i.peer_cert);
+        match ctx.judge(&self.router.ctx.config.tls, &req.remote, cert.as_ref()) {
+            CertJudgement::Trusted => {
+                log::info!(
+                    "{}: certificate of {} is valid for it (pkix): verified without a callback",
+                    self.label,
+                    req.remote
+                );
+                Some(Verdict::Valid)
+            }
+            CertJudgement::Refused(why) => {
+                log::warn!("{}: {why}", self.label);
+                Some(Verdict::Error("not-authorized"))
+            }
+            CertJudgement::Accepted(what) => {
+                log::debug!("{}: {what}", self.label);
+                None
+            }
+        }
     }
 
     fn finish(mut self) {
@@ -776,10 +826,11 @@ pub fn spawn_incoming(
     if direct_tls {
         let _ = sock.set_nodelay(true);
         sock.set_write_timeout(Some(cfg.timeouts.negotiation))?;
-        let (reader, writer) = tls::upgrade_server(router, sock.try_clone()?)?;
-        w.out = Some(writer);
+        let (reader, writer) = upgrade_server(router, sock.try_clone()?)?;
+        w.tls = Some(writer.clone());
+        w.out = Some(Box::new(writer));
         w.sock = Some(sock);
-        w.start_reader(reader)?;
+        w.start_reader(Box::new(reader))?;
     } else {
         w.attach(sock)?;
     }
@@ -883,33 +934,56 @@ pub fn spawn_verify(
     w.spawn(true)
 }
 
-/// The TLS upgrade, until the TLS layer is wired in: TLS is never offered or used while
-/// `Ctx::tls_available` is false, so these are unreachable in practice.
-mod tls {
-    use super::Router;
-    use crate::domain::Domain;
-    use std::io::{self, Read, Write};
-    use std::net::TcpStream;
-    use std::sync::Arc;
+/// Server side of TLS (after `<proceed/>`, or at once on the direct-TLS listener); the
+/// handshake is driven by the reader thread's first reads.
+fn upgrade_server(router: &Arc<Router>, sock: TcpStream) -> io::Result<(TlsReader, TlsWriter)> {
+    let ctx = router
+        .tls
+        .as_ref()
+        .ok_or_else(|| io::Error::other("TLS is not configured"))?;
+    let s = TlsStream::accept(sock, ctx.server.clone())?;
+    Ok((s.reader, s.writer))
+}
 
-    type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
-
-    pub fn upgrade_server(_router: &Arc<Router>, _sock: TcpStream) -> io::Result<Halves> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "TLS is not configured",
-        ))
+/// Client side of TLS: handshake now (bounded by the negotiation timeout), then judge the
+/// peer's certificate under the policy for `remote`.
+fn upgrade_client(
+    router: &Arc<Router>,
+    label: &str,
+    sock: TcpStream,
+    local: &Domain,
+    remote: &Domain,
+    direct: bool,
+) -> io::Result<(TlsReader, TlsWriter)> {
+    let ctx = router
+        .tls
+        .as_ref()
+        .ok_or_else(|| io::Error::other("TLS is not configured"))?;
+    let cfg = ctx
+        .client(local, direct)
+        .ok_or_else(|| io::Error::other(format!("no TLS client configuration for {local}")))?;
+    let timeouts = sock.try_clone()?;
+    timeouts.set_read_timeout(Some(router.ctx.config.timeouts.negotiation))?;
+    let mut s = TlsStream::connect(sock, cfg, remote)?;
+    let info = s.handshake()?;
+    timeouts.set_read_timeout(None)?;
+    if let Some(c) = &info.peer_cert {
+        log::debug!(
+            "{label}: {} certificate fingerprint sha256:{}",
+            remote,
+            c.spki_sha256_hex()
+        );
     }
-
-    pub fn upgrade_client(
-        _router: &Arc<Router>,
-        _sock: TcpStream,
-        _remote: &Domain,
-        _direct: bool,
-    ) -> io::Result<Halves> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "TLS is not configured",
-        ))
+    match ctx.judge(&router.ctx.config.tls, remote, info.peer_cert.as_ref()) {
+        CertJudgement::Refused(why) => {
+            log::warn!("{label}: {why}");
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+        }
+        CertJudgement::Accepted(what) => log::info!("{label}: {} with {what}", info.version),
+        CertJudgement::Trusted => log::info!(
+            "{label}: {} with a valid certificate for {remote}",
+            info.version
+        ),
     }
+    Ok((s.reader, s.writer))
 }

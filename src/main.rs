@@ -6,6 +6,7 @@ use dialbackd::keys::{self, DialbackSecret};
 use dialbackd::net::{self, Listeners};
 use dialbackd::router::Router;
 use dialbackd::stream::Ctx;
+use dialbackd::tls::TlsContext;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,17 +16,28 @@ const DEFAULT_CONFIG: &str = "/etc/dialbackd/dialbackd.toml";
 const USAGE: &str = "\
 usage: dialbackd [--config FILE]          run the daemon (default config: /etc/dialbackd/dialbackd.toml)
        dialbackd --check-config FILE      validate a configuration file and exit
+       dialbackd gen-cert DOMAIN --out DIR
+                                          make a self-signed certificate DIR/DOMAIN.crt + DIR/DOMAIN.key
        dialbackd --version | --help
 Logging: RUST_LOG=error|warn|info|debug|trace (default info).";
 
 enum Command {
     Run(PathBuf),
     Check(PathBuf),
+    GenCert(String, PathBuf),
     Version,
     Help,
 }
 
 fn parse_args(args: &[String]) -> Result<Command, String> {
+    if args.first().map(String::as_str) == Some("gen-cert") {
+        return match &args[1..] {
+            [domain, flag, dir] if flag == "--out" => {
+                Ok(Command::GenCert(domain.clone(), PathBuf::from(dir)))
+            }
+            _ => Err("usage: dialbackd gen-cert DOMAIN --out DIR".into()),
+        };
+    }
     let mut it = args.iter();
     let mut config = None;
     while let Some(a) = it.next() {
@@ -80,7 +92,32 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::GenCert(domain, dir) => gen_cert(&domain, &dir),
         Command::Run(path) => run(&path),
+    }
+}
+
+fn gen_cert(domain: &str, dir: &std::path::Path) -> ExitCode {
+    let domain = match dialbackd::domain::Domain::parse(domain) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match dialbackd::tls::gen_cert(&domain, dir) {
+        Ok((cert, key)) => {
+            println!(
+                "certificate {}\nkey         {}",
+                cert.display(),
+                key.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -129,12 +166,26 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = if config.tls.enabled {
+        match TlsContext::from_config(&config) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("dialbackd: {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        log::warn!(
+            "TLS is disabled: streams are plaintext and most public servers will refuse them"
+        );
+        None
+    };
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         secret,
-        tls_available: false,
+        tls_available: tls.is_some(),
     });
-    let router = Router::new(ctx, resolver);
+    let router = Router::new(ctx, resolver, tls);
     log::info!(
         "dialbackd {} serving {}",
         env!("CARGO_PKG_VERSION"),

@@ -17,6 +17,7 @@ use crate::domain::{Domain, Jid};
 use crate::stanza;
 use crate::stream::outgoing::Purpose;
 use crate::stream::{Ctx, Verdict, VerifyRequest};
+use crate::tls::TlsContext;
 use crate::xml::Element;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -104,6 +105,8 @@ pub struct Router {
     pub ctx: Arc<Ctx>,
     /// The DNS resolver for outbound connections.
     pub resolver: Resolver,
+    /// Certificates and TLS configurations, when TLS is enabled.
+    pub tls: Option<TlsContext>,
     routes: Mutex<HashMap<(Domain, Domain), Handle>>,
     components: Mutex<HashMap<Domain, Handle>>,
     streams: Mutex<HashMap<u64, Handle>>,
@@ -122,10 +125,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Router {
     /// A router for this context.
-    pub fn new(ctx: Arc<Ctx>, resolver: Resolver) -> Arc<Router> {
+    pub fn new(ctx: Arc<Ctx>, resolver: Resolver, tls: Option<TlsContext>) -> Arc<Router> {
         Arc::new(Router {
             ctx,
             resolver,
+            tls,
             routes: Mutex::new(HashMap::new()),
             components: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),

@@ -186,8 +186,11 @@ pub enum Event {
     },
     /// The TLS handshake is done (or under way, server side); a new stream begins.
     TlsEstablished,
-    /// Outgoing: the TCP connection is up; open the stream.
-    Connected,
+    /// Outgoing: the connection is up (`tls`: over direct TLS, XEP-0368); open the stream.
+    Connected {
+        /// True when the transport is already TLS (never STARTTLS then, DTLS-02).
+        tls: bool,
+    },
     /// Outgoing: no connection could be made. `not_found` when the domain does not resolve
     /// (`remote-server-not-found`) rather than being unreachable (`remote-server-timeout`).
     ConnectFailed {

@@ -98,7 +98,8 @@ impl Outgoing {
         match (self.state, ev) {
             (_, Event::Stanza(el)) => self.stanza(el),
             (State::Closed, _) => Vec::new(),
-            (State::Connecting, Event::Connected) => {
+            (State::Connecting, Event::Connected { tls }) => {
+                self.tls |= tls;
                 self.state = State::ExpectHeader;
                 vec![self.header()]
             }

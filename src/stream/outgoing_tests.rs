@@ -43,7 +43,7 @@ fn awaiting_result() -> (Outgoing, Vec<Action>) {
         Purpose::Pair,
         false,
     );
-    let out = s.handle(Event::Connected);
+    let out = s.handle(Event::Connected { tls: false });
     let [Action::SendHeader(h)] = &out[..] else {
         panic!("{out:?}")
     };
@@ -95,7 +95,7 @@ fn db05_rout01_stanzas_wait_for_valid_then_flush_in_order() {
         s.handle(Event::Stanza(msg(1))).is_empty(),
         "queued before connecting"
     );
-    s.handle(Event::Connected);
+    s.handle(Event::Connected { tls: false });
     s.handle(Event::Header(their_header(Some("ID-B"))));
     assert!(s.handle(Event::Stanza(msg(2))).is_empty());
     let out = s.handle(Event::Element(features()));
@@ -258,7 +258,7 @@ fn str03_header_without_id_fails() {
         Purpose::Pair,
         false,
     );
-    s.handle(Event::Connected);
+    s.handle(Event::Connected { tls: false });
     s.handle(Event::Stanza(msg(1)));
     let out = s.handle(Event::Header(their_header(None)));
     assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
@@ -275,7 +275,7 @@ fn tls01_starttls_when_offered_and_restart_after_proceed() {
         Purpose::Pair,
         false,
     );
-    s.handle(Event::Connected);
+    s.handle(Event::Connected { tls: false });
     s.handle(Event::Header(their_header(Some("ID-1"))));
     let out = s.handle(Event::Element(el(
         "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
@@ -314,7 +314,7 @@ fn sec12_stripped_starttls_with_required_encryption_sends_nothing() {
         Purpose::Pair,
         false,
     );
-    s.handle(Event::Connected);
+    s.handle(Event::Connected { tls: false });
     s.handle(Event::Stanza(msg(1)));
     s.handle(Event::Header(their_header(Some("ID-1"))));
     let out = s.handle(Event::Element(features()));
@@ -343,7 +343,7 @@ fn verify_stream() -> Outgoing {
         Purpose::Verify(req),
         false,
     );
-    s.handle(Event::Connected);
+    s.handle(Event::Connected { tls: false });
     s.handle(Event::Header(their_header(Some("ID-B"))));
     let out = s.handle(Event::Element(features()));
     assert_eq!(
@@ -445,4 +445,30 @@ fn dialback_error_condition_is_read() {
         Some(Verdict::Error("remote-connection-failed"))
     );
     let _ = STANZAS_NS;
+}
+
+#[test]
+fn dtls02_direct_tls_never_starttls_and_satisfies_required_encryption() {
+    let ctx = ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = true;
+    });
+    let mut s = Outgoing::new(
+        ctx,
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    s.handle(Event::Connected { tls: true });
+    s.handle(Event::Header(their_header(Some("ID-1"))));
+    // Even if the features (wrongly) offer STARTTLS, we are already encrypted: dialback now.
+    let out = s.handle(Event::Element(el(
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+    )));
+    assert!(
+        matches!(&out[..], [Action::Send(e)] if e.name == "result"),
+        "{out:?}"
+    );
 }

@@ -49,6 +49,7 @@
 //! and [`TlsStream::connect`] give the socket a 30 s send timeout when it has none, so a peer that
 //! stops reading cannot hold the connection's lock forever.
 
+mod context;
 mod gencert;
 mod peer;
 mod stream;
@@ -56,6 +57,7 @@ mod stream;
 mod tests;
 mod verifiers;
 
+pub use context::{judge, CertJudgement, TlsContext};
 pub use gencert::gen_cert;
 pub use peer::PeerCert;
 pub use stream::{HandshakeInfo, TlsReader, TlsStream, TlsWriter};

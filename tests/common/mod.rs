@@ -191,9 +191,9 @@ impl Drop for Daemon {
     }
 }
 
-/// A client of XML streams: a socket, a reader thread delivering parsed events.
+/// A client of XML streams: a transport, a reader thread delivering parsed events.
 pub struct XmlConn {
-    pub sock: TcpStream,
+    w: Box<dyn Write + Send>,
     events: Receiver<Result<StreamEvent, String>>,
 }
 
@@ -205,6 +205,11 @@ impl XmlConn {
 
     pub fn over(sock: TcpStream) -> XmlConn {
         let rd = sock.try_clone().unwrap();
+        XmlConn::over_halves(Box::new(rd), Box::new(sock))
+    }
+
+    /// Over any transport (a TLS stream's halves).
+    pub fn over_halves(rd: Box<dyn std::io::Read + Send>, w: Box<dyn Write + Send>) -> XmlConn {
         let (tx, events) = mpsc::channel();
         thread::spawn(move || {
             let mut r = StreamReader::new(rd, Limits::default());
@@ -216,11 +221,12 @@ impl XmlConn {
                 }
             }
         });
-        XmlConn { sock, events }
+        XmlConn { w, events }
     }
 
     pub fn send(&mut self, xml: &str) {
-        self.sock.write_all(xml.as_bytes()).expect("write");
+        self.w.write_all(xml.as_bytes()).expect("write");
+        self.w.flush().expect("flush");
     }
 
     /// The next event, or None after `bound`.

@@ -1,0 +1,496 @@
+"""Fixtures for the real-Prosody interop suite.
+
+Everything runs on loopback addresses of 127.0.0.0/8 and is started with Popen, tracked by PID and
+stopped by PID in a finalizer (also on failure, on SIGTERM/SIGINT and at interpreter exit):
+
+    127.0.10.53:53    dnsmasq, answering ONLY for the `test.` zone (SRV + A records below)
+    127.0.10.1        Prosody  prosody.test   (s2s 5269, c2s 5222; user alice/pass)
+    127.0.10.2        Prosody  prosody2.test  (s2s 5269, c2s 5222; user bob/pass)  -- sanity only
+    127.0.10.3        dialbackd dialback.test (s2s 5269, component 5347)
+                      + component.dialback.test (slixmpp ComponentXMPP, secret compsecret)
+
+The suite runs every case in two modes ("plain": no TLS anywhere on s2s; "tls": STARTTLS required on
+s2s on both sides, self-signed certificates, identity proven by dialback). The mode is a
+session-scoped parametrized fixture, so pytest runs all plain cases, tears the servers down, then
+all tls cases.
+
+Environment:
+    DIALBACKD_BIN      dialbackd binary (default target/debug/dialbackd, relative to the repo root)
+    INTEROP_WORKDIR    keep configs/logs here instead of a pytest temp dir (wiped at start)
+    INTEROP_IP_PREFIX  first three octets of the addresses (default 127.0.10)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import hmac
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+PREFIX = os.environ.get("INTEROP_IP_PREFIX", "127.0.10")
+IP_PROSODY = f"{PREFIX}.1"
+IP_PROSODY2 = f"{PREFIX}.2"
+IP_DIALBACKD = f"{PREFIX}.3"
+IP_DNS = f"{PREFIX}.53"
+
+PROSODY = "prosody.test"
+PROSODY2 = "prosody2.test"
+DIALBACK = "dialback.test"
+COMPONENT = "component.dialback.test"
+COMPONENT_SECRET = "compsecret"
+DIALBACKD_SECRET = "interop-secret"
+PROSODY_SECRETS = {PROSODY: "prosody-interop-secret", PROSODY2: "prosody2-interop-secret"}
+USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass")}
+IPS = {PROSODY: IP_PROSODY, PROSODY2: IP_PROSODY2}
+
+MODES = ["plain", "tls"]
+LOG_TAIL = 60
+
+# ---------------------------------------------------------------------------------------------
+# Process bookkeeping: every child we start is recorded here (and as a pid file in the work dir,
+# so run.sh can stop leftovers by PID if pytest itself is killed hard).
+
+_LIVE: dict[int, "Proc"] = {}
+_LOGS: dict[str, Path] = {}  # name -> log file, shown on failure
+_PIDDIR: list[Path] = []
+
+
+def _kill_all_live():
+    for proc in list(_LIVE.values()):
+        try:
+            proc.stop(timeout=3)
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
+
+
+def _on_signal(signum, _frame):
+    _kill_all_live()
+    # Let pytest unwind (finalizers run; they find the processes already gone).
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+atexit.register(_kill_all_live)
+signal.signal(signal.SIGTERM, _on_signal)
+
+
+class Proc:
+    """A child process, its log file, stopped by PID."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None,
+                 cwd: Path | None = None):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log = log
+        _LOGS[name] = log
+        self._logf = open(log, "ab")
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        self.popen = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT,
+            env=full_env, cwd=cwd, start_new_session=True)
+        self.pid = self.popen.pid
+        _LIVE[self.pid] = self
+        if _PIDDIR:
+            (_PIDDIR[0] / f"{name}.{self.pid}.pid").write_text(f"{self.pid}\n")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0, sig=signal.SIGTERM) -> int:
+        """Signal the process by PID, wait (bounded) for it, SIGKILL if it lingers."""
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait(timeout=5)
+        _LIVE.pop(self.pid, None)
+        if _PIDDIR:
+            for p in _PIDDIR[0].glob(f"{self.name}.{self.pid}.pid"):
+                p.unlink(missing_ok=True)
+        self._logf.close()
+        return self.popen.returncode
+
+    def check_alive(self):
+        if not self.alive():
+            raise RuntimeError(f"{self.name} (pid {self.pid}) exited with {self.popen.returncode}"
+                               f"\n{tail(self.log)}")
+
+
+# Start-up chatter that crowds out the interesting lines in a failure report.
+_NOISE = ("\tcertmanager\t", "\tportmanager\t", "\tstats\t", "\tmodulemanager\t",
+          "rustls::webpki::anchors")
+
+
+def tail(path: Path, n: int = LOG_TAIL) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+    lines = [ln for ln in lines if not any(x in ln for x in _NOISE)]
+    return "\n".join(lines[-n:])
+
+
+def wait_until(cond, timeout: float, what: str, proc: Proc | None = None, step: float = 0.05):
+    """Poll `cond` until true; bounded; fails early if `proc` died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if cond():
+            return
+        if proc is not None:
+            proc.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def tcp_open(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Oracles
+
+def xep0185_key(secret: str, receiving: str, originating: str, stream_id: str) -> str:
+    """XEP-0185 / Prosody / dialbackd: hex(HMAC-SHA256(hex(SHA256(secret)), 'recv orig id'))."""
+    k = hashlib.sha256(secret.encode()).hexdigest().encode()
+    return hmac.new(k, f"{receiving} {originating} {stream_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def dns_query(name: str, qtype: int, server=(IP_DNS, 53), timeout=1.0):
+    """Minimal DNS client: returns (rcode, ancount, raw answer bytes)."""
+    qid = random.randrange(65536)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(q, server)
+        data, _ = s.recvfrom(4096)
+    rid, flags, _qd, an = struct.unpack(">HHHH", data[:8])
+    assert rid == qid
+    return flags & 0xF, an, data
+
+
+# ---------------------------------------------------------------------------------------------
+# Work dir
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    keep = os.environ.get("INTEROP_WORKDIR")
+    if keep:
+        d = Path(keep).resolve()
+        if d.exists() and any(d.iterdir()):
+            pytest.exit(f"INTEROP_WORKDIR={d} is not empty (give a new or empty directory)", 2)
+        d.mkdir(parents=True, exist_ok=True)
+    else:
+        d = tmp_path_factory.mktemp("interop")
+    (d / "pids").mkdir()
+    _PIDDIR[:] = [d / "pids"]
+    return d
+
+
+def make_cert(directory: Path, domain: str, extra_names=()) -> tuple[Path, Path]:
+    crt, key = directory / f"{domain}.crt", directory / f"{domain}.key"
+    if not crt.exists():
+        san = ",".join(f"DNS:{n}" for n in (domain, *extra_names))
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "3", "-subj", f"/CN={domain}", "-addext", f"subjectAltName={san}",
+             "-keyout", str(key), "-out", str(crt)],
+            check=True, capture_output=True, timeout=30)
+    return crt, key
+
+
+@pytest.fixture(scope="session")
+def certs(workdir) -> dict:
+    d = workdir / "certs"
+    d.mkdir()
+    return {
+        PROSODY: make_cert(d, PROSODY),
+        PROSODY2: make_cert(d, PROSODY2),
+        DIALBACK: make_cert(d, DIALBACK, [COMPONENT]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# DNS: dnsmasq serving only the test zone
+
+@pytest.fixture(scope="session")
+def dns(workdir):
+    d = workdir / "dns"
+    d.mkdir()
+    log = d / "dnsmasq.log"
+    argv = [
+        shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",
+        "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        "--no-poll", "--bind-interfaces", f"--listen-address={IP_DNS}", "--port=53",
+        "--except-interface=nonexistent0", "--user=root", "--group=root",
+        f"--pid-file={d / 'dnsmasq.pid'}", "--log-queries", f"--log-facility={log}",
+        "--local=/test/",  # authoritative-ish: unknown *.test names are NXDOMAIN, never forwarded
+        f"--host-record={PROSODY},{IP_PROSODY}",
+        f"--host-record={PROSODY2},{IP_PROSODY2}",
+        f"--host-record={DIALBACK},{IP_DIALBACKD}",
+        f"--srv-host=_xmpp-server._tcp.{PROSODY},{PROSODY},5269",
+        f"--srv-host=_xmpp-server._tcp.{PROSODY2},{PROSODY2},5269",
+        f"--srv-host=_xmpp-server._tcp.{DIALBACK},{DIALBACK},5269",
+        f"--srv-host=_xmpp-server._tcp.{COMPONENT},{DIALBACK},5269",
+    ]
+    proc = Proc("dnsmasq", argv, d / "dnsmasq.stdout")
+    _LOGS["dnsmasq-queries"] = log
+
+    def answers():
+        try:
+            rcode, an, _ = dns_query(f"_xmpp-server._tcp.{PROSODY}", 33, timeout=0.3)
+            return rcode == 0 and an >= 1
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, 10, "dnsmasq to answer", proc)
+        resolv = d / "resolv.conf"
+        resolv.write_text(f"nameserver {IP_DNS}\n")
+        yield {"resolv": resolv, "proc": proc}
+    finally:
+        proc.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Prosody
+
+PROSODY_CFG = """\
+-- generated by tests/interop/conftest.py ({mode} mode)
+run_as_root = true
+daemonize = false
+pidfile = "{dir}/prosody.pid"
+data_path = "{dir}/data"
+plugin_paths = {{}}
+interfaces = {{ "{ip}" }}
+c2s_interfaces = {{ "{ip}" }}
+s2s_interfaces = {{ "{ip}" }}
+local_interfaces = {{ "{ip}" }}
+c2s_ports = {{ 5222 }}
+s2s_ports = {{ 5269 }}
+use_ipv6 = false
+modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping" }}
+modules_disabled = {{ "offline" }}
+authentication = "internal_hashed"
+storage = "internal"
+log = {{ {{ levels = {{ min = "debug" }}, to = "file", filename = "{dir}/prosody.log" }} }}
+dialback_secret = "{secret}"
+s2s_secure_auth = false
+s2s_require_encryption = {tls}
+s2s_allow_encryption = {tls}
+s2s_timeout = 20
+c2s_require_encryption = true
+allow_unencrypted_plain_auth = false
+unbound = {{
+  resolvconf = "{resolv}";
+  hoststxt = false;
+  options = {{ ["local-zone"] = "test. transparent" }};
+}}
+certificates = "{certdir}"
+ssl = {{ certificate = "{crt}"; key = "{key}"; }}
+VirtualHost "{host}"
+  ssl = {{ certificate = "{crt}"; key = "{key}"; }}
+"""
+
+
+class Prosody:
+    def __init__(self, host: str, mode: str, workdir: Path, resolv: Path, crt: Path, key: Path):
+        self.host, self.mode, self.ip = host, mode, IPS[host]
+        self.dir = workdir / f"{host}-{mode}"
+        (self.dir / "data").mkdir(parents=True)
+        self.cfg = self.dir / "prosody.cfg.lua"
+        self.log = self.dir / "prosody.log"
+        self.cfg.write_text(PROSODY_CFG.format(
+            mode=mode, dir=self.dir, ip=self.ip, secret=PROSODY_SECRETS[host],
+            tls="true" if mode == "tls" else "false", resolv=resolv, crt=crt, key=key, host=host,
+            certdir=crt.parent))
+        user, password = USERS[host]
+        self.user_jid, self.password = f"{user}@{host}", password
+        subprocess.run(["prosodyctl", "--config", str(self.cfg), "register", user, host, password],
+                       check=True, capture_output=True, timeout=30)
+        self.proc = None
+
+    def start(self):
+        self.proc = Proc(self.host, ["prosody", "-F", "--config", self.cfg], self.dir / "stdout.log")
+        _LOGS[self.host] = self.log
+        wait_until(lambda: tcp_open(self.ip, 5222) and tcp_open(self.ip, 5269), 20,
+                   f"{self.host} to listen", self.proc)
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop(timeout=10)
+
+
+def _guard_ports_free(ip: str, ports=(5269, 5222)):
+    """A system Prosody (started by apt) listening on *:5269 would shadow ours."""
+    for port in ports:
+        if tcp_open(ip, port):
+            pytest.fail(f"something already listens on {ip}:{port} (a system prosody/ejabberd "
+                        f"started by apt? stop it: /etc/init.d/prosody stop)")
+
+
+@pytest.fixture(scope="session", params=MODES)
+def mode(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def prosody(mode, workdir, dns, certs):
+    _guard_ports_free(IP_PROSODY)
+    p = Prosody(PROSODY, mode, workdir, dns["resolv"], *certs[PROSODY])
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def prosody2(mode, workdir, dns, certs):
+    _guard_ports_free(IP_PROSODY2)
+    p = Prosody(PROSODY2, mode, workdir, dns["resolv"], *certs[PROSODY2])
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# dialbackd
+
+def dialbackd_bin() -> Path:
+    p = Path(os.environ.get("DIALBACKD_BIN", "target/debug/dialbackd"))
+    return p if p.is_absolute() else REPO / p
+
+
+DIALBACKD_CFG = """\
+# generated by tests/interop/conftest.py ({mode} mode)
+domains = ["{dialback}"]
+dialback_secret = "{secret}"
+
+[listen]
+s2s = ["{ip}:5269"]
+component = "{ip}:5347"
+
+[[component]]
+domain = "{component}"
+secret = "{csecret}"
+
+[dns]
+nameservers = ["{dns}:53"]
+
+[timeouts]
+negotiation = 20
+dialback = 15
+"""
+
+DIALBACKD_TLS = """
+[tls]
+certificate = "{crt}"
+key = "{key}"
+require_encryption = true
+"""
+
+
+class Dialbackd:
+    def __init__(self, mode: str, workdir: Path, crt: Path, key: Path):
+        self.mode, self.ip = mode, IP_DIALBACKD
+        self.bin = dialbackd_bin()
+        self.dir = workdir / f"dialbackd-{mode}"
+        self.dir.mkdir()
+        self.cfg = self.dir / "dialbackd.toml"
+        self.log = self.dir / "dialbackd.log"
+        text = DIALBACKD_CFG.format(mode=mode, dialback=DIALBACK, secret=DIALBACKD_SECRET,
+                                    ip=self.ip, component=COMPONENT, csecret=COMPONENT_SECRET,
+                                    dns=IP_DNS)
+        if mode == "tls":
+            text += DIALBACKD_TLS.format(crt=crt, key=key)
+        self.cfg.write_text(text)
+        self.proc = None
+        self.starts = 0
+
+    def _listening(self) -> bool:
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self._log_offset)
+                return b"listening" in f.read()
+        except FileNotFoundError:
+            return False
+
+    def start(self, timeout: float = 20):
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
+        self.starts += 1
+        with open(self.log, "ab") as f:
+            f.write(f"===== interop harness: start #{self.starts} =====\n".encode())
+        self.proc = Proc("dialbackd", [self.bin, "--config", self.cfg], self.log,
+                         env={"RUST_LOG": os.environ.get("RUST_LOG", "debug")})
+        wait_until(self._listening, timeout, "dialbackd to log 'listening'", self.proc)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.proc is None:
+            return None
+        rc = self.proc.stop(timeout=timeout)
+        self.proc = None
+        return rc
+
+
+@pytest.fixture(scope="session")
+def dialbackd(mode, workdir, dns, prosody, certs):
+    b = dialbackd_bin()
+    if not (b.is_file() and os.access(b, os.X_OK)):
+        pytest.skip(f"dialbackd binary not found at {b} (build it, or set DIALBACKD_BIN)")
+    _guard_ports_free(IP_DIALBACKD, (5269, 5347))
+    d = Dialbackd(mode, workdir, *certs[DIALBACK])
+    chk = subprocess.run([str(b), "--check-config", str(d.cfg)], capture_output=True, text=True,
+                         timeout=10)
+    if chk.returncode != 0:
+        pytest.fail(f"dialbackd --check-config rejected the harness config:\n{chk.stdout}"
+                    f"{chk.stderr}\n{d.cfg.read_text()}")
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Show the servers' logs when a case fails.
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for name, path in list(_LOGS.items()):
+            if name == "dnsmasq":
+                continue
+            rep.sections.append((f"last {LOG_TAIL} lines of {name} ({path})", tail(path)))
