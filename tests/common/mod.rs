@@ -35,7 +35,6 @@ pub struct Daemon {
     pub dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     lines: Receiver<String>,
-    exited: Option<Receiver<std::process::ExitStatus>>,
     pub name: String,
 }
 
@@ -77,7 +76,6 @@ impl Daemon {
             dir,
             log,
             lines,
-            exited: None,
             name: name.to_string(),
         };
         d.wait_log("listening on");
@@ -137,28 +135,17 @@ impl Daemon {
         self.wait_exit(WAIT)
     }
 
+    /// Wait (bounded) for the process to exit. The log channel's timeout paces the checks,
+    /// so a daemon that exits is noticed within 50 ms.
     fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
-        if self.exited.is_none() {
-            // Child::wait in a thread so the wait can be bounded without polling.
-            let (tx, rx) = mpsc::channel();
-            let pid = self.child.id();
-            thread::spawn(move || {
-                let status = Command::new("sh")
-                    .arg("-c")
-                    .arg(format!(
-                        "while kill -0 {pid} 2>/dev/null; do sleep 0.05; done"
-                    ))
-                    .status();
-                let _ = tx.send(status);
-            });
-            let _ = rx.recv_timeout(bound);
-            let (tx2, rx2) = mpsc::channel();
-            self.exited = Some(rx2);
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
             if let Ok(Some(st)) = self.child.try_wait() {
-                let _ = tx2.send(st);
+                return Some(st);
             }
+            let _ = self.lines.recv_timeout(Duration::from_millis(50));
         }
-        self.exited.as_ref().and_then(|rx| rx.try_recv().ok())
+        None
     }
 }
 
@@ -179,7 +166,7 @@ impl Drop for Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if thread::panicking() {
+        if thread::panicking() || std::env::var_os("DIALBACKD_TEST_LOGS").is_some() {
             eprintln!(
                 "===== log of {} ({}) =====\n{}",
                 self.name,
@@ -195,6 +182,16 @@ impl Drop for Daemon {
 pub struct XmlConn {
     w: Box<dyn Write + Send>,
     events: Receiver<Result<StreamEvent, String>>,
+    sock: Option<TcpStream>,
+}
+
+impl Drop for XmlConn {
+    /// Dropping the connection closes it (the reader thread holds a clone of the socket).
+    fn drop(&mut self) {
+        if let Some(s) = &self.sock {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 impl XmlConn {
@@ -204,8 +201,11 @@ impl XmlConn {
     }
 
     pub fn over(sock: TcpStream) -> XmlConn {
+        sock.set_nodelay(true).unwrap();
         let rd = sock.try_clone().unwrap();
-        XmlConn::over_halves(Box::new(rd), Box::new(sock))
+        let mut c = XmlConn::over_halves(Box::new(rd), Box::new(sock.try_clone().unwrap()));
+        c.sock = Some(sock);
+        c
     }
 
     /// Over any transport (a TLS stream's halves).
@@ -221,7 +221,11 @@ impl XmlConn {
                 }
             }
         });
-        XmlConn { w, events }
+        XmlConn {
+            w,
+            events,
+            sock: None,
+        }
     }
 
     pub fn send(&mut self, xml: &str) {

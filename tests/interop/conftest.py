@@ -17,46 +17,28 @@ all tls cases.
 Environment:
     DIALBACKD_BIN      dialbackd binary (default target/debug/dialbackd, relative to the repo root)
     INTEROP_WORKDIR    keep configs/logs here instead of a pytest temp dir (wiped at start)
+    INTEROP_REQUIRE_DIALBACKD=1  fail (instead of skip) the dialbackd cases if the binary is missing
     INTEROP_IP_PREFIX  first three octets of the addresses (default 127.0.10)
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import hashlib
-import hmac
 import os
-import random
 import shutil
 import signal
-import socket
-import ssl
-import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interop_lib import (  # noqa: E402
+    COMPONENT, COMPONENT_SECRET, DIALBACK, DIALBACKD_SECRET, IP_DIALBACKD, IP_DNS, IP_PROSODY,
+    IP_PROSODY2, IPS, PROSODY, PROSODY2, PROSODY_SECRETS, USERS, dns_query, tcp_open, wait_until)
+
 REPO = Path(__file__).resolve().parents[2]
-
-PREFIX = os.environ.get("INTEROP_IP_PREFIX", "127.0.10")
-IP_PROSODY = f"{PREFIX}.1"
-IP_PROSODY2 = f"{PREFIX}.2"
-IP_DIALBACKD = f"{PREFIX}.3"
-IP_DNS = f"{PREFIX}.53"
-
-PROSODY = "prosody.test"
-PROSODY2 = "prosody2.test"
-DIALBACK = "dialback.test"
-COMPONENT = "component.dialback.test"
-COMPONENT_SECRET = "compsecret"
-DIALBACKD_SECRET = "interop-secret"
-PROSODY_SECRETS = {PROSODY: "prosody-interop-secret", PROSODY2: "prosody2-interop-secret"}
-USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass")}
-IPS = {PROSODY: IP_PROSODY, PROSODY2: IP_PROSODY2}
 
 MODES = ["plain", "tls"]
 LOG_TAIL = 60
@@ -149,52 +131,6 @@ def tail(path: Path, n: int = LOG_TAIL) -> str:
         return f"({path} does not exist)"
     lines = [ln for ln in lines if not any(x in ln for x in _NOISE)]
     return "\n".join(lines[-n:])
-
-
-def wait_until(cond, timeout: float, what: str, proc: Proc | None = None, step: float = 0.05):
-    """Poll `cond` until true; bounded; fails early if `proc` died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if cond():
-            return
-        if proc is not None:
-            proc.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
-
-
-def tcp_open(ip: str, port: int) -> bool:
-    try:
-        with socket.create_connection((ip, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Oracles
-
-def xep0185_key(secret: str, receiving: str, originating: str, stream_id: str) -> str:
-    """XEP-0185 / Prosody / dialbackd: hex(HMAC-SHA256(hex(SHA256(secret)), 'recv orig id'))."""
-    k = hashlib.sha256(secret.encode()).hexdigest().encode()
-    return hmac.new(k, f"{receiving} {originating} {stream_id}".encode(), hashlib.sha256).hexdigest()
-
-
-def dns_query(name: str, qtype: int, server=(IP_DNS, 53), timeout=1.0):
-    """Minimal DNS client: returns (rcode, ancount, raw answer bytes)."""
-    qid = random.randrange(65536)
-    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-    for label in name.rstrip(".").split("."):
-        q += bytes([len(label)]) + label.encode()
-    q += b"\x00" + struct.pack(">HH", qtype, 1)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(q, server)
-        data, _ = s.recvfrom(4096)
-    rid, flags, _qd, an = struct.unpack(">HHHH", data[:8])
-    assert rid == qid
-    return flags & 0xF, an, data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,6 +403,8 @@ class Dialbackd:
 def dialbackd(mode, workdir, dns, prosody, certs):
     b = dialbackd_bin()
     if not (b.is_file() and os.access(b, os.X_OK)):
+        if os.environ.get("INTEROP_REQUIRE_DIALBACKD") == "1":
+            pytest.fail(f"dialbackd binary not found at {b} (INTEROP_REQUIRE_DIALBACKD=1)")
         pytest.skip(f"dialbackd binary not found at {b} (build it, or set DIALBACKD_BIN)")
     _guard_ports_free(IP_DIALBACKD, (5269, 5347))
     d = Dialbackd(mode, workdir, *certs[DIALBACK])

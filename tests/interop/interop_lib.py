@@ -7,9 +7,14 @@ fresh asyncio loop (slixmpp objects must be created inside it).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
+import random
 import socket
 import ssl
+import struct
 import time
 import xml.etree.ElementTree as ET
 
@@ -17,6 +22,71 @@ import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout  # noqa: F401  (re-exported for tests)
 
 log = logging.getLogger("interop")
+
+# Topology (see conftest.py).
+PREFIX = os.environ.get("INTEROP_IP_PREFIX", "127.0.10")
+IP_PROSODY = f"{PREFIX}.1"
+IP_PROSODY2 = f"{PREFIX}.2"
+IP_DIALBACKD = f"{PREFIX}.3"
+IP_DNS = f"{PREFIX}.53"
+
+PROSODY = "prosody.test"
+PROSODY2 = "prosody2.test"
+DIALBACK = "dialback.test"
+COMPONENT = "component.dialback.test"
+COMPONENT_SECRET = "compsecret"
+DIALBACKD_SECRET = "interop-secret"
+PROSODY_SECRETS = {PROSODY: "prosody-interop-secret", PROSODY2: "prosody2-interop-secret"}
+USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass")}
+IPS = {PROSODY: IP_PROSODY, PROSODY2: IP_PROSODY2}
+
+
+def wait_until(cond, timeout: float, what: str, proc=None, step: float = 0.05):
+    """Poll `cond` until true; bounded; fails early if `proc` died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if cond():
+            return
+        if proc is not None:
+            proc.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def tcp_open(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Oracles
+
+def xep0185_key(secret: str, receiving: str, originating: str, stream_id: str) -> str:
+    """XEP-0185 / Prosody / dialbackd: hex(HMAC-SHA256(hex(SHA256(secret)), 'recv orig id'))."""
+    k = hashlib.sha256(secret.encode()).hexdigest().encode()
+    return hmac.new(k, f"{receiving} {originating} {stream_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def dns_query(name: str, qtype: int, server=(IP_DNS, 53), timeout=1.0):
+    """Minimal DNS client: returns (rcode, ancount, raw answer bytes)."""
+    qid = random.randrange(65536)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(q, server)
+        data, _ = s.recvfrom(4096)
+    rid, flags, _qd, an = struct.unpack(">HHHH", data[:8])
+    assert rid == qid
+    return flags & 0xF, an, data
+
+
 
 NS_STREAM = "http://etherx.jabber.org/streams"
 NS_SERVER = "jabber:server"
@@ -38,10 +108,15 @@ def _no_verify(ctx: ssl.SSLContext):
     ctx.verify_mode = ssl.CERT_NONE
 
 
+class NotReceived(AssertionError):
+    """No stanza matching the predicate arrived in time."""
+
+
 class Inbox:
     """Collects stanzas; `get(pred, timeout)` waits (bounded) for one matching `pred`."""
 
-    def __init__(self):
+    def __init__(self, owner: str = "?"):
+        self.owner = owner
         self.items: list = []
         self.cond = asyncio.Condition()
 
@@ -61,12 +136,17 @@ class Inbox:
                         if pred(it):
                             return self.items.pop(i)
                     await self.cond.wait()
-        return await asyncio.wait_for(find(), timeout)
+        try:
+            return await asyncio.wait_for(find(), timeout)
+        except asyncio.TimeoutError:
+            others = "".join(f"\n  {it}" for it in self.items) or " none"
+            raise NotReceived(f"{self.owner}: no matching stanza within {timeout}s; "
+                              f"other stanzas received:{others}") from None
 
     async def expect_nothing(self, pred=lambda s: True, within: float = 5.0):
         try:
             got = await self.get(pred, within)
-        except asyncio.TimeoutError:
+        except NotReceived:
             return
         raise AssertionError(f"unexpected stanza delivered: {got}")
 
@@ -75,7 +155,7 @@ class _Connected:
     """Mixin: bounded connect, inbox for messages (normal and error)."""
 
     def _setup_common(self):
-        self.inbox = Inbox()
+        self.inbox = Inbox(str(self.boundjid))
         self.started = asyncio.Event()
         self.failed: list[str] = []
         self.add_event_handler("session_start", self._on_start)

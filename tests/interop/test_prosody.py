@@ -8,18 +8,14 @@ Keep test_6_restart last: it restarts dialbackd.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import signal
 import time
 
-import pytest
-
-from conftest import (COMPONENT, COMPONENT_SECRET, DIALBACK, DIALBACKD_SECRET, IP_DIALBACKD,
-                      IP_PROSODY, PROSODY, PROSODY2, PROSODY_SECRETS, dns_query, wait_until,
-                      xep0185_key)
-from interop_lib import (NS_DB, NS_STREAM, NS_TLS, Client, Component, IqError, IqTimeout,
-                         RawStream, describe, error_condition, is_error, run, stream_error)
+from interop_lib import (COMPONENT, COMPONENT_SECRET, DIALBACK, DIALBACKD_SECRET, IP_PROSODY,
+                         NS_DB, NS_STREAM, NS_TLS, PROSODY, PROSODY2, PROSODY_SECRETS, Client,
+                         Component, IqError, IqTimeout, NotReceived, RawStream, describe,
+                         dns_query, error_condition, is_error, run, stream_error, wait_until,
+                         xep0185_key)
 
 BOT = f"bot@{COMPONENT}"
 DB_RESULT = f"{{{NS_DB}}}result"
@@ -125,6 +121,27 @@ async def _alice_and_bot(prosody, dialbackd):
 async def _close(*actors):
     for a in actors:
         await a.close()
+
+
+def test_0_dialbackd_key_oracle(dialbackd, mode):
+    """dialbackd, as Authoritative Server, validates exactly the XEP-0185 key of its secret
+    (hex(HMAC-SHA256(hex(SHA256(secret)), "receiving originating id"))) and nothing else."""
+    raw = RawStream(dialbackd.ip, 5269)
+    try:
+        raw.open(PROSODY, DIALBACK)
+        _starttls_if_offered(raw, PROSODY, DIALBACK, mode)
+        sid = "oracle-" + secrets.token_hex(8)
+        good = xep0185_key(DIALBACKD_SECRET, PROSODY, DIALBACK, sid)
+        raw.send(f"<db:verify from='{PROSODY}' to='{DIALBACK}' id='{sid}'>{good}</db:verify>")
+        ans = raw.expect(DB_VERIFY, 10)
+        assert (ans.get("type"), ans.get("id")) == ("valid", sid), describe(ans)
+        assert (ans.get("from"), ans.get("to")) == (DIALBACK, PROSODY), describe(ans)
+        bad = xep0185_key(DIALBACKD_SECRET, PROSODY, DIALBACK, sid + "x")
+        raw.send(f"<db:verify from='{PROSODY}' to='{DIALBACK}' id='{sid}'>{bad}</db:verify>")
+        ans = raw.expect(DB_VERIFY, 10)
+        assert ans.get("type") == "invalid", describe(ans)
+    finally:
+        raw.close()
 
 
 def test_1_prosody_user_to_component(prosody, dialbackd, mode):
@@ -296,7 +313,7 @@ def test_6_restart_dialbackd(prosody, dialbackd, mode):
                 try:
                     await bot.inbox.get(lambda s: s["body"].startswith("after restart"), 5)
                     break
-                except asyncio.TimeoutError:
+                except NotReceived:
                     if time.monotonic() > deadline:
                         raise AssertionError(f"no message reached the component after restart "
                                              f"({n} attempts)")
