@@ -68,6 +68,42 @@ pub enum Input {
     Shutdown,
 }
 
+/// How many parsed events a reader may have in flight before it waits for the worker: a peer
+/// that sends faster than we route is slowed down by TCP instead of filling our memory.
+const READ_AHEAD: usize = 64;
+
+/// Flow control between a stream's reader and its worker.
+#[derive(Default)]
+struct Credit {
+    /// Events in flight, and whether the worker has ended.
+    state: std::sync::Mutex<(usize, bool)>,
+    freed: std::sync::Condvar,
+}
+
+impl Credit {
+    /// Reader: wait until the worker has room for one more event (or has ended).
+    fn acquire(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while st.0 >= READ_AHEAD && !st.1 {
+            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.0 += 1;
+    }
+
+    /// Worker: one event handled.
+    fn release(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 = st.0.saturating_sub(1);
+        self.freed.notify_one();
+    }
+
+    /// Worker: ended; never make the reader wait again.
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.freed.notify_all();
+    }
+}
+
 enum ReaderCmd {
     Resume(Box<dyn Read + Send>),
 }
@@ -125,6 +161,7 @@ struct Worker {
     wbuf_stanzas: Vec<Element>,
     reader_ctl: Option<Sender<ReaderCmd>>,
     reader_running: bool,
+    credit: Arc<Credit>,
     leftover: Option<Vec<u8>>,
     deadline: Instant,
     deadline_fired: bool,
@@ -164,6 +201,7 @@ impl Worker {
             wbuf_stanzas: Vec::new(),
             reader_ctl: None,
             reader_running: false,
+            credit: Arc::new(Credit::default()),
             leftover: None,
             deadline: now + negotiation,
             deadline_fired: false,
@@ -203,10 +241,11 @@ impl Worker {
         let tx = self.me.clone();
         let limits = self.limits();
         let pause_on = self.core.pause_on();
+        let credit = self.credit.clone();
         thread::Builder::new()
             .name(format!("rd-{}", self.me.id()))
             .stack_size(STACK_SIZE)
-            .spawn(move || reader_loop(read, limits, &tx, &ctl_rx, pause_on))?;
+            .spawn(move || reader_loop(read, limits, &tx, &ctl_rx, pause_on, &credit))?;
         self.reader_ctl = Some(ctl_tx);
         self.reader_running = true;
         Ok(())
@@ -369,6 +408,9 @@ impl Worker {
     }
 
     fn input(&mut self, input: Input) {
+        if matches!(input, Input::Xml(_) | Input::Paused { .. }) {
+            self.credit.release();
+        }
         match input {
             Input::Xml(res) => {
                 self.last_activity = Instant::now();
@@ -721,6 +763,7 @@ impl Worker {
             let _ = sock.shutdown(Shutdown::Both);
         }
         self.reader_ctl = None;
+        self.credit.close();
         // Stanzas that raced our close: outbound ones go back to the router (a new
         // connection), ones for a component bounce.
         while let Ok(input) = self.rx.try_recv() {
@@ -762,10 +805,13 @@ fn reader_loop(
     tx: &Handle,
     ctl: &Receiver<ReaderCmd>,
     pause_on: Option<&'static str>,
+    credit: &Credit,
 ) {
     let mut reader = StreamReader::new(read, limits);
     loop {
-        match reader.next_event() {
+        let ev = reader.next_event();
+        credit.acquire();
+        match ev {
             Ok(StreamEvent::Element(e)) if pause_on.is_some_and(|n| e.is(n, TLS_NS)) => {
                 let (inner, leftover) = reader.into_inner();
                 drop(inner);
