@@ -16,7 +16,7 @@ use crate::domain::Domain;
 /// fall back to dialback or refuse it.
 ///
 /// # Errors
-/// `domain` is an IP literal, `out_dir` is not a writable directory, either file exists, or
+/// `domain` is an IP literal, `out_dir` cannot be created or written, either file exists, or
 /// key generation fails.
 pub fn gen_cert(domain: &Domain, out_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
     if domain.as_str().starts_with('[') {
@@ -24,6 +24,8 @@ pub fn gen_cert(domain: &Domain, out_dir: &Path) -> Result<(PathBuf, PathBuf), T
             "gen-cert {domain}: IP literals are not supported"
         )));
     }
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| TlsError(format!("gen-cert: cannot create {}: {e}", out_dir.display())))?;
     let cert_path = out_dir.join(format!("{domain}.crt"));
     let key_path = out_dir.join(format!("{domain}.key"));
     for p in [&cert_path, &key_path] {

@@ -233,6 +233,12 @@ impl XmlConn {
         self.w.flush().expect("flush");
     }
 
+    /// Like `send`, but a refused write (the peer closed) is returned, not a panic.
+    pub fn try_send(&mut self, xml: &str) -> std::io::Result<()> {
+        self.w.write_all(xml.as_bytes())?;
+        self.w.flush()
+    }
+
     /// The next event, or None after `bound`.
     pub fn next(&self, bound: Duration) -> Option<Result<StreamEvent, String>> {
         self.events.recv_timeout(bound).ok()

@@ -16,7 +16,7 @@ all tls cases.
 
 Environment:
     DIALBACKD_BIN      dialbackd binary (default target/debug/dialbackd, relative to the repo root)
-    INTEROP_WORKDIR    keep configs/logs here instead of a pytest temp dir (wiped at start)
+    INTEROP_WORKDIR    keep configs/logs here instead of a pytest temp dir (must be empty)
     INTEROP_REQUIRE_DIALBACKD=1  fail (instead of skip) the dialbackd cases if the binary is missing
     INTEROP_IP_PREFIX  first three octets of the addresses (default 127.0.10)
 """
