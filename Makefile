@@ -6,15 +6,23 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BIN := target/release/dialbackd
 
-.PHONY: all build test run run-peer check-config lint doc install clean bench
+.PHONY: all build test interop run run-peer check-config lint doc install clean bench
 
 all: build
 
 build:
 	cargo build --release --locked
 
+# Everything: the Rust unit and integration tests, then the real-Prosody interop suite.
 test:
 	cargo test --all-targets --locked
+	$(MAKE) interop
+
+# Real-Prosody interop suite alone (root; needs prosody lua-unbound dnsmasq-base
+# python3-slixmpp python3-pytest, which .ci/run installs). See tests/interop/README.md.
+interop:
+	cargo build --locked
+	DIALBACKD_BIN=target/debug/dialbackd INTEROP_REQUIRE_DIALBACKD=1 tests/interop/run.sh
 
 # The a.test instance (127.0.0.1); `make run-peer` in a second terminal starts b.test.
 run: build
