@@ -24,8 +24,12 @@ pub fn gen_cert(domain: &Domain, out_dir: &Path) -> Result<(PathBuf, PathBuf), T
             "gen-cert {domain}: IP literals are not supported"
         )));
     }
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| TlsError(format!("gen-cert: cannot create {}: {e}", out_dir.display())))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| {
+        TlsError(format!(
+            "gen-cert: cannot create {}: {e}",
+            out_dir.display()
+        ))
+    })?;
     let cert_path = out_dir.join(format!("{domain}.crt"));
     let key_path = out_dir.join(format!("{domain}.key"));
     for p in [&cert_path, &key_path] {
