@@ -19,16 +19,6 @@ struct Pair {
 fn pair() -> Pair {
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ia, ib) = (next_ip(), next_ip());
-    for (name, ip) in [("a.test", ia), ("echo.a.test", ia), ("b.test", ib)] {
-        dns.add_srv(
-            &format!("_xmpp-server._tcp.{name}"),
-            10,
-            0,
-            5269,
-            &format!("xmpp.{name}"),
-        );
-        dns.add_a(&format!("xmpp.{name}"), ip);
-    }
     let a = Daemon::start(
         "a",
         ia,
@@ -39,6 +29,13 @@ fn pair() -> Pair {
         ib,
         &config(&["b.test"], &[("b.test", "sb")], dns.addr(), ""),
     );
+    for (name, addr) in [
+        ("a.test", a.s2s()),
+        ("echo.a.test", a.s2s()),
+        ("b.test", b.s2s()),
+    ] {
+        publish(&dns, name, addr);
+    }
     Pair { dns, a, b }
 }
 
@@ -162,16 +159,15 @@ fn spoofer_claiming_a_test_gets_invalid_and_delivers_nothing() {
 fn replayed_key_for_another_stream_is_invalid() {
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ia, ib) = (next_ip(), next_ip());
-    for (name, ip) in [("a.test", ia), ("b.test", ib)] {
-        dns.add_a(name, ip);
-    }
     let extra = "dialback_secret = \"known-secret\"\n";
-    let _a = Daemon::start(
+    let a = Daemon::start(
         "a",
         ia,
         &format!("{extra}{}", config(&["a.test"], &[], dns.addr(), "")),
     );
     let b = Daemon::start("b", ib, &config(&["b.test"], &[], dns.addr(), ""));
+    publish(&dns, "a.test", a.s2s());
+    publish(&dns, "b.test", b.s2s());
     let key = dialbackd::keys::DialbackSecret::from_secret("known-secret").key(
         "b.test",
         "a.test",
@@ -211,8 +207,8 @@ fn replayed_key_for_another_stream_is_invalid() {
 fn db06_peer_vanishing_mid_dialback_bounces_queued_stanzas() {
     let p = pair();
     let ic = next_ip();
-    p.dns.add_a("c.test", ic);
     let fake = FakeServer::bind(ic);
+    publish(&p.dns, "c.test", fake.addr());
     let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
     for i in 0..3 {
         ca.send(&format!(
@@ -260,8 +256,8 @@ fn db06_peer_vanishing_mid_dialback_bounces_queued_stanzas() {
 fn thousand_stanzas_queued_during_slow_dialback_arrive_in_order() {
     let p = pair();
     let ic = next_ip();
-    p.dns.add_a("slow.test", ic);
     let fake = FakeServer::bind(ic);
+    publish(&p.dns, "slow.test", fake.addr());
     let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
     let mut batch = String::new();
     for i in 0..1000 {
@@ -300,8 +296,8 @@ fn thousand_stanzas_queued_during_slow_dialback_arrive_in_order() {
 fn sigterm_bounces_queued_stanzas_and_exits_zero() {
     let mut p = pair();
     let ic = next_ip();
-    p.dns.add_a("stuck.test", ic);
     let fake = FakeServer::bind(ic);
+    publish(&p.dns, "stuck.test", fake.addr());
     let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
     ca.send("<message from='bot@echo.a.test' to='u@stuck.test' id='s1'/>");
     let c = fake.accept();

@@ -48,12 +48,6 @@ impl Drop for Certs {
     }
 }
 
-fn dns_for(dns: &TestDns, names: &[(&str, std::net::Ipv4Addr)]) {
-    for (name, ip) in names {
-        dns.add_a(name, *ip);
-    }
-}
-
 fn has_condition(e: &dialbackd::xml::Element, cond: &str) -> bool {
     e.elements()
         .flat_map(|c| c.elements())
@@ -66,7 +60,6 @@ fn tls01_federation_over_starttls_with_self_signed_certificates() {
     let certs = Certs::new("fed");
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ia, ib) = (next_ip(), next_ip());
-    dns_for(&dns, &[("a.test", ia), ("echo.a.test", ia), ("b.test", ib)]);
     let mut a = Daemon::start(
         "a",
         ia,
@@ -87,6 +80,9 @@ fn tls01_federation_over_starttls_with_self_signed_certificates() {
             &certs.tls_section("b.test", ""),
         ),
     );
+    for (name, d) in [("a.test", &a), ("echo.a.test", &a), ("b.test", &b)] {
+        publish(&dns, name, d.s2s());
+    }
     let mut ca = ComponentClient::connect(a.component_addr(), "echo.a.test", "sa");
     let mut cb = ComponentClient::connect(b.component_addr(), "b.test", "sb");
     ca.send(
@@ -114,7 +110,6 @@ fn sec12_plaintext_peer_refused_when_encryption_required_accepted_otherwise() {
     let certs = Certs::new("plain");
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ib, ic, id) = (next_ip(), next_ip(), next_ip());
-    dns_for(&dns, &[("b.test", ib), ("c.test", ic), ("d.test", id)]);
     let mut b = Daemon::start(
         "b",
         ib,
@@ -141,6 +136,9 @@ fn sec12_plaintext_peer_refused_when_encryption_required_accepted_otherwise() {
         ic,
         &config(&["c.test"], &[("c.test", "sc")], dns.addr(), ""),
     );
+    for (name, daemon) in [("b.test", &b), ("c.test", &c), ("d.test", &d)] {
+        publish(&dns, name, daemon.s2s());
+    }
     let mut cc = ComponentClient::connect(c.component_addr(), "c.test", "sc");
     let cb = ComponentClient::connect(b.component_addr(), "b.test", "sb");
     let cd = ComponentClient::connect(d.component_addr(), "d.test", "sd");
@@ -164,9 +162,6 @@ fn dtls01_direct_tls_through_xmpps_server_records() {
     let certs = Certs::new("direct");
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ia, ib) = (next_ip(), next_ip());
-    dns_for(&dns, &[("a.test", ia), ("echo.a.test", ia)]);
-    dns.add_srv("_xmpps-server._tcp.b.test", 5, 0, 5270, "tls.b.test");
-    dns.add_a("tls.b.test", ib);
     let mut a = Daemon::start(
         "a",
         ia,
@@ -179,10 +174,21 @@ fn dtls01_direct_tls_through_xmpps_server_records() {
     );
     let extra = certs.tls_section("b.test", "");
     let cfg = config(&["b.test"], &[("b.test", "sb")], dns.addr(), &extra).replace(
-        "s2s = [\"{ip}:5269\"]",
-        "s2s = [\"{ip}:5269\"]\ndirect_tls = [\"{ip}:5270\"]",
+        "s2s = [\"{ip}:0\"]",
+        "s2s = [\"{ip}:0\"]\ndirect_tls = [\"{ip}:0\"]",
     );
     let b = Daemon::start("b", ib, &cfg);
+    publish(&dns, "a.test", a.s2s());
+    publish(&dns, "echo.a.test", a.s2s());
+    // Only a direct-TLS record for b.test (XEP-0368).
+    dns.add_srv(
+        "_xmpps-server._tcp.b.test",
+        5,
+        0,
+        b.direct_tls().port(),
+        "tls.b.test",
+    );
+    dns.add_a("tls.b.test", ib);
     let mut ca = ComponentClient::connect(a.component_addr(), "echo.a.test", "sa");
     let cb = ComponentClient::connect(b.component_addr(), "b.test", "sb");
     ca.send("<message from='bot@echo.a.test' to='u@b.test' id='d1'/>");
@@ -194,7 +200,7 @@ fn dtls01_direct_tls_through_xmpps_server_records() {
     );
     let line = a.wait_log("connected to");
     assert!(
-        line.contains(&format!("{ib}:5270")),
+        line.contains(&b.direct_tls().to_string()),
         "went to the xmpps-server target: {line}"
     );
     // DTLS-02: no STARTTLS inside direct TLS.
@@ -261,7 +267,6 @@ fn sec04_pkix_certificate_for_a_does_not_authorise_piggybacked_c() {
     let (ca, a_cert, a_key) = ca_and_leaf(&certs.0, "a.test");
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let ib = next_ip();
-    dns_for(&dns, &[("b.test", ib)]);
     let tls = certs.tls_section(
         "b.test",
         &format!("verify = \"pkix\"\nca_file = \"{}\"\n", ca.display()),
@@ -342,8 +347,8 @@ fn sec12_stripped_starttls_is_refused_and_nothing_is_sent() {
     let certs = Certs::new("strip");
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ia, ic) = (next_ip(), next_ip());
-    dns_for(&dns, &[("c.test", ic)]);
     let fake = FakeServer::bind(ic);
+    publish(&dns, "c.test", fake.addr());
     let mut a = Daemon::start(
         "a",
         ia,
@@ -380,7 +385,6 @@ fn fingerprint_pins_refuse_a_mismatch_and_accept_the_pinned_key() {
     let certs = Certs::new("pin");
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ia, ib) = (next_ip(), next_ip());
-    dns_for(&dns, &[("a.test", ia), ("echo.a.test", ia), ("b.test", ib)]);
     let (b_cert, b_key) = certs.self_signed("b.test");
     let b_tls = format!(
         "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\n",
@@ -392,6 +396,7 @@ fn fingerprint_pins_refuse_a_mismatch_and_accept_the_pinned_key() {
         ib,
         &config(&["b.test"], &[("b.test", "sb")], dns.addr(), &b_tls),
     );
+    publish(&dns, "b.test", b.s2s());
     let pem = std::fs::read(&b_cert).unwrap();
     let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
     let right = PeerCert::from_chain(vec![der]).unwrap().spki_sha256_hex();
@@ -408,6 +413,11 @@ fn fingerprint_pins_refuse_a_mismatch_and_accept_the_pinned_key() {
             ia,
             &config(&["a.test"], &[("echo.a.test", "sa")], dns.addr(), &tls),
         );
+        if delivered {
+            // Only this instance ever completes dialback, so only it needs to be found
+            // (the refused one never reaches the callback).
+            publish(&dns, "echo.a.test", a.s2s());
+        }
         let mut ca = ComponentClient::connect(a.component_addr(), "echo.a.test", "sa");
         ca.send("<message from='bot@echo.a.test' to='u@b.test' id='f1'/>");
         if delivered {

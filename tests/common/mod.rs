@@ -36,6 +36,8 @@ pub struct Daemon {
     log: Arc<Mutex<Vec<String>>>,
     lines: Receiver<String>,
     pub name: String,
+    /// What the daemon listens on, as it logged it: ("s2s", addr), ("component", addr), …
+    pub listening: Vec<(String, SocketAddr)>,
 }
 
 impl Daemon {
@@ -77,8 +79,19 @@ impl Daemon {
             log,
             lines,
             name: name.to_string(),
+            listening: Vec::new(),
         };
-        d.wait_log("listening on");
+        // Listeners are on port 0 (a server already on *:5269 cannot break the tests); the
+        // log line says which ports the kernel gave.
+        let line = d.wait_log("listening on");
+        let list = line.split("listening on ").nth(1).unwrap_or_default();
+        d.listening = list
+            .split(", ")
+            .filter_map(|item| {
+                let (kind, addr) = item.rsplit_once(' ')?;
+                Some((kind.to_string(), addr.parse().ok()?))
+            })
+            .collect();
         d
     }
 
@@ -114,12 +127,24 @@ impl Daemon {
             .count()
     }
 
+    fn listener(&self, kind: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("{}: no {kind} listener in {:?}", self.name, self.listening))
+    }
+
     pub fn s2s(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(self.ip), 5269)
+        self.listener("s2s")
+    }
+
+    pub fn direct_tls(&self) -> SocketAddr {
+        self.listener("s2s direct TLS")
     }
 
     pub fn component_addr(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(self.ip), 5347)
+        self.listener("component")
     }
 
     pub fn pid(&self) -> u32 {
@@ -319,8 +344,12 @@ pub struct FakeServer {
 impl FakeServer {
     pub fn bind(ip: Ipv4Addr) -> FakeServer {
         FakeServer {
-            listener: TcpListener::bind((ip, 5269)).expect("bind fake server"),
+            listener: TcpListener::bind((ip, 0)).expect("bind fake server"),
         }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap()
     }
 
     /// Accept one connection within the bound.
@@ -356,7 +385,7 @@ pub fn config(
     extra: &str,
 ) -> String {
     let mut s = format!(
-        "domains = [{}]\n[listen]\ns2s = [\"{{ip}}:5269\"]\ncomponent = \"{{ip}}:5347\"\n[dns]\nnameservers = [\"{dns}\"]\n",
+        "domains = [{}]\n[listen]\ns2s = [\"{{ip}}:0\"]\ncomponent = \"{{ip}}:0\"\n[dns]\nnameservers = [\"{dns}\"]\n",
         domains.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", ")
     );
     s.push_str("[timeouts]\nnegotiation = 15\ndialback = 15\nclose = 2\nshutdown = 6\ndns = 2\nconnect = 3\n");
@@ -367,4 +396,20 @@ pub fn config(
     }
     s.push_str(extra);
     s
+}
+
+/// Make `name` resolve to `addr` through an `_xmpp-server._tcp` SRV record (RFC 6120 §3.2.1).
+pub fn publish(dns: &dns_server::TestDns, name: &str, addr: SocketAddr) {
+    let target = format!("host.{name}");
+    dns.add_srv(
+        &format!("_xmpp-server._tcp.{name}"),
+        10,
+        0,
+        addr.port(),
+        &target,
+    );
+    match addr.ip() {
+        IpAddr::V4(ip) => dns.add_a(&target, ip),
+        IpAddr::V6(ip) => dns.add_aaaa(&target, ip),
+    }
 }
