@@ -178,16 +178,20 @@ struct Worker {
 }
 
 impl Worker {
+    /// A worker for a new stream; `core` makes the protocol core given the stream's log label
+    /// (`label` plus the stream's number).
     fn new(
         router: &Arc<Router>,
-        label: String,
-        core: Core,
+        label: &str,
         kind: StreamKind,
         cap: usize,
         negotiation: Duration,
+        core: impl FnOnce(String) -> Core,
     ) -> (Worker, Handle) {
         let (tx, rx) = mpsc::channel();
         let me = Handle::new(router.next_id(), kind, tx, cap);
+        let label = format!("{label} #{}", me.id());
+        let core = core(label.clone());
         let now = Instant::now();
         let w = Worker {
             router: router.clone(),
@@ -852,22 +856,21 @@ pub fn spawn_incoming(
     direct_tls: bool,
 ) -> io::Result<()> {
     let cfg = &router.ctx.config;
-    let label = format!("s2s-in {peer}");
-    let core = Core::In(Incoming::new(
-        router.ctx.clone(),
-        label.clone(),
-        Box::new(fresh_id),
-        direct_tls,
-    ));
-    let (mut w, me) = Worker::new(
+    let (mut w, _) = Worker::new(
         router,
-        label,
-        core,
+        &format!("s2s-in {peer}"),
         StreamKind::Server,
         cfg.limits.outbox,
         cfg.timeouts.negotiation,
+        |label| {
+            Core::In(Incoming::new(
+                router.ctx.clone(),
+                label,
+                Box::new(fresh_id),
+                direct_tls,
+            ))
+        },
     );
-    w.label = format!("{} #{}", w.label, me.id());
     w.peer_ip = Some(peer.ip());
     if direct_tls {
         let _ = sock.set_nodelay(true);
@@ -890,23 +893,49 @@ pub fn spawn_incoming(
 /// When the threads cannot be started.
 pub fn spawn_component(router: &Arc<Router>, sock: TcpStream, peer: SocketAddr) -> io::Result<()> {
     let cfg = &router.ctx.config;
-    let label = format!("component {peer}");
-    let core = Core::Comp(Component::new(
-        router.ctx.clone(),
-        label.clone(),
-        fresh_id(),
-    ));
-    let (mut w, me) = Worker::new(
+    let (mut w, _) = Worker::new(
         router,
-        label,
-        core,
+        &format!("component {peer}"),
         StreamKind::Component,
         cfg.limits.outbox,
         cfg.timeouts.negotiation,
+        |label| Core::Comp(Component::new(router.ctx.clone(), label, fresh_id())),
     );
-    w.label = format!("{} #{}", w.label, me.id());
     w.attach(sock)?;
     w.spawn(false)
+}
+
+/// A worker for an outbound stream (not started).
+fn outbound(
+    router: &Arc<Router>,
+    local: &Domain,
+    remote: &Domain,
+    purpose: Purpose,
+    cap: usize,
+    deadline: Duration,
+) -> (Worker, Handle) {
+    let kind = if matches!(purpose, Purpose::Pair) {
+        "s2s-out"
+    } else {
+        "verify"
+    };
+    Worker::new(
+        router,
+        &format!("{kind} {local}→{remote}"),
+        StreamKind::Server,
+        cap,
+        deadline,
+        |label| {
+            Core::Out(Outgoing::new(
+                router.ctx.clone(),
+                label,
+                local.clone(),
+                remote.clone(),
+                purpose,
+                false,
+            ))
+        },
+    )
 }
 
 /// Start the Initiating Server side of a domain pair; stanzas sent to the returned handle
@@ -921,25 +950,15 @@ pub fn spawn_outgoing(
     purpose: Purpose,
 ) -> io::Result<Handle> {
     let cfg = &router.ctx.config;
-    let label = format!("s2s-out {local}→{remote}");
-    let core = Core::Out(Outgoing::new(
-        router.ctx.clone(),
-        label.clone(),
-        local.clone(),
-        remote.clone(),
-        purpose,
-        false,
-    ));
     let cap = cfg.limits.outbox + cfg.limits.queue;
-    let (mut w, me) = Worker::new(
+    let (mut w, me) = outbound(
         router,
-        label,
-        core,
-        StreamKind::Server,
+        &local,
+        &remote,
+        purpose,
         cap,
         cfg.timeouts.negotiation,
     );
-    w.label = format!("{} #{}", w.label, me.id());
     w.route_key = Some((local, remote));
     w.spawn(true)?;
     Ok(me)
@@ -958,24 +977,14 @@ pub fn spawn_verify(
     reply: Handle,
 ) -> io::Result<()> {
     let cfg = &router.ctx.config;
-    let label = format!("verify {local}→{remote}");
-    let core = Core::Out(Outgoing::new(
-        router.ctx.clone(),
-        label.clone(),
-        local.clone(),
-        remote.clone(),
-        Purpose::Verify(req),
-        false,
-    ));
-    let (mut w, me) = Worker::new(
+    let (mut w, _) = outbound(
         router,
-        label,
-        core,
-        StreamKind::Server,
+        &local,
+        &remote,
+        Purpose::Verify(req),
         cfg.limits.outbox,
         cfg.timeouts.dialback,
     );
-    w.label = format!("{} #{}", w.label, me.id());
     w.verify = Some((reply, remote, local));
     w.spawn(true)
 }
