@@ -133,6 +133,15 @@ impl Core {
         }
     }
 
+    /// The stream's name for log lines.
+    fn label(&self) -> &str {
+        match self {
+            Core::In(c) => c.label(),
+            Core::Out(c) => c.label(),
+            Core::Comp(c) => c.label(),
+        }
+    }
+
     /// The STARTTLS element after which the reader must stop.
     fn pause_on(&self) -> Option<&'static str> {
         match self {
@@ -151,7 +160,6 @@ fn fresh_id() -> String {
 
 struct Worker {
     router: Arc<Router>,
-    label: String,
     core: Core,
     me: Handle,
     rx: Receiver<Input>,
@@ -195,7 +203,6 @@ impl Worker {
         let now = Instant::now();
         let w = Worker {
             router: router.clone(),
-            label,
             core,
             me: me.clone(),
             rx,
@@ -279,7 +286,7 @@ impl Worker {
         let remote = self.remote_domain();
         let ev = match self.dial(&remote) {
             Ok((sock, addr, direct_tls)) => {
-                log::debug!("{}: connected to {addr}", self.label);
+                log::debug!("{}: connected to {addr}", self.core.label());
                 if direct_tls {
                     // Direct-TLS targets are only chosen when TLS is configured (see dial).
                     match self.attach_tls_client(sock, &remote) {
@@ -351,7 +358,7 @@ impl Worker {
             if direct_tls && !self.router.ctx.tls_available {
                 log::debug!(
                     "{}: skipping direct-TLS target {host}:{port}, TLS is not configured",
-                    self.label
+                    self.core.label()
                 );
                 continue;
             }
@@ -449,7 +456,7 @@ impl Worker {
                     // would be taken as coming from inside TLS. Refuse before answering.
                     log::warn!(
                         "{}: {} bytes sent after STARTTLS before the TLS handshake",
-                        self.label,
+                        self.core.label(),
                         leftover.len()
                     );
                     self.feed(Event::Broken {
@@ -570,7 +577,7 @@ impl Worker {
                     );
                 }
                 if had_transport && !self.done {
-                    log::info!("{}: write failed: {e}", self.label);
+                    log::info!("{}: write failed: {e}", self.core.label());
                     self.feed(Event::Broken {
                         condition: None,
                         reason: format!("write failed: {e}"),
@@ -584,7 +591,7 @@ impl Worker {
 
     fn close(&mut self, err: Option<StreamError>) {
         if let Some(e) = &err {
-            log::debug!("{}: closing with {e}", self.label);
+            log::debug!("{}: closing with {e}", self.core.label());
             self.write(&e.to_element().to_bytes());
         }
         self.write(STREAM_CLOSE);
@@ -648,7 +655,10 @@ impl Worker {
         let cfg = &self.router.ctx.config.timeouts;
         if let Some(c) = self.closing_until {
             if now >= c {
-                log::debug!("{}: peer did not close its stream in time", self.label);
+                log::debug!(
+                    "{}: peer did not close its stream in time",
+                    self.core.label()
+                );
                 self.done = true;
             }
             return;
@@ -678,7 +688,14 @@ impl Worker {
             (Core::In(_), Some(Ok(sock))) => upgrade_server(&self.router, sock),
             (Core::Out(_), Some(Ok(sock))) => {
                 let (local, remote) = (self.local_domain(), self.remote_domain());
-                upgrade_client(&self.router, &self.label, sock, &local, &remote, false)
+                upgrade_client(
+                    &self.router,
+                    self.core.label(),
+                    sock,
+                    &local,
+                    &remote,
+                    false,
+                )
             }
             (_, Some(Err(e))) => Err(e),
             _ => Err(io::Error::other("no transport to upgrade")),
@@ -703,7 +720,7 @@ impl Worker {
                 }
             }
             Err(e) => {
-                log::info!("{}: TLS failed: {e}", self.label);
+                log::info!("{}: TLS failed: {e}", self.core.label());
                 self.out = None;
                 self.feed(Event::Broken {
                     condition: None,
@@ -719,7 +736,7 @@ impl Worker {
         let local = self.local_domain();
         let (reader, writer) = upgrade_client(
             &self.router,
-            &self.label,
+            self.core.label(),
             sock.try_clone()?,
             &local,
             remote,
@@ -740,17 +757,17 @@ impl Worker {
             CertJudgement::Trusted => {
                 log::info!(
                     "{}: certificate of {} is valid for it (pkix): verified without a callback",
-                    self.label,
+                    self.core.label(),
                     req.remote
                 );
                 Some(Verdict::Valid)
             }
             CertJudgement::Refused(why) => {
-                log::warn!("{}: {why}", self.label);
+                log::warn!("{}: {why}", self.core.label());
                 Some(Verdict::Error("not-authorized"))
             }
             CertJudgement::Accepted(what) => {
-                log::debug!("{}: {what}", self.label);
+                log::debug!("{}: {what}", self.core.label());
                 None
             }
         }
@@ -798,7 +815,7 @@ impl Worker {
         if let Some(ip) = self.peer_ip {
             self.router.release_ip(ip);
         }
-        log::debug!("{}: stream ended", self.label);
+        log::debug!("{}: stream ended", self.core.label());
         self.router.remove_stream(self.me.id());
     }
 }
@@ -883,7 +900,7 @@ pub fn spawn_incoming(
     } else {
         w.attach(sock)?;
     }
-    log::debug!("{}: connected", w.label);
+    log::debug!("{}: connected", w.core.label());
     w.spawn(false)
 }
 

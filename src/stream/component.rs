@@ -62,6 +62,11 @@ impl Component {
             .filter(|_| matches!(self.state, State::Open | State::Closed))
     }
 
+    /// The stream's name for log lines.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     /// Feed one event; returns what to do, in order.
     pub fn handle(&mut self, ev: Event) -> Vec<Action> {
         match (self.state, ev) {

@@ -79,6 +79,11 @@ impl Incoming {
         &self.verified
     }
 
+    /// The stream's name for log lines.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     /// Feed one event; returns what to do, in order.
     pub fn handle(&mut self, ev: Event) -> Vec<Action> {
         match (self.state, ev) {
@@ -191,6 +196,10 @@ impl Incoming {
         self.id = (self.new_id)();
         self.state = State::Open;
         let peer = h.from.as_deref().and_then(|f| Domain::parse(f).ok());
+        if !self.label.contains('→') {
+            let from = peer.as_ref().map_or("?", Domain::as_str);
+            self.label = format!("{} {from}→{local}", self.label);
+        }
         let mut features = Element::new("features", STREAM_NS);
         if self.ctx.tls_available && !self.tls {
             let mut starttls = Element::new("starttls", TLS_NS);

@@ -93,6 +93,11 @@ impl Outgoing {
         self.queue.len()
     }
 
+    /// The stream's name for log lines.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     /// Feed one event; returns what to do, in order.
     pub fn handle(&mut self, ev: Event) -> Vec<Action> {
         match (self.state, ev) {
