@@ -603,3 +603,70 @@ fn simultaneous_bursts_both_ways() {
     // the send timeout (TIMEOUT) cuts a write short; without that edge this takes well under 1 s.
     assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
 }
+
+/// The certificate policy (`judge`): pins first, then the mode, always against the domain
+/// asked about (SEC-04).
+#[test]
+fn policy_judgement() {
+    use crate::config::{CertMode, PeerPolicy, TlsPolicy};
+    let (ca, leaf) = ca_and_leaf("Test CA", &["a.test"]);
+    let roots = roots_with(ca);
+    let cert = PeerCert::from_chain(vec![leaf]).unwrap();
+    let pin = cert.spki_sha256().unwrap();
+    let mut policy = TlsPolicy::default();
+
+    // dialback mode: anything goes, the log says what it was.
+    let j = judge(&policy, Some(&roots), &d("a.test"), Some(&cert));
+    assert!(
+        matches!(&j, CertJudgement::Accepted(t) if t.contains("valid")),
+        "{j:?}"
+    );
+    let j = judge(&policy, None, &d("a.test"), None);
+    assert!(matches!(j, CertJudgement::Accepted(_)));
+
+    // pkix: valid for a.test only.
+    policy.verify = CertMode::Pkix;
+    assert_eq!(
+        judge(&policy, Some(&roots), &d("a.test"), Some(&cert)),
+        CertJudgement::Trusted
+    );
+    let j = judge(&policy, Some(&roots), &d("c.test"), Some(&cert));
+    assert!(
+        matches!(&j, CertJudgement::Refused(t) if t.contains("c.test")),
+        "{j:?}"
+    );
+    assert!(matches!(
+        judge(&policy, Some(&roots), &d("a.test"), None),
+        CertJudgement::Refused(_)
+    ));
+    assert!(matches!(
+        judge(&policy, None, &d("a.test"), Some(&cert)),
+        CertJudgement::Refused(_)
+    ));
+
+    // pins: a wrong pin refuses even a pkix-valid certificate; the right one passes.
+    policy.verify = CertMode::Dialback;
+    let peer = |fingerprints| PeerPolicy {
+        require_encryption: None,
+        verify: None,
+        fingerprints,
+    };
+    policy.peers.insert(d("a.test"), peer(vec![[7u8; 32]]));
+    let j = judge(&policy, Some(&roots), &d("a.test"), Some(&cert));
+    assert!(
+        matches!(&j, CertJudgement::Refused(t) if t.contains("pinned")),
+        "{j:?}"
+    );
+    policy.peers.insert(d("a.test"), peer(vec![[7u8; 32], pin]));
+    assert!(matches!(
+        judge(&policy, Some(&roots), &d("a.test"), Some(&cert)),
+        CertJudgement::Accepted(_)
+    ));
+    assert!(matches!(
+        judge(&policy, Some(&roots), &d("a.test"), None),
+        CertJudgement::Refused(_)
+    ));
+    // Pins and pkix imply encryption for that peer only.
+    assert!(policy.require_encryption_for(&d("a.test")));
+    assert!(!policy.require_encryption_for(&d("b.test")));
+}
