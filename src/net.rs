@@ -44,6 +44,7 @@ impl Listeners {
             let l = TcpListener::bind(addr).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen on {addr} ({kind:?}): {e}"))
             })?;
+            deepen_backlog(&l);
             socks.push((kind, l));
             Ok(())
         };
@@ -76,6 +77,26 @@ impl Listeners {
             })
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// The accept queue we ask for. mio (like std) listens with a backlog of 128, which a burst of
+/// peers overflows (measured: SYNs dropped and peers waiting for retransmits while the daemon
+/// had CPU to spare); the kernel caps this at `net.core.somaxconn`.
+const BACKLOG: libc::c_int = 1024;
+
+/// Raise the listen backlog of a bound listener: on Linux, calling `listen` again on a
+/// listening socket just updates its backlog.
+fn deepen_backlog(l: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `listen` on a file descriptor we own and that stays open for the call; it reads
+    // no memory of ours.
+    let rc = unsafe { libc::listen(l.as_raw_fd(), BACKLOG) };
+    if rc != 0 {
+        log::warn!(
+            "cannot raise the listen backlog: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
