@@ -61,4 +61,4 @@ clean:
 	cargo clean
 
 bench:
-	@echo "benchmarks are not written yet" >&2; exit 1
+	benches/run.sh
