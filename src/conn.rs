@@ -791,32 +791,16 @@ impl Worker {
         self.reader_ctl = None;
         self.credit.close();
         // Stanzas that raced our close: outbound ones go back to the router (a new
-        // connection), ones for a component bounce.
+        // connection), ones for a component bounce, and with no transport left anything the
+        // core would still write bounces too (see flush).
+        self.out = None;
         while let Ok(input) = self.rx.try_recv() {
             if let Input::Stanza(el) = input {
                 self.me.queued().fetch_sub(1, Ordering::AcqRel);
-                let actions = self.core.handle(Event::Stanza(el));
-                for a in actions {
-                    match a {
-                        Action::Deliver(el) => self.router.route(el),
-                        Action::Bounce {
-                            stanzas,
-                            condition,
-                            text,
-                        } => {
-                            stanzas
-                                .into_iter()
-                                .for_each(|s| self.router.bounce(s, condition, &text));
-                        }
-                        Action::Send(el) => {
-                            self.router
-                                .bounce(el, "remote-server-timeout", "the stream closed")
-                        }
-                        _ => {}
-                    }
-                }
+                self.feed(Event::Stanza(el));
             }
         }
+        self.flush();
         if let Some(ip) = self.peer_ip {
             self.router.release_ip(ip);
         }
