@@ -16,6 +16,7 @@
 
 use crate::domain::Domain;
 use crate::keys;
+use crate::mailbox::Mailbox;
 use crate::router::{Handle, Router, StreamKind};
 use crate::stanza;
 use crate::stream::component::Component;
@@ -27,7 +28,7 @@ use crate::xml::{Element, Limits, StreamEvent, StreamReader, XmlError, STREAM_CL
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ const STACK_SIZE: usize = 256 * 1024;
 /// How long a stream closing at shutdown waits for the peer's `</stream:stream>`.
 const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Inputs handled before the worker flushes its writes.
-const BATCH: usize = 256;
+const BATCH: usize = 64;
 
 /// A message to a stream's worker.
 #[derive(Debug)]
@@ -71,43 +72,6 @@ pub enum Input {
 /// How many parsed events a reader may have in flight before it waits for the worker: a peer
 /// that sends faster than we route is slowed down by TCP instead of filling our memory.
 const READ_AHEAD: usize = 64;
-
-/// Flow control between a stream's reader and its worker.
-#[derive(Default)]
-struct Credit {
-    /// Events in flight, and whether the worker has ended.
-    state: std::sync::Mutex<(usize, bool)>,
-    freed: std::sync::Condvar,
-}
-
-impl Credit {
-    /// Reader: wait until the worker has room for one more event (or has ended).
-    fn acquire(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        while st.0 >= READ_AHEAD && !st.1 {
-            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        st.0 += 1;
-    }
-
-    /// Worker: one event handled.
-    fn release(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // The reader can only be waiting when the count was at the limit: wake it only then
-        // (a notify is a futex syscall, measured at several % of a core under load).
-        let was_full = st.0 >= READ_AHEAD;
-        st.0 = st.0.saturating_sub(1);
-        if was_full {
-            self.freed.notify_one();
-        }
-    }
-
-    /// Worker: ended; never make the reader wait again.
-    fn close(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
-        self.freed.notify_all();
-    }
-}
 
 enum ReaderCmd {
     Resume(Box<dyn Read + Send>),
@@ -167,14 +131,13 @@ struct Worker {
     router: Arc<Router>,
     core: Core,
     me: Handle,
-    rx: Receiver<Input>,
+    inbox: Arc<Mailbox<Input>>,
     sock: Option<TcpStream>,
     out: Option<Box<dyn Write + Send>>,
     wbuf: Vec<u8>,
     wbuf_stanzas: Vec<Element>,
     reader_ctl: Option<Sender<ReaderCmd>>,
     reader_running: bool,
-    credit: Arc<Credit>,
     leftover: Option<Vec<u8>>,
     deadline: Instant,
     deadline_fired: bool,
@@ -201,8 +164,8 @@ impl Worker {
         negotiation: Duration,
         core: impl FnOnce(String) -> Core,
     ) -> (Worker, Handle) {
-        let (tx, rx) = mpsc::channel();
-        let me = Handle::new(router.next_id(), kind, tx, cap);
+        let inbox = Arc::new(Mailbox::default());
+        let me = Handle::new(router.next_id(), kind, inbox.clone(), cap);
         let label = format!("{label} #{}", me.id());
         let core = core(label.clone());
         let now = Instant::now();
@@ -210,14 +173,13 @@ impl Worker {
             router: router.clone(),
             core,
             me: me.clone(),
-            rx,
+            inbox,
             sock: None,
             out: None,
             wbuf: Vec::new(),
             wbuf_stanzas: Vec::new(),
             reader_ctl: None,
             reader_running: false,
-            credit: Arc::new(Credit::default()),
             leftover: None,
             deadline: now + negotiation,
             deadline_fired: false,
@@ -254,14 +216,13 @@ impl Worker {
 
     fn start_reader(&mut self, read: Box<dyn Read + Send>) -> io::Result<()> {
         let (ctl_tx, ctl_rx) = mpsc::channel();
-        let tx = self.me.clone();
+        let inbox = self.inbox.clone();
         let limits = self.limits();
         let pause_on = self.core.pause_on();
-        let credit = self.credit.clone();
         thread::Builder::new()
             .name(format!("rd-{}", self.me.id()))
             .stack_size(STACK_SIZE)
-            .spawn(move || reader_loop(read, limits, &tx, &ctl_rx, pause_on, &credit))?;
+            .spawn(move || reader_loop(read, limits, &inbox, &ctl_rx, pause_on))?;
         self.reader_ctl = Some(ctl_tx);
         self.reader_running = true;
         Ok(())
@@ -316,8 +277,11 @@ impl Worker {
         if !matches!(ev, Event::Connected { .. }) {
             // Stanzas that arrived while we dialled are still in the channel: queue them in
             // the core first, so the failure bounces them rather than re-routing them.
-            while let Ok(input) = self.rx.try_recv() {
-                self.input(input);
+            let mut pending = Vec::new();
+            while self.inbox.recv_batch(&mut pending, BATCH, Instant::now()) > 0 {
+                for input in pending.drain(..) {
+                    self.input(input);
+                }
             }
         }
         self.feed(ev);
@@ -397,24 +361,20 @@ impl Worker {
     }
 
     fn run(mut self) {
+        let mut batch = Vec::new();
         while !self.done {
-            let wait = self.next_wakeup().saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
-                Ok(input) => {
+            let deadline = self.next_wakeup();
+            self.inbox.recv_batch(&mut batch, BATCH, deadline);
+            for input in batch.drain(..) {
+                if self.done {
+                    // Whatever is left goes through the core's closed state in finish().
+                    self.leftovers(input);
+                } else {
                     self.input(input);
-                    for _ in 0..BATCH {
-                        if self.done {
-                            break;
-                        }
-                        match self.rx.try_recv() {
-                            Ok(input) => self.input(input),
-                            Err(_) => break,
-                        }
-                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                // We hold a sender ourselves (`me`), so the channel cannot disconnect.
-                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if batch.capacity() > BATCH {
+                batch.shrink_to(BATCH);
             }
             self.flush();
             self.timers();
@@ -423,10 +383,16 @@ impl Worker {
         self.finish();
     }
 
-    fn input(&mut self, input: Input) {
-        if matches!(input, Input::Xml(_) | Input::Paused { .. }) {
-            self.credit.release();
+    /// An input that arrived after the stream ended: stanzas go through the (closed) core,
+    /// which re-routes or bounces them; anything else is moot.
+    fn leftovers(&mut self, input: Input) {
+        if let Input::Stanza(el) = input {
+            self.me.queued().fetch_sub(1, Ordering::AcqRel);
+            self.feed(Event::Stanza(el));
         }
+    }
+
+    fn input(&mut self, input: Input) {
         match input {
             Input::Xml(res) => {
                 self.last_activity = Instant::now();
@@ -789,16 +755,12 @@ impl Worker {
             let _ = sock.shutdown(Shutdown::Both);
         }
         self.reader_ctl = None;
-        self.credit.close();
         // Stanzas that raced our close: outbound ones go back to the router (a new
         // connection), ones for a component bounce, and with no transport left anything the
         // core would still write bounces too (see flush).
         self.out = None;
-        while let Ok(input) = self.rx.try_recv() {
-            if let Input::Stanza(el) = input {
-                self.me.queued().fetch_sub(1, Ordering::AcqRel);
-                self.feed(Event::Stanza(el));
-            }
+        for input in self.inbox.close() {
+            self.leftovers(input);
         }
         self.flush();
         if let Some(ip) = self.peer_ip {
@@ -812,20 +774,18 @@ impl Worker {
 fn reader_loop(
     read: Box<dyn Read + Send>,
     limits: Limits,
-    tx: &Handle,
+    inbox: &Mailbox<Input>,
     ctl: &Receiver<ReaderCmd>,
     pause_on: Option<&'static str>,
-    credit: &Credit,
 ) {
+    let send = |input| inbox.send_from_reader(input, READ_AHEAD).is_ok();
     let mut reader = StreamReader::new(read, limits);
     loop {
-        let ev = reader.next_event();
-        credit.acquire();
-        match ev {
+        match reader.next_event() {
             Ok(StreamEvent::Element(e)) if pause_on.is_some_and(|n| e.is(n, TLS_NS)) => {
                 let (inner, leftover) = reader.into_inner();
                 drop(inner);
-                if !tx.send(Input::Paused {
+                if !send(Input::Paused {
                     element: e,
                     leftover,
                 }) {
@@ -838,12 +798,12 @@ fn reader_loop(
             }
             Ok(ev) => {
                 let end = ev == StreamEvent::Close;
-                if !tx.send(Input::Xml(Ok(ev))) || end {
+                if !send(Input::Xml(Ok(ev))) || end {
                     return;
                 }
             }
             Err(e) => {
-                tx.send(Input::Xml(Err(e)));
+                send(Input::Xml(Err(e)));
                 return;
             }
         }

@@ -32,6 +32,7 @@ pub mod conn;
 pub mod dns;
 pub mod domain;
 pub mod keys;
+pub mod mailbox;
 pub mod net;
 pub mod router;
 pub mod stanza;

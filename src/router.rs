@@ -14,6 +14,7 @@
 use crate::conn::{self, Input};
 use crate::dns::Resolver;
 use crate::domain::{Domain, Jid};
+use crate::mailbox::Mailbox;
 use crate::stanza;
 use crate::stream::outgoing::Purpose;
 use crate::stream::{Ctx, Verdict, VerifyRequest};
@@ -22,7 +23,6 @@ use crate::xml::Element;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ pub enum StreamKind {
 pub struct Handle {
     id: u64,
     kind: StreamKind,
-    tx: Sender<Input>,
+    inbox: Arc<Mailbox<Input>>,
     queued: Arc<AtomicUsize>,
     cap: usize,
 }
@@ -54,12 +54,12 @@ pub enum SendError {
 }
 
 impl Handle {
-    /// A handle over `tx`, refusing stanzas once `cap` are waiting.
-    pub fn new(id: u64, kind: StreamKind, tx: Sender<Input>, cap: usize) -> Handle {
+    /// A handle over `inbox`, refusing stanzas once `cap` are waiting.
+    pub fn new(id: u64, kind: StreamKind, inbox: Arc<Mailbox<Input>>, cap: usize) -> Handle {
         Handle {
             id,
             kind,
-            tx,
+            inbox,
             queued: Arc::new(AtomicUsize::new(0)),
             cap,
         }
@@ -84,9 +84,9 @@ impl Handle {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(SendError::Full(el));
         }
-        self.tx.send(Input::Stanza(el)).map_err(|e| {
+        self.inbox.send(Input::Stanza(el)).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            match e.0 {
+            match e {
                 Input::Stanza(el) => SendError::Gone(el),
                 _ => unreachable!("we sent a stanza"),
             }
@@ -95,7 +95,7 @@ impl Handle {
 
     /// Send a control message; false when the stream is gone.
     pub fn send(&self, input: Input) -> bool {
-        self.tx.send(input).is_ok()
+        self.inbox.send(input).is_ok()
     }
 }
 
