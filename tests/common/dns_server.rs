@@ -67,7 +67,6 @@ impl TestDns {
             .expect("could not bind UDP and TCP on the same port");
         let addr = udp.local_addr().expect("local addr");
         udp.set_read_timeout(Some(POLL)).expect("udp timeout");
-        tcp.set_nonblocking(true).expect("nonblocking listener");
         let shared = Arc::new(Shared {
             zone: Mutex::new(Zone::default()),
             queries: AtomicUsize::new(0),
@@ -138,6 +137,8 @@ impl TestDns {
 impl Drop for TestDns {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the TCP thread's blocking accept (the UDP one wakes on its read timeout).
+        let _ = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2));
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -194,14 +195,14 @@ fn udp_loop(sock: UdpSocket, shared: Arc<Shared>) {
     }
 }
 
+/// Blocking accept; `Drop` wakes it with a connection to itself after setting the stop flag.
 fn tcp_loop(listener: TcpListener, shared: Arc<Shared>) {
-    while !shared.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let _ = serve_tcp(stream, &shared);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL),
-            Err(_) => thread::sleep(POLL),
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(stream) = stream {
+            let _ = serve_tcp(stream, &shared);
         }
     }
 }
