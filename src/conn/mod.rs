@@ -1,7 +1,7 @@
 //! One stream's threads: socket ⇄ XML reader ⇄ protocol core ⇄ router ⇄ socket.
 //!
-//! Each stream has a **reader thread** (blocking socket read → [`StreamReader`] → `Input`s on
-//! the worker's channel) and a **worker thread** that owns the protocol core and is the only
+//! Each stream has a **reader thread** (blocking socket read → [`StreamReader`] → `Input`s in
+//! the stream's [`Mailbox`]) and a **worker thread** that owns the protocol core and is the only
 //! writer of the socket. Every other thread reaches a stream through its [`Handle`] and never
 //! blocks on it: a full outbox bounces with `resource-constraint`. The worker carries out the
 //! core's [`Action`]s in order and takes no protocol decision of its own; it owns the clock
@@ -12,6 +12,9 @@
 //! stream with `policy-violation`. The worker upgrades the socket and gives the reader a fresh
 //! transport, on which it starts a fresh parser (RFC 6120 §5.4.3.3).
 //!
+//! Submodules: `dial` (finding and connecting to a peer), `starttls` (TLS upgrade and the
+//! certificate policy), `spawn` (starting each kind of stream).
+//!
 //! Out of scope: protocol rules (`stream`), routing tables (`router`), accepting (`net`).
 
 use crate::domain::Domain;
@@ -21,17 +24,23 @@ use crate::router::{Handle, Router, StreamKind};
 use crate::stanza;
 use crate::stream::component::Component;
 use crate::stream::incoming::Incoming;
-use crate::stream::outgoing::{Outgoing, Purpose};
-use crate::stream::{Action, Event, StreamError, Verdict, VerifyRequest};
-use crate::tls::{CertJudgement, TlsReader, TlsStream, TlsWriter};
+use crate::stream::outgoing::Outgoing;
+use crate::stream::{Action, Event, StreamError, Verdict};
+use crate::tls::TlsWriter;
 use crate::xml::{Element, Limits, StreamEvent, StreamReader, XmlError, STREAM_CLOSE, TLS_NS};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod dial;
+mod spawn;
+mod starttls;
+
+pub use spawn::{spawn_component, spawn_incoming, spawn_outgoing, spawn_verify};
 
 /// Stack size of stream threads: enough for the parser, rustls and our serializer, small
 /// enough for thousands of streams on a 32-bit box.
@@ -246,48 +255,6 @@ impl Worker {
             .inspect_err(|_| router.remove_stream(id))
     }
 
-    /// Outbound: resolve, connect, and tell the core how it went.
-    fn connect(&mut self) {
-        let Core::Out(_) = &self.core else { return };
-        let remote = self.remote_domain();
-        let ev = match self.dial(&remote) {
-            Ok((sock, addr, direct_tls)) => {
-                log::debug!("{}: connected to {addr}", self.core.label());
-                if direct_tls {
-                    // Direct-TLS targets are only chosen when TLS is configured (see dial).
-                    match self.attach_tls_client(sock, &remote) {
-                        Ok(()) => Event::Connected { tls: true },
-                        Err(e) => Event::ConnectFailed {
-                            not_found: false,
-                            reason: format!("TLS with {addr}: {e}"),
-                        },
-                    }
-                } else {
-                    match self.attach(sock) {
-                        Ok(()) => Event::Connected { tls: false },
-                        Err(e) => Event::ConnectFailed {
-                            not_found: false,
-                            reason: e.to_string(),
-                        },
-                    }
-                }
-            }
-            Err((not_found, reason)) => Event::ConnectFailed { not_found, reason },
-        };
-        if !matches!(ev, Event::Connected { .. }) {
-            // Stanzas that arrived while we dialled are still in the channel: queue them in
-            // the core first, so the failure bounces them rather than re-routing them.
-            let mut pending = Vec::new();
-            while self.inbox.recv_batch(&mut pending, BATCH, Instant::now()) > 0 {
-                for input in pending.drain(..) {
-                    self.input(input);
-                }
-            }
-        }
-        self.feed(ev);
-        self.flush();
-    }
-
     fn local_domain(&self) -> Domain {
         match (&self.route_key, &self.verify) {
             (Some((l, _)), _) | (None, Some((_, _, l))) => l.clone(),
@@ -300,64 +267,6 @@ impl Worker {
             (Some((_, r)), _) | (None, Some((_, r, _))) => r.clone(),
             (None, None) => unreachable!("outbound workers have a route or a verify request"),
         }
-    }
-
-    /// Find and connect to `remote` (static route, else SRV/A per RFC 6120 §3.2).
-    fn dial(&self, remote: &Domain) -> Result<(TcpStream, SocketAddr, bool), (bool, String)> {
-        let cfg = &self.router.ctx.config;
-        let targets = match cfg.routes.get(remote) {
-            Some(r) => vec![(r.host.clone(), r.port, false)],
-            None => match self.router.resolver.resolve_s2s(remote.as_str()) {
-                Ok(t) => t
-                    .into_iter()
-                    .map(|t| (t.host, t.port, t.direct_tls))
-                    .collect(),
-                Err(e) => {
-                    return Err((
-                        e.is_not_found(),
-                        format!("DNS lookup for {remote} failed: {e}"),
-                    ))
-                }
-            },
-        };
-        let mut any_address = false;
-        let mut transient = false;
-        let mut errors = Vec::new();
-        for (host, port, direct_tls) in targets {
-            if direct_tls && !self.router.ctx.tls_available {
-                log::debug!(
-                    "{}: skipping direct-TLS target {host}:{port}, TLS is not configured",
-                    self.core.label()
-                );
-                continue;
-            }
-            let ips = match host.parse::<IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => match self.router.resolver.ips(&host) {
-                    Ok(ips) => ips,
-                    Err(e) => {
-                        transient |= !e.is_not_found();
-                        errors.push(format!("{host}: {e}"));
-                        continue;
-                    }
-                },
-            };
-            for ip in ips {
-                any_address = true;
-                let addr = SocketAddr::new(ip, port);
-                match TcpStream::connect_timeout(&addr, cfg.timeouts.connect) {
-                    Ok(s) => return Ok((s, addr, direct_tls)),
-                    Err(e) => errors.push(format!("{addr}: {e}")),
-                }
-            }
-        }
-        let not_found = !any_address && !transient;
-        let detail = if errors.is_empty() {
-            "no address".to_string()
-        } else {
-            errors.join("; ")
-        };
-        Err((not_found, format!("cannot connect to {remote}: {detail}")))
     }
 
     fn run(mut self) {
@@ -645,105 +554,6 @@ impl Worker {
         }
     }
 
-    /// STARTTLS: the reader has stopped; check for injected bytes and upgrade.
-    fn start_tls(&mut self) {
-        self.flush();
-        if self.leftover.take().is_none() {
-            self.feed(Event::Broken {
-                condition: Some("internal-server-error"),
-                reason: "STARTTLS out of order".into(),
-            });
-            return;
-        }
-        let upgraded = match (&self.core, self.sock.as_ref().map(TcpStream::try_clone)) {
-            (Core::In(_), Some(Ok(sock))) => upgrade_server(&self.router, sock),
-            (Core::Out(_), Some(Ok(sock))) => {
-                let (local, remote) = (self.local_domain(), self.remote_domain());
-                upgrade_client(
-                    &self.router,
-                    self.core.label(),
-                    sock,
-                    &local,
-                    &remote,
-                    false,
-                )
-            }
-            (_, Some(Err(e))) => Err(e),
-            _ => Err(io::Error::other("no transport to upgrade")),
-        };
-        match upgraded {
-            Ok((reader, writer)) => {
-                self.tls = Some(writer.clone());
-                self.out = Some(Box::new(writer));
-                match self
-                    .reader_ctl
-                    .as_ref()
-                    .map(|c| c.send(ReaderCmd::Resume(Box::new(reader))))
-                {
-                    Some(Ok(())) => {
-                        self.reader_running = true;
-                        self.feed(Event::TlsEstablished);
-                    }
-                    _ => self.feed(Event::Broken {
-                        condition: None,
-                        reason: "reader thread gone".into(),
-                    }),
-                }
-            }
-            Err(e) => {
-                log::info!("{}: TLS failed: {e}", self.core.label());
-                self.out = None;
-                self.feed(Event::Broken {
-                    condition: None,
-                    reason: format!("TLS failed: {e}"),
-                });
-            }
-        }
-    }
-
-    fn attach_tls_client(&mut self, sock: TcpStream, remote: &Domain) -> io::Result<()> {
-        let _ = sock.set_nodelay(true);
-        sock.set_write_timeout(Some(self.router.ctx.config.timeouts.negotiation))?;
-        let local = self.local_domain();
-        let (reader, writer) = upgrade_client(
-            &self.router,
-            self.core.label(),
-            sock.try_clone()?,
-            &local,
-            remote,
-            true,
-        )?;
-        self.tls = Some(writer.clone());
-        self.out = Some(Box::new(writer));
-        self.sock = Some(sock);
-        self.start_reader(Box::new(reader))
-    }
-
-    /// XEP-0344 and the certificate policy, judged against the `from` of this db:result
-    /// (SEC-04): `Some` when the certificate decides, `None` to ask the Authoritative Server.
-    fn verify_by_certificate(&self, req: &VerifyRequest) -> Option<Verdict> {
-        let (tls, ctx) = (self.tls.as_ref()?, self.router.tls.as_ref()?);
-        let cert = tls.info().and_then(|i| i.peer_cert);
-        match ctx.judge(&self.router.ctx.config.tls, &req.remote, cert.as_ref()) {
-            CertJudgement::Trusted => {
-                log::info!(
-                    "{}: certificate of {} is valid for it (pkix): verified without a callback",
-                    self.core.label(),
-                    req.remote
-                );
-                Some(Verdict::Valid)
-            }
-            CertJudgement::Refused(why) => {
-                log::warn!("{}: {why}", self.core.label());
-                Some(Verdict::Error("not-authorized"))
-            }
-            CertJudgement::Accepted(what) => {
-                log::debug!("{}: {what}", self.core.label());
-                None
-            }
-        }
-    }
-
     fn finish(mut self) {
         self.flush();
         self.unroute();
@@ -808,203 +618,4 @@ fn reader_loop(
             }
         }
     }
-}
-
-/// Serve a peer that connected to our server-to-server port. `direct_tls` for the XEP-0368
-/// listener.
-///
-/// # Errors
-/// When the threads cannot be started (the socket is then dropped).
-pub fn spawn_incoming(
-    router: &Arc<Router>,
-    sock: TcpStream,
-    peer: SocketAddr,
-    direct_tls: bool,
-) -> io::Result<()> {
-    let cfg = &router.ctx.config;
-    let (mut w, _) = Worker::new(
-        router,
-        &format!("s2s-in {peer}"),
-        StreamKind::Server,
-        cfg.limits.outbox,
-        cfg.timeouts.negotiation,
-        |label| {
-            Core::In(Incoming::new(
-                router.ctx.clone(),
-                label,
-                Box::new(fresh_id),
-                direct_tls,
-            ))
-        },
-    );
-    w.peer_ip = Some(peer.ip());
-    if direct_tls {
-        let _ = sock.set_nodelay(true);
-        sock.set_write_timeout(Some(cfg.timeouts.negotiation))?;
-        let (reader, writer) = upgrade_server(router, sock.try_clone()?)?;
-        w.tls = Some(writer.clone());
-        w.out = Some(Box::new(writer));
-        w.sock = Some(sock);
-        w.start_reader(Box::new(reader))?;
-    } else {
-        w.attach(sock)?;
-    }
-    log::debug!("{}: connected", w.core.label());
-    w.spawn(false)
-}
-
-/// Serve an XEP-0114 component that connected to the component port.
-///
-/// # Errors
-/// When the threads cannot be started.
-pub fn spawn_component(router: &Arc<Router>, sock: TcpStream, peer: SocketAddr) -> io::Result<()> {
-    let cfg = &router.ctx.config;
-    let (mut w, _) = Worker::new(
-        router,
-        &format!("component {peer}"),
-        StreamKind::Component,
-        cfg.limits.outbox,
-        cfg.timeouts.negotiation,
-        |label| Core::Comp(Component::new(router.ctx.clone(), label, fresh_id())),
-    );
-    w.attach(sock)?;
-    w.spawn(false)
-}
-
-/// A worker for an outbound stream (not started).
-fn outbound(
-    router: &Arc<Router>,
-    local: &Domain,
-    remote: &Domain,
-    purpose: Purpose,
-    cap: usize,
-    deadline: Duration,
-) -> (Worker, Handle) {
-    let kind = if matches!(purpose, Purpose::Pair) {
-        "s2s-out"
-    } else {
-        "verify"
-    };
-    Worker::new(
-        router,
-        &format!("{kind} {local}→{remote}"),
-        StreamKind::Server,
-        cap,
-        deadline,
-        |label| {
-            Core::Out(Outgoing::new(
-                router.ctx.clone(),
-                label,
-                local.clone(),
-                remote.clone(),
-                purpose,
-                false,
-            ))
-        },
-    )
-}
-
-/// Start the Initiating Server side of a domain pair; stanzas sent to the returned handle
-/// queue until dialback succeeds.
-///
-/// # Errors
-/// When the thread cannot be started.
-pub fn spawn_outgoing(
-    router: &Arc<Router>,
-    local: Domain,
-    remote: Domain,
-    purpose: Purpose,
-) -> io::Result<Handle> {
-    let cfg = &router.ctx.config;
-    let cap = cfg.limits.outbox + cfg.limits.queue;
-    let (mut w, me) = outbound(
-        router,
-        &local,
-        &remote,
-        purpose,
-        cap,
-        cfg.timeouts.negotiation,
-    );
-    w.route_key = Some((local, remote));
-    w.spawn(true)?;
-    Ok(me)
-}
-
-/// Ask `remote`'s Authoritative Server about `req` on a dedicated connection (DB-11); the
-/// answer goes to `reply`.
-///
-/// # Errors
-/// When the thread cannot be started.
-pub fn spawn_verify(
-    router: &Arc<Router>,
-    local: Domain,
-    remote: Domain,
-    req: VerifyRequest,
-    reply: Handle,
-) -> io::Result<()> {
-    let cfg = &router.ctx.config;
-    let (mut w, _) = outbound(
-        router,
-        &local,
-        &remote,
-        Purpose::Verify(req),
-        cfg.limits.outbox,
-        cfg.timeouts.dialback,
-    );
-    w.verify = Some((reply, remote, local));
-    w.spawn(true)
-}
-
-/// Server side of TLS (after `<proceed/>`, or at once on the direct-TLS listener); the
-/// handshake is driven by the reader thread's first reads.
-fn upgrade_server(router: &Arc<Router>, sock: TcpStream) -> io::Result<(TlsReader, TlsWriter)> {
-    let ctx = router
-        .tls
-        .as_ref()
-        .ok_or_else(|| io::Error::other("TLS is not configured"))?;
-    let s = TlsStream::accept(sock, ctx.server.clone())?;
-    Ok((s.reader, s.writer))
-}
-
-/// Client side of TLS: handshake now (bounded by the negotiation timeout), then judge the
-/// peer's certificate under the policy for `remote`.
-fn upgrade_client(
-    router: &Arc<Router>,
-    label: &str,
-    sock: TcpStream,
-    local: &Domain,
-    remote: &Domain,
-    direct: bool,
-) -> io::Result<(TlsReader, TlsWriter)> {
-    let ctx = router
-        .tls
-        .as_ref()
-        .ok_or_else(|| io::Error::other("TLS is not configured"))?;
-    let cfg = ctx
-        .client(local, direct)
-        .ok_or_else(|| io::Error::other(format!("no TLS client configuration for {local}")))?;
-    let timeouts = sock.try_clone()?;
-    timeouts.set_read_timeout(Some(router.ctx.config.timeouts.negotiation))?;
-    let mut s = TlsStream::connect(sock, cfg, remote)?;
-    let info = s.handshake()?;
-    timeouts.set_read_timeout(None)?;
-    if let Some(c) = &info.peer_cert {
-        log::debug!(
-            "{label}: {} certificate fingerprint sha256:{}",
-            remote,
-            c.spki_sha256_hex()
-        );
-    }
-    match ctx.judge(&router.ctx.config.tls, remote, info.peer_cert.as_ref()) {
-        CertJudgement::Refused(why) => {
-            log::warn!("{label}: {why}");
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
-        }
-        CertJudgement::Accepted(what) => log::info!("{label}: {} with {what}", info.version),
-        CertJudgement::Trusted => log::info!(
-            "{label}: {} with a valid certificate for {remote}",
-            info.version
-        ),
-    }
-    Ok((s.reader, s.writer))
 }
