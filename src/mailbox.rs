@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Capacity kept after a burst: a drained queue larger than this shrinks back.
 const KEEP: usize = 16;
@@ -141,16 +141,16 @@ impl<T> Mailbox<T> {
     }
 }
 
-/// Wait until `timeout` from now.
-pub fn after(timeout: Duration) -> Instant {
-    Instant::now() + timeout
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::thread;
+    use std::time::Duration;
+
+    fn after(timeout: Duration) -> Instant {
+        Instant::now() + timeout
+    }
 
     #[test]
     fn batches_in_order_and_times_out_when_empty() {
