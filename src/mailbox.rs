@@ -2,8 +2,10 @@
 //! except the stream's own reader thread, which is held back when it is too far ahead.
 //!
 //! In scope: queueing, batch receipt with a timeout, read-ahead flow control for the reader,
-//! and closing (later sends fail, so a stanza racing a stream's end is handed back to its
-//! sender instead of being lost). Out of scope: what the items are (see `conn::Input`).
+//! closing (later sends fail, so a stanza racing a stream's end is handed back to its sender
+//! instead of being lost), and **parking**: an idle receiver may leave its state in the mailbox
+//! and end its thread; the next send takes it out and resumes it ([`Resume`]). Out of scope:
+//! what the items are (see `conn::Input`) and how a receiver is resumed.
 //!
 //! Why not `std::sync::mpsc`: its list channel allocates 31-slot blocks per stream (measured
 //! ~3–7 KiB of an idle stream's memory), wakes the receiver with a futex on every send, and
@@ -17,7 +19,18 @@ use std::time::Instant;
 /// Capacity kept after a burst: a drained queue larger than this shrinks back.
 const KEEP: usize = 16;
 
-struct State<T> {
+/// A parked receiver, resumed (on a new thread) by the next send.
+pub trait Resume: Send {
+    /// Start running again; called by a sender, outside the mailbox's lock.
+    fn resume(self);
+}
+
+/// For mailboxes whose receiver never parks.
+impl Resume for () {
+    fn resume(self) {}
+}
+
+struct State<T, P> {
     /// The items, each with whether it came from the reader.
     items: VecDeque<(T, bool)>,
     /// Reader items queued.
@@ -25,18 +38,20 @@ struct State<T> {
     closed: bool,
     receiver_waiting: bool,
     reader_waiting: bool,
+    /// The receiver's state while it is parked.
+    parked: Option<P>,
 }
 
 /// See the module documentation.
-pub struct Mailbox<T> {
-    state: Mutex<State<T>>,
+pub struct Mailbox<T, P: Resume = ()> {
+    state: Mutex<State<T, P>>,
     /// Signalled when an item arrives and the receiver waits.
     ready: Condvar,
     /// Signalled when the reader may go on (room again, or closed).
     room: Condvar,
 }
 
-impl<T> Default for Mailbox<T> {
+impl<T, P: Resume> Default for Mailbox<T, P> {
     fn default() -> Self {
         Mailbox {
             state: Mutex::new(State {
@@ -45,6 +60,7 @@ impl<T> Default for Mailbox<T> {
                 closed: false,
                 receiver_waiting: false,
                 reader_waiting: false,
+                parked: None,
             }),
             ready: Condvar::new(),
             room: Condvar::new(),
@@ -52,8 +68,8 @@ impl<T> Default for Mailbox<T> {
     }
 }
 
-impl<T> Mailbox<T> {
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
+impl<T, P: Resume> Mailbox<T, P> {
+    fn lock(&self) -> MutexGuard<'_, State<T, P>> {
         // Every critical section leaves the state consistent; a panic elsewhere changes nothing.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -68,10 +84,21 @@ impl<T> Mailbox<T> {
 
     fn push(&self, item: T, from_reader: bool) -> Result<(), T> {
         let mut st = self.lock();
-        self.push_locked(&mut st, item, from_reader)
+        let parked = self.push_locked(&mut st, item, from_reader)?;
+        drop(st);
+        if let Some(p) = parked {
+            p.resume();
+        }
+        Ok(())
     }
 
-    fn push_locked(&self, st: &mut State<T>, item: T, from_reader: bool) -> Result<(), T> {
+    /// Queue under the lock; returns the parked receiver to resume once the lock is released.
+    fn push_locked(
+        &self,
+        st: &mut State<T, P>,
+        item: T,
+        from_reader: bool,
+    ) -> Result<Option<P>, T> {
         if st.closed {
             return Err(item);
         }
@@ -81,6 +108,34 @@ impl<T> Mailbox<T> {
             st.receiver_waiting = false;
             self.ready.notify_one();
         }
+        Ok(st.parked.take())
+    }
+
+    /// Park `p` even though items may be queued (a resume that could not start): the next
+    /// send, or a retry, resumes it.
+    ///
+    /// # Errors
+    /// `p` comes back when the mailbox is closed.
+    pub fn park_anyway(&self, p: P) -> Result<(), P> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(p);
+        }
+        st.parked = Some(p);
+        Ok(())
+    }
+
+    /// The receiver: leave `p` here and stop, if nothing is queued (else it comes back, and
+    /// the receiver goes on). The next send resumes it.
+    ///
+    /// # Errors
+    /// `p` comes back when items are queued or the mailbox is closed.
+    pub fn park(&self, p: P) -> Result<(), P> {
+        let mut st = self.lock();
+        if !st.items.is_empty() || st.closed {
+            return Err(p);
+        }
+        st.parked = Some(p);
         Ok(())
     }
 
@@ -94,7 +149,12 @@ impl<T> Mailbox<T> {
             st.reader_waiting = true;
             st = self.room.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        self.push_locked(&mut st, item, true)
+        let parked = self.push_locked(&mut st, item, true)?;
+        drop(st);
+        if let Some(p) = parked {
+            p.resume();
+        }
+        Ok(())
     }
 
     /// The receiver: move up to `max` queued items into `out`, waiting until `deadline` when
@@ -154,7 +214,7 @@ mod tests {
 
     #[test]
     fn batches_in_order_and_times_out_when_empty() {
-        let m = Mailbox::default();
+        let m: Mailbox<i32> = Mailbox::default();
         for i in 0..5 {
             m.send(i).unwrap();
         }
@@ -170,7 +230,7 @@ mod tests {
 
     #[test]
     fn closed_mailbox_returns_sends_and_remaining_items() {
-        let m = Mailbox::default();
+        let m: Mailbox<i32> = Mailbox::default();
         m.send(1).unwrap();
         assert_eq!(m.close(), vec![1]);
         assert_eq!(m.send(2), Err(2));
@@ -179,7 +239,7 @@ mod tests {
 
     #[test]
     fn reader_is_held_back_until_the_receiver_catches_up() {
-        let m = Arc::new(Mailbox::default());
+        let m: Arc<Mailbox<i32>> = Arc::new(Mailbox::default());
         let m2 = m.clone();
         let reader = thread::spawn(move || {
             for i in 0..100 {
@@ -199,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_waiting_receiver_is_woken_by_a_send() {
-        let m = Arc::new(Mailbox::default());
+        let m: Arc<Mailbox<i32>> = Arc::new(Mailbox::default());
         let m2 = m.clone();
         let t = thread::spawn(move || {
             let mut out = Vec::new();
@@ -212,11 +272,40 @@ mod tests {
 
     #[test]
     fn closing_releases_a_waiting_reader() {
-        let m = Arc::new(Mailbox::default());
+        let m: Arc<Mailbox<i32>> = Arc::new(Mailbox::default());
         m.send_from_reader(0, 1).unwrap();
         let m2 = m.clone();
         let t = thread::spawn(move || m2.send_from_reader(1, 1));
         let _ = m.close();
         assert_eq!(t.join().unwrap(), Err(1));
+    }
+
+    /// Records resumes on a channel.
+    struct Probe(std::sync::mpsc::Sender<u32>, u32);
+
+    impl Resume for Probe {
+        fn resume(self) {
+            let _ = self.0.send(self.1);
+        }
+    }
+
+    #[test]
+    fn a_parked_receiver_is_resumed_by_the_next_send_only() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let m: Mailbox<i32, Probe> = Mailbox::default();
+        assert!(m.park(Probe(tx.clone(), 1)).is_ok());
+        assert!(rx.try_recv().is_err(), "parking resumes nothing");
+        m.send(5).unwrap();
+        assert_eq!(rx.try_recv(), Ok(1));
+        m.send(6).unwrap();
+        assert!(rx.try_recv().is_err(), "resumed once");
+        // Items queued: parking is refused and the state comes back.
+        assert!(m.park(Probe(tx.clone(), 2)).is_err());
+        let mut out = Vec::new();
+        m.recv_batch(&mut out, 8, Instant::now());
+        assert!(m.park(Probe(tx, 3)).is_ok());
+        m.send_from_reader(7, 4).unwrap();
+        assert_eq!(rx.try_recv(), Ok(3));
+        let _ = m.close();
     }
 }

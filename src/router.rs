@@ -11,10 +11,9 @@
 //! Every table is behind its own `Mutex`, held only for map operations and non-blocking channel
 //! sends: no thread ever waits on another stream's socket while holding one.
 
-use crate::conn::{self, Input};
+use crate::conn::{self, Inbox, Input};
 use crate::dns::Resolver;
 use crate::domain::{Domain, Jid};
-use crate::mailbox::Mailbox;
 use crate::stanza;
 use crate::stream::outgoing::Purpose;
 use crate::stream::{Ctx, Verdict, VerifyRequest};
@@ -40,7 +39,7 @@ pub enum StreamKind {
 pub struct Handle {
     id: u64,
     kind: StreamKind,
-    inbox: Arc<Mailbox<Input>>,
+    inbox: Arc<Inbox>,
     queued: Arc<AtomicUsize>,
     cap: usize,
 }
@@ -55,7 +54,7 @@ pub enum SendError {
 
 impl Handle {
     /// A handle over `inbox`, refusing stanzas once `cap` are waiting.
-    pub fn new(id: u64, kind: StreamKind, inbox: Arc<Mailbox<Input>>, cap: usize) -> Handle {
+    pub fn new(id: u64, kind: StreamKind, inbox: Arc<Inbox>, cap: usize) -> Handle {
         Handle {
             id,
             kind,

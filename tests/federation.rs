@@ -5,6 +5,7 @@ mod common;
 
 use common::dns_server::TestDns;
 use common::*;
+use dialbackd::xml::StreamEvent;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -306,4 +307,64 @@ fn sigterm_bounces_queued_stanzas_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
     let b = ca.recv(WAIT).expect("the queued stanza bounced");
     assert_eq!((b.attr("id"), b.attr("type")), (Some("s1"), Some("error")));
+}
+
+/// Idle streams park their worker thread; the next stanza wakes it, in both directions.
+#[test]
+fn parked_streams_wake_for_the_next_stanza() {
+    let mut p = pair();
+    let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
+    let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    ca.send("<message from='bot@echo.a.test' to='u@b.test' id='w1'/>");
+    assert!(cb.recv(WAIT).is_some_and(|m| m.attr("id") == Some("w1")));
+    // Wait until the streams that carried it have gone idle and parked.
+    p.a.wait_log("s2s-out echo.a.test→b.test");
+    let parked = p.a.wait_log("idle, worker parked");
+    assert!(
+        parked.contains("s2s-out") || parked.contains("component"),
+        "{parked}"
+    );
+    p.b.wait_log("idle, worker parked");
+    let before = p.a.log_count("idle, worker parked") + p.b.log_count("idle, worker parked");
+    ca.send("<message from='bot@echo.a.test' to='u@b.test' id='w2'/>");
+    assert!(cb.recv(WAIT).is_some_and(|m| m.attr("id") == Some("w2")));
+    cb.send("<message from='u@b.test' to='bot@echo.a.test' id='w3'/>");
+    assert!(ca.recv(WAIT).is_some_and(|m| m.attr("id") == Some("w3")));
+    assert!(before >= 2);
+}
+
+/// A parked stream's deadlines still fire: an idle verified stream is closed on time.
+#[test]
+fn parked_idle_stream_is_closed_by_its_deadline() {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let (ia, ib) = (next_ip(), next_ip());
+    let extra = "dialback_secret = \"known-secret\"\n";
+    let a = Daemon::start(
+        "a",
+        ia,
+        &format!("{extra}{}", config(&["a.test"], &[], dns.addr(), "")),
+    );
+    let cfg = config(&["b.test"], &[], dns.addr(), "")
+        .replace("[timeouts]\n", "[timeouts]\nidle = 3\nkeepalive = 2\n");
+    let mut b = Daemon::start("b", ib, &cfg);
+    publish(&dns, "a.test", a.s2s());
+    let mut c = XmlConn::connect(b.s2s());
+    c.send(&s2s_header("a.test", "b.test", None));
+    let id = c.header().id.unwrap();
+    let _ = c.element();
+    let key =
+        dialbackd::keys::DialbackSecret::from_secret("known-secret").key("b.test", "a.test", &id);
+    c.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ));
+    let r = c
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("answer");
+    assert_eq!(r.attr("type"), Some("valid"));
+    b.wait_log("idle, worker parked");
+    // Nothing more is sent: the idle deadline (3 s) must still close the stream.
+    match c.next(WAIT) {
+        Some(Ok(StreamEvent::Close)) => {}
+        other => panic!("expected the stream to be closed for idleness, got {other:?}"),
+    }
 }
