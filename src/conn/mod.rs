@@ -202,6 +202,8 @@ struct Worker {
     last_write: Instant,
     /// When the last input arrived (for parking).
     last_input: Instant,
+    /// The pending alarm-thread wake-up for this stream, if any (one at a time).
+    alarm_at: Option<Instant>,
     closing_until: Option<Instant>,
     done: bool,
     route_key: Option<(Domain, Domain)>,
@@ -245,6 +247,7 @@ impl Worker {
             last_activity: now,
             last_write: now,
             last_input: now,
+            alarm_at: None,
             closing_until: None,
             done: false,
             route_key: None,
@@ -326,11 +329,21 @@ impl Worker {
             let parkable = self.parkable();
             if parkable && Instant::now() >= self.last_input + PARK_AFTER {
                 let wake = self.next_wakeup();
+                // One alarm per stream: an earlier pending one wakes us early, which is
+                // harmless (we check the timers and park again, re-arming for `wake`).
+                let arm = !self
+                    .alarm_at
+                    .is_some_and(|t| t <= wake && t > Instant::now());
+                if arm {
+                    self.alarm_at = Some(wake);
+                }
                 let inbox = self.inbox.clone();
                 log::debug!("{}: idle, worker parked", self.core.label());
                 match inbox.park(Parked(self)) {
                     Ok(()) => {
-                        alarm::wake_at(wake, Arc::downgrade(&inbox));
+                        if arm {
+                            alarm::wake_at(wake, Arc::downgrade(&inbox));
+                        }
                         return;
                     }
                     Err(Parked(w)) => self = w,
@@ -448,7 +461,11 @@ impl Worker {
                 local,
                 verdict,
             }),
-            Input::Tick => {}
+            Input::Tick => {
+                if self.alarm_at.is_some_and(|t| t <= Instant::now()) {
+                    self.alarm_at = None;
+                }
+            }
             Input::Shutdown => {
                 self.feed(Event::Shutdown);
                 if let Some(until) = &mut self.closing_until {
