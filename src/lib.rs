@@ -16,7 +16,8 @@
 //!  acceptor (net): mio Poll over listeners + signals ──accept──► conn::spawn_*
 //!  per stream (conn):  reader thread: socket → xml::StreamReader → Input ─┐
 //!                      worker thread: Input → stream core (sans-I/O) → Actions → socket writes,
-//!                                     router calls (route, bounce, verify, register)
+//!                                     router calls (route, bounce, verify, register);
+//!                                     parked in the stream's mailbox while the stream is idle
 //!  router: routes (local, remote) → Handle (non-blocking, bounded outbox), components,
 //!          live streams; any thread may hand a stanza to any stream without blocking on it
 //! ```
@@ -25,7 +26,8 @@
 //! - [`stream`]: the protocol core, no I/O: `Event` in, `Vec<Action>` out.
 //! - [`xml`]: the policy reader over the `xml` crate and our serializer.
 //! - [`keys`], [`domain`], [`stanza`]: XEP-0185 keys, validated names, stanza helpers.
-//! - [`router`], [`conn`], [`net`]: routing tables, stream threads, the accept loop.
+//! - [`router`], [`conn`], [`mailbox`], [`net`]: routing tables, stream threads and their
+//!   inboxes, the accept loop.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver, rustls, the typed configuration.
 pub mod config;
 pub mod conn;

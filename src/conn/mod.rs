@@ -12,7 +12,12 @@
 //! stream with `policy-violation`. The worker upgrades the socket and gives the reader a fresh
 //! transport, on which it starts a fresh parser (RFC 6120 §5.4.3.3).
 //!
-//! Submodules: `dial` (finding and connecting to a peer), `starttls` (TLS upgrade and the
+//! Parking: after `PARK_AFTER` without input, an open stream's worker leaves itself in the
+//! mailbox and its thread ends; the next input resumes it on a new thread, and the stream's
+//! deadlines (keepalive, idle close) reach it through one `alarm` thread. An idle stream thus
+//! costs one thread (its reader, blocked in `read`), not two.
+//!
+//! Submodules: `dial` (finding and connecting to a peer), `alarm` (deadlines of parked streams), `starttls` (TLS upgrade and the
 //! certificate policy), `spawn` (starting each kind of stream).
 //!
 //! Out of scope: protocol rules (`stream`), routing tables (`router`), accepting (`net`).
