@@ -287,7 +287,8 @@ fn bad_name() {
 }
 
 /// Answers with a wrong id, wrong question, or garbage are ignored; the
-/// matching answer that follows is used (spoofing resistance).
+/// matching answer that follows is used (spoofing resistance, SEC-15: random ids and source
+/// ports, answers validated against the question).
 #[test]
 fn wrong_id_answers_are_ignored() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -155,6 +155,25 @@ fn spoofer_claiming_a_test_gets_invalid_and_delivers_nothing() {
     );
 }
 
+/// Open a stream to `addr` as a.test and authenticate with the key a.test's real daemon
+/// (secret "known-secret") would mint for this stream id; the answer must be valid.
+fn dialback_as_a_test(addr: std::net::SocketAddr) -> XmlConn {
+    let mut c = XmlConn::connect(addr);
+    c.send(&s2s_header("a.test", "b.test", None));
+    let id = c.header().id.unwrap();
+    let _ = c.element();
+    let key =
+        dialbackd::keys::DialbackSecret::from_secret("known-secret").key("b.test", "a.test", &id);
+    c.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ));
+    let r = c
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("answer");
+    assert_eq!(r.attr("type"), Some("valid"));
+    c
+}
+
 /// KEY-01/SEC-14: a key minted by the real a.test for another stream id is worthless here.
 #[test]
 fn replayed_key_for_another_stream_is_invalid() {
@@ -187,19 +206,7 @@ fn replayed_key_for_another_stream_is_invalid() {
         .expect("answer");
     assert_eq!(r.attr("type"), Some("invalid"));
     // And the right key for this stream id is valid: the same daemons, the same secret.
-    let mut c = XmlConn::connect(b.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let id = c.header().id.unwrap();
-    let _ = c.element();
-    let key =
-        dialbackd::keys::DialbackSecret::from_secret("known-secret").key("b.test", "a.test", &id);
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let r = c
-        .element_where(WAIT, |e| e.name == "result")
-        .expect("answer");
-    assert_eq!(r.attr("type"), Some("valid"));
+    dialback_as_a_test(b.s2s());
 }
 
 /// DB-06: the peer vanishes after our db:result; the queued stanzas bounce, nothing is lost,
@@ -348,23 +355,39 @@ fn parked_idle_stream_is_closed_by_its_deadline() {
         .replace("[timeouts]\n", "[timeouts]\nidle = 3\nkeepalive = 2\n");
     let mut b = Daemon::start("b", ib, &cfg);
     publish(&dns, "a.test", a.s2s());
-    let mut c = XmlConn::connect(b.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let id = c.header().id.unwrap();
-    let _ = c.element();
-    let key =
-        dialbackd::keys::DialbackSecret::from_secret("known-secret").key("b.test", "a.test", &id);
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let r = c
-        .element_where(WAIT, |e| e.name == "result")
-        .expect("answer");
-    assert_eq!(r.attr("type"), Some("valid"));
+    let c = dialback_as_a_test(b.s2s());
     b.wait_log("idle, worker parked");
     // Nothing more is sent: the idle deadline (3 s) must still close the stream.
     match c.next(WAIT) {
         Some(Ok(StreamEvent::Close)) => {}
         other => panic!("expected the stream to be closed for idleness, got {other:?}"),
     }
+}
+
+/// SRV-05: a static route is used instead of DNS (b.test has no DNS records at all here).
+#[test]
+fn srv05_static_route_replaces_dns() {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let b = Daemon::start(
+        "b",
+        next_ip(),
+        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), ""),
+    );
+    let route = format!("[routes]\n\"b.test\" = \"{}\"\n", b.s2s());
+    let a = Daemon::start(
+        "a",
+        next_ip(),
+        &config(&["a.test"], &[("echo.a.test", "sa")], dns.addr(), &route),
+    );
+    // b.test calls echo.a.test back through DNS as usual.
+    publish(&dns, "echo.a.test", a.s2s());
+    let mut ca = ComponentClient::connect(a.component_addr(), "echo.a.test", "sa");
+    let cb = ComponentClient::connect(b.component_addr(), "b.test", "sb");
+    ca.send("<message from='bot@echo.a.test' to='u@b.test' id='r1'/>");
+    assert_eq!(
+        cb.recv(WAIT)
+            .and_then(|m| m.attr("id").map(str::to_string))
+            .as_deref(),
+        Some("r1")
+    );
 }

@@ -31,6 +31,24 @@ impl Certs {
         dialbackd::tls::gen_cert(&Domain::parse(domain).unwrap(), &self.0).unwrap()
     }
 
+    /// A daemon hosting `domain` with component `(component, secret)`, presenting `domain`'s
+    /// self-signed certificate; `more` is added to its `[tls]` section.
+    fn daemon(
+        &self,
+        name: &str,
+        ip: std::net::Ipv4Addr,
+        (domain, component, secret): (&str, &str, &str),
+        dns: std::net::SocketAddr,
+        more: &str,
+    ) -> Daemon {
+        let tls = self.tls_section(domain, more);
+        Daemon::start(
+            name,
+            ip,
+            &config(&[domain], &[(component, secret)], dns, &tls),
+        )
+    }
+
     /// `[tls]` for a daemon presenting `domain`'s self-signed certificate.
     fn tls_section(&self, domain: &str, more: &str) -> String {
         let (c, k) = self.self_signed(domain);
@@ -60,26 +78,8 @@ fn tls01_federation_over_starttls_with_self_signed_certificates() {
     let certs = Certs::new("fed");
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ia, ib) = (next_ip(), next_ip());
-    let mut a = Daemon::start(
-        "a",
-        ia,
-        &config(
-            &["a.test"],
-            &[("echo.a.test", "sa")],
-            dns.addr(),
-            &certs.tls_section("a.test", ""),
-        ),
-    );
-    let b = Daemon::start(
-        "b",
-        ib,
-        &config(
-            &["b.test"],
-            &[("b.test", "sb")],
-            dns.addr(),
-            &certs.tls_section("b.test", ""),
-        ),
-    );
+    let mut a = certs.daemon("a", ia, ("a.test", "echo.a.test", "sa"), dns.addr(), "");
+    let b = certs.daemon("b", ib, ("b.test", "b.test", "sb"), dns.addr(), "");
     for (name, d) in [("a.test", &a), ("echo.a.test", &a), ("b.test", &b)] {
         publish(&dns, name, d.s2s());
     }
@@ -110,25 +110,13 @@ fn sec12_plaintext_peer_refused_when_encryption_required_accepted_otherwise() {
     let certs = Certs::new("plain");
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ib, ic, id) = (next_ip(), next_ip(), next_ip());
-    let mut b = Daemon::start(
-        "b",
-        ib,
-        &config(
-            &["b.test"],
-            &[("b.test", "sb")],
-            dns.addr(),
-            &certs.tls_section("b.test", ""),
-        ),
-    );
-    let d = Daemon::start(
+    let mut b = certs.daemon("b", ib, ("b.test", "b.test", "sb"), dns.addr(), "");
+    let d = certs.daemon(
         "d",
         id,
-        &config(
-            &["d.test"],
-            &[("d.test", "sd")],
-            dns.addr(),
-            &certs.tls_section("d.test", "require_encryption = false\n"),
-        ),
+        ("d.test", "d.test", "sd"),
+        dns.addr(),
+        "require_encryption = false\n",
     );
     // c.test has no TLS at all.
     let c = Daemon::start(
@@ -162,16 +150,7 @@ fn dtls01_direct_tls_through_xmpps_server_records() {
     let certs = Certs::new("direct");
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ia, ib) = (next_ip(), next_ip());
-    let mut a = Daemon::start(
-        "a",
-        ia,
-        &config(
-            &["a.test"],
-            &[("echo.a.test", "sa")],
-            dns.addr(),
-            &certs.tls_section("a.test", ""),
-        ),
-    );
+    let mut a = certs.daemon("a", ia, ("a.test", "echo.a.test", "sa"), dns.addr(), "");
     let extra = certs.tls_section("b.test", "");
     let cfg = config(&["b.test"], &[("b.test", "sb")], dns.addr(), &extra).replace(
         "s2s = [\"{ip}:0\"]",
@@ -349,16 +328,7 @@ fn sec12_stripped_starttls_is_refused_and_nothing_is_sent() {
     let (ia, ic) = (next_ip(), next_ip());
     let fake = FakeServer::bind(ic);
     publish(&dns, "c.test", fake.addr());
-    let mut a = Daemon::start(
-        "a",
-        ia,
-        &config(
-            &["a.test"],
-            &[("echo.a.test", "sa")],
-            dns.addr(),
-            &certs.tls_section("a.test", ""),
-        ),
-    );
+    let mut a = certs.daemon("a", ia, ("a.test", "echo.a.test", "sa"), dns.addr(), "");
     let mut ca = ComponentClient::connect(a.component_addr(), "echo.a.test", "sa");
     ca.send("<message from='bot@echo.a.test' to='u@c.test' id='s1'/>");
     let mut c = fake.accept();

@@ -1,8 +1,8 @@
 //! Unit tests of the inbound stream core on literal XML. Each cites the rule it proves.
 
 use super::*;
+use crate::keys::DialbackSecret;
 use crate::stream::testutil::{ctx, ctx_with, el, header, ids, SECRET};
-use crate::xml::STANZAS_NS;
 
 fn d(s: &str) -> Domain {
     Domain::parse(s).unwrap()
@@ -32,6 +32,19 @@ fn verified() -> Incoming {
     });
     assert!(s.is_authenticated());
     s
+}
+
+/// The one element `out` sends, checked to be a dialback error (DB-27) with `condition`.
+fn sent_dialback_error<'a>(out: &'a [Action], condition: &str) -> &'a Element {
+    let [Action::Send(r)] = out else {
+        panic!("{out:?}")
+    };
+    assert!(
+        matches!(Verdict::of(r), Some(Verdict::Error(c)) if c == condition),
+        "expected a dialback error {condition}: {r:?}"
+    );
+    assert!(r.child("error", SERVER_NS).is_some());
+    r
 }
 
 fn closes_with(out: &[Action], cond: &str) -> bool {
@@ -212,12 +225,7 @@ fn db27_verification_error_is_a_dialback_error_and_the_stream_stays() {
         local: d("a.test"),
         verdict: Verdict::Error("remote-server-not-found"),
     });
-    let [Action::Send(r)] = &out[..] else {
-        panic!("{out:?}")
-    };
-    assert_eq!(r.attr("type"), Some("error"));
-    let e = r.child("error", SERVER_NS).unwrap();
-    assert!(e.child("remote-server-not-found", STANZAS_NS).is_some());
+    sent_dialback_error(&out, "remote-server-not-found");
     // The stream is still open: a new db:result is processed.
     let out = s.handle(Event::Element(el(
         "<db:result from='b.test' to='a.test'>k</db:result>",
@@ -272,17 +280,9 @@ fn db19_db_result_for_unhosted_domain_is_item_not_found_and_stream_stays() {
     let out = s.handle(Event::Element(el(
         "<db:result from='b.test' to='nosuch.test'>k</db:result>",
     )));
-    let [Action::Send(r)] = &out[..] else {
-        panic!("{out:?}")
-    };
+    let r = sent_dialback_error(&out, "item-not-found");
     assert_eq!(r.attr("from"), Some("nosuch.test"));
     assert_eq!(r.attr("to"), Some("b.test"));
-    assert_eq!(r.attr("type"), Some("error"));
-    assert!(r
-        .child("error", SERVER_NS)
-        .unwrap()
-        .child("item-not-found", STANZAS_NS)
-        .is_some());
     let out = s.handle(Event::Element(el(
         "<db:result from='b.test' to='a.test'>k</db:result>",
     )));
@@ -316,6 +316,7 @@ fn db16_sec01_typed_dialback_on_inbound_authorises_nothing() {
 }
 
 #[test]
+/// DB-31: an answer without a request on this stream is rejected.
 fn sec01_unsolicited_verification_answer_is_dropped() {
     let mut s = opened();
     let out = s.handle(Event::Verified {
@@ -354,31 +355,18 @@ fn db23_authoritative_answers_db_verify_swapped_with_id() {
     assert!(!s.is_authenticated());
 }
 
-use crate::keys::DialbackSecret;
-
 #[test]
+/// SEC-09: the Authoritative Server checks that `to` is ours.
 fn db22_db_verify_for_unhosted_domain_is_item_not_found() {
     let mut s = opened();
     let out = s.handle(Event::Element(el(
         "<db:verify from='b.test' to='nosuch.test' id='S1'>k</db:verify>",
     )));
-    let [Action::Send(r)] = &out[..] else {
-        panic!("{out:?}")
-    };
+    let r = sent_dialback_error(&out, "item-not-found");
     assert_eq!(
-        (r.attr("from"), r.attr("to"), r.attr("id"), r.attr("type")),
-        (
-            Some("nosuch.test"),
-            Some("b.test"),
-            Some("S1"),
-            Some("error")
-        )
+        (r.attr("from"), r.attr("to"), r.attr("id")),
+        (Some("nosuch.test"), Some("b.test"), Some("S1"))
     );
-    assert!(r
-        .child("error", SERVER_NS)
-        .unwrap()
-        .child("item-not-found", STANZAS_NS)
-        .is_some());
 }
 
 #[test]
@@ -414,14 +402,7 @@ fn sec11_pending_verifications_per_stream_are_capped() {
     let out = s.handle(Event::Element(el(
         "<db:result from='x9.test' to='a.test'>k</db:result>",
     )));
-    let [Action::Send(r)] = &out[..] else {
-        panic!("{out:?}")
-    };
-    assert!(r
-        .child("error", SERVER_NS)
-        .unwrap()
-        .child("resource-constraint", STANZAS_NS)
-        .is_some());
+    sent_dialback_error(&out, "resource-constraint");
 }
 
 #[test]
@@ -444,14 +425,7 @@ fn sec12_dialback_without_tls_when_required_is_policy_violation() {
     let out = s.handle(Event::Element(el(
         "<db:result from='b.test' to='a.test'>k</db:result>",
     )));
-    let [Action::Send(r)] = &out[..] else {
-        panic!("{out:?}")
-    };
-    assert!(r
-        .child("error", SERVER_NS)
-        .unwrap()
-        .child("policy-violation", STANZAS_NS)
-        .is_some());
+    sent_dialback_error(&out, "policy-violation");
 }
 
 #[test]
@@ -545,8 +519,25 @@ fn peer_claiming_our_own_domain_is_refused() {
     let out = s.handle(Event::Element(el(
         "<db:result from='a.test' to='a.test'>k</db:result>",
     )));
-    let [Action::Send(r)] = &out[..] else {
-        panic!("{out:?}")
-    };
-    assert_eq!(r.attr("type"), Some("error"));
+    sent_dialback_error(&out, "not-acceptable");
+}
+
+#[test]
+fn db12_verified_traffic_flows_while_another_verification_is_pending() {
+    let mut s = verified();
+    let out = s.handle(Event::Element(el(
+        "<db:result from='muc.b.test' to='a.test'>k</db:result>",
+    )));
+    assert!(matches!(&out[..], [Action::Verify(_)]));
+    let m = el("<message from='u@b.test' to='v@a.test'/>");
+    assert_eq!(
+        s.handle(Event::Element(m.clone())),
+        vec![Action::Deliver(m)]
+    );
+    // And the stream still answers as Authoritative Server meanwhile.
+    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "S9");
+    let out = s.handle(Event::Element(el(&format!(
+        "<db:verify from='b.test' to='a.test' id='S9'>{key}</db:verify>"
+    ))));
+    assert!(matches!(&out[..], [Action::Send(v)] if v.attr("type") == Some("valid")));
 }

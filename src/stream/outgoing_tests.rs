@@ -387,6 +387,7 @@ fn db27_authoritative_error_becomes_remote_server_not_found() {
     );
 }
 
+/// ERR-04: an Authoritative Server we cannot reach is remote-connection-failed.
 #[test]
 fn db13_verify_connection_failures_map_to_xep0220_conditions() {
     let req = VerifyRequest {

@@ -707,6 +707,7 @@ mod tests {
         assert!(cond(&format!("{HEADER}<!DOCTYPE x>")).is_some());
     }
 
+    /// XML-02: well-formed UTF-8 only (other encodings and invalid bytes are not-well-formed).
     #[test]
     fn not_well_formed() {
         for bad in [
