@@ -1,0 +1,5 @@
+//! Hostile input on the wire: one module per attack class of the "Hostile input" issue. Each
+//! test asserts the wire outcome, that the daemon is still alive and that a legitimate dialback
+//! still succeeds afterwards; amplification cases also bound the daemon's peak RSS (VmHWM).
+#[path = "../common/mod.rs"]
+mod common;
