@@ -26,6 +26,7 @@
 //! - [`stream`]: the protocol core, no I/O: `Event` in, `Vec<Action>` out.
 //! - [`xml`]: the policy reader over the `xml` crate and our serializer.
 //! - [`keys`], [`domain`], [`stanza`]: XEP-0185 keys, validated names, stanza helpers.
+//! - [`logsafe`]: peer-supplied strings escaped and bounded for log lines.
 //! - [`router`], [`conn`], [`mailbox`], [`net`]: routing tables, stream threads and their
 //!   inboxes, the accept loop.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver, rustls, the typed configuration.
@@ -34,6 +35,7 @@ pub mod conn;
 pub mod dns;
 pub mod domain;
 pub mod keys;
+pub mod logsafe;
 pub mod mailbox;
 pub mod net;
 pub mod router;

@@ -56,6 +56,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 mod verifiers;
+pub mod words;
 
 pub use context::{judge, CertJudgement, TlsContext};
 pub use gencert::gen_cert;

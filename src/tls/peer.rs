@@ -121,24 +121,13 @@ impl PeerCert {
     }
 }
 
-/// A short reason for a webpki failure.
+/// A short reason for a webpki failure, in words (see [`super::words`]).
 fn describe(e: rustls::Error, domain: &Domain) -> String {
-    use CertificateError as C;
     match e {
-        rustls::Error::InvalidCertificate(c) => match c {
-            C::Expired | C::ExpiredContext { .. } => "expired".to_owned(),
-            C::NotValidYet | C::NotValidYetContext { .. } => "not yet valid".to_owned(),
-            C::UnknownIssuer => "unknown issuer".to_owned(),
-            C::NotValidForName | C::NotValidForNameContext { .. } => {
-                format!("not valid for {domain}")
-            }
-            C::BadEncoding => "malformed certificate".to_owned(),
-            C::BadSignature => "bad signature".to_owned(),
-            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
-                "not valid for TLS servers (extended key usage)".to_owned()
-            }
-            other => format!("{other:?}"),
-        },
-        other => other.to_string(),
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!("not valid for {domain}"),
+        rustls::Error::InvalidCertificate(c) => super::words::certificate(&c),
+        other => super::words::error(&other),
     }
 }

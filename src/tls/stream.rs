@@ -372,7 +372,7 @@ impl TlsReader {
     /// before returning the error; the error sticks.
     fn process(&mut self, conn: &mut Connection) -> io::Result<rustls::IoState> {
         conn.process_new_packets().map_err(|e| {
-            let msg = format!("TLS: {e}");
+            let msg = format!("TLS: {}", super::words::error(&e));
             self.failed = Some(msg.clone());
             io::Error::new(io::ErrorKind::InvalidData, msg)
         })
