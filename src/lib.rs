@@ -28,7 +28,8 @@
 //! - [`keys`], [`domain`], [`stanza`]: XEP-0185 keys, validated names, stanza helpers.
 //! - [`router`], [`conn`], [`mailbox`], [`net`]: routing tables, stream threads and their
 //!   inboxes, the accept loop.
-//! - [`dns`], [`tls`], [`config`]: the blocking resolver, rustls, the typed configuration.
+//! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
+//!   the typed configuration.
 pub mod config;
 pub mod conn;
 pub mod dns;

@@ -465,7 +465,9 @@ impl Outgoing {
                 // condition whatever the cause (DNS, refused, timed out, not XMPP, refused by
                 // the private-network guard, TLS, stream error), so that the claimant, who
                 // chooses where we connect, learns nothing about the ports and networks we can
-                // reach. Only a real answer (DB-27, in expect_verify) says more.
+                // reach. That includes DNS non-existence: `remote-server-not-found` there would
+                // tell a claimant which names our (possibly split-horizon) resolver knows.
+                // Only a real answer (DB-27, in expect_verify) says more.
                 vec![Action::VerifyDone(Verdict::Error(VERIFY_FAILED))]
             }
         }
