@@ -63,6 +63,7 @@ domain = "sink.sut.test"
 secret = "sinksecret"
 [dns]
 nameservers = ["$IP_DNS:53"]
+allow_networks = ["127.0.0.0/8"]
 [limits]
 connections = 16000
 connections_per_ip = 16000

@@ -162,6 +162,7 @@ secret = "sinksecret"
 
 [dns]
 nameservers = ["$IP_DNS:53"]
+allow_networks = ["127.0.0.0/8"]
 
 [timeouts]
 negotiation = 60

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::dns::Cidr;
 use crate::domain::Domain;
 
 /// The smallest stanza size limit we accept: RFC 6120 §13.12 says servers must allow at least
@@ -54,6 +55,10 @@ pub struct Config {
     pub components: Vec<ComponentConfig>,
     /// DNS servers to ask; empty → the ones in `/etc/resolv.conf`.
     pub nameservers: Vec<SocketAddr>,
+    /// `[dns] allow_networks`: networks outbound and verify connections may reach although the
+    /// private-network guard refuses them by default (loopback, RFC 1918, link-local, …; see
+    /// [`crate::dns::NetworkPolicy`]). Default empty. Static routes never need it.
+    pub allow_networks: Vec<Cidr>,
     /// Static routes: remote domains reached at a fixed host and port instead of via DNS SRV.
     pub routes: BTreeMap<Domain, StaticRoute>,
     /// How long each kind of wait may last.
@@ -76,6 +81,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("components", &self.components)
             .field("nameservers", &self.nameservers)
+            .field("allow_networks", &self.allow_networks)
             .field("routes", &self.routes)
             .field("timeouts", &self.timeouts)
             .field("limits", &self.limits)
@@ -461,6 +467,8 @@ struct RawComponent {
 struct RawDns {
     #[serde(default)]
     nameservers: Vec<String>,
+    #[serde(default)]
+    allow_networks: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -574,6 +582,7 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, s)| self.nameserver(&format!("dns.nameservers[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
+        let allow_networks = self.allow_networks(&raw.dns.allow_networks)?;
         let routes = self.routes(raw.routes, &local)?;
         let timeouts = self.timeouts(raw.timeouts)?;
         let limits = self.limits(raw.limits)?;
@@ -584,6 +593,7 @@ impl Validator<'_> {
             listen,
             components,
             nameservers,
+            allow_networks,
             routes,
             timeouts,
             limits,
@@ -722,6 +732,19 @@ impl Validator<'_> {
             return Err(self.err(key, "port must not be 0"));
         }
         Ok(addr)
+    }
+
+    fn allow_networks(&self, raw: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+        let mut out: Vec<Cidr> = Vec::with_capacity(raw.len());
+        for (i, s) in raw.iter().enumerate() {
+            let key = format!("dns.allow_networks[{i}]");
+            let net: Cidr = s.trim().parse().map_err(|e: String| self.err(&key, e))?;
+            if out.contains(&net) {
+                return Err(self.err(key, format!("{net} is listed twice")));
+            }
+            out.push(net);
+        }
+        Ok(out)
     }
 
     fn routes(
@@ -1186,6 +1209,7 @@ mod tests {
         assert_eq!(c.listen.component, "127.0.0.1:5347".parse().unwrap());
         assert!(c.listen.direct_tls.is_empty());
         assert!(c.components.is_empty() && c.nameservers.is_empty() && c.routes.is_empty());
+        assert!(c.allow_networks.is_empty());
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.timeouts.negotiation, Duration::from_secs(90));
         assert_eq!(c.timeouts.idle, Duration::from_secs(3600));
@@ -1211,6 +1235,8 @@ mod tests {
             }
         );
         assert!(!a.tls.enabled);
+        // The demo reaches its peer through static routes, which need no allow_networks.
+        assert!(a.allow_networks.is_empty());
         // The example documents every default: it must not change them.
         assert_eq!(a.timeouts, Timeouts::default());
         assert_eq!(a.limits, Limits::default());
@@ -1417,6 +1443,45 @@ mod tests {
             e.contains("dns.nameservers[0]: must be an IP address"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn allow_networks_are_cidrs_and_errors_name_the_key() {
+        let c = parse(&format!(
+            "{MIN}[dns]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\", \"10.0.0.5\", \"fd00::/8\"]\n"
+        ))
+        .unwrap();
+        let want: Vec<Cidr> = ["127.0.0.0/8", "::1/128", "10.0.0.5/32", "fd00::/8"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(c.allow_networks, want);
+        for (bad, why) in [
+            ("\"loopback\"", "is not a network"),
+            ("\"127.0.0.0/33\"", "prefix length must be 0 to 32"),
+            (
+                "\"127.0.0.1/8\"",
+                "host bits set; the network is 127.0.0.0/8",
+            ),
+            ("\"::1/129\"", "prefix length must be 0 to 128"),
+        ] {
+            let e = err(&format!(
+                "{MIN}[dns]\nallow_networks = [\"10.0.0.0/8\", {bad}]\n"
+            ));
+            assert!(
+                e.contains("dns.allow_networks[1]: ") && e.contains(why),
+                "{e}"
+            );
+        }
+        let e = err(&format!(
+            "{MIN}[dns]\nallow_networks = [\"10.0.0.0/8\", \"10.0.0.0/8\"]\n"
+        ));
+        assert!(
+            e.contains("dns.allow_networks[1]: 10.0.0.0/8 is listed twice"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}[dns]\nallow_networks = \"10.0.0.0/8\"\n"));
+        assert!(e.contains("allow_networks"), "{e}");
     }
 
     #[test]

@@ -29,7 +29,8 @@
 //! - [`logsafe`]: peer-supplied strings escaped and bounded for log lines.
 //! - [`router`], [`conn`], [`mailbox`], [`net`]: routing tables, stream threads and their
 //!   inboxes, the accept loop.
-//! - [`dns`], [`tls`], [`config`]: the blocking resolver, rustls, the typed configuration.
+//! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
+//!   the typed configuration.
 pub mod config;
 pub mod conn;
 pub mod dns;

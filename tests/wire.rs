@@ -181,7 +181,7 @@ fn missing_certificate_is_a_clear_start_up_error() {
     let ip = next_ip();
     std::fs::write(
         &path,
-        format!("domains = [\"a.test\"]\n[listen]\ns2s = [\"{ip}:0\"]\n[dns]\nnameservers = [\"127.0.0.1\"]\n[tls]\ncertificate = \"nope.crt\"\nkey = \"nope.key\"\n"),
+        format!("domains = [\"a.test\"]\n[listen]\ns2s = [\"{ip}:0\"]\n[dns]\nnameservers = [\"127.0.0.1\"]\nallow_networks = [\"127.0.0.0/8\"]\n[tls]\ncertificate = \"nope.crt\"\nkey = \"nope.key\"\n"),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_dialbackd"))

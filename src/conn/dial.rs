@@ -1,10 +1,24 @@
-//! Outbound connections: static routes, else SRV and A/AAAA (RFC 6120 §3.2), tried in order.
+//! Outbound connections: static routes, else SRV and A/AAAA (RFC 6120 §3.2), tried in order;
+//! every address DNS gives passes the private-network guard ([`NetworkPolicy`]) first.
 
 use super::{Core, Worker, BATCH};
+use crate::dns::{NetworkPolicy, DEFAULT_S2S_PORT};
 use crate::domain::Domain;
 use crate::stream::Event;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Instant;
+
+/// How many addresses a failed attempt's log line and bounce text list (the rest are counted).
+const LISTED_ADDRESSES: usize = 8;
+
+/// A connection made by [`Worker::dial`].
+pub(super) struct Dialled {
+    sock: TcpStream,
+    addr: SocketAddr,
+    /// The host name it was found under (SRV target, the domain itself, or a route's host).
+    host: String,
+    direct_tls: bool,
+}
 
 impl Worker {
     /// Outbound: resolve, connect, and tell the core how it went.
@@ -12,15 +26,29 @@ impl Worker {
         let Core::Out(_) = &self.core else { return };
         let remote = self.remote_domain();
         let ev = match self.dial(&remote) {
-            Ok((sock, addr, direct_tls)) => {
-                log::debug!("{}: connected to {addr}", self.core.label());
+            Ok(Dialled {
+                sock,
+                addr,
+                host,
+                direct_tls,
+            }) => {
+                let how = if direct_tls { ", direct TLS" } else { "" };
+                if self.verify.is_some() {
+                    log::debug!("{}: connected to {addr} ({host}{how})", self.core.label());
+                } else {
+                    log::info!("{}: connected to {addr} ({host}{how})", self.core.label());
+                }
+                // Every later line of this stream names the address too.
+                if let Core::Out(c) = &mut self.core {
+                    c.set_peer_address(addr);
+                }
                 if direct_tls {
                     // Direct-TLS targets are only chosen when TLS is configured (see dial).
                     match self.attach_tls_client(sock, &remote) {
                         Ok(()) => Event::Connected { tls: true },
                         Err(e) => Event::ConnectFailed {
                             not_found: false,
-                            reason: format!("TLS with {addr}: {e}"),
+                            reason: format!("TLS with {addr} ({host}): {e}"),
                         },
                     }
                 } else {
@@ -28,7 +56,7 @@ impl Worker {
                         Ok(()) => Event::Connected { tls: false },
                         Err(e) => Event::ConnectFailed {
                             not_found: false,
-                            reason: e.to_string(),
+                            reason: format!("{addr} ({host}): {e}"),
                         },
                     }
                 }
@@ -49,35 +77,50 @@ impl Worker {
         self.flush();
     }
 
-    /// Find and connect to `remote` (static route, else SRV/A per RFC 6120 §3.2).
-    pub(super) fn dial(
-        &self,
-        remote: &Domain,
-    ) -> Result<(TcpStream, SocketAddr, bool), (bool, String)> {
+    /// Find and connect to `remote` (static route, else SRV/A per RFC 6120 §3.2). Outside static
+    /// routes, IP-literal domains and every resolved address go through the private-network
+    /// guard; refused addresses are skipped (logged at debug) and never connected to.
+    ///
+    /// The error is `(not_found, reason)`: `not_found` when DNS says there is no such service or
+    /// no permitted address is left (retrying cannot help); `reason` names the domain and every
+    /// address tried (the core logs it once).
+    pub(super) fn dial(&self, remote: &Domain) -> Result<Dialled, (bool, String)> {
         let cfg = &self.router.ctx.config;
-        let targets = match cfg.routes.get(remote) {
-            Some(r) => vec![(r.host.clone(), r.port, false)],
-            None => match self.router.resolver.resolve_s2s(remote.as_str()) {
-                Ok(t) => t
-                    .into_iter()
-                    .map(|t| (t.host, t.port, t.direct_tls))
-                    .collect(),
-                Err(e) => {
-                    return Err((
-                        e.is_not_found(),
-                        format!("DNS lookup for {remote} failed: {e}"),
-                    ))
+        let label = self.core.label();
+        let policy = NetworkPolicy::new(&cfg.allow_networks);
+        let (targets, guarded) = match cfg.routes.get(remote) {
+            // The operator's explicit choice: never judged.
+            Some(r) => (vec![(r.host.clone(), r.port, false)], false),
+            None => match policy.check_domain(remote.as_str()) {
+                Err(refusal) => {
+                    log::debug!("{label}: not dialling {remote}: {refusal}");
+                    return Err((true, format!("not dialling {remote}: {refusal}")));
                 }
+                // An allowed IP literal: no DNS, the default port (RFC 6120 §3.2.2).
+                Ok(Some(ip)) => (vec![(ip.to_string(), DEFAULT_S2S_PORT, false)], true),
+                Ok(None) => match self.router.resolver.resolve_s2s(remote.as_str()) {
+                    Ok(t) => (
+                        t.into_iter()
+                            .map(|t| (t.host, t.port, t.direct_tls))
+                            .collect(),
+                        true,
+                    ),
+                    Err(e) => {
+                        return Err((
+                            e.is_not_found(),
+                            format!("DNS lookup for {remote} failed: {e}"),
+                        ))
+                    }
+                },
             },
         };
         let mut any_address = false;
         let mut transient = false;
-        let mut errors = Vec::new();
+        let mut tried: Vec<String> = Vec::new();
         for (host, port, direct_tls) in targets {
             if direct_tls && !self.router.ctx.tls_available {
                 log::debug!(
-                    "{}: skipping direct-TLS target {host}:{port}, TLS is not configured",
-                    self.core.label()
+                    "{label}: skipping direct-TLS target {host}:{port}, TLS is not configured"
                 );
                 continue;
             }
@@ -87,25 +130,46 @@ impl Worker {
                     Ok(ips) => ips,
                     Err(e) => {
                         transient |= !e.is_not_found();
-                        errors.push(format!("{host}: {e}"));
+                        tried.push(format!("{host}: {e}"));
                         continue;
                     }
                 },
             };
             for ip in ips {
-                any_address = true;
                 let addr = SocketAddr::new(ip, port);
+                if guarded {
+                    if let Err(refusal) = policy.check(ip) {
+                        log::debug!(
+                            "{label}: not dialling {addr} ({host}) for {remote}: {refusal}"
+                        );
+                        tried.push(format!("{addr} ({host}): not dialled, {refusal}"));
+                        continue;
+                    }
+                }
+                any_address = true;
+                log::debug!("{label}: connecting to {addr} ({host})");
                 match TcpStream::connect_timeout(&addr, cfg.timeouts.connect) {
-                    Ok(s) => return Ok((s, addr, direct_tls)),
-                    Err(e) => errors.push(format!("{addr}: {e}")),
+                    Ok(sock) => {
+                        return Ok(Dialled {
+                            sock,
+                            addr,
+                            host,
+                            direct_tls,
+                        })
+                    }
+                    Err(e) => tried.push(format!("{addr} ({host}): {e}")),
                 }
             }
         }
         let not_found = !any_address && !transient;
-        let detail = if errors.is_empty() {
+        let detail = if tried.is_empty() {
             "no address".to_string()
+        } else if tried.len() > LISTED_ADDRESSES {
+            let more = tried.len() - LISTED_ADDRESSES;
+            tried.truncate(LISTED_ADDRESSES);
+            format!("{}; and {more} more", tried.join("; "))
         } else {
-            errors.join("; ")
+            tried.join("; ")
         };
         Err((not_found, format!("cannot connect to {remote}: {detail}")))
     }

@@ -661,7 +661,8 @@ impl Worker {
         self.flush();
         self.unroute();
         if self.verify.is_some() {
-            self.answer_verify(Verdict::Error("remote-server-timeout"));
+            // The same answer as every other failure to ask the Authoritative Server.
+            self.answer_verify(Verdict::Error(crate::stream::outgoing::VERIFY_FAILED));
         }
         if let Some(sock) = &self.sock {
             // Unblocks the reader thread's read().

@@ -9,7 +9,9 @@
 //!   merged with the plain records into one RFC 2782 set;
 //! * the fallback to the domain itself on port 5269 when there are no SRV
 //!   records (RFC 6120 §3.2.2);
-//! * A and AAAA lookups of the chosen targets ([`Resolver::ips`]).
+//! * A and AAAA lookups of the chosen targets ([`Resolver::ips`]);
+//! * the private-network guard ([`NetworkPolicy`]): which resolved addresses and which
+//!   IP-literal domains may be dialled (`[dns] allow_networks`).
 //!
 //! It is a small stub resolver: `hickory-proto` encodes and decodes the
 //! messages, and `std::net` sockets carry them (UDP, with a TCP retry when the
@@ -33,7 +35,9 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ring::rand::{SecureRandom, SystemRandom};
 
+mod policy;
 mod srv;
+pub use policy::{special, Cidr, NetworkPolicy, Refusal, SPECIAL};
 pub use srv::order_srv;
 use srv::{order_by, system_rand};
 

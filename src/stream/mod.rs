@@ -194,7 +194,7 @@ pub enum Event {
     /// Outgoing: no connection could be made. `not_found` when the domain does not resolve
     /// (`remote-server-not-found`) rather than being unreachable (`remote-server-timeout`).
     ConnectFailed {
-        /// True when DNS said the domain has no XMPP service.
+        /// True when DNS said the domain has no XMPP service, or no address we may dial is left.
         not_found: bool,
         /// Why, for the log and the bounce text.
         reason: String,

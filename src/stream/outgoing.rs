@@ -19,6 +19,10 @@ use crate::xml::{Element, StreamHeader, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_N
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+/// The dialback error we give the claimant when its Authoritative Server could not be asked
+/// (XEP-0220 §2.5: the Receiving Server could not connect to the Authoritative Server).
+pub const VERIFY_FAILED: &str = "remote-connection-failed";
+
 /// Why we opened the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Purpose {
@@ -96,6 +100,11 @@ impl Outgoing {
     /// The stream's name for log lines.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The connection layer reached `addr`: name it in every later log line (`label [addr]`).
+    pub fn set_peer_address(&mut self, addr: std::net::SocketAddr) {
+        self.label = format!("{} [{addr}]", self.label);
     }
 
     /// Feed one event; returns what to do, in order.
@@ -428,8 +437,9 @@ impl Outgoing {
         vec![Action::VerifyDone(verdict), Action::Close(None)]
     }
 
-    /// Give up: bounce the queue (pair) or report an error (verify).
-    fn fail(&mut self, condition: &'static str, not_found: bool, reason: &str) -> Vec<Action> {
+    /// Give up: bounce the queue with `condition` (pair) or report [`VERIFY_FAILED`] (verify).
+    /// `_not_found` no longer changes the verify answer (see there).
+    fn fail(&mut self, condition: &'static str, _not_found: bool, reason: &str) -> Vec<Action> {
         let was = self.state;
         self.state = State::Closed;
         match &self.purpose {
@@ -451,13 +461,14 @@ impl Outgoing {
             }
             Purpose::Verify(_) => {
                 log::info!("{}: verification failed: {reason}", self.label);
-                // XEP-0220 §2.5 conditions for step 4.
-                let cond = match (not_found, condition) {
-                    (true, _) => "remote-server-not-found",
-                    (false, _) if was == State::Connecting => "remote-connection-failed",
-                    _ => "remote-server-timeout",
-                };
-                vec![Action::VerifyDone(Verdict::Error(cond))]
+                // XEP-0220 §2.5: we could not get an answer from the Authoritative Server. One
+                // condition whatever the cause (DNS, refused, timed out, not XMPP, refused by
+                // the private-network guard, TLS, stream error), so that the claimant, who
+                // chooses where we connect, learns nothing about the ports and networks we can
+                // reach. That includes DNS non-existence: `remote-server-not-found` there would
+                // tell a claimant which names our (possibly split-horizon) resolver knows.
+                // Only a real answer (DB-27, in expect_verify) says more.
+                vec![Action::VerifyDone(Verdict::Error(VERIFY_FAILED))]
             }
         }
     }

@@ -387,9 +387,11 @@ fn db27_authoritative_error_becomes_remote_server_not_found() {
     );
 }
 
-/// ERR-04: an Authoritative Server we cannot reach is remote-connection-failed.
+/// ERR-04, XEP-0220 §2.5: an Authoritative Server we could not ask is `remote-connection-failed`,
+/// whatever the reason (DNS, refused, guard, closed, stream error, timeout, broken transport): the
+/// claimant chooses where we connect and must not learn what is listening there (issue 8).
 #[test]
-fn db13_verify_connection_failures_map_to_xep0220_conditions() {
+fn db13_every_verify_connection_failure_is_remote_connection_failed() {
     let req = VerifyRequest {
         local: d("a.test"),
         remote: d("b.test"),
@@ -406,36 +408,45 @@ fn db13_verify_connection_failures_map_to_xep0220_conditions() {
             false,
         )
     };
-    let out = mk().handle(Event::ConnectFailed {
-        not_found: true,
-        reason: "NXDOMAIN".into(),
-    });
-    assert_eq!(
-        out[0],
-        Action::VerifyDone(Verdict::Error("remote-server-not-found"))
-    );
-    let out = mk().handle(Event::ConnectFailed {
-        not_found: false,
-        reason: "refused".into(),
-    });
-    assert_eq!(
-        out[0],
-        Action::VerifyDone(Verdict::Error("remote-connection-failed"))
-    );
-    let mut s = verify_stream();
-    let out = s.handle(Event::Close);
-    assert_eq!(
-        out[0],
-        Action::VerifyDone(Verdict::Error("remote-server-timeout"))
-    );
-    let mut s = verify_stream();
-    let out = s.handle(Event::Element(el(
-        "<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
-    )));
-    assert_eq!(
-        out[0],
-        Action::VerifyDone(Verdict::Error("remote-server-not-found"))
-    );
+    let failed = Action::VerifyDone(Verdict::Error("remote-connection-failed"));
+    for not_found in [true, false] {
+        let out = mk().handle(Event::ConnectFailed {
+            not_found,
+            reason: "NXDOMAIN, refused or not dialled".into(),
+        });
+        assert_eq!(out[0], failed, "not_found={not_found}");
+    }
+    let after_connect: Vec<Event> = vec![
+        Event::Close,
+        Event::Element(el(
+            "<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        )),
+        Event::Element(el(
+            "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        )),
+        Event::Timeout,
+        Event::Broken {
+            condition: Some("not-well-formed"),
+            reason: "an SSH banner".into(),
+        },
+        Event::Broken {
+            condition: None,
+            reason: "EOF".into(),
+        },
+    ];
+    for ev in after_connect {
+        let what = format!("{ev:?}");
+        let mut s = verify_stream();
+        let out = s.handle(ev);
+        assert_eq!(out[0], failed, "{what}");
+    }
+    // A stream header that is not jabber:server (some other protocol that speaks XML).
+    let mut s = mk();
+    let _ = s.handle(Event::Connected { tls: false });
+    let mut h = their_header(Some("X"));
+    h.default_ns = Some("jabber:client".into());
+    let out = s.handle(Event::Header(h));
+    assert_eq!(out[0], failed);
 }
 
 #[test]

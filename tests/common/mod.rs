@@ -377,17 +377,44 @@ pub fn s2s_header(from: &str, to: &str, id: Option<&str>) -> String {
     )
 }
 
-/// A daemon config: `domains`, components `(domain, secret)`, nameserver, extra TOML.
+/// The networks test daemons may dial: they and their peers all live on 127.x.y.z, which the
+/// private-network guard refuses unless allowed.
+pub const TEST_ALLOW_NETWORKS: &[&str] = &["127.0.0.0/8"];
+
+/// A daemon config: `domains`, components `(domain, secret)`, nameserver, extra TOML. It opts in
+/// to dialling loopback (`[dns] allow_networks`, [`TEST_ALLOW_NETWORKS`]).
 pub fn config(
     domains: &[&str],
     components: &[(&str, &str)],
     dns: SocketAddr,
     extra: &str,
 ) -> String {
+    config_allowing(domains, components, dns, TEST_ALLOW_NETWORKS, extra)
+}
+
+/// [`config`] with `[dns] allow_networks = allow` (none: the default guard, for the tests that
+/// prove it).
+pub fn config_allowing(
+    domains: &[&str],
+    components: &[(&str, &str)],
+    dns: SocketAddr,
+    allow: &[&str],
+    extra: &str,
+) -> String {
     let mut s = format!(
         "domains = [{}]\n[listen]\ns2s = [\"{{ip}}:0\"]\ncomponent = \"{{ip}}:0\"\n[dns]\nnameservers = [\"{dns}\"]\n",
         domains.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", ")
     );
+    if !allow.is_empty() {
+        s.push_str(&format!(
+            "allow_networks = [{}]\n",
+            allow
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     s.push_str("[timeouts]\nnegotiation = 15\ndialback = 15\nclose = 2\nshutdown = 6\ndns = 2\nconnect = 3\n");
     for (d, secret) in components {
         s.push_str(&format!(

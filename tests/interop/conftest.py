@@ -343,6 +343,9 @@ secret = "{csecret}"
 
 [dns]
 nameservers = ["{dns}:53"]
+# Prosody lives on 127.0.10.x (see the top of this file): opt in to dialling loopback, which
+# the private-network guard refuses by default.
+allow_networks = ["127.0.0.0/8"]
 
 [timeouts]
 negotiation = 20

@@ -1,0 +1,454 @@
+//! Dialling on a stranger's say-so (issue 8, item 3). Anyone can make the daemon connect where
+//! they like: a `<db:result/>` claiming a domain sends a verify connection wherever that domain's
+//! SRV and A/AAAA records point. The private-network guard keeps those connections off loopback,
+//! private and link-local networks and IP-literal domains unless `[dns] allow_networks` allows
+//! them, and the claimant gets one answer, `remote-connection-failed` (XEP-0220 §2.5), whatever
+//! happened on the way, so that it cannot use us to tell open, closed and filtered ports apart.
+//!
+//! Every address here is on 127.0.0.0/8: a "private" address (10.0.0.5) only appears in DNS
+//! answers, and the tests assert the daemon never tried to connect to it (the guard runs before
+//! `connect`). A listener proves "no connection" by its kernel accept queue: connections the
+//! daemon made are queued there whether or not anyone accepted them, and the daemon answers the
+//! claimant only after it gave up dialling, so looking after the answer needs no waiting.
+
+use crate::common::dns_server::TestDns;
+use crate::common::*;
+use dialbackd::keys::DialbackSecret;
+use dialbackd::xml::{Element, DIALBACK_NS};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The dialback secret of the real a.test, so the test can mint its keys.
+const SECRET: &str = "ssrf-known-secret";
+
+/// A listener that only counts the connections made to it (it never accepts until asked).
+struct Recorder {
+    listener: TcpListener,
+}
+
+impl Recorder {
+    fn bind(addr: SocketAddr) -> Option<Recorder> {
+        TcpListener::bind(addr)
+            .ok()
+            .map(|listener| Recorder { listener })
+    }
+
+    fn on(ip: Ipv4Addr) -> Recorder {
+        Recorder::bind(SocketAddr::from((ip, 0))).expect("bind a recorder")
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap()
+    }
+
+    /// Connections made to it so far (drained from the accept queue; bounded).
+    fn connections(&self) -> usize {
+        self.listener.set_nonblocking(true).unwrap();
+        (0..1000)
+            .take_while(|_| self.listener.accept().is_ok())
+            .count()
+    }
+}
+
+/// A real daemon for a.test (the Authoritative Server of the legitimate peer) and the daemon
+/// under test for b.test.
+struct Net {
+    dns: TestDns,
+    auth: Daemon,
+    d: Daemon,
+}
+
+/// b.test with `allow_networks = allow`, a static route to a.test when `route`, and its config
+/// text passed through `tweak`. a.test and b.test are published in DNS.
+fn net(allow: &[&str], route: bool, tweak: impl Fn(String) -> String) -> Net {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let auth = Daemon::start(
+        "a",
+        next_ip(),
+        &format!(
+            "dialback_secret = \"{SECRET}\"\n{}",
+            config(&["a.test"], &[], dns.addr(), "")
+        ),
+    );
+    publish(&dns, "a.test", auth.s2s());
+    let extra = if route {
+        format!("[routes]\n\"a.test\" = \"{}\"\n", auth.s2s())
+    } else {
+        String::new()
+    };
+    let text = config_allowing(&["b.test"], &[("b.test", "sb")], dns.addr(), allow, &extra);
+    let d = Daemon::start("b", next_ip(), &tweak(text));
+    publish(&dns, "b.test", d.s2s());
+    Net { dns, auth, d }
+}
+
+/// Open a stream to `d` as `from` and claim it with a made-up key; the daemon's answer.
+fn claim(d: &Daemon, from: &str) -> Element {
+    let mut c = XmlConn::connect(d.s2s());
+    c.send(&s2s_header(from, "b.test", None));
+    let _ = c.header();
+    let features = c.element();
+    assert_eq!(features.name, "features");
+    c.send(&format!(
+        "<db:result from='{from}' to='b.test'>{}</db:result>",
+        "ab".repeat(32)
+    ));
+    c.element_where(WAIT, |e| e.name == "result" && e.ns == DIALBACK_NS)
+        .unwrap_or_else(|| panic!("no dialback answer for {from}\n{}", d.log_text()))
+}
+
+/// The `<error/>` of a `type='error'` answer, as bytes (what the claimant can compare).
+fn dialback_error(r: &Element) -> (String, Vec<u8>) {
+    assert_eq!(r.attr("type"), Some("error"), "{r:?}");
+    let e = r
+        .elements()
+        .find(|c| c.name == "error")
+        .unwrap_or_else(|| panic!("DB-27: no <error/> in {r:?}"));
+    let cond = e
+        .elements()
+        .find(|c| c.name != "text")
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    (cond, e.to_bytes())
+}
+
+fn assert_connection_failed(r: &Element) {
+    assert_eq!(dialback_error(r).0, "remote-connection-failed", "{r:?}");
+}
+
+/// The daemon is alive and a legitimate peer (the real a.test's key) still authenticates.
+fn legitimate_dialback_succeeds(d: &Daemon) {
+    let mut c = XmlConn::connect(d.s2s());
+    c.send(&s2s_header("a.test", "b.test", None));
+    let id = c.header().id.expect("a stream id");
+    let _features = c.element();
+    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", &id);
+    c.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ));
+    let r = c
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("an answer");
+    assert_eq!(r.attr("type"), Some("valid"), "{r:?}\n{}", d.log_text());
+}
+
+/// Make `name` resolve through an SRV record to `host` (port `port`) with an A and/or AAAA.
+fn publish_at(
+    dns: &TestDns,
+    name: &str,
+    host: &str,
+    port: u16,
+    a: Option<Ipv4Addr>,
+    aaaa: Option<&str>,
+) {
+    dns.add_srv(&format!("_xmpp-server._tcp.{name}"), 10, 0, port, host);
+    if let Some(ip) = a {
+        dns.add_a(host, ip);
+    }
+    if let Some(ip) = aaaa {
+        dns.add_aaaa(host, ip.parse().unwrap());
+    }
+}
+
+fn ip4(addr: SocketAddr) -> Ipv4Addr {
+    match addr.ip() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => unreachable!("test servers are on IPv4 loopback"),
+    }
+}
+
+/// The measured attack: a claimed domain whose SRV record points at a loopback service. No
+/// connection reaches it (nor its IPv4-mapped IPv6 form, nor an RFC 1918 address); the claimant
+/// learns only `remote-connection-failed`; the one log line names the domain and the addresses.
+#[test]
+fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
+    let mut n = net(&[], true, |c| c);
+    let rec = Recorder::on(next_ip());
+    let port = rec.addr().port();
+    publish_at(
+        &n.dns,
+        "internal.test",
+        "ssh.internal.test",
+        port,
+        Some(ip4(rec.addr())),
+        None,
+    );
+    let r = claim(&n.d, "internal.test");
+    assert_connection_failed(&r);
+    assert_eq!(
+        rec.connections(),
+        0,
+        "the daemon connected to the loopback target"
+    );
+    let line = n.d.wait_log("verification failed");
+    assert!(
+        line.contains("internal.test")
+            && line.contains(&format!(
+                "{} (ssh.internal.test): not dialled, loopback",
+                rec.addr()
+            )),
+        "{line}"
+    );
+    assert!(n.d.log_text().contains(&format!(
+        "not dialling {} (ssh.internal.test) for internal.test: loopback",
+        rec.addr()
+    )));
+
+    // The same listener as an IPv4-mapped IPv6 address (which would reach it on Linux).
+    let mapped = format!("::ffff:{}", rec.addr().ip());
+    publish_at(
+        &n.dns,
+        "mapped.test",
+        "v6.mapped.test",
+        port,
+        None,
+        Some(&mapped),
+    );
+    assert_connection_failed(&claim(&n.d, "mapped.test"));
+    assert_eq!(rec.connections(), 0, "the daemon connected through ::ffff:");
+    assert!(n
+        .d
+        .log_text()
+        .contains("loopback (IPv4-mapped IPv6 address)"));
+
+    // RFC 1918 (only ever in a DNS answer: refused before any packet is sent), next to the
+    // loopback recorder on a second SRV record: both skipped, nothing left, one answer.
+    publish_at(
+        &n.dns,
+        "private.test",
+        "db.private.test",
+        5269,
+        Some(Ipv4Addr::new(10, 0, 0, 5)),
+        None,
+    );
+    n.dns.add_srv(
+        "_xmpp-server._tcp.private.test",
+        20,
+        0,
+        port,
+        "ssh.internal.test",
+    );
+    assert_connection_failed(&claim(&n.d, "private.test"));
+    assert_eq!(rec.connections(), 0);
+    let log = n.d.log_text();
+    assert!(
+        log.contains("not dialling 10.0.0.5:5269 (db.private.test) for private.test: private network (RFC 1918)"),
+        "{log}"
+    );
+    assert!(!log.contains("connecting to 10.0.0.5"), "{log}");
+
+    legitimate_dialback_succeeds(&n.d);
+    drop(n.auth);
+}
+
+/// IP-literal domains, and numeric names a resolver might read as IPv4, are never dialled nor
+/// even looked up; the claimant gets the same `remote-connection-failed`.
+#[test]
+fn ip_literal_domains_are_not_dialled() {
+    let n = net(&[], true, |c| c);
+    // A listener where `from='IP'` would go (port 5269, if this address has it free).
+    let lit_ip = next_ip();
+    let rec = Recorder::bind(SocketAddr::from((lit_ip, 5269)));
+    let literal = lit_ip.to_string();
+    let queries = n.dns.query_count();
+    for from in [
+        literal.as_str(),
+        "10.0.0.5",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "127.1",
+        "2130706433",
+    ] {
+        let r = claim(&n.d, from);
+        assert_connection_failed(&r);
+    }
+    if let Some(rec) = &rec {
+        assert_eq!(
+            rec.connections(),
+            0,
+            "the daemon dialled an IP-literal domain"
+        );
+    }
+    assert_eq!(
+        n.dns.query_count(),
+        queries,
+        "IP-literal and numeric domains must not be looked up"
+    );
+    let log = n.d.log_text();
+    for needle in [
+        format!("not dialling {literal}: IP-literal domain"),
+        "not dialling 10.0.0.5: IP-literal domain".to_string(),
+        "not dialling [::1]: IP-literal domain".to_string(),
+        "not dialling 127.1: numeric name".to_string(),
+        "not dialling 2130706433: numeric name".to_string(),
+    ] {
+        assert!(log.contains(&needle), "no {needle:?} in\n{log}");
+    }
+    legitimate_dialback_succeeds(&n.d);
+}
+
+/// A refused port, a listener that never answers, one that speaks another protocol, and a
+/// domain with no DNS records give the claimant byte-identical answers (loopback allowed here,
+/// so each is really tried: the silent listener proves a connection was made).
+#[test]
+fn refused_silent_and_foreign_listeners_give_the_same_answer() {
+    let n = net(&["127.0.0.0/8"], true, |c| {
+        c.replace("dialback = 15", "dialback = 2")
+    });
+    let host = next_ip();
+    // Refused: a port that was just bound and released on an address nobody else uses.
+    let closed = Recorder::on(host).addr().port();
+    publish_at(
+        &n.dns,
+        "refused.test",
+        "x.refused.test",
+        closed,
+        Some(host),
+        None,
+    );
+    // Silent: the kernel completes the handshake, nobody ever reads or writes.
+    let silent = Recorder::on(host);
+    publish_at(
+        &n.dns,
+        "silent.test",
+        "x.silent.test",
+        silent.addr().port(),
+        Some(host),
+        None,
+    );
+    // Foreign: an SSH-like banner, then nothing.
+    let foreign = TcpListener::bind((host, 0)).unwrap();
+    let foreign_port = foreign.local_addr().unwrap().port();
+    let banner = thread::spawn(move || {
+        foreign.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match foreign.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    let _ = s.write_all(b"SSH-2.0-OpenSSH_9.6\r\n");
+                    s.set_read_timeout(Some(WAIT)).unwrap();
+                    let mut buf = [0u8; 4096];
+                    let mut got = Vec::new();
+                    while let Ok(k) = s.read(&mut buf) {
+                        if k == 0 || got.len() > 65536 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..k]);
+                    }
+                    return got;
+                }
+                Err(_) => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        Vec::new()
+    });
+    publish_at(
+        &n.dns,
+        "foreign.test",
+        "x.foreign.test",
+        foreign_port,
+        Some(host),
+        None,
+    );
+
+    let answers: Vec<(String, Vec<u8>)> = [
+        "refused.test",
+        "silent.test",
+        "foreign.test",
+        "nxdomain.test",
+    ]
+    .iter()
+    .map(|from| dialback_error(&claim(&n.d, from)))
+    .collect();
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a.0, "remote-connection-failed", "answer {i}");
+        assert_eq!(
+            a.1, answers[0].1,
+            "answer {i} differs from the refused port's"
+        );
+    }
+    assert_eq!(
+        silent.connections(),
+        1,
+        "the silent listener was really dialled"
+    );
+    let sent = banner.join().unwrap();
+    assert!(
+        String::from_utf8_lossy(&sent).contains("<stream:stream"),
+        "the foreign listener was really dialled and got our header"
+    );
+    // The log keeps the difference for the operator, naming what was dialled.
+    let log = n.d.log_text();
+    assert!(
+        log.contains(&format!("{host}:{closed} (x.refused.test)")),
+        "{log}"
+    );
+    assert!(log.contains(&format!("[{host}:{foreign_port}]")), "{log}");
+    legitimate_dialback_succeeds(&n.d);
+}
+
+/// allow_networks lifts the refusal for exactly the networks listed: the real a.test, found
+/// through DNS on loopback, authenticates (no static route here), while another loopback
+/// address stays refused. The connection lines name the address and the SRV target.
+#[test]
+fn allow_networks_lets_dialback_reach_the_listed_networks_only() {
+    let dns_ip = next_ip();
+    let dns = TestDns::start(IpAddr::V4(dns_ip));
+    let auth = Daemon::start(
+        "a",
+        next_ip(),
+        &format!(
+            "dialback_secret = \"{SECRET}\"\n{}",
+            config(&["a.test"], &[], dns.addr(), "")
+        ),
+    );
+    publish(&dns, "a.test", auth.s2s());
+    let allow = format!("{}/32", auth.s2s().ip());
+    let d = Daemon::start(
+        "b",
+        next_ip(),
+        &config_allowing(&["b.test"], &[], dns.addr(), &[&allow], ""),
+    );
+    legitimate_dialback_succeeds(&d);
+    assert!(
+        d.log_text()
+            .contains(&format!("connected to {} (host.a.test)", auth.s2s())),
+        "{}",
+        d.log_text()
+    );
+    let rec = Recorder::on(next_ip());
+    publish(&dns, "other.test", rec.addr());
+    assert_connection_failed(&claim(&d, "other.test"));
+    assert_eq!(rec.connections(), 0);
+    legitimate_dialback_succeeds(&d);
+}
+
+/// SRV-05 and the guard: a static route to loopback is the operator's choice and works without
+/// allow_networks, for an outbound pair (a ping from our component to a.test, answered) as for
+/// the verify connections; the outbound connection's line names the address.
+#[test]
+fn static_route_to_loopback_needs_no_allow_networks() {
+    let mut n = net(&[], true, |c| c);
+    let mut cb = ComponentClient::connect(n.d.component_addr(), "b.test", "sb");
+    cb.send(
+        "<iq type='get' id='p1' from='u@b.test/r' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    let r = cb.recv(WAIT).expect("a pong through the static route");
+    assert_eq!(
+        (r.attr("type"), r.attr("id"), r.attr("from")),
+        (Some("result"), Some("p1"), Some("a.test")),
+        "{r:?}"
+    );
+    let line = n.d.wait_log(&format!("connected to {}", n.auth.s2s()));
+    assert!(line.contains("s2s-out") && line.contains("INFO"), "{line}");
+    assert!(
+        n.d.log_text()
+            .contains(&format!("[{}]: b.test→a.test authenticated", n.auth.s2s())),
+        "later lines of the stream carry the address\n{}",
+        n.d.log_text()
+    );
+    legitimate_dialback_succeeds(&n.d);
+}
