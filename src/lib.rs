@@ -27,7 +27,7 @@
 //! - [`xml`]: the policy reader over the `xml` crate and our serializer.
 //! - [`keys`], [`domain`], [`stanza`]: XEP-0185 keys, validated names, stanza helpers.
 //! - [`router`], [`conn`], [`mailbox`], [`net`]: routing tables, stream threads and their
-//!   inboxes, the accept loop.
+//!   inboxes, the accept loop; [`ratelimit`]: log lines and failures per address, rate-limited.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver, rustls, the typed configuration.
 pub mod config;
 pub mod conn;
@@ -36,6 +36,7 @@ pub mod domain;
 pub mod keys;
 pub mod mailbox;
 pub mod net;
+pub mod ratelimit;
 pub mod router;
 pub mod stanza;
 pub mod stream;
