@@ -1423,7 +1423,12 @@ mod tests {
         .unwrap();
         let l = &c.limits;
         assert_eq!(
-            (l.outbound_streams, l.pairs_per_stream, l.queue_bytes, l.queued_bytes),
+            (
+                l.outbound_streams,
+                l.pairs_per_stream,
+                l.queue_bytes,
+                l.queued_bytes
+            ),
             (3, 2, 20_000, 40_000)
         );
         assert_eq!((l.bounce_payload, l.bounce_payload_component), (0, 10));
@@ -1436,10 +1441,10 @@ mod tests {
         // One stanza must fit in a pair's queue, and a pair's queue in the total.
         assert!(err(&format!("{MIN}[limits]\nqueue_bytes = 9999\n"))
             .contains("limits.queue_bytes: must be at least 524288"));
-        assert!(
-            err(&format!("{MIN}[limits]\nqueue_bytes = 600000\nqueued_bytes = 500000\n"))
-                .contains("limits.queued_bytes: must be at least 600000")
-        );
+        assert!(err(&format!(
+            "{MIN}[limits]\nqueue_bytes = 600000\nqueued_bytes = 500000\n"
+        ))
+        .contains("limits.queued_bytes: must be at least 600000"));
         // A larger stanza_size raises the default queue_bytes with it.
         let big = parse(&format!("{MIN}[limits]\nstanza_size = 16777216\n")).unwrap();
         assert_eq!(big.limits.queue_bytes, 16 << 20);

@@ -201,7 +201,10 @@ mod tests {
         assert!(!f.is_banned(&"a", t0 + S));
         assert!(f.failed(&"a", t0 + 2 * S), "the third failure bans");
         assert!(f.is_banned(&"a", t0 + 3 * S));
-        assert!(!f.is_banned(&"b", t0 + 3 * S), "other keys are not affected");
+        assert!(
+            !f.is_banned(&"b", t0 + 3 * S),
+            "other keys are not affected"
+        );
         // A failure while banned extends the ban but does not report a new one.
         assert!(!f.failed(&"a", t0 + 30 * S));
         assert!(f.is_banned(&"a", t0 + 80 * S));

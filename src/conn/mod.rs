@@ -35,13 +35,13 @@ use crate::tls::TlsWriter;
 use crate::xml::{Element, Limits, StreamEvent, StreamReader, XmlError, STREAM_CLOSE, TLS_NS};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod alarm;
+mod caps;
 mod dial;
 mod spawn;
 mod starttls;
@@ -217,6 +217,8 @@ struct Worker {
     peer_ip: Option<IpAddr>,
     /// The TLS connection, once there is one (its handshake facts are read from here).
     tls: Option<TlsWriter>,
+    /// What the stream holds against the resource caps (see `caps`).
+    caps: caps::StreamCaps,
 }
 
 impl Worker {
@@ -231,7 +233,9 @@ impl Worker {
         core: impl FnOnce(String) -> Core,
     ) -> (Worker, Handle) {
         let inbox = Arc::new(Mailbox::default());
-        let me = Handle::new(router.next_id(), kind, inbox.clone(), cap);
+        let l = &router.ctx.config.limits;
+        let me = Handle::new(router.next_id(), kind, inbox.clone(), cap)
+            .with_byte_caps(l.queue_bytes, router.queued_bytes().clone());
         let label = format!("{label} #{}", me.id());
         let core = core(label.clone());
         let now = Instant::now();
@@ -260,6 +264,7 @@ impl Worker {
             verify: None,
             peer_ip: None,
             tls: None,
+            caps: caps::StreamCaps::default(),
         };
         (w, me)
     }
@@ -394,7 +399,7 @@ impl Worker {
     /// which re-routes or bounces them; anything else is moot.
     fn leftovers(&mut self, input: Input) {
         if let Input::Stanza(el) = input {
-            self.me.queued().fetch_sub(1, Ordering::AcqRel);
+            self.me.taken(&el);
             self.feed(Event::Stanza(el));
         }
     }
@@ -454,7 +459,7 @@ impl Worker {
                 }
             }
             Input::Stanza(el) => {
-                self.me.queued().fetch_sub(1, Ordering::AcqRel);
+                self.me.taken(&el);
                 self.feed(Event::Stanza(el));
             }
             Input::Verified {
@@ -483,6 +488,7 @@ impl Worker {
     fn feed(&mut self, ev: Event) {
         let actions = self.core.handle(ev);
         self.execute(actions);
+        self.caps_after_feed();
     }
 
     fn execute(&mut self, actions: Vec<Action>) {
@@ -547,6 +553,7 @@ impl Worker {
             None => Err(io::Error::new(io::ErrorKind::NotConnected, "no transport")),
         };
         self.wbuf.clear();
+        caps::reclaim(&mut self.wbuf, caps::WBUF_KEEP);
         let sent = std::mem::take(&mut self.wbuf_stanzas);
         match res {
             Ok(()) => self.last_write = Instant::now(),
@@ -679,6 +686,7 @@ impl Worker {
         if let Some(ip) = self.peer_ip {
             self.router.release_ip(ip);
         }
+        self.caps_finish();
         log::debug!("{}: stream ended", self.core.label());
         self.router.remove_stream(self.me.id());
     }

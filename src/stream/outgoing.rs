@@ -15,6 +15,7 @@ use super::{
     VerifyRequest,
 };
 use crate::domain::Domain;
+use crate::stanza;
 use crate::xml::{Element, StreamHeader, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct Outgoing {
     tls: bool,
     their_id: String,
     queue: VecDeque<Element>,
+    /// [`stanza::wire_size`] of the stanzas in `queue`.
+    queue_bytes: usize,
 }
 
 impl Outgoing {
@@ -75,6 +78,7 @@ impl Outgoing {
             tls,
             their_id: String::new(),
             queue: VecDeque::new(),
+            queue_bytes: 0,
         }
     }
 
@@ -91,6 +95,11 @@ impl Outgoing {
     /// How many stanzas wait for the pair to be verified.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The bytes of the stanzas waiting for the pair to be verified ([`stanza::wire_size`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.queue_bytes
     }
 
     /// The stream's name for log lines.
@@ -252,6 +261,18 @@ impl Outgoing {
                 text: format!("too many stanzas queued for {}", self.remote),
             }],
             _ => {
+                // limits.queue_bytes: a pair with nothing queued always takes one stanza.
+                let size = stanza::wire_size(&el);
+                if self.queue_bytes > 0
+                    && self.queue_bytes + size > self.ctx.config.limits.queue_bytes
+                {
+                    return vec![Action::Bounce {
+                        stanzas: vec![el],
+                        condition: "resource-constraint",
+                        text: format!("too much is queued for {}", self.remote),
+                    }];
+                }
+                self.queue_bytes += size;
                 self.queue.push_back(el);
                 Vec::new()
             }
@@ -382,6 +403,7 @@ impl Outgoing {
                     remote: self.remote.clone(),
                 }];
                 out.extend(self.queue.drain(..).map(Action::Send));
+                self.queue_bytes = 0;
                 out
             }
             Verdict::Invalid => {
@@ -440,6 +462,7 @@ impl Outgoing {
                     self.label,
                     self.queue.len()
                 );
+                self.queue_bytes = 0;
                 if self.queue.is_empty() {
                     return Vec::new();
                 }
