@@ -209,7 +209,8 @@ pub struct Limits {
     /// Bytes of stanzas held for one stream (its inbox plus the pair's queue while it is set
     /// up); default 8 MiB, at least `stanza_size`.
     pub queue_bytes: usize,
-    /// Bytes of stanzas held for all streams together; default 64 MiB, at least `queue_bytes`.
+    /// Bytes of stanzas held for all server streams together (each component has its own
+    /// `queue_bytes`); default 64 MiB, at least `queue_bytes`.
     pub queued_bytes: usize,
     /// Bytes of the original payload a bounce to a remote sender carries; default 1024.
     pub bounce_payload: usize,

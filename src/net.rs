@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::conn;
-use crate::ratelimit::{RateLimit, LOG_EVERY};
+use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
 use crate::router::{ComponentRefusal, Router};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
@@ -248,26 +248,26 @@ fn refuse_component(
     static BANNED: RateLimit = RateLimit::new(LOG_EVERY);
     let (condition, text) = match why {
         ComponentRefusal::Total => {
-            TOTAL.warn(format_args!(
+            warn_limited!(TOTAL,
                 "component {peer}: refused, {} component connections open (limits.component_connections)",
                 limits.component_connections
-            ));
+            );
             ("resource-constraint", "too many component connections")
         }
         ComponentRefusal::PerIp => {
-            PER_IP.warn(format_args!(
+            warn_limited!(PER_IP,
                 "component {peer}: refused, {} component connections from this address (limits.component_connections_per_ip)",
                 limits.component_connections_per_ip
-            ));
+            );
             (
                 "policy-violation",
                 "too many component connections from this address",
             )
         }
         ComponentRefusal::Banned => {
-            BANNED.warn(format_args!(
+            warn_limited!(BANNED,
                 "component {peer}: refused, too many failed handshakes from this address (limits.component_failures)"
-            ));
+            );
             (
                 "policy-violation",
                 "too many failed handshakes from this address",

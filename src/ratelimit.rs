@@ -6,11 +6,10 @@
 //! window, after which the key is refused for a while (the component handshake guesses). Out of
 //! scope: what is capped (see `router`, `net`, `stream`).
 //!
-//! Both take the time as an argument, so they are tested without sleeping; the `warn` helper
+//! Both take the time as an argument, so they are tested without sleeping; `warn_limited!`
 //! reads the clock itself because it is only about logging, never about protocol behaviour.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -59,19 +58,23 @@ impl RateLimit {
         st.next = Some(now + self.every);
         Some(std::mem::take(&mut st.suppressed))
     }
+}
 
-    /// Log `msg` at warn level unless a line was logged less than a period ago; the line says
-    /// how many were suppressed in between.
-    pub fn warn(&self, msg: fmt::Arguments<'_>) {
-        if let Some(n) = self.check(Instant::now()) {
+/// `warn!` through a [`RateLimit`]: logged (with the caller's module as target) unless a line
+/// went out less than a period ago; the line says how many were suppressed in between.
+/// `warn_limited!(LIMIT, "format", args…)`.
+macro_rules! warn_limited {
+    ($limit:expr, $($arg:tt)+) => {
+        if let Some(n) = $limit.check(std::time::Instant::now()) {
             if n == 0 {
-                log::warn!("{msg}");
+                log::warn!($($arg)+);
             } else {
-                log::warn!("{msg} ({n} more since the last such line)");
+                log::warn!("{} ({n} more since the last such line)", format_args!($($arg)+));
             }
         }
-    }
+    };
 }
+pub(crate) use warn_limited;
 
 /// Failures per key within a window; `max` of them within `window` of the first refuse the
 /// key for `window` from the last one. The table is pruned of expired entries as it grows, so

@@ -16,7 +16,7 @@
 use crate::conn::{self, Inbox, Input};
 use crate::dns::Resolver;
 use crate::domain::{Domain, Jid};
-use crate::ratelimit::{FailureWindow, RateLimit, LOG_EVERY};
+use crate::ratelimit::{warn_limited, FailureWindow, RateLimit, LOG_EVERY};
 use crate::stanza;
 use crate::stream::outgoing::Purpose;
 use crate::stream::{Ctx, Verdict, VerifyRequest};
@@ -51,7 +51,8 @@ pub struct Handle {
     total: Arc<ByteTotal>,
 }
 
-/// Bytes of stanzas held for all streams together, and their cap (`limits.queued_bytes`).
+/// Bytes of stanzas held for many streams together, and their cap (`limits.queued_bytes` for
+/// the server streams).
 pub struct ByteTotal {
     used: AtomicUsize,
     cap: usize,
@@ -380,10 +381,10 @@ impl Router {
         if self.outbound_streams() >= cap {
             drop(routes);
             static LOG: RateLimit = RateLimit::new(LOG_EVERY);
-            LOG.warn(format_args!(
+            warn_limited!(LOG,
                 "not opening a stream {}→{}: {cap} outbound streams open (limits.outbound_streams); bouncing",
                 key.0, key.1
-            ));
+            );
             return self.bounce(
                 el,
                 "resource-constraint",
@@ -429,17 +430,18 @@ impl Router {
         let l = &self.ctx.config.limits;
         let text = match cap {
             ByteCap::Stream => {
-                STREAM.warn(format_args!(
+                warn_limited!(
+                    STREAM,
                     "bouncing a stanza for {to}: {} bytes already held for it (limits.queue_bytes)",
                     l.queue_bytes
-                ));
+                );
                 format!("too much is queued for {to}")
             }
             ByteCap::Total => {
-                TOTAL.warn(format_args!(
+                warn_limited!(TOTAL,
                     "bouncing a stanza for {to}: {} bytes held for all streams (limits.queued_bytes)",
                     self.queued_bytes.used()
-                ));
+                );
                 "the server's queues are full".to_string()
             }
         };

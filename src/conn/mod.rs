@@ -233,9 +233,16 @@ impl Worker {
         core: impl FnOnce(String) -> Core,
     ) -> (Worker, Handle) {
         let inbox = Arc::new(Mailbox::default());
+        // limits.queued_bytes is for server streams together; a component (local, one per
+        // configured domain) is bounded by its own queue_bytes, so the errors we bounce to it
+        // are not lost when remote pairs fill the total.
         let l = &router.ctx.config.limits;
+        let total = match kind {
+            StreamKind::Server => router.queued_bytes().clone(),
+            StreamKind::Component => Arc::new(crate::router::ByteTotal::new(usize::MAX)),
+        };
         let me = Handle::new(router.next_id(), kind, inbox.clone(), cap)
-            .with_byte_caps(l.queue_bytes, router.queued_bytes().clone());
+            .with_byte_caps(l.queue_bytes, total);
         let label = format!("{label} #{}", me.id());
         let core = core(label.clone());
         let now = Instant::now();

@@ -12,7 +12,7 @@ use super::{
     Verdict, VerifyRequest,
 };
 use crate::domain::Domain;
-use crate::ratelimit::{RateLimit, LOG_EVERY};
+use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
 use crate::stanza;
 use crate::xml::{
     Element, StreamHeader, DIALBACK_FEATURE_NS, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS,
@@ -311,10 +311,10 @@ impl Incoming {
             // XEP-0220 §2.5 resource-constraint: "cannot add another pair to this connection";
             // the peer may open a new connection for it. Nothing is verified (no callback).
             static LOG: RateLimit = RateLimit::new(LOG_EVERY);
-            LOG.warn(format_args!(
+            warn_limited!(LOG,
                 "{}: refusing {remote}→{local}: {cap} domain pairs on this stream (limits.pairs_per_stream)",
                 self.label
-            ));
+            );
             return answer(Verdict::Error("resource-constraint"));
         }
         if self.pending.len() >= self.ctx.config.limits.pending_verifications_per_stream {
