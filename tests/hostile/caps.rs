@@ -409,6 +409,76 @@ fn outbound_stream_cap_bounces_resource_constraint_and_bounds_threads_and_fds() 
     legitimate_dialback(&d, "c0.test");
 }
 
+/// The measured amplification: a peer verifies many names over a few streams and pings our
+/// domain from each; every answer needs an outbound stream to that name. With
+/// `limits.outbound_streams` only that many are opened (the iq results beyond are dropped:
+/// ROUTE-02, never bounced), and threads and descriptors stay bounded.
+#[test]
+fn verified_peer_pinging_from_many_names_opens_at_most_the_outbound_cap() {
+    const CAP: usize = 4;
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let fake = FakePeer::start(next_ip());
+    let names: Vec<String> = (0..32).map(|i| format!("p{i}.test")).collect();
+    for n in &names {
+        publish(&dns, n, fake.addr);
+    }
+    let mut d = daemon(&dns, &format!("[limits]\noutbound_streams = {CAP}\n"));
+    let mut streams: Vec<XmlConn> = names
+        .chunks(8)
+        .map(|chunk| {
+            let c = claim(&d, &chunk[0], chunk);
+            let got = answers(&c, chunk.len());
+            assert!(got.iter().all(|(_, t)| t == "valid"), "{got:?}");
+            c
+        })
+        .collect();
+    // The verify connections are done; this is the baseline.
+    let deadline = Instant::now() + WAIT;
+    while d.log_text().matches("verify ").count() > 0
+        && d.log_text()
+            .lines()
+            .filter(|l| l.contains("verify ") && l.contains("stream ended"))
+            .count()
+            < names.len()
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let (threads0, fds0) = (status(d.pid(), "Threads"), open_fds(d.pid()));
+    for (c, chunk) in streams.iter_mut().zip(names.chunks(8)) {
+        let mut batch = String::new();
+        for n in chunk {
+            batch.push_str(&format!(
+                "<iq type='get' id='{n}' from='u@{n}/r' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>"
+            ));
+        }
+        c.send(&batch);
+    }
+    fake.wait_for(&fake.results, CAP);
+    logged_once(&mut d, "limits.outbound_streams");
+    thread::sleep(Duration::from_millis(300));
+    let (threads, fds) = (status(d.pid(), "Threads"), open_fds(d.pid()));
+    eprintln!(
+        "{} names pinging: outbound streams {}, threads {threads0} -> {threads}, fds {fds0} -> {fds}",
+        names.len(),
+        fake.results.load(Ordering::Acquire)
+    );
+    assert_eq!(fake.results.load(Ordering::Acquire), CAP);
+    assert!(
+        threads <= threads0 + 2 * CAP + 4,
+        "threads {threads0} → {threads}"
+    );
+    assert!(fds <= fds0 + 3 * CAP + 8, "fds {fds0} → {fds}");
+    for c in &streams {
+        assert!(
+            c.next(Duration::from_millis(50)).is_none(),
+            "no stream error"
+        );
+    }
+    alive(&d);
+    legitimate_dialback(&d, "p0.test");
+}
+
 /// `limits.queue_bytes` and `limits.queued_bytes`: what waits for a pair's dialback is bounded
 /// in bytes per stream and in total, overflow bounces with resource-constraint, and the bytes
 /// are given back when the queue is delivered.
