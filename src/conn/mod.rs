@@ -18,7 +18,8 @@
 //! costs one thread (its reader, blocked in `read`), not two.
 //!
 //! Submodules: `dial` (finding and connecting to a peer), `alarm` (deadlines of parked streams), `starttls` (TLS upgrade and the
-//! certificate policy), `spawn` (starting each kind of stream).
+//! certificate policy), `spawn` (starting each kind of stream), `caps` (what the stream holds
+//! against the resource caps, given back when it ends; write buffer shrinking).
 //!
 //! Out of scope: protocol rules (`stream`), routing tables (`router`), accepting (`net`).
 

@@ -549,6 +549,53 @@ fn queued_bytes_caps_bounce_resource_constraint_and_are_released_on_delivery() {
     legitimate_dialback(&d, "h2.test");
 }
 
+/// The "10,000 × 512 KiB": a sender flooding one pair that never completes dialback
+/// with large stanzas makes the daemon hold at most `limits.queue_bytes` (default 8 MiB) for
+/// it; the rest bounce with resource-constraint, and peak RSS stays bounded.
+#[test]
+fn flooding_a_slow_pair_with_large_stanzas_holds_at_most_queue_bytes() {
+    const N: usize = 40;
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let fake = FakePeer::start(next_ip());
+    publish(&dns, "slow.test", fake.addr);
+    // The slow pair must not time out while the flood is still being written.
+    let d = Daemon::start(
+        "d",
+        next_ip(),
+        &config(&["b.test"], &[("echo.b.test", "es")], dns.addr(), "")
+            .replace("negotiation = 15", "negotiation = 60"),
+    );
+    let mut comp = ComponentClient::connect(d.component_addr(), "echo.b.test", "es");
+    let body = "f".repeat(500_000);
+    let started = Instant::now();
+    // The connection's reader thread collects the bounces while we write.
+    for i in 0..N {
+        comp.send(&format!(
+            "<message from='bot@echo.b.test' to='u@slow.test' id='f{i}'><body>{body}</body></message>"
+        ));
+    }
+    let mut bounced = 0;
+    while bounced < N - 16 {
+        let b = comp.recv(WAIT).expect("the stanzas beyond the cap bounce");
+        assert_eq!(error_condition(&b).as_deref(), Some("resource-constraint"));
+        // The bounce to the component carries at most bounce_payload_component of it.
+        assert!(b.to_bytes().len() < 70_000, "{}", b.to_bytes().len());
+        bounced += 1;
+    }
+    let hwm = status(d.pid(), "VmHWM");
+    eprintln!(
+        "{N} x 500 kB to a slow pair: {bounced} bounced, peak RSS {hwm} KiB, {:?}",
+        started.elapsed()
+    );
+    alive(&d);
+    fake.valid.store(true, Ordering::Release);
+    let m = fake
+        .stanzas
+        .recv_timeout(WAIT)
+        .expect("the queued ones are delivered");
+    assert_eq!(m.attr("id"), Some("f0"));
+}
+
 /// RFC 6120 §8.3.1 (the error stanza MAY include the original payload): a bounce to a remote
 /// sender carries at most `limits.bounce_payload` bytes of it, so a large stanza to a missing
 /// address does not make us send as much back.
