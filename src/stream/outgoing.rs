@@ -15,6 +15,7 @@ use super::{
     VerifyRequest,
 };
 use crate::domain::Domain;
+use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
 use crate::stanza;
 use crate::xml::{Element, StreamHeader, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS};
 use std::collections::VecDeque;
@@ -266,6 +267,13 @@ impl Outgoing {
                 if self.queue_bytes > 0
                     && self.queue_bytes + size > self.ctx.config.limits.queue_bytes
                 {
+                    static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+                    warn_limited!(
+                        LOG,
+                        "{}: bouncing a stanza: {} bytes queued for the pair (limits.queue_bytes)",
+                        self.label,
+                        self.queue_bytes
+                    );
                     return vec![Action::Bounce {
                         stanzas: vec![el],
                         condition: "resource-constraint",
