@@ -3,8 +3,9 @@
 //! In scope: binding the listeners named in the config, accepting (each accepted socket
 //! becomes a blocking `std::net::TcpStream` handed to `conn`), the connection caps (in total and
 //! per remote IP, IPv6 grouped per /64: [`ip_group`]; for components also refusing addresses
-//! with too many failed handshakes), and SIGTERM/SIGINT → graceful shutdown (SIGHUP is logged: configuration
-//! reload is not supported; restart the daemon). Out of scope: everything after accept.
+//! with too many failed handshakes), and SIGTERM/SIGINT → graceful shutdown (SIGHUP is logged:
+//! configuration reload is not supported; restart the daemon). Out of scope: everything after
+//! accept.
 
 use crate::config::Config;
 use crate::conn;

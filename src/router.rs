@@ -7,8 +7,8 @@
 //! dialback verifications (SEC-11), the registry of live streams for a graceful shutdown, and
 //! the per-IP connection counts (IPv6 per /64), and the resource caps of the "Hostile input"
 //! issue: outbound streams in total, bytes of stanzas held per stream and in total, bounded
-//! bounce payloads, component connections and handshake failures per address. Out of scope: the streams themselves (`conn`) and the protocol
-//! (`stream`).
+//! bounce payloads, component connections and handshake failures per address. Out of scope:
+//! the streams themselves (`conn`) and the protocol (`stream`).
 //!
 //! Every table is behind its own `Mutex`, held only for map operations and non-blocking channel
 //! sends: no thread ever waits on another stream's socket while holding one.
