@@ -204,8 +204,34 @@ pub struct Limits {
     pub pending_verifications: usize,
     /// Streams in total, inbound plus outbound; default 4096.
     pub connections: usize,
-    /// Inbound streams from one remote IP address; default 64.
+    /// Inbound streams from one remote IP address (IPv6: one /64); default 64.
     pub connections_per_ip: usize,
+    /// Outbound domain-pair streams in total (verify connections are capped by
+    /// `pending_verifications`); default 256.
+    pub outbound_streams: usize,
+    /// Domain pairs verified or being verified on one inbound stream (XEP-0220 §2.5
+    /// `resource-constraint` beyond it); default 16.
+    pub pairs_per_stream: usize,
+    /// Bytes of stanzas held for one stream (its inbox plus the pair's queue while it is set
+    /// up); default 8 MiB, at least `stanza_size`.
+    pub queue_bytes: usize,
+    /// Bytes of stanzas held for all server streams together (each component has its own
+    /// `queue_bytes`); default 64 MiB, at least `queue_bytes`.
+    pub queued_bytes: usize,
+    /// Bytes of the original payload a bounce to a remote sender carries; default 1024.
+    pub bounce_payload: usize,
+    /// Bytes of the original payload a bounce to a local sender (a component) carries; default
+    /// 65536.
+    pub bounce_payload_component: usize,
+    /// Component connections in total; default 64.
+    pub component_connections: usize,
+    /// Component connections from one IP address (IPv6: one /64); default 16.
+    pub component_connections_per_ip: usize,
+    /// Failed component handshakes from one address within `component_failure_window` after
+    /// which it is refused for that long; default 5.
+    pub component_failures: usize,
+    /// The window for `component_failures`, in seconds; default 60.
+    pub component_failure_window: Duration,
 }
 
 impl Default for Limits {
@@ -219,6 +245,16 @@ impl Default for Limits {
             pending_verifications: 256,
             connections: 4096,
             connections_per_ip: 64,
+            outbound_streams: 256,
+            pairs_per_stream: 16,
+            queue_bytes: 8 << 20,
+            queued_bytes: 64 << 20,
+            bounce_payload: 1024,
+            bounce_payload_component: 65_536,
+            component_connections: 64,
+            component_connections_per_ip: 16,
+            component_failures: 5,
+            component_failure_window: Duration::from_secs(60),
         }
     }
 }
@@ -495,6 +531,16 @@ struct RawLimits {
     pending_verifications: Option<i64>,
     connections: Option<i64>,
     connections_per_ip: Option<i64>,
+    outbound_streams: Option<i64>,
+    pairs_per_stream: Option<i64>,
+    queue_bytes: Option<i64>,
+    queued_bytes: Option<i64>,
+    bounce_payload: Option<i64>,
+    bounce_payload_component: Option<i64>,
+    component_connections: Option<i64>,
+    component_connections_per_ip: Option<i64>,
+    component_failures: Option<i64>,
+    component_failure_window: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -853,6 +899,11 @@ impl Validator<'_> {
     }
 
     fn limits(&self, raw: RawLimits) -> Result<Limits, ConfigError> {
+        let l = self.older_limits(&raw)?;
+        self.resource_caps(&raw, l)
+    }
+
+    fn older_limits(&self, raw: &RawLimits) -> Result<Limits, ConfigError> {
         let d = Limits::default();
         let count = |name: &str, v: Option<i64>, default: usize, min: usize, why: &str| {
             let Some(v) = v else { return Ok(default) };
@@ -897,6 +948,98 @@ impl Validator<'_> {
                 1,
                 "",
             )?,
+            ..d
+        })
+    }
+
+    /// The caps of the "Hostile input" issue (item 2), on top of the older limits in `l`.
+    fn resource_caps(&self, raw: &RawLimits, l: Limits) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let count = |name: &str, v: Option<i64>, default: usize, min: usize, why: &str| {
+            let Some(v) = v else { return Ok(default) };
+            match usize::try_from(v) {
+                Ok(n) if n >= min => Ok(n),
+                _ => Err(self.err(
+                    format!("limits.{name}"),
+                    format!("must be at least {min}{why}, got {v}"),
+                )),
+            }
+        };
+        let queue_bytes = count(
+            "queue_bytes",
+            raw.queue_bytes,
+            d.queue_bytes.max(l.stanza_size),
+            l.stanza_size,
+            " (limits.stanza_size: one stanza must fit)",
+        )?;
+        let queued_bytes = count(
+            "queued_bytes",
+            raw.queued_bytes,
+            d.queued_bytes.max(queue_bytes),
+            queue_bytes,
+            " (limits.queue_bytes)",
+        )?;
+        let window = count(
+            "component_failure_window",
+            raw.component_failure_window,
+            d.component_failure_window.as_secs() as usize,
+            1,
+            " second",
+        )?;
+        Ok(Limits {
+            outbound_streams: count(
+                "outbound_streams",
+                raw.outbound_streams,
+                d.outbound_streams,
+                1,
+                "",
+            )?,
+            pairs_per_stream: count(
+                "pairs_per_stream",
+                raw.pairs_per_stream,
+                d.pairs_per_stream,
+                1,
+                "",
+            )?,
+            queue_bytes,
+            queued_bytes,
+            bounce_payload: count(
+                "bounce_payload",
+                raw.bounce_payload,
+                d.bounce_payload,
+                0,
+                "",
+            )?,
+            bounce_payload_component: count(
+                "bounce_payload_component",
+                raw.bounce_payload_component,
+                d.bounce_payload_component,
+                0,
+                "",
+            )?,
+            component_connections: count(
+                "component_connections",
+                raw.component_connections,
+                d.component_connections,
+                1,
+                "",
+            )?,
+            component_connections_per_ip: count(
+                "component_connections_per_ip",
+                raw.component_connections_per_ip,
+                d.component_connections_per_ip,
+                1,
+                "",
+            )?,
+            component_failures: count(
+                "component_failures",
+                raw.component_failures,
+                d.component_failures,
+                1,
+                "",
+            )?,
+            component_failure_window: Duration::from_secs(window as u64),
+            ..l
         })
     }
 
@@ -1275,7 +1418,7 @@ mod tests {
                 }
             })
             .collect();
-        assert_eq!(changed, 16, "every timeout and limit is documented once");
+        assert_eq!(changed, 26, "every timeout and limit is documented once");
         let c = parse(&text).unwrap();
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.limits, Limits::default());
@@ -1294,6 +1437,62 @@ mod tests {
             .contains("limits.depth: must be at least 8"));
         assert!(err(&format!("{MIN}[limits]\noutbox = -1\n"))
             .contains("limits.outbox: must be at least 1, got -1"));
+    }
+
+    #[test]
+    fn resource_caps_are_validated_and_named() {
+        let c = parse(&format!(
+            "{MIN}[limits]\noutbound_streams = 3\npairs_per_stream = 2\nqueue_bytes = 20000\n\
+             queued_bytes = 40000\nbounce_payload = 0\nbounce_payload_component = 10\n\
+             component_connections = 4\ncomponent_connections_per_ip = 2\n\
+             component_failures = 3\ncomponent_failure_window = 9\nstanza_size = 20000\n"
+        ))
+        .unwrap();
+        let l = &c.limits;
+        assert_eq!(
+            (
+                l.outbound_streams,
+                l.pairs_per_stream,
+                l.queue_bytes,
+                l.queued_bytes
+            ),
+            (3, 2, 20_000, 40_000)
+        );
+        assert_eq!((l.bounce_payload, l.bounce_payload_component), (0, 10));
+        assert_eq!(
+            (l.component_connections, l.component_connections_per_ip),
+            (4, 2)
+        );
+        assert_eq!(l.component_failures, 3);
+        assert_eq!(l.component_failure_window, Duration::from_secs(9));
+        // One stanza must fit in a pair's queue, and a pair's queue in the total.
+        assert!(err(&format!("{MIN}[limits]\nqueue_bytes = 9999\n"))
+            .contains("limits.queue_bytes: must be at least 524288"));
+        assert!(err(&format!(
+            "{MIN}[limits]\nqueue_bytes = 600000\nqueued_bytes = 500000\n"
+        ))
+        .contains("limits.queued_bytes: must be at least 600000"));
+        // A larger stanza_size raises the default queue_bytes with it.
+        let big = parse(&format!("{MIN}[limits]\nstanza_size = 16777216\n")).unwrap();
+        assert_eq!(big.limits.queue_bytes, 16 << 20);
+        assert_eq!(big.limits.queued_bytes, 64 << 20);
+        for key in [
+            "outbound_streams",
+            "pairs_per_stream",
+            "component_connections",
+            "component_connections_per_ip",
+            "component_failures",
+            "component_failure_window",
+        ] {
+            let e = parse(&format!("{MIN}[limits]\n{key} = 0\n")).unwrap_err();
+            assert_eq!(e.key(), format!("limits.{key}"), "{e}");
+        }
+        assert_eq!(
+            parse(&format!("{MIN}[limits]\nbounce_payload = -1\n"))
+                .unwrap_err()
+                .key(),
+            "limits.bounce_payload"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //! - [`keys`], [`domain`], [`stanza`]: XEP-0185 keys, validated names, stanza helpers.
 //! - [`logsafe`]: peer-supplied strings escaped and bounded for log lines.
 //! - [`router`], [`conn`], [`mailbox`], [`net`]: routing tables, stream threads and their
-//!   inboxes, the accept loop.
+//!   inboxes, the accept loop; [`ratelimit`]: log lines and failures per address, rate-limited.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
 //!   the typed configuration.
 pub mod config;
@@ -39,6 +39,7 @@ pub mod keys;
 pub mod logsafe;
 pub mod mailbox;
 pub mod net;
+pub mod ratelimit;
 pub mod router;
 pub mod stanza;
 pub mod stream;

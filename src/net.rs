@@ -2,18 +2,21 @@
 //!
 //! In scope: binding the listeners named in the config, accepting (each accepted socket
 //! becomes a blocking `std::net::TcpStream` handed to `conn`), the connection caps (in total and
-//! per remote IP), and SIGTERM/SIGINT → graceful shutdown (SIGHUP is logged: configuration
-//! reload is not supported; restart the daemon). Out of scope: everything after accept.
+//! per remote IP, IPv6 grouped per /64: [`ip_group`]; for components also refusing addresses
+//! with too many failed handshakes), and SIGTERM/SIGINT → graceful shutdown (SIGHUP is logged:
+//! configuration reload is not supported; restart the daemon). Out of scope: everything after
+//! accept.
 
 use crate::config::Config;
 use crate::conn;
-use crate::router::Router;
+use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
+use crate::router::{ComponentRefusal, Router};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,6 +183,12 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
             continue;
         }
         let limits = &router.ctx.config.limits;
+        if kind == Kind::Component {
+            if let Err(why) = router.admit_component(peer.ip()) {
+                refuse_component(sock, peer, why, limits);
+                continue;
+            }
+        }
         if kind != Kind::Component {
             if router.stream_count() >= limits.connections {
                 log::warn!("{peer}: refused, {} connections open", limits.connections);
@@ -204,9 +213,75 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
             log::error!("{peer}: cannot start the stream: {e}");
             if kind != Kind::Component {
                 router.release_ip(peer.ip());
+            } else {
+                router.release_component(peer.ip());
             }
         }
     }
+}
+
+/// The address per-IP caps count `ip` under: an IPv4 address itself (also when mapped into
+/// IPv6, as a dual-stack listener reports it), an IPv6 address its /64 — one site's network,
+/// which a single host can usually pick addresses from at will.
+pub fn ip_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
+
+/// Refuse a component connection: one rate-limited line per reason, a header in the component
+/// namespace and a stream error, without blocking the accept loop.
+fn refuse_component(
+    mut sock: std::net::TcpStream,
+    peer: SocketAddr,
+    why: ComponentRefusal,
+    limits: &crate::config::Limits,
+) {
+    static TOTAL: RateLimit = RateLimit::new(LOG_EVERY);
+    static PER_IP: RateLimit = RateLimit::new(LOG_EVERY);
+    static BANNED: RateLimit = RateLimit::new(LOG_EVERY);
+    let (condition, text) = match why {
+        ComponentRefusal::Total => {
+            warn_limited!(TOTAL,
+                "component {peer}: refused, {} component connections open (limits.component_connections)",
+                limits.component_connections
+            );
+            ("resource-constraint", "too many component connections")
+        }
+        ComponentRefusal::PerIp => {
+            warn_limited!(PER_IP,
+                "component {peer}: refused, {} component connections from this address (limits.component_connections_per_ip)",
+                limits.component_connections_per_ip
+            );
+            (
+                "policy-violation",
+                "too many component connections from this address",
+            )
+        }
+        ComponentRefusal::Banned => {
+            warn_limited!(BANNED,
+                "component {peer}: refused, too many failed handshakes from this address (limits.component_failures)"
+            );
+            (
+                "policy-violation",
+                "too many failed handshakes from this address",
+            )
+        }
+    };
+    let _ = sock.set_nonblocking(true);
+    let msg = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>\
+         <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{text}</text></stream:error></stream:stream>"
+    );
+    let _ = sock.write_all(msg.as_bytes());
 }
 
 /// Best effort: a header and a stream error, without blocking the accept loop.
@@ -217,4 +292,33 @@ fn refuse(mut sock: std::net::TcpStream, condition: &str) {
          <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
     );
     let _ = sock.write_all(msg.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_ipv4_one_by_one() {
+        // One /64: any interface identifier is the same site.
+        assert_eq!(ip_group(ip("2001:db8:1:2::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            ip_group(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            ip("2001:db8:1:2::")
+        );
+        // The next /64 is another group.
+        assert_ne!(
+            ip_group(ip("2001:db8:1:3::1")),
+            ip_group(ip("2001:db8:1:2::1"))
+        );
+        // IPv4, plain or mapped by a dual-stack listener: the address itself.
+        assert_eq!(ip_group(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(ip_group(ip("192.0.2.7")), ip_group(ip("192.0.2.8")));
+        assert_eq!(ip_group(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(ip_group(ip("::1")), ip("::"));
+    }
 }

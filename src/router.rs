@@ -5,8 +5,10 @@
 //! local delivery (components, the built-in XEP-0199 ping answer, `service-unavailable`
 //! otherwise), bounces (never of errors or iq results: ROUTE-02), the global cap on pending
 //! dialback verifications (SEC-11), the registry of live streams for a graceful shutdown, and
-//! the per-IP connection counts. Out of scope: the streams themselves (`conn`) and the protocol
-//! (`stream`).
+//! the per-IP connection counts (IPv6 per /64), and the resource caps of the "Hostile input"
+//! issue: outbound streams in total, bytes of stanzas held per stream and in total, bounded
+//! bounce payloads, component connections and handshake failures per address. Out of scope:
+//! the streams themselves (`conn`) and the protocol (`stream`).
 //!
 //! Every table is behind its own `Mutex`, held only for map operations and non-blocking channel
 //! sends: no thread ever waits on another stream's socket while holding one.
@@ -14,6 +16,7 @@
 use crate::conn::{self, Inbox, Input};
 use crate::dns::Resolver;
 use crate::domain::{Domain, Jid};
+use crate::ratelimit::{warn_limited, FailureWindow, RateLimit, LOG_EVERY};
 use crate::stanza;
 use crate::stream::outgoing::Purpose;
 use crate::stream::{Ctx, Verdict, VerifyRequest};
@@ -42,6 +45,41 @@ pub struct Handle {
     inbox: Arc<Inbox>,
     queued: Arc<AtomicUsize>,
     cap: usize,
+    /// Bytes of stanzas held for the stream (its inbox plus its core's queue).
+    bytes: Arc<AtomicUsize>,
+    byte_cap: usize,
+    total: Arc<ByteTotal>,
+}
+
+/// Bytes of stanzas held for many streams together, and their cap (`limits.queued_bytes` for
+/// the server streams).
+pub struct ByteTotal {
+    used: AtomicUsize,
+    cap: usize,
+}
+
+impl ByteTotal {
+    /// A total capped at `cap` bytes.
+    pub fn new(cap: usize) -> ByteTotal {
+        ByteTotal {
+            used: AtomicUsize::new(0),
+            cap,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Which byte cap refused a stanza.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteCap {
+    /// `limits.queue_bytes`: too much held for this stream.
+    Stream,
+    /// `limits.queued_bytes`: too much held for all streams.
+    Total,
 }
 
 /// Why a stanza could not be handed to a stream.
@@ -50,6 +88,8 @@ pub enum SendError {
     Full(Element),
     /// The stream has ended.
     Gone(Element),
+    /// Too many bytes are held for the stream or in total (`resource-constraint`).
+    Bytes(Element, ByteCap),
 }
 
 impl Handle {
@@ -61,7 +101,58 @@ impl Handle {
             inbox,
             queued: Arc::new(AtomicUsize::new(0)),
             cap,
+            bytes: Arc::new(AtomicUsize::new(0)),
+            byte_cap: usize::MAX,
+            total: Arc::new(ByteTotal::new(usize::MAX)),
         }
+    }
+
+    /// Cap the bytes of stanzas held for this stream at `per_stream`, counted into `total`.
+    pub fn with_byte_caps(mut self, per_stream: usize, total: Arc<ByteTotal>) -> Handle {
+        self.byte_cap = per_stream;
+        self.total = total;
+        self
+    }
+
+    /// Bytes of stanzas held for this stream now.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Count `n` more bytes held, unless a cap refuses them. A stream with nothing held
+    /// always takes one stanza (one stanza of any allowed size must be deliverable).
+    fn charge(&self, n: usize) -> Result<(), ByteCap> {
+        let here = self.bytes.fetch_add(n, Ordering::AcqRel);
+        if here > 0 && here.saturating_add(n) > self.byte_cap {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            return Err(ByteCap::Stream);
+        }
+        let total = self.total.used.fetch_add(n, Ordering::AcqRel);
+        if total.saturating_add(n) > self.total.cap {
+            self.total.used.fetch_sub(n, Ordering::AcqRel);
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            return Err(ByteCap::Total);
+        }
+        Ok(())
+    }
+
+    /// The bytes held for this stream went from `old` to `new` (its core queued or sent
+    /// stanzas it had taken from the inbox): no cap applies, they were admitted already.
+    pub fn recharge(&self, old: usize, new: usize) {
+        if new > old {
+            self.bytes.fetch_add(new - old, Ordering::AcqRel);
+            self.total.used.fetch_add(new - old, Ordering::AcqRel);
+        } else if old > new {
+            self.bytes.fetch_sub(old - new, Ordering::AcqRel);
+            self.total.used.fetch_sub(old - new, Ordering::AcqRel);
+        }
+    }
+
+    /// The worker took `el` out of the inbox: it no longer counts as waiting there.
+    pub fn taken(&self, el: &Element) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let n = stanza::wire_size(el);
+        self.recharge(n, 0);
     }
 
     /// The stream's id (unique in this process).
@@ -83,8 +174,14 @@ impl Handle {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(SendError::Full(el));
         }
+        let n = stanza::wire_size(&el);
+        if let Err(cap) = self.charge(n) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(SendError::Bytes(el, cap));
+        }
         self.inbox.send(Input::Stanza(el)).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.recharge(n, 0);
             match e {
                 Input::Stanza(el) => SendError::Gone(el),
                 _ => unreachable!("we sent a stanza"),
@@ -96,6 +193,34 @@ impl Handle {
     pub fn send(&self, input: Input) -> bool {
         self.inbox.send(input).is_ok()
     }
+}
+
+/// One outbound domain-pair stream counted against `limits.outbound_streams`; dropping it (when
+/// the stream's worker ends, on whatever path) gives the slot back.
+pub struct OutboundSlot(Arc<AtomicUsize>);
+
+impl Drop for OutboundSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a component connection is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComponentRefusal {
+    /// `limits.component_connections` are open.
+    Total,
+    /// `limits.component_connections_per_ip` are open from this address.
+    PerIp,
+    /// Too many failed handshakes from this address lately (`limits.component_failures`).
+    Banned,
+}
+
+/// Component connections per address, in total, and handshake failures per address.
+struct ComponentGate {
+    open: HashMap<IpAddr, usize>,
+    total: usize,
+    failures: FailureWindow<IpAddr>,
 }
 
 /// The shared routing state of the daemon.
@@ -111,6 +236,12 @@ pub struct Router {
     streams: Mutex<HashMap<u64, Handle>>,
     streams_changed: Condvar,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Outbound domain-pair streams alive (`limits.outbound_streams`).
+    outbound: Arc<AtomicUsize>,
+    /// Bytes of stanzas held for all streams (`limits.queued_bytes`).
+    queued_bytes: Arc<ByteTotal>,
+    /// Component connections and handshake failures per address.
+    components_gate: Mutex<ComponentGate>,
     next_id: AtomicU64,
     verifications: AtomicUsize,
     shutting_down: AtomicBool,
@@ -125,6 +256,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Router {
     /// A router for this context.
     pub fn new(ctx: Arc<Ctx>, resolver: Resolver, tls: Option<TlsContext>) -> Arc<Router> {
+        let limits = &ctx.config.limits;
+        let queued_bytes = Arc::new(ByteTotal::new(limits.queued_bytes));
+        let components_gate = Mutex::new(ComponentGate {
+            open: HashMap::new(),
+            total: 0,
+            failures: FailureWindow::new(
+                u32::try_from(limits.component_failures).unwrap_or(u32::MAX),
+                limits.component_failure_window,
+            ),
+        });
         Arc::new(Router {
             ctx,
             resolver,
@@ -134,6 +275,9 @@ impl Router {
             streams: Mutex::new(HashMap::new()),
             streams_changed: Condvar::new(),
             per_ip: Mutex::new(HashMap::new()),
+            outbound: Arc::new(AtomicUsize::new(0)),
+            queued_bytes,
+            components_gate,
             next_id: AtomicU64::new(1),
             verifications: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
@@ -192,6 +336,7 @@ impl Router {
             Err(SendError::Full(el)) => {
                 self.bounce(el, "resource-constraint", "the recipient's queue is full")
             }
+            Err(SendError::Bytes(el, cap)) => self.bytes_refused(el, cap, &to.domain),
             Err(SendError::Gone(el)) => self.bounce(
                 el,
                 "service-unavailable",
@@ -217,6 +362,10 @@ impl Router {
                     &format!("too many stanzas queued for {}", key.1),
                 );
             }
+            Err(SendError::Bytes(el, cap)) => {
+                drop(routes);
+                return self.bytes_refused(el, cap, &key.1);
+            }
             Err(SendError::Gone(el)) => {
                 routes.remove(&key);
                 el
@@ -226,13 +375,31 @@ impl Router {
             drop(routes);
             return self.bounce(el, "remote-server-timeout", "the server is shutting down");
         }
+        // Checked under the routes lock, which every new outbound stream is started under:
+        // no two senders can both take the last slot.
+        let cap = self.ctx.config.limits.outbound_streams;
+        if self.outbound_streams() >= cap {
+            drop(routes);
+            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+            warn_limited!(LOG,
+                "not opening a stream {}→{}: {cap} outbound streams open (limits.outbound_streams); bouncing",
+                key.0, key.1
+            );
+            return self.bounce(
+                el,
+                "resource-constraint",
+                "the server cannot open more connections",
+            );
+        }
         // DB-02: the first stanza for a pair starts the one connection attempt.
         match conn::spawn_outgoing(self, key.0.clone(), key.1.clone(), Purpose::Pair) {
             Ok(handle) => {
                 let sent = handle.send_stanza(el);
                 routes.insert(key, handle);
                 drop(routes);
-                if let Err(SendError::Full(el) | SendError::Gone(el)) = sent {
+                if let Err(SendError::Full(el) | SendError::Gone(el) | SendError::Bytes(el, _)) =
+                    sent
+                {
                     self.bounce(el, "remote-server-timeout", "could not queue the stanza");
                 }
             }
@@ -256,9 +423,46 @@ impl Router {
         }
     }
 
+    /// A byte cap refused `el` (for `to`): bounce it, with one rate-limited line per cap.
+    fn bytes_refused(self: &Arc<Self>, el: Element, cap: ByteCap, to: &Domain) {
+        static STREAM: RateLimit = RateLimit::new(LOG_EVERY);
+        static TOTAL: RateLimit = RateLimit::new(LOG_EVERY);
+        let l = &self.ctx.config.limits;
+        let text = match cap {
+            ByteCap::Stream => {
+                warn_limited!(
+                    STREAM,
+                    "bouncing a stanza for {to}: {} bytes already held for it (limits.queue_bytes)",
+                    l.queue_bytes
+                );
+                format!("too much is queued for {to}")
+            }
+            ByteCap::Total => {
+                warn_limited!(TOTAL,
+                    "bouncing a stanza for {to}: {} bytes held for all streams (limits.queued_bytes)",
+                    self.queued_bytes.used()
+                );
+                "the server's queues are full".to_string()
+            }
+        };
+        self.bounce(el, "resource-constraint", &text);
+    }
+
     /// Send the error reply for `el` back to its sender (nothing for errors and iq results).
+    /// The reply keeps at most `limits.bounce_payload` bytes of the original payload when it
+    /// goes to a remote sender, `limits.bounce_payload_component` when to a local one.
     pub fn bounce(self: &Arc<Self>, el: Element, condition: &str, text: &str) {
-        match stanza::error_reply(&el, condition, Some(text)) {
+        let limits = &self.ctx.config.limits;
+        let local_sender = el
+            .attr("from")
+            .and_then(|f| Jid::parse(f).ok())
+            .is_some_and(|j| self.ctx.config.is_local(&j.domain));
+        let payload = if local_sender {
+            limits.bounce_payload_component
+        } else {
+            limits.bounce_payload
+        };
+        match stanza::error_reply_within(&el, condition, Some(text), payload) {
             Some(reply) => self.route(reply),
             None => log::debug!(
                 "not bouncing a {} of type {:?} ({condition})",
@@ -334,8 +538,71 @@ impl Router {
         lock(&self.streams).len()
     }
 
+    /// Outbound domain-pair streams alive now.
+    pub fn outbound_streams(&self) -> usize {
+        self.outbound.load(Ordering::Acquire)
+    }
+
+    /// Count one more outbound domain-pair stream until the slot is dropped (the caller checked
+    /// `limits.outbound_streams` under the routes lock).
+    pub fn outbound_slot(&self) -> OutboundSlot {
+        self.outbound.fetch_add(1, Ordering::AcqRel);
+        OutboundSlot(self.outbound.clone())
+    }
+
+    /// Bytes of stanzas held for all streams, and their cap.
+    pub fn queued_bytes(&self) -> &Arc<ByteTotal> {
+        &self.queued_bytes
+    }
+
+    /// Count a component connection from `ip`, or say why it is refused.
+    pub fn admit_component(&self, ip: IpAddr) -> Result<(), ComponentRefusal> {
+        let l = &self.ctx.config.limits;
+        let ip = crate::net::ip_group(ip);
+        let mut guard = lock(&self.components_gate);
+        let g = &mut *guard;
+        if g.failures.is_banned(&ip, Instant::now()) {
+            return Err(ComponentRefusal::Banned);
+        }
+        if g.total >= l.component_connections {
+            return Err(ComponentRefusal::Total);
+        }
+        let n = g.open.entry(ip).or_insert(0);
+        if *n >= l.component_connections_per_ip {
+            return Err(ComponentRefusal::PerIp);
+        }
+        *n += 1;
+        g.total += 1;
+        Ok(())
+    }
+
+    /// A component connection from `ip` ended (pairs with a successful `admit_component`).
+    pub fn release_component(&self, ip: IpAddr) {
+        let ip = crate::net::ip_group(ip);
+        let mut guard = lock(&self.components_gate);
+        let g = &mut *guard;
+        if let Some(n) = g.open.get_mut(&ip) {
+            *n -= 1;
+            g.total = g.total.saturating_sub(1);
+            if *n == 0 {
+                g.open.remove(&ip);
+            }
+        }
+    }
+
+    /// A component from `ip` failed its handshake; true when this refuses the address for
+    /// `limits.component_failure_window`.
+    pub fn component_auth_failed(&self, ip: IpAddr) -> bool {
+        let ip = crate::net::ip_group(ip);
+        lock(&self.components_gate)
+            .failures
+            .failed(&ip, Instant::now())
+    }
+
     /// Count an inbound connection from `ip`; false (and not counted) when over the cap.
+    /// IPv6 addresses count per /64 (see [`crate::net::ip_group`]).
     pub fn admit_ip(&self, ip: IpAddr) -> bool {
+        let ip = crate::net::ip_group(ip);
         let mut m = lock(&self.per_ip);
         let n = m.entry(ip).or_insert(0);
         if *n >= self.ctx.config.limits.connections_per_ip {
@@ -347,6 +614,7 @@ impl Router {
 
     /// An inbound connection from `ip` ended.
     pub fn release_ip(&self, ip: IpAddr) {
+        let ip = crate::net::ip_group(ip);
         let mut m = lock(&self.per_ip);
         if let Some(n) = m.get_mut(&ip) {
             *n -= 1;
@@ -392,5 +660,79 @@ impl Router {
                     .unwrap_or_else(|p| p.into_inner().0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::Mailbox;
+
+    fn stanza(n: usize) -> Element {
+        Element::new("message", "jabber:server")
+            .with_attr("from", "a@a.test")
+            .with_attr("to", "b@b.test")
+            .with_child(Element::new("body", "jabber:server").with_text("z".repeat(n)))
+    }
+
+    fn handle(per: usize, total: &Arc<ByteTotal>) -> (Handle, Arc<Inbox>) {
+        let inbox: Arc<Inbox> = Arc::new(Mailbox::default());
+        let h = Handle::new(1, StreamKind::Server, inbox.clone(), 1000)
+            .with_byte_caps(per, total.clone());
+        (h, inbox)
+    }
+
+    #[test]
+    fn bytes_are_capped_per_stream_and_in_total_and_released_when_taken() {
+        let one = stanza::wire_size(&stanza(1000));
+        let total = Arc::new(ByteTotal::new(5 * one));
+        let (a, inbox_a) = handle(3 * one, &total);
+        let (b, _inbox_b) = handle(3 * one, &total);
+        for _ in 0..3 {
+            assert!(a.send_stanza(stanza(1000)).is_ok());
+        }
+        assert!(matches!(
+            a.send_stanza(stanza(1000)),
+            Err(SendError::Bytes(_, ByteCap::Stream))
+        ));
+        assert!(b.send_stanza(stanza(1000)).is_ok());
+        assert!(b.send_stanza(stanza(1000)).is_ok());
+        assert!(matches!(
+            b.send_stanza(stanza(1000)),
+            Err(SendError::Bytes(_, ByteCap::Total))
+        ));
+        assert_eq!(total.used(), 5 * one);
+        // The worker takes a's stanzas: their bytes are free again, for anyone.
+        let taken = inbox_a.close();
+        for input in &taken {
+            let Input::Stanza(el) = input else {
+                panic!("{input:?}")
+            };
+            a.taken(el);
+        }
+        assert_eq!((a.held_bytes(), total.used()), (0, 2 * one));
+        assert!(b.send_stanza(stanza(1000)).is_ok());
+        // A send to a closed stream gives everything back.
+        assert!(matches!(
+            a.send_stanza(stanza(1000)),
+            Err(SendError::Gone(_))
+        ));
+        assert_eq!((a.held_bytes(), total.used()), (0, 3 * one));
+        // The core's queue counts too, and gives back on the way out.
+        b.recharge(0, one);
+        assert_eq!((b.held_bytes(), total.used()), (4 * one, 4 * one));
+        b.recharge(one, 0);
+        assert_eq!(total.used(), 3 * one);
+    }
+
+    #[test]
+    fn an_empty_stream_takes_one_stanza_larger_than_its_cap() {
+        let total = Arc::new(ByteTotal::new(1 << 20));
+        let (h, _inbox) = handle(100, &total);
+        assert!(h.send_stanza(stanza(5000)).is_ok());
+        assert!(matches!(
+            h.send_stanza(stanza(1)),
+            Err(SendError::Bytes(_, ByteCap::Stream))
+        ));
     }
 }

@@ -101,6 +101,19 @@ pub fn error_element(condition: &str, text: Option<&str>) -> Element {
 /// 6120 §8.3.1 allows it and it helps the sender see what failed), and an `<error/>` with
 /// `condition`. `None` when `el` must not be answered with an error.
 pub fn error_reply(el: &Element, condition: &str, text: Option<&str>) -> Option<Element> {
+    error_reply_within(el, condition, text, usize::MAX)
+}
+
+/// Like [`error_reply`], but the reply keeps only the first child elements of the original
+/// payload (in order, text between them included) whose [`wire_size`] adds up to at most
+/// `payload` bytes; 0 keeps none. The stanza's own addressing is always kept. Nothing beyond
+/// the budget is copied.
+pub fn error_reply_within(
+    el: &Element,
+    condition: &str,
+    text: Option<&str>,
+    payload: usize,
+) -> Option<Element> {
     if is_unbounceable(el) || !is_stanza(el) {
         return None;
     }
@@ -115,14 +128,53 @@ pub fn error_reply(el: &Element, condition: &str, text: Option<&str>) -> Option<
         reply.set_attr("id", id);
     }
     reply.set_attr("type", "error");
+    let mut left = payload;
     reply.children = el
         .children
         .iter()
         .filter(|n| !matches!(n, Node::Element(c) if c.name == "error" && is_content_ns(&c.ns)))
+        .take_while(|n| {
+            let size = match n {
+                Node::Element(c) => wire_size(c),
+                Node::Text(t) => t.len(),
+            };
+            match left.checked_sub(size) {
+                Some(rest) => {
+                    left = rest;
+                    true
+                }
+                None => false,
+            }
+        })
         .cloned()
         .collect();
     reply.push_child(error_element(condition, text));
     Some(reply)
+}
+
+/// The size of `el` written out, close enough for accounting: names, namespace declarations
+/// where the namespace changes, attributes and text, without escaping. Walks the tree without
+/// recursion (its depth is bounded by the reader, but not here).
+pub fn wire_size(el: &Element) -> usize {
+    let mut total = 0;
+    let mut stack: Vec<(&Element, &str)> = vec![(el, "")];
+    while let Some((e, parent_ns)) = stack.pop() {
+        // <name …/> or <name …></name>
+        total += 2 * e.name.len() + 5;
+        if e.ns != parent_ns {
+            total += e.ns.len() + 10;
+        }
+        for (k, v) in &e.attrs {
+            total += k.len() + v.len() + 4;
+        }
+        for n in &e.children {
+            match n {
+                Node::Element(c) => stack.push((c, &e.ns)),
+                Node::Text(t) => total += t.len(),
+            }
+        }
+    }
+    total
 }
 
 /// True for an XEP-0199 ping request (`<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>`).
@@ -172,6 +224,69 @@ mod tests {
         let e = r.child("error", "jabber:server").unwrap();
         assert_eq!(e.attr("type"), Some("wait"));
         assert!(e.child("remote-server-timeout", STANZAS_NS).is_some());
+    }
+
+    #[test]
+    fn wire_size_is_close_to_the_written_size() {
+        let mut m = msg(Some("chat"));
+        for i in 0..50 {
+            m.push_child(
+                Element::new("x", "urn:example:x")
+                    .with_attr("n", i.to_string())
+                    .with_child(Element::new("y", "urn:example:x").with_text("some text")),
+            );
+        }
+        let written = m.to_bytes().len();
+        let size = wire_size(&m);
+        assert!(
+            size >= written * 9 / 10 && size <= written * 11 / 10,
+            "estimate {size}, written {written}"
+        );
+        // Deep trees are walked without recursion.
+        let mut deep = Element::new("a", "urn:x");
+        for _ in 0..100_000 {
+            deep = Element::new("a", "urn:x").with_child(deep);
+        }
+        assert!(wire_size(&deep) > 600_000);
+        // Dropping a deep tree recursively would overflow the test's stack: unwind it.
+        let mut cur = Some(deep);
+        while let Some(mut e) = cur {
+            cur = match e.children.pop() {
+                Some(Node::Element(c)) => Some(c),
+                _ => None,
+            };
+        }
+    }
+
+    #[test]
+    fn bounded_error_reply_keeps_the_first_children_that_fit() {
+        let mut m = msg(None);
+        let big = "x".repeat(100_000);
+        m.push_child(Element::new("big", "urn:example:big").with_text(big.as_str()));
+        m.push_child(Element::new("after", "urn:example:big"));
+        let full = error_reply(&m, "resource-constraint", None).unwrap();
+        assert!(
+            full.to_bytes().len() > 100_000,
+            "the unbounded reply keeps it all"
+        );
+        let r = error_reply_within(&m, "resource-constraint", Some("t"), 1024).unwrap();
+        let names: Vec<&str> = r.elements().map(|e| e.name.as_str()).collect();
+        // body (small) fits; big does not, and nothing after it is taken (order kept).
+        assert_eq!(names, ["body", "error"]);
+        assert!(r.to_bytes().len() < 1024 + 400, "{}", r.to_bytes().len());
+        assert_eq!(
+            (r.attr("from"), r.attr("to"), r.attr("id"), r.attr("type")),
+            (
+                Some("x@b.test"),
+                Some("bot@echo.a.test"),
+                Some("m1"),
+                Some("error")
+            )
+        );
+        let none = error_reply_within(&m, "resource-constraint", None, 0).unwrap();
+        let names: Vec<&str> = none.elements().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["error"], "a zero budget keeps only the error");
+        assert!(error_reply_within(&msg(Some("error")), "x", None, 0).is_none());
     }
 
     #[test]

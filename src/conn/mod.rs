@@ -18,7 +18,8 @@
 //! costs one thread (its reader, blocked in `read`), not two.
 //!
 //! Submodules: `dial` (finding and connecting to a peer), `alarm` (deadlines of parked streams), `starttls` (TLS upgrade and the
-//! certificate policy), `spawn` (starting each kind of stream).
+//! certificate policy), `spawn` (starting each kind of stream), `caps` (what the stream holds
+//! against the resource caps, given back when it ends; write buffer shrinking).
 //!
 //! Out of scope: protocol rules (`stream`), routing tables (`router`), accepting (`net`).
 
@@ -35,13 +36,13 @@ use crate::tls::TlsWriter;
 use crate::xml::{Element, Limits, StreamEvent, StreamReader, XmlError, STREAM_CLOSE, TLS_NS};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod alarm;
+mod caps;
 mod dial;
 mod spawn;
 mod starttls;
@@ -217,6 +218,8 @@ struct Worker {
     peer_ip: Option<IpAddr>,
     /// The TLS connection, once there is one (its handshake facts are read from here).
     tls: Option<TlsWriter>,
+    /// What the stream holds against the resource caps (see `caps`).
+    caps: caps::StreamCaps,
 }
 
 impl Worker {
@@ -231,7 +234,16 @@ impl Worker {
         core: impl FnOnce(String) -> Core,
     ) -> (Worker, Handle) {
         let inbox = Arc::new(Mailbox::default());
-        let me = Handle::new(router.next_id(), kind, inbox.clone(), cap);
+        // limits.queued_bytes is for server streams together; a component (local, one per
+        // configured domain) is bounded by its own queue_bytes, so the errors we bounce to it
+        // are not lost when remote pairs fill the total.
+        let l = &router.ctx.config.limits;
+        let total = match kind {
+            StreamKind::Server => router.queued_bytes().clone(),
+            StreamKind::Component => Arc::new(crate::router::ByteTotal::new(usize::MAX)),
+        };
+        let me = Handle::new(router.next_id(), kind, inbox.clone(), cap)
+            .with_byte_caps(l.queue_bytes, total);
         let label = format!("{label} #{}", me.id());
         let core = core(label.clone());
         let now = Instant::now();
@@ -260,6 +272,7 @@ impl Worker {
             verify: None,
             peer_ip: None,
             tls: None,
+            caps: caps::StreamCaps::default(),
         };
         (w, me)
     }
@@ -394,7 +407,7 @@ impl Worker {
     /// which re-routes or bounces them; anything else is moot.
     fn leftovers(&mut self, input: Input) {
         if let Input::Stanza(el) = input {
-            self.me.queued().fetch_sub(1, Ordering::AcqRel);
+            self.me.taken(&el);
             self.feed(Event::Stanza(el));
         }
     }
@@ -454,7 +467,7 @@ impl Worker {
                 }
             }
             Input::Stanza(el) => {
-                self.me.queued().fetch_sub(1, Ordering::AcqRel);
+                self.me.taken(&el);
                 self.feed(Event::Stanza(el));
             }
             Input::Verified {
@@ -483,6 +496,7 @@ impl Worker {
     fn feed(&mut self, ev: Event) {
         let actions = self.core.handle(ev);
         self.execute(actions);
+        self.caps_after_feed();
     }
 
     fn execute(&mut self, actions: Vec<Action>) {
@@ -547,6 +561,7 @@ impl Worker {
             None => Err(io::Error::new(io::ErrorKind::NotConnected, "no transport")),
         };
         self.wbuf.clear();
+        caps::reclaim(&mut self.wbuf, caps::WBUF_KEEP);
         let sent = std::mem::take(&mut self.wbuf_stanzas);
         match res {
             Ok(()) => self.last_write = Instant::now(),
@@ -680,6 +695,7 @@ impl Worker {
         if let Some(ip) = self.peer_ip {
             self.router.release_ip(ip);
         }
+        self.caps_finish();
         log::debug!("{}: stream ended", self.core.label());
         self.router.remove_stream(self.me.id());
     }

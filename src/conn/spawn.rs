@@ -71,6 +71,8 @@ pub fn spawn_component(router: &Arc<Router>, sock: TcpStream, peer: SocketAddr) 
         cfg.timeouts.negotiation,
         |label| Core::Comp(Component::new(router.ctx.clone(), label, fresh_id())),
     );
+    // Admitted by `net` against the component caps; released when the stream ends.
+    w.caps.component_ip = Some(peer.ip());
     w.attach(sock)?;
     w.spawn(false)
 }
@@ -121,6 +123,8 @@ pub fn spawn_outgoing(
 ) -> io::Result<Handle> {
     let cfg = &router.ctx.config;
     let cap = cfg.limits.outbox + cfg.limits.queue;
+    // Counted against limits.outbound_streams (checked by the router) while the worker lives.
+    let slot = matches!(purpose, Purpose::Pair).then(|| router.outbound_slot());
     let (mut w, me) = outbound(
         router,
         &local,
@@ -130,6 +134,7 @@ pub fn spawn_outgoing(
         cfg.timeouts.negotiation,
     );
     w.route_key = Some((local, remote));
+    w.caps.outbound = slot;
     w.spawn(true)?;
     Ok(me)
 }

@@ -3,7 +3,9 @@
 //! In scope: the component's stream header (its `to` must be a configured component domain),
 //! the handshake (`hex(SHA-1(stream id + secret))`, compared in constant time), registration
 //! with the router (one connection per component domain: a second gets `conflict`), and the
-//! `from` check on the stanzas it sends (`invalid-from`). Out of scope: routing.
+//! `from` check on the stanzas it sends (`invalid-from`). A wrong handshake or an unknown
+//! component domain closes the stream at once and is reported by [`Component::auth_failed`]
+//! (the connection layer counts failures per address). Out of scope: routing.
 
 use super::incoming::describe_stream_error;
 use super::{Action, Ctx, Event, StreamError};
@@ -28,6 +30,7 @@ pub struct Component {
     state: State,
     id: String,
     domain: Option<Domain>,
+    auth_failed: bool,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -52,7 +55,14 @@ impl Component {
             state: State::ExpectHeader,
             id,
             domain: None,
+            auth_failed: false,
         }
+    }
+
+    /// True once the component failed to authenticate: a wrong handshake, or a header for a
+    /// domain no component is configured for.
+    pub fn auth_failed(&self) -> bool {
+        self.auth_failed
     }
 
     /// The component's domain once it authenticated.
@@ -168,6 +178,7 @@ impl Component {
             .is_some_and(|d| self.ctx.config.components.iter().any(|c| c.domain == *d));
         if !known {
             self.state = State::Closed;
+            self.auth_failed = true;
             let text = format!(
                 "no component is configured for {}",
                 h.to.unwrap_or_default()
@@ -199,6 +210,8 @@ impl Component {
         let got = e.text().trim().to_ascii_lowercase();
         if !constant_time_eq(want.as_bytes(), got.as_bytes()) {
             log::warn!("{}: component {domain} sent a wrong handshake", self.label);
+            self.auth_failed = true;
+            self.domain = None;
             return self.close(Some(StreamError::text("not-authorized", "wrong handshake")));
         }
         self.state = State::AwaitRegistration;
@@ -276,6 +289,12 @@ mod tests {
             Element::new("handshake", COMPONENT_NS).with_text(handshake_digest("cid", "wrong"));
         let out = c.handle(Event::Element(hs));
         assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "not-authorized"));
+        assert!(c.auth_failed(), "reported for the per-address count");
+        // The stream is over: a second guess on it is not even looked at.
+        let again = Element::new("handshake", COMPONENT_NS)
+            .with_text(handshake_digest("cid", "echosecret"));
+        assert!(c.handle(Event::Element(again)).is_empty());
+        assert!(c.domain().is_none());
     }
 
     #[test]
@@ -316,6 +335,7 @@ mod tests {
         assert!(
             matches!(&out[..], [Action::SendHeader(_), Action::Close(Some(e))] if e.condition == "host-unknown")
         );
+        assert!(c.auth_failed(), "guessing domains counts as a failure");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::{
     Verdict, VerifyRequest,
 };
 use crate::domain::Domain;
+use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
 use crate::stanza;
 use crate::xml::{
     Element, StreamHeader, DIALBACK_FEATURE_NS, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS,
@@ -304,6 +305,17 @@ impl Incoming {
         if self.pending.contains(&pair) {
             log::debug!("{}: {remote} is already being verified", self.label);
             return Vec::new();
+        }
+        let cap = self.ctx.config.limits.pairs_per_stream;
+        if self.verified.len() + self.pending.len() >= cap {
+            // XEP-0220 §2.5 resource-constraint: "cannot add another pair to this connection";
+            // the peer may open a new connection for it. Nothing is verified (no callback).
+            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+            warn_limited!(LOG,
+                "{}: refusing {remote}→{local}: {cap} domain pairs on this stream (limits.pairs_per_stream)",
+                self.label
+            );
+            return answer(Verdict::Error("resource-constraint"));
         }
         if self.pending.len() >= self.ctx.config.limits.pending_verifications_per_stream {
             // SEC-11: bound the callbacks one stream can make us do.

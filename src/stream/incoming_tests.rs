@@ -405,6 +405,70 @@ fn sec11_pending_verifications_per_stream_are_capped() {
     sent_dialback_error(&out, "resource-constraint");
 }
 
+/// XEP-0220 §2.5 (standards.md, dialback error conditions: resource-constraint, "RS cannot
+/// add another pair to this connection"), DB-28: sender multiplexing is accepted up to
+/// `limits.pairs_per_stream` pairs, verified and pending together; beyond it each db:result
+/// gets a dialback error and no verification is started.
+#[test]
+fn db28_pairs_per_stream_are_capped_with_resource_constraint() {
+    let ctx = ctx_with(|c| c.limits.pairs_per_stream = 3);
+    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    // Two verified, one pending: the stream is full.
+    for n in 0..3 {
+        let out = s.handle(Event::Element(el(&format!(
+            "<db:result from='x{n}.test' to='a.test'>k</db:result>"
+        ))));
+        assert!(matches!(&out[..], [Action::Verify(_)]), "{out:?}");
+    }
+    for n in 0..2 {
+        s.handle(Event::Verified {
+            remote: d(&format!("x{n}.test")),
+            local: d("a.test"),
+            verdict: Verdict::Valid,
+        });
+    }
+    assert_eq!(s.verified_pairs().len(), 2);
+    let out = s.handle(Event::Element(el(
+        "<db:result from='x9.test' to='a.test'>k</db:result>",
+    )));
+    let r = sent_dialback_error(&out, "resource-constraint");
+    assert_eq!(
+        (r.attr("from"), r.attr("to")),
+        (Some("a.test"), Some("x9.test"))
+    );
+    // Nothing was verified for it: a valid answer for it now authorises nothing.
+    let late = s.handle(Event::Verified {
+        remote: d("x9.test"),
+        local: d("a.test"),
+        verdict: Verdict::Valid,
+    });
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(s.verified_pairs().len(), 2);
+    // A pair already verified is still answered valid (no new pair), and a pending one is
+    // still waited for.
+    let out = s.handle(Event::Element(el(
+        "<db:result from='x0.test' to='a.test'>k</db:result>",
+    )));
+    assert!(matches!(&out[..], [Action::Send(r)] if Verdict::of(r) == Some(Verdict::Valid)));
+    // The stream stays open: an error on one pair is not fatal (DB-09).
+    let m = el("<message from='u@x1.test' to='v@a.test'/>");
+    assert_eq!(
+        s.handle(Event::Element(m.clone())),
+        vec![Action::Deliver(m)]
+    );
+    // When the pending one fails, its place is free again.
+    s.handle(Event::Verified {
+        remote: d("x2.test"),
+        local: d("a.test"),
+        verdict: Verdict::Invalid,
+    });
+    let out = s.handle(Event::Element(el(
+        "<db:result from='x9.test' to='a.test'>k</db:result>",
+    )));
+    assert!(matches!(&out[..], [Action::Verify(_)]), "{out:?}");
+}
+
 #[test]
 fn sec12_dialback_without_tls_when_required_is_policy_violation() {
     let ctx = ctx_with(|c| {

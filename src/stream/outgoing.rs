@@ -15,6 +15,8 @@ use super::{
     VerifyRequest,
 };
 use crate::domain::Domain;
+use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
+use crate::stanza;
 use crate::xml::{Element, StreamHeader, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -56,6 +58,8 @@ pub struct Outgoing {
     tls: bool,
     their_id: String,
     queue: VecDeque<Element>,
+    /// [`stanza::wire_size`] of the stanzas in `queue`.
+    queue_bytes: usize,
 }
 
 impl Outgoing {
@@ -79,6 +83,7 @@ impl Outgoing {
             tls,
             their_id: String::new(),
             queue: VecDeque::new(),
+            queue_bytes: 0,
         }
     }
 
@@ -95,6 +100,11 @@ impl Outgoing {
     /// How many stanzas wait for the pair to be verified.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The bytes of the stanzas waiting for the pair to be verified ([`stanza::wire_size`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.queue_bytes
     }
 
     /// The stream's name for log lines.
@@ -261,6 +271,25 @@ impl Outgoing {
                 text: format!("too many stanzas queued for {}", self.remote),
             }],
             _ => {
+                // limits.queue_bytes: a pair with nothing queued always takes one stanza.
+                let size = stanza::wire_size(&el);
+                if self.queue_bytes > 0
+                    && self.queue_bytes + size > self.ctx.config.limits.queue_bytes
+                {
+                    static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+                    warn_limited!(
+                        LOG,
+                        "{}: bouncing a stanza: {} bytes queued for the pair (limits.queue_bytes)",
+                        self.label,
+                        self.queue_bytes
+                    );
+                    return vec![Action::Bounce {
+                        stanzas: vec![el],
+                        condition: "resource-constraint",
+                        text: format!("too much is queued for {}", self.remote),
+                    }];
+                }
+                self.queue_bytes += size;
                 self.queue.push_back(el);
                 Vec::new()
             }
@@ -391,6 +420,7 @@ impl Outgoing {
                     remote: self.remote.clone(),
                 }];
                 out.extend(self.queue.drain(..).map(Action::Send));
+                self.queue_bytes = 0;
                 out
             }
             Verdict::Invalid => {
@@ -450,6 +480,7 @@ impl Outgoing {
                     self.label,
                     self.queue.len()
                 );
+                self.queue_bytes = 0;
                 if self.queue.is_empty() {
                     return Vec::new();
                 }

@@ -484,3 +484,76 @@ fn dtls02_direct_tls_never_starttls_and_satisfies_required_encryption() {
         "{out:?}"
     );
 }
+
+/// DB-05 with `limits.queue_bytes`: the pair's queue is bounded in bytes, not only in stanzas;
+/// overflow bounces with resource-constraint (ROUTE-02 keeps errors out of it: the router never
+/// bounces error stanzas), the accounting follows the queue and is released when it is flushed
+/// or bounced.
+#[test]
+fn db05_queue_is_capped_in_bytes_and_released_on_flush_and_failure() {
+    let body = "y".repeat(900);
+    let big = |n: u32| {
+        el(&format!(
+            "<message from='bot@a.test' to='u@b.test' id='b{n}'><body>{body}</body></message>"
+        ))
+    };
+    let one = crate::stanza::wire_size(&big(0));
+    let ctx = ctx_with(|c| c.limits.queue_bytes = 3 * one);
+    let new = || {
+        Outgoing::new(
+            ctx.clone(),
+            "t".into(),
+            d("a.test"),
+            d("b.test"),
+            Purpose::Pair,
+            false,
+        )
+    };
+    let mut s = new();
+    for n in 0..3 {
+        assert!(s.handle(Event::Stanza(big(n))).is_empty());
+    }
+    assert_eq!(s.queued_bytes(), 3 * one);
+    let out = s.handle(Event::Stanza(big(3)));
+    assert_eq!(bounced(&out), Some((1, "resource-constraint")));
+    assert_eq!((s.queued(), s.queued_bytes()), (3, 3 * one));
+    // Valid: everything goes out and nothing is held any more.
+    s.handle(Event::Connected { tls: false });
+    s.handle(Event::Header(their_header(Some("ID-B"))));
+    s.handle(Event::Element(features()));
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    )));
+    assert_eq!(
+        out.iter()
+            .filter(|a| matches!(a, Action::Send(e) if e.name == "message"))
+            .count(),
+        3
+    );
+    assert_eq!(s.queued_bytes(), 0);
+    // A failed pair releases its bytes with the bounce.
+    let mut s = new();
+    s.handle(Event::Stanza(big(0)));
+    s.handle(Event::Stanza(big(1)));
+    let out = s.handle(Event::ConnectFailed {
+        not_found: false,
+        reason: "refused".into(),
+    });
+    assert_eq!(bounced(&out), Some((2, "remote-server-timeout")));
+    assert_eq!(s.queued_bytes(), 0);
+    // One stanza larger than the whole cap is still taken when nothing is queued.
+    let ctx = ctx_with(|c| c.limits.queue_bytes = 10);
+    let mut s = Outgoing::new(
+        ctx,
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    assert!(s.handle(Event::Stanza(big(0))).is_empty());
+    assert_eq!(
+        bounced(&s.handle(Event::Stanza(msg(1)))),
+        Some((1, "resource-constraint"))
+    );
+}

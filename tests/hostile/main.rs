@@ -3,4 +3,5 @@
 //! still succeeds afterwards; amplification cases also bound the daemon's peak RSS (VmHWM).
 #[path = "../common/mod.rs"]
 mod common;
+mod caps;
 mod ssrf;
