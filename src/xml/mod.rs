@@ -19,7 +19,7 @@ pub mod element;
 pub mod reader;
 pub mod writer;
 
-pub use element::{Element, Node};
+pub use element::{Element, Node, Ns};
 pub use reader::{Limits, StreamEvent, StreamReader, XmlError};
 pub use writer::{escape_attr, escape_text, write_element};
 
