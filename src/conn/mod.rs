@@ -32,7 +32,9 @@ use crate::stream::incoming::Incoming;
 use crate::stream::outgoing::Outgoing;
 use crate::stream::{Action, Event, StreamError, Verdict};
 use crate::tls::TlsWriter;
-use crate::xml::{Element, Limits, StreamEvent, StreamReader, XmlError, STREAM_CLOSE, TLS_NS};
+use crate::xml::{
+    Element, Limits, StanzaBudget, StreamEvent, StreamReader, XmlError, STREAM_CLOSE, TLS_NS,
+};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
@@ -217,6 +219,9 @@ struct Worker {
     peer_ip: Option<IpAddr>,
     /// The TLS connection, once there is one (its handshake facts are read from here).
     tls: Option<TlsWriter>,
+    /// The reader's per-stanza byte budget: `limits.pre_auth_stanza_size` until the stream is
+    /// authenticated, then `limits.stanza_size` (see `sync_budget`).
+    budget: StanzaBudget,
 }
 
 impl Worker {
@@ -260,6 +265,7 @@ impl Worker {
             verify: None,
             peer_ip: None,
             tls: None,
+            budget: StanzaBudget::new(router.ctx.config.limits.pre_auth_stanza_size),
         };
         (w, me)
     }
@@ -287,10 +293,11 @@ impl Worker {
         let inbox = self.inbox.clone();
         let limits = self.limits();
         let pause_on = self.core.pause_on();
+        let budget = self.budget.clone();
         thread::Builder::new()
             .name(format!("rd-{}", self.me.id()))
             .stack_size(STACK_SIZE)
-            .spawn(move || reader_loop(read, limits, &inbox, &ctl_rx, pause_on))?;
+            .spawn(move || reader_loop(read, limits, budget, &inbox, &ctl_rx, pause_on))?;
         self.reader_ctl = Some(ctl_tx);
         self.reader_running = true;
         Ok(())
@@ -482,7 +489,22 @@ impl Worker {
 
     fn feed(&mut self, ev: Event) {
         let actions = self.core.handle(ev);
+        self.sync_budget();
         self.execute(actions);
+    }
+
+    /// The reader's byte budget follows authentication (before anything we write lets the peer
+    /// send more): the full stanza size once the stream is open — an inbound stream with a
+    /// verified pair, an outbound stream whose db:result is valid, a registered component —,
+    /// the pre-authentication size otherwise (verify connections always).
+    fn sync_budget(&self) {
+        let l = &self.router.ctx.config.limits;
+        let open = self.core.is_open() && self.verify.is_none();
+        self.budget.set(if open {
+            l.stanza_size
+        } else {
+            l.pre_auth_stanza_size
+        });
     }
 
     fn execute(&mut self, actions: Vec<Action>) {
@@ -525,6 +547,7 @@ impl Worker {
                         self.component = Some(domain);
                     }
                     let more = self.core.handle(Event::Registered(ok));
+                    self.sync_budget();
                     self.execute(more);
                 }
                 Action::Close(err) => self.close(err),
@@ -687,12 +710,13 @@ impl Worker {
 fn reader_loop(
     read: Box<dyn Read + Send>,
     limits: Limits,
+    budget: StanzaBudget,
     inbox: &Inbox,
     ctl: &Receiver<ReaderCmd>,
     pause_on: Option<&'static str>,
 ) {
     let send = |input| inbox.send_from_reader(input, READ_AHEAD).is_ok();
-    let mut reader = StreamReader::new(read, limits);
+    let mut reader = StreamReader::with_budget(read, limits, budget.clone());
     loop {
         match reader.next_event() {
             Ok(StreamEvent::Element(e)) if pause_on.is_some_and(|n| e.is(n, TLS_NS)) => {
@@ -705,7 +729,9 @@ fn reader_loop(
                     return;
                 }
                 match ctl.recv() {
-                    Ok(ReaderCmd::Resume(r)) => reader = StreamReader::new(r, limits),
+                    Ok(ReaderCmd::Resume(r)) => {
+                        reader = StreamReader::with_budget(r, limits, budget.clone())
+                    }
                     Err(_) => return,
                 }
             }

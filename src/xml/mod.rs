@@ -20,7 +20,7 @@ pub mod reader;
 pub mod writer;
 
 pub use element::{Element, Node, Ns};
-pub use reader::{Limits, StreamEvent, StreamReader, XmlError};
+pub use reader::{tree_bytes, Limits, StanzaBudget, StreamEvent, StreamReader, XmlError};
 pub use writer::{escape_attr, escape_text, write_element};
 
 /// Namespace of the stream root and of `stream:features` / `stream:error` (RFC 6120 §4.8.1).

@@ -86,10 +86,10 @@ pub const TREE_ALLOWANCE: usize = 16 * 1024;
 pub const MAX_ATTRIBUTES: usize = 64;
 
 /// Longest qualified element or attribute name, in bytes.
-const MAX_NAME_LENGTH: usize = 256;
+pub const MAX_NAME_LENGTH: usize = 256;
 
 /// Longest attribute value (also namespace URIs), in bytes, if the stanza limit is larger.
-const MAX_ATTRIBUTE_LENGTH: usize = 64 * 1024;
+pub const MAX_ATTRIBUTE_LENGTH: usize = 64 * 1024;
 
 /// Resource limits for one stream.
 #[derive(Clone, Copy, Debug)]
@@ -468,7 +468,8 @@ impl<R: Read> StreamReader<R> {
             .max_entity_expansion_length(0)
             .max_entity_expansion_depth(0)
             .max_attributes(MAX_ATTRIBUTES)
-            .max_name_length(MAX_NAME_LENGTH)
+            // The crate lets a name grow to one character more than configured.
+            .max_name_length(MAX_NAME_LENGTH - 1)
             .max_attribute_length(MAX_ATTRIBUTE_LENGTH.min(limits.max_stanza_bytes))
             .max_data_length(limits.max_stanza_bytes);
         let budget = Budget {
@@ -1360,6 +1361,292 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Parse `body` behind [`HEADER`] with the default limits: the first element (checked against the
+    /// memory bound) or the error.
+    fn parse_one(body: &str) -> Result<Element, XmlError> {
+        let input = format!("{HEADER}{body}");
+        let mut r = reader(&input);
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
+        match r.next_event()? {
+            StreamEvent::Element(e) => {
+                let bound = body.len() * TREE_FACTOR + TREE_ALLOWANCE;
+                let cost = tree_bytes(&e);
+                assert!(cost <= bound, "tree of {cost} bytes > {bound}");
+                Ok(e)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn policy(res: Result<Element, XmlError>) -> String {
+        match res {
+            Err(XmlError::PolicyViolation(m)) => m,
+            other => panic!("expected a policy violation, got {other:?}"),
+        }
+    }
+
+    /// The measured attack: a 30 KB namespace URI on a stanza holding 100 000 empty children
+    /// (430 KB) cost 2.9 GB before namespaces were shared and bounded.
+    #[test]
+    fn mem_long_namespace_uri_is_refused() {
+        let body = format!(
+            "<message xmlns='urn:{}'>{}</message>",
+            "x".repeat(30_000),
+            "<a/>".repeat(100_000)
+        );
+        assert!(body.len() < 512 * 1024);
+        let m = policy(parse_one(&body));
+        assert!(m.contains("namespace URI longer"), "{m}");
+        // A URI at the limit is fine, and shared by every element in it.
+        let uri = format!("urn:{}", "y".repeat(MAX_NAMESPACE_URI_LENGTH - 4));
+        let e = parse_one(&format!("<message xmlns='{uri}'><a/><b><c/></b></message>")).unwrap();
+        assert_eq!(e.ns, uri.as_str());
+        let b = e.child("b", &uri).unwrap();
+        assert!(b.ns.ptr_eq(&e.ns) && b.child("c", &uri).unwrap().ns.ptr_eq(&e.ns));
+    }
+
+    #[test]
+    fn mem_many_empty_children_are_refused_early() {
+        // 100 000 <a/> in an ordinary namespace: each costs a child slot and a name (over 100
+        // bytes) for 4 bytes of input.
+        let body = format!("<message>{}</message>", "<a/>".repeat(100_000));
+        let m = policy(parse_one(&body));
+        assert!(m.contains("bytes of memory"), "{m}");
+        // The same with longer elements hits the element cap instead (or memory, whichever first).
+        let body = format!(
+            "<message>{}</message>",
+            "<item jid='pubsub.example.org' node='n'/>".repeat(12_000)
+        );
+        assert!(body.len() < 512 * 1024);
+        let m = policy(parse_one(&body));
+        assert!(m.contains("elements") || m.contains("memory"), "{m}");
+        let body = format!("<message>{}</message>", "<a/>".repeat(MAX_ELEMENTS_PER_STANZA));
+        let mut input = String::from(HEADER);
+        input.push_str(&body);
+        let limits = Limits::default();
+        let mut r = StreamReader::new(input.as_bytes(), limits);
+        r.next_event().unwrap();
+        assert!(matches!(r.next_event(), Err(XmlError::PolicyViolation(_))));
+    }
+
+    #[test]
+    fn mem_many_attributes() {
+        let attrs = |n: usize| (0..n).map(|i| format!(" a{i}=''")).collect::<String>();
+        let e = parse_one(&format!("<message{}/>", attrs(MAX_ATTRIBUTES))).unwrap();
+        assert_eq!(e.attrs.len(), MAX_ATTRIBUTES);
+        let m = policy(parse_one(&format!("<message{}/>", attrs(MAX_ATTRIBUTES + 1))));
+        assert!(m.contains("attributes"), "{m}");
+        // Many elements each with the most attributes: refused by the memory bound.
+        let body = format!(
+            "<message>{}</message>",
+            format!("<x{}/>", attrs(MAX_ATTRIBUTES)).repeat(1000)
+        );
+        let m = policy(parse_one(&body));
+        assert!(m.contains("memory"), "{m}");
+        // Namespaced attributes each carry the URI in their key: bounded the same way.
+        let uri = format!("urn:{}", "u".repeat(1000));
+        let pattrs: String = (0..MAX_ATTRIBUTES).map(|i| format!(" p:a{i}=''")).collect();
+        let body = format!(
+            "<message xmlns:p='{uri}'>{}</message>",
+            format!("<x{pattrs}/>").repeat(100)
+        );
+        let m = policy(parse_one(&body));
+        assert!(m.contains("memory"), "{m}");
+    }
+
+    #[test]
+    fn mem_many_namespace_declarations() {
+        let decls = |n: usize, base: usize| {
+            (0..n)
+                .map(|i| format!(" xmlns:p{}='urn:p{}'", i + base, i + base))
+                .collect::<String>()
+        };
+        let e = parse_one(&format!(
+            "<message{}><p3:x/></message>",
+            decls(MAX_DECLARATIONS_PER_ELEMENT, 0)
+        ))
+        .unwrap();
+        assert!(e.child("x", "urn:p3").is_some());
+        let m = policy(parse_one(&format!(
+            "<message{}/>",
+            decls(MAX_DECLARATIONS_PER_ELEMENT + 1, 0)
+        )));
+        assert!(m.contains("declarations"), "{m}");
+        // A flood of 40 000 declarations on one element is stopped on the bytes, after 17.
+        let m = policy(parse_one(&format!("<message{}/>", decls(40_000, 0))));
+        assert!(m.contains("declarations"), "{m}");
+        // Nested declarations add up to the in-scope caps (bindings, then URI bytes).
+        let m = policy(parse_one(&format!(
+            "<message{}><x{}/></message>",
+            decls(16, 0),
+            decls(16, 16)
+        )));
+        assert!(m.contains("bindings in scope"), "{m}");
+        let long = |p: usize| format!(" xmlns:q{p}='urn:{}'", "z".repeat(1000));
+        let m = policy(parse_one(&format!(
+            "<message{}{}{}{}{}/>",
+            long(1),
+            long(2),
+            long(3),
+            long(4),
+            long(5)
+        )));
+        assert!(m.contains("bytes of namespace URIs"), "{m}");
+        // Default-namespace changes on every element share what they can and are counted.
+        let body = format!(
+            "<message>{}</message>",
+            (0..2000)
+                .map(|i| format!("<a xmlns='urn:{i}'/>"))
+                .collect::<String>()
+        );
+        let m = policy(parse_one(&body));
+        assert!(m.contains("memory"), "{m}");
+        // "xmlns" inside quoted values, text and CDATA is not a declaration.
+        let x = "xmlns ".repeat(40);
+        let e = parse_one(&format!(
+            "<message a='{x}' b=\"{x}\"><body>{x}</body><![CDATA[<p {x}>]]></message>"
+        ))
+        .unwrap();
+        assert_eq!(e.attr("a"), Some(x.as_str()));
+    }
+
+    #[test]
+    fn mem_long_names_and_big_text() {
+        let name = "n".repeat(MAX_NAME_LENGTH);
+        let e = parse_one(&format!("<message><{name} {name}='v'/></message>")).unwrap();
+        assert_eq!(e.elements().next().unwrap().name.len(), MAX_NAME_LENGTH);
+        let long = "n".repeat(MAX_NAME_LENGTH + 1);
+        policy(parse_one(&format!("<message><{long}/></message>")));
+        policy(parse_one(&format!("<message {long}='v'/>")));
+        // Many elements with the longest names: the names are paid for by their bytes.
+        let body = format!("<message>{}</message>", format!("<{name}/>").repeat(500));
+        assert_eq!(parse_one(&body).unwrap().children.len(), 500);
+        // Big text, as text, CDATA and entity references, and a big attribute value.
+        let text = "t".repeat(400 * 1024);
+        let e = parse_one(&format!("<message><body>{text}</body></message>")).unwrap();
+        assert_eq!(e.elements().next().unwrap().text().len(), text.len());
+        let e = parse_one(&format!("<message><![CDATA[{text}]]></message>")).unwrap();
+        assert_eq!(e.text().len(), text.len());
+        let amps = "&amp;".repeat(80_000);
+        assert_eq!(
+            parse_one(&format!("<message>{amps}</message>"))
+                .unwrap()
+                .text()
+                .len(),
+            80_000
+        );
+        let v = "v".repeat(60_000);
+        let e = parse_one(&format!("<message a='{v}'/>")).unwrap();
+        assert_eq!(e.attr("a").map(str::len), Some(60_000));
+        // Text interleaved with tiny elements is bounded like the elements.
+        let body = format!("<message>{}</message>", "x<a/>".repeat(50_000));
+        policy(parse_one(&body));
+    }
+
+    #[test]
+    fn mem_ordinary_stanzas_parse() {
+        let e = parse_one(
+            "<message from='juliet@capulet.example/balcony' to='romeo@montague.example' \
+             type='chat' id='m1' xml:lang='en'><body>Wherefore art thou, Romeo?</body>\
+             <thread>e0ffe42b28561960c6b12b944a092794b9683a38</thread>\
+             <active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        )
+        .unwrap();
+        assert_eq!(e.elements().count(), 3);
+        let items: String = (0..60)
+            .map(|i| {
+                format!(
+                    "<item id='item-{i}'><entry xmlns='http://www.w3.org/2005/Atom'>\
+                     <title>Title {i}</title><summary>Some summary {i}</summary>\
+                     <link rel='alternate' type='text/html' href='http://x.example/{i}'/>\
+                     <id>tag:x.example,2008:entry-{i}</id><published>2003-12-13T18:30:02Z</published>\
+                     </entry></item>"
+                )
+            })
+            .collect();
+        let e = parse_one(&format!(
+            "<iq type='result' from='pubsub.shakespeare.example' to='francisco@denmark.example/barracks' \
+             id='items1'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <items node='princely_musings'>{items}</items></pubsub></iq>"
+        ))
+        .unwrap();
+        let pubsub = e.child("pubsub", "http://jabber.org/protocol/pubsub").unwrap();
+        assert_eq!(pubsub.elements().next().unwrap().elements().count(), 60);
+        let disco: String = (0..80)
+            .map(|i| format!("<item jid='room{i}@conference.example.org' name='Room {i}'/>"))
+            .collect();
+        let e = parse_one(&format!(
+            "<iq type='result' id='d1'><query xmlns='http://jabber.org/protocol/disco#items'>{disco}</query></iq>"
+        ))
+        .unwrap();
+        assert_eq!(e.elements().next().unwrap().elements().count(), 80);
+        let features: String = (0..40)
+            .map(|i| format!("<feature var='urn:xmpp:feature:{i}'/>"))
+            .collect();
+        parse_one(&format!(
+            "<iq type='result' id='d2'><query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='server' type='im' name='x'/>{features}</query></iq>"
+        ))
+        .unwrap();
+        // Dialback and stream-level elements fit the pre-authentication budget many times over.
+        parse_one(&format!(
+            "<db:result from='a.example' to='b.example'>{}</db:result>",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn budget_switch() {
+        let pre = 16 * 1024;
+        let big = format!("<message><body>{}</body></message>", "b".repeat(40_000));
+        // Before authentication: the small budget bounds the header and every element.
+        let input = format!("{HEADER}<db:result from='a' to='b'>k</db:result>{big}");
+        let r = StreamReader::new(input.as_bytes(), Limits::default());
+        r.set_max_stanza_bytes(pre);
+        let mut r = r;
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Element(_))));
+        let e = r.next_event().unwrap_err();
+        assert!(e.to_string().contains("16384"), "{e}");
+        let huge_header = format!(
+            "<stream:stream xmlns:stream='{STREAM_NS}' id='{}'>",
+            "i".repeat(pre)
+        );
+        let r = StreamReader::new(huge_header.as_bytes(), Limits::default());
+        r.set_max_stanza_bytes(pre);
+        let mut r = r;
+        assert!(matches!(r.next_event(), Err(XmlError::PolicyViolation(_))));
+        // After authentication (the handle may live on another thread) the full budget applies;
+        // the ceiling of the limits still holds.
+        let mut r = StreamReader::with_budget(
+            input.as_bytes(),
+            Limits::default(),
+            StanzaBudget::new(pre),
+        );
+        let handle = r.budget();
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Element(_))));
+        std::thread::spawn(move || handle.set(usize::MAX))
+            .join()
+            .unwrap();
+        let Ok(StreamEvent::Element(m)) = r.next_event() else {
+            panic!()
+        };
+        assert_eq!(m.elements().next().unwrap().text().len(), 40_000);
+        let limits = Limits {
+            max_stanza_bytes: 20_000,
+            max_depth: 64,
+        };
+        let r = StreamReader::new(input.as_bytes(), limits);
+        r.set_max_stanza_bytes(usize::MAX);
+        let mut r = r;
+        r.next_event().unwrap();
+        r.next_event().unwrap();
+        let e = r.next_event().unwrap_err();
+        assert!(e.to_string().contains("20000"), "{e}");
     }
 
     /// Throughput sanity check: `cargo test --release -- --ignored --nocapture throughput`.
