@@ -638,7 +638,9 @@ impl<R: Read> StreamReader<R> {
     fn account(&mut self, cost: usize) -> Result<(), Failure> {
         self.tree = self.tree.saturating_add(cost);
         let wire = self.parser.source().used;
-        let allowed = wire.saturating_mul(TREE_FACTOR).saturating_add(TREE_ALLOWANCE);
+        let allowed = wire
+            .saturating_mul(TREE_FACTOR)
+            .saturating_add(TREE_ALLOWANCE);
         if self.tree > allowed {
             return Err(Failure::PolicyViolation(format!(
                 "stanza of {wire} bytes would take more than {allowed} bytes of memory"
@@ -1422,7 +1424,10 @@ mod tests {
         assert!(body.len() < 512 * 1024);
         let m = policy(parse_one(&body));
         assert!(m.contains("elements") || m.contains("memory"), "{m}");
-        let body = format!("<message>{}</message>", "<a/>".repeat(MAX_ELEMENTS_PER_STANZA));
+        let body = format!(
+            "<message>{}</message>",
+            "<a/>".repeat(MAX_ELEMENTS_PER_STANZA)
+        );
         let mut input = String::from(HEADER);
         input.push_str(&body);
         let limits = Limits::default();
@@ -1436,7 +1441,10 @@ mod tests {
         let attrs = |n: usize| (0..n).map(|i| format!(" a{i}=''")).collect::<String>();
         let e = parse_one(&format!("<message{}/>", attrs(MAX_ATTRIBUTES))).unwrap();
         assert_eq!(e.attrs.len(), MAX_ATTRIBUTES);
-        let m = policy(parse_one(&format!("<message{}/>", attrs(MAX_ATTRIBUTES + 1))));
+        let m = policy(parse_one(&format!(
+            "<message{}/>",
+            attrs(MAX_ATTRIBUTES + 1)
+        )));
         assert!(m.contains("attributes"), "{m}");
         // Many elements each with the most attributes: refused by the memory bound.
         let body = format!(
@@ -1572,7 +1580,9 @@ mod tests {
              <items node='princely_musings'>{items}</items></pubsub></iq>"
         ))
         .unwrap();
-        let pubsub = e.child("pubsub", "http://jabber.org/protocol/pubsub").unwrap();
+        let pubsub = e
+            .child("pubsub", "http://jabber.org/protocol/pubsub")
+            .unwrap();
         assert_eq!(pubsub.elements().next().unwrap().elements().count(), 60);
         let disco: String = (0..80)
             .map(|i| format!("<item jid='room{i}@conference.example.org' name='Room {i}'/>"))
@@ -1621,11 +1631,8 @@ mod tests {
         assert!(matches!(r.next_event(), Err(XmlError::PolicyViolation(_))));
         // After authentication (the handle may live on another thread) the full budget applies;
         // the ceiling of the limits still holds.
-        let mut r = StreamReader::with_budget(
-            input.as_bytes(),
-            Limits::default(),
-            StanzaBudget::new(pre),
-        );
+        let mut r =
+            StreamReader::with_budget(input.as_bytes(), Limits::default(), StanzaBudget::new(pre));
         let handle = r.budget();
         assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
         assert!(matches!(r.next_event(), Ok(StreamEvent::Element(_))));

@@ -89,7 +89,13 @@ fn write_nested(el: &Element, scope: Scope<'_>, out: &mut Vec<u8>) {
 
 /// Write `el` with `prefix` on its name, an `xmlns` declaration if `declare`, and its children
 /// under `child_scope`.
-fn write_one(el: &Element, prefix: &[u8], declare: bool, child_scope: Scope<'_>, out: &mut Vec<u8>) {
+fn write_one(
+    el: &Element,
+    prefix: &[u8],
+    declare: bool,
+    child_scope: Scope<'_>,
+    out: &mut Vec<u8>,
+) {
     out.push(b'<');
     out.extend_from_slice(prefix);
     out.extend_from_slice(el.name.as_bytes());
@@ -263,7 +269,8 @@ mod tests {
     use super::*;
     use crate::xml::reader::{Limits, StreamEvent, StreamReader};
     use crate::xml::{
-        StreamHeader, COMPONENT_NS, DIALBACK_FEATURE_NS, SERVER_NS, STANZAS_NS, STREAMS_ERR_NS, TLS_NS,
+        StreamHeader, COMPONENT_NS, DIALBACK_FEATURE_NS, SERVER_NS, STANZAS_NS, STREAMS_ERR_NS,
+        TLS_NS,
     };
 
     fn s(el: &Element) -> String {
@@ -566,14 +573,48 @@ mod tests {
     ];
 
     const NAMES: &[&str] = &[
-        "message", "iq", "presence", "body", "error", "result", "verify", "features", "x", "item",
-        "a", "b-c", "d.e", "_f", "\u{fc}n\u{ef}", "n123", "text", "handshake",
+        "message",
+        "iq",
+        "presence",
+        "body",
+        "error",
+        "result",
+        "verify",
+        "features",
+        "x",
+        "item",
+        "a",
+        "b-c",
+        "d.e",
+        "_f",
+        "\u{fc}n\u{ef}",
+        "n123",
+        "text",
+        "handshake",
     ];
 
     fn gen_text(rng: &mut Rng) -> String {
         const PIECES: &[&str] = &[
-            "a", "hello", " ", "\t", "\n", "\r", "\r\n", "&", "<", ">", "]]>", "'", "\"", "&amp;",
-            "\u{e9}", "\u{1F600}", "\u{FFFD}", "x y", "\u{85}", "\u{2028}",
+            "a",
+            "hello",
+            " ",
+            "\t",
+            "\n",
+            "\r",
+            "\r\n",
+            "&",
+            "<",
+            ">",
+            "]]>",
+            "'",
+            "\"",
+            "&amp;",
+            "\u{e9}",
+            "\u{1F600}",
+            "\u{FFFD}",
+            "x y",
+            "\u{85}",
+            "\u{2028}",
         ];
         (0..1 + rng.below(6)).map(|_| rng.pick(PIECES)).collect()
     }
@@ -588,7 +629,9 @@ mod tests {
                     let uri = if uri.is_empty() { "urn:attr" } else { uri };
                     format!("{{{uri}}}{}", rng.pick(&["a", "id", "type", "k-1"]))
                 }
-                _ => rng.pick(&["to", "from", "id", "type", "a", "b-c", "x.y"]).to_owned(),
+                _ => rng
+                    .pick(&["to", "from", "id", "type", "a", "b-c", "x.y"])
+                    .to_owned(),
             };
             if el.attr(&key).is_none() {
                 let value = if rng.below(4) == 0 {
@@ -678,7 +721,9 @@ mod tests {
             Element::new("message", crate::xml::CLIENT_NS)
                 .with_child(Element::new("body", crate::xml::CLIENT_NS).with_text("hi")),
         );
-        let got = parse_on(Kind::Component, &fwd.to_bytes()).unwrap().remove(0);
+        let got = parse_on(Kind::Component, &fwd.to_bytes())
+            .unwrap()
+            .remove(0);
         assert_eq!(got, translated(&fwd, COMPONENT_NS));
         assert_eq!(got.elements().next().unwrap().ns, crate::xml::CLIENT_NS);
     }
