@@ -176,6 +176,19 @@ fn mem03_element_flood_with_full_budget_is_policy_violation_and_cheap() {
 #[test]
 fn mem04_pre_auth_budget_is_small_and_verified_peers_get_the_full_one() {
     let mut s = setup("");
+    // A component gets the full budget right after its handshake (before anything is routed to
+    // it): its 40 KiB stanza (to an address it serves itself) comes back to it.
+    let big_c = "C".repeat(40 * 1024);
+    s.component.send(&format!(
+        "<message from='z@b.test' to='y@b.test' id='from-component'><body>{big_c}</body></message>"
+    ));
+    let m = s.component.recv(WAIT).expect("the component's big stanza");
+    assert_eq!(m.attr("id"), Some("from-component"));
+    assert_eq!(
+        m.child("body", "jabber:component:accept")
+            .map(|b| b.text().len()),
+        Some(big_c.len())
+    );
     let body = "b".repeat(20 * 1024);
     let stanza = |id: &str, body: &str| {
         format!("<message from='x@a.test' to='y@b.test' id='{id}'><body>{body}</body></message>")
