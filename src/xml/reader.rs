@@ -1614,9 +1614,8 @@ mod tests {
         let big = format!("<message><body>{}</body></message>", "b".repeat(40_000));
         // Before authentication: the small budget bounds the header and every element.
         let input = format!("{HEADER}<db:result from='a' to='b'>k</db:result>{big}");
-        let r = StreamReader::new(input.as_bytes(), Limits::default());
+        let mut r = StreamReader::new(input.as_bytes(), Limits::default());
         r.set_max_stanza_bytes(pre);
-        let mut r = r;
         assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
         assert!(matches!(r.next_event(), Ok(StreamEvent::Element(_))));
         let e = r.next_event().unwrap_err();
@@ -1625,9 +1624,8 @@ mod tests {
             "<stream:stream xmlns:stream='{STREAM_NS}' id='{}'>",
             "i".repeat(pre)
         );
-        let r = StreamReader::new(huge_header.as_bytes(), Limits::default());
+        let mut r = StreamReader::new(huge_header.as_bytes(), Limits::default());
         r.set_max_stanza_bytes(pre);
-        let mut r = r;
         assert!(matches!(r.next_event(), Err(XmlError::PolicyViolation(_))));
         // After authentication (the handle may live on another thread) the full budget applies;
         // the ceiling of the limits still holds.
@@ -1647,9 +1645,8 @@ mod tests {
             max_stanza_bytes: 20_000,
             max_depth: 64,
         };
-        let r = StreamReader::new(input.as_bytes(), limits);
+        let mut r = StreamReader::new(input.as_bytes(), limits);
         r.set_max_stanza_bytes(usize::MAX);
-        let mut r = r;
         r.next_event().unwrap();
         r.next_event().unwrap();
         let e = r.next_event().unwrap_err();

@@ -40,7 +40,7 @@
 //! well-formed whatever the tree holds. Element names are written as given: they come from the reader
 //! (always valid) or from constants.
 
-use super::element::{Element, Node};
+use super::element::{Element, Node, Ns};
 use super::{is_content_ns, DIALBACK_NS, STREAM_NS};
 
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
@@ -62,6 +62,36 @@ pub fn write_element(el: &Element, out: &mut Vec<u8>) {
     };
     let declare = prefix.is_empty() && !is_content_ns(&el.ns);
     write_one(el, prefix, declare, scope, out);
+}
+
+/// The tree a peer reads back when `el` is written (by [`write_element`]) on a stream whose content
+/// namespace is `content_ns`: `el` itself if it is not in a content namespace; otherwise `el` with
+/// its namespace N replaced by `content_ns` on itself and on every descendant reached through
+/// elements all in N (see the module documentation). For tests and fuzzing of the round trip.
+pub fn as_read_back(el: &Element, content_ns: &str) -> Element {
+    fn walk(el: &Element, from: &str, to: &Ns) -> Element {
+        if el.ns != from {
+            return el.clone();
+        }
+        Element {
+            name: el.name.clone(),
+            ns: to.clone(),
+            attrs: el.attrs.clone(),
+            children: el
+                .children
+                .iter()
+                .map(|c| match c {
+                    Node::Element(e) => Node::Element(walk(e, from, to)),
+                    Node::Text(t) => Node::Text(t.clone()),
+                })
+                .collect(),
+        }
+    }
+    if is_content_ns(&el.ns) {
+        walk(el, &el.ns, &Ns::new(content_ns))
+    } else {
+        el.clone()
+    }
 }
 
 /// The default namespace in scope for the children of an element, as the peer will resolve it.
@@ -509,32 +539,6 @@ mod tests {
         }
     }
 
-    /// The tree the peer must read back: the module doc's "same tree up to content-namespace
-    /// translation" (the first-level element in a content namespace N, and the descendants reached
-    /// through elements all in N, move to the stream's content namespace).
-    fn translated(el: &Element, to: &str) -> Element {
-        fn walk(el: &Element, from: &str, to: &str) -> Element {
-            let mut out = el.clone();
-            if el.ns == from {
-                out.ns = to.into();
-                out.children = el
-                    .children
-                    .iter()
-                    .map(|c| match c {
-                        Node::Element(e) => Node::Element(walk(e, from, to)),
-                        Node::Text(t) => Node::Text(t.clone()),
-                    })
-                    .collect();
-            }
-            out
-        }
-        if is_content_ns(&el.ns) {
-            walk(el, &el.ns.clone(), to)
-        } else {
-            el.clone()
-        }
-    }
-
     /// A small deterministic pseudo-random generator (xorshift64*).
     struct Rng(u64);
 
@@ -684,7 +688,7 @@ mod tests {
                         String::from_utf8_lossy(&bytes)
                     )
                 });
-                let want = translated(&tree, kind.content_ns());
+                let want = as_read_back(&tree, kind.content_ns());
                 assert_eq!(
                     parsed,
                     vec![want],
@@ -712,7 +716,7 @@ mod tests {
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(!text.contains("db:") && !text.contains("stream:"), "{text}");
         let got = parse_on(Kind::Component, &bytes).unwrap().remove(0);
-        assert_eq!(got, translated(&from_peer, COMPONENT_NS));
+        assert_eq!(got, as_read_back(&from_peer, COMPONENT_NS));
         let x = got.elements().next().unwrap();
         assert_eq!((x.name.as_str(), x.ns.as_str()), ("x", DIALBACK_NS));
         assert_eq!(got.ns, COMPONENT_NS);
@@ -724,7 +728,7 @@ mod tests {
         let got = parse_on(Kind::Component, &fwd.to_bytes())
             .unwrap()
             .remove(0);
-        assert_eq!(got, translated(&fwd, COMPONENT_NS));
+        assert_eq!(got, as_read_back(&fwd, COMPONENT_NS));
         assert_eq!(got.elements().next().unwrap().ns, crate::xml::CLIENT_NS);
     }
 
