@@ -851,31 +851,15 @@ impl Validator<'_> {
                 )),
             }
         };
-        let stanza_size = count(
-            "stanza_size",
-            raw.stanza_size,
-            d.stanza_size,
-            MIN_STANZA_SIZE,
-            " (RFC 6120 §13.12)",
-        )?;
-        let pre_auth_stanza_size = count(
-            "pre_auth_stanza_size",
-            raw.pre_auth_stanza_size,
-            d.pre_auth_stanza_size.min(stanza_size),
-            MIN_PRE_AUTH_STANZA_SIZE,
-            "",
-        )?;
-        if pre_auth_stanza_size > stanza_size {
-            return Err(self.err(
-                "limits.pre_auth_stanza_size",
-                format!(
-                    "must be at most limits.stanza_size ({stanza_size}), got {pre_auth_stanza_size}"
-                ),
-            ));
-        }
         Ok(Limits {
-            stanza_size,
-            pre_auth_stanza_size,
+            stanza_size: count(
+                "stanza_size",
+                raw.stanza_size,
+                d.stanza_size,
+                MIN_STANZA_SIZE,
+                " (RFC 6120 §13.12)",
+            )?,
+            pre_auth_stanza_size: self.pre_auth_stanza_size(&raw, &d)?,
             depth: count("depth", raw.depth, d.depth, MIN_DEPTH, "")?,
             queue: count("queue", raw.queue, d.queue, 1, "")?,
             outbox: count("outbox", raw.outbox, d.outbox, 1, "")?,
@@ -902,6 +886,34 @@ impl Validator<'_> {
                 "",
             )?,
         })
+    }
+
+    /// `limits.pre_auth_stanza_size`: at least [`MIN_PRE_AUTH_STANZA_SIZE`], at most the stanza
+    /// size (already validated); the default is lowered to the stanza size if that is smaller.
+    fn pre_auth_stanza_size(&self, raw: &RawLimits, d: &Limits) -> Result<usize, ConfigError> {
+        let stanza_size = raw
+            .stanza_size
+            .and_then(|v| usize::try_from(v).ok())
+            .unwrap_or(d.stanza_size);
+        let Some(v) = raw.pre_auth_stanza_size else {
+            return Ok(d.pre_auth_stanza_size.min(stanza_size));
+        };
+        let key = "limits.pre_auth_stanza_size";
+        match usize::try_from(v) {
+            Ok(n) if n < MIN_PRE_AUTH_STANZA_SIZE => Err(self.err(
+                key,
+                format!("must be at least {MIN_PRE_AUTH_STANZA_SIZE}, got {v}"),
+            )),
+            Ok(n) if n > stanza_size => Err(self.err(
+                key,
+                format!("must be at most limits.stanza_size ({stanza_size}), got {v}"),
+            )),
+            Ok(n) => Ok(n),
+            Err(_) => Err(self.err(
+                key,
+                format!("must be at least {MIN_PRE_AUTH_STANZA_SIZE}, got {v}"),
+            )),
+        }
     }
 
     fn cert_mode(&self, key: &str, s: &str) -> Result<CertMode, ConfigError> {

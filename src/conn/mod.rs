@@ -32,9 +32,7 @@ use crate::stream::incoming::Incoming;
 use crate::stream::outgoing::Outgoing;
 use crate::stream::{Action, Event, StreamError, Verdict};
 use crate::tls::TlsWriter;
-use crate::xml::{
-    Element, Limits, StanzaBudget, StreamEvent, StreamReader, XmlError, STREAM_CLOSE, TLS_NS,
-};
+use crate::xml::{Element, Limits, StreamEvent, StreamReader, XmlError, STREAM_CLOSE, TLS_NS};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
@@ -221,7 +219,7 @@ struct Worker {
     tls: Option<TlsWriter>,
     /// The reader's per-stanza byte budget: `limits.pre_auth_stanza_size` until the stream is
     /// authenticated, then `limits.stanza_size` (see `sync_budget`).
-    budget: StanzaBudget,
+    budget: crate::xml::StanzaBudget,
 }
 
 impl Worker {
@@ -265,7 +263,7 @@ impl Worker {
             verify: None,
             peer_ip: None,
             tls: None,
-            budget: StanzaBudget::new(router.ctx.config.limits.pre_auth_stanza_size),
+            budget: crate::xml::StanzaBudget::new(router.ctx.config.limits.pre_auth_stanza_size),
         };
         (w, me)
     }
@@ -710,7 +708,7 @@ impl Worker {
 fn reader_loop(
     read: Box<dyn Read + Send>,
     limits: Limits,
-    budget: StanzaBudget,
+    budget: crate::xml::StanzaBudget,
     inbox: &Inbox,
     ctl: &Receiver<ReaderCmd>,
     pause_on: Option<&'static str>,
