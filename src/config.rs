@@ -31,6 +31,9 @@ use crate::domain::Domain;
 pub const MIN_STANZA_SIZE: usize = 10_000;
 /// The smallest element depth limit we accept (a stanza with an error payload is already 4 deep).
 pub const MIN_DEPTH: usize = 8;
+/// Smallest allowed `limits.pre_auth_stanza_size`: room for a stream header and a peer's stream
+/// features.
+pub const MIN_PRE_AUTH_STANZA_SIZE: usize = 4096;
 /// The longest timeout we accept, in seconds (a week); longer values are almost certainly typos
 /// and would risk `Instant` overflow.
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
@@ -191,6 +194,11 @@ impl Default for Timeouts {
 pub struct Limits {
     /// Largest stanza in bytes; default 524288, at least 10000 (RFC 6120 §13.12).
     pub stanza_size: usize,
+    /// Largest stanza (and stream header) in bytes before the stream is authenticated (an inbound
+    /// stream until its first pair is verified, an outbound stream until our db:result is valid, a
+    /// verify connection always, a component until its handshake); default 16384, at least
+    /// 4096 and at most `stanza_size`. Dialback elements and stream features are tiny.
+    pub pre_auth_stanza_size: usize,
     /// Deepest element nesting inside the stream; default 64, at least 8.
     pub depth: usize,
     /// Stanzas queued per (local, remote) domain pair while its stream is being set up; default
@@ -238,6 +246,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             stanza_size: 524_288,
+            pre_auth_stanza_size: 16_384,
             depth: 64,
             queue: 10_000,
             outbox: 1024,
@@ -524,6 +533,7 @@ struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     stanza_size: Option<i64>,
+    pre_auth_stanza_size: Option<i64>,
     depth: Option<i64>,
     queue: Option<i64>,
     outbox: Option<i64>,
@@ -923,6 +933,7 @@ impl Validator<'_> {
                 MIN_STANZA_SIZE,
                 " (RFC 6120 §13.12)",
             )?,
+            pre_auth_stanza_size: self.pre_auth_stanza_size(&raw, &d)?,
             depth: count("depth", raw.depth, d.depth, MIN_DEPTH, "")?,
             queue: count("queue", raw.queue, d.queue, 1, "")?,
             outbox: count("outbox", raw.outbox, d.outbox, 1, "")?,
@@ -1041,6 +1052,34 @@ impl Validator<'_> {
             component_failure_window: Duration::from_secs(window as u64),
             ..l
         })
+    }
+
+    /// `limits.pre_auth_stanza_size`: at least [`MIN_PRE_AUTH_STANZA_SIZE`], at most the stanza
+    /// size (already validated); the default is lowered to the stanza size if that is smaller.
+    fn pre_auth_stanza_size(&self, raw: &RawLimits, d: &Limits) -> Result<usize, ConfigError> {
+        let stanza_size = raw
+            .stanza_size
+            .and_then(|v| usize::try_from(v).ok())
+            .unwrap_or(d.stanza_size);
+        let Some(v) = raw.pre_auth_stanza_size else {
+            return Ok(d.pre_auth_stanza_size.min(stanza_size));
+        };
+        let key = "limits.pre_auth_stanza_size";
+        match usize::try_from(v) {
+            Ok(n) if n < MIN_PRE_AUTH_STANZA_SIZE => Err(self.err(
+                key,
+                format!("must be at least {MIN_PRE_AUTH_STANZA_SIZE}, got {v}"),
+            )),
+            Ok(n) if n > stanza_size => Err(self.err(
+                key,
+                format!("must be at most limits.stanza_size ({stanza_size}), got {v}"),
+            )),
+            Ok(n) => Ok(n),
+            Err(_) => Err(self.err(
+                key,
+                format!("must be at least {MIN_PRE_AUTH_STANZA_SIZE}, got {v}"),
+            )),
+        }
     }
 
     fn cert_mode(&self, key: &str, s: &str) -> Result<CertMode, ConfigError> {
@@ -1418,7 +1457,7 @@ mod tests {
                 }
             })
             .collect();
-        assert_eq!(changed, 26, "every timeout and limit is documented once");
+        assert_eq!(changed, 27, "every timeout and limit is documented once");
         let c = parse(&text).unwrap();
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.limits, Limits::default());
@@ -1493,6 +1532,28 @@ mod tests {
                 .key(),
             "limits.bounce_payload"
         );
+    }
+
+    #[test]
+    fn pre_auth_stanza_size_is_bounded_by_stanza_size() {
+        let c = parse(&format!("{MIN}[limits]\npre_auth_stanza_size = 8192\n")).unwrap();
+        assert_eq!(c.limits.pre_auth_stanza_size, 8192);
+        assert_eq!(c.limits.stanza_size, 524_288);
+        let e = parse(&format!(
+            "{MIN}[limits]\nstanza_size = 20000\npre_auth_stanza_size = 30000\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key(), "limits.pre_auth_stanza_size");
+        assert!(
+            e.message()
+                .contains("must be at most limits.stanza_size (20000), got 30000"),
+            "{e}"
+        );
+        assert!(err(&format!("{MIN}[limits]\npre_auth_stanza_size = 100\n"))
+            .contains("limits.pre_auth_stanza_size: must be at least 4096, got 100"));
+        // A stanza_size below the default pre-auth size lowers the default with it.
+        let c = parse(&format!("{MIN}[limits]\nstanza_size = 10000\n")).unwrap();
+        assert_eq!(c.limits.pre_auth_stanza_size, 10_000);
     }
 
     #[test]

@@ -220,6 +220,9 @@ struct Worker {
     tls: Option<TlsWriter>,
     /// What the stream holds against the resource caps (see `caps`).
     caps: caps::StreamCaps,
+    /// The reader's per-stanza byte budget: `limits.pre_auth_stanza_size` until the stream is
+    /// authenticated, then `limits.stanza_size` (see `sync_budget`).
+    budget: crate::xml::StanzaBudget,
 }
 
 impl Worker {
@@ -273,6 +276,7 @@ impl Worker {
             peer_ip: None,
             tls: None,
             caps: caps::StreamCaps::default(),
+            budget: crate::xml::StanzaBudget::new(router.ctx.config.limits.pre_auth_stanza_size),
         };
         (w, me)
     }
@@ -300,10 +304,11 @@ impl Worker {
         let inbox = self.inbox.clone();
         let limits = self.limits();
         let pause_on = self.core.pause_on();
+        let budget = self.budget.clone();
         thread::Builder::new()
             .name(format!("rd-{}", self.me.id()))
             .stack_size(STACK_SIZE)
-            .spawn(move || reader_loop(read, limits, &inbox, &ctl_rx, pause_on))?;
+            .spawn(move || reader_loop(read, limits, budget, &inbox, &ctl_rx, pause_on))?;
         self.reader_ctl = Some(ctl_tx);
         self.reader_running = true;
         Ok(())
@@ -495,8 +500,23 @@ impl Worker {
 
     fn feed(&mut self, ev: Event) {
         let actions = self.core.handle(ev);
+        self.sync_budget();
         self.execute(actions);
         self.caps_after_feed();
+    }
+
+    /// The reader's byte budget follows authentication (before anything we write lets the peer
+    /// send more): the full stanza size once the stream is open — an inbound stream with a
+    /// verified pair, an outbound stream whose db:result is valid, a registered component —,
+    /// the pre-authentication size otherwise (verify connections always).
+    fn sync_budget(&self) {
+        let l = &self.router.ctx.config.limits;
+        let open = self.core.is_open() && self.verify.is_none();
+        self.budget.set(if open {
+            l.stanza_size
+        } else {
+            l.pre_auth_stanza_size
+        });
     }
 
     fn execute(&mut self, actions: Vec<Action>) {
@@ -539,6 +559,7 @@ impl Worker {
                         self.component = Some(domain);
                     }
                     let more = self.core.handle(Event::Registered(ok));
+                    self.sync_budget();
                     self.execute(more);
                 }
                 Action::Close(err) => self.close(err),
@@ -704,12 +725,13 @@ impl Worker {
 fn reader_loop(
     read: Box<dyn Read + Send>,
     limits: Limits,
+    budget: crate::xml::StanzaBudget,
     inbox: &Inbox,
     ctl: &Receiver<ReaderCmd>,
     pause_on: Option<&'static str>,
 ) {
     let send = |input| inbox.send_from_reader(input, READ_AHEAD).is_ok();
-    let mut reader = StreamReader::new(read, limits);
+    let mut reader = StreamReader::with_budget(read, limits, budget.clone());
     loop {
         match reader.next_event() {
             Ok(StreamEvent::Element(e)) if pause_on.is_some_and(|n| e.is(n, TLS_NS)) => {
@@ -722,7 +744,9 @@ fn reader_loop(
                     return;
                 }
                 match ctl.recv() {
-                    Ok(ReaderCmd::Resume(r)) => reader = StreamReader::new(r, limits),
+                    Ok(ReaderCmd::Resume(r)) => {
+                        reader = StreamReader::with_budget(r, limits, budget.clone())
+                    }
                     Err(_) => return,
                 }
             }

@@ -10,16 +10,184 @@
 //!
 //! Attribute keys: the local name for attributes in no namespace; `"xml:lang"` (generally
 //! `"xml:local"`) for the xml namespace; `"{nsuri}local"` for attributes in any other namespace.
+//!
+//! Namespace URIs are [`Ns`] values: a shared, immutable string that is cheap to clone, so that a
+//! stanza with thousands of elements in one namespace holds that URI once (the well-known XMPP
+//! namespaces are shared by every stream; the reader shares a URI between the elements of a stanza).
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+use std::sync::{Arc, LazyLock};
 
 use super::writer::write_element;
+
+/// A namespace URI ("" for no namespace): a shared immutable string, cheap to clone.
+///
+/// It dereferences to `str` and compares equal to `str`, `&str` and `String`, so `el.ns == SERVER_NS`,
+/// `is_content_ns(&el.ns)` and `format!("{}", el.ns)` work as with a `String`.
+#[derive(Clone)]
+pub struct Ns(Arc<str>);
+
+/// The namespaces every stream uses, allocated once per process and shared by all elements.
+static WELL_KNOWN: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
+    use super::*;
+    [
+        "",
+        SERVER_NS,
+        COMPONENT_NS,
+        CLIENT_NS,
+        DIALBACK_NS,
+        STREAM_NS,
+        STREAMS_ERR_NS,
+        STANZAS_NS,
+        TLS_NS,
+        DIALBACK_FEATURE_NS,
+    ]
+    .into_iter()
+    .map(Arc::from)
+    .collect()
+});
+
+impl Ns {
+    /// The namespace `uri`: one of the well-known XMPP namespaces is shared, any other is allocated.
+    pub fn new(uri: &str) -> Ns {
+        Ns::well_known(uri).unwrap_or_else(|| Ns(Arc::from(uri)))
+    }
+
+    /// The shared value for `uri` if it is one of the well-known XMPP namespaces (no allocation).
+    pub(crate) fn well_known(uri: &str) -> Option<Ns> {
+        WELL_KNOWN
+            .iter()
+            .find(|k| ***k == *uri)
+            .map(|k| Ns(k.clone()))
+    }
+
+    /// The URI.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether both values share one allocation (then they are equal without comparing bytes).
+    pub fn ptr_eq(&self, other: &Ns) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Default for Ns {
+    /// No namespace ("").
+    fn default() -> Ns {
+        Ns::new("")
+    }
+}
+
+impl Deref for Ns {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Ns {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Ns {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq for Ns {
+    fn eq(&self, other: &Ns) -> bool {
+        self.ptr_eq(other) || *self.0 == *other.0
+    }
+}
+
+impl Eq for Ns {}
+
+impl Hash for Ns {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq<str> for Ns {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Ns {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for Ns {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Ns> for str {
+    fn eq(&self, other: &Ns) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<Ns> for &str {
+    fn eq(&self, other: &Ns) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<Ns> for String {
+    fn eq(&self, other: &Ns) -> bool {
+        **self == *other.0
+    }
+}
+
+impl fmt::Debug for Ns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Ns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for Ns {
+    fn from(uri: &str) -> Ns {
+        Ns::new(uri)
+    }
+}
+
+impl From<String> for Ns {
+    fn from(uri: String) -> Ns {
+        Ns::new(&uri)
+    }
+}
+
+impl From<Ns> for String {
+    fn from(ns: Ns) -> String {
+        ns.as_str().to_owned()
+    }
+}
 
 /// One XML element with its resolved namespace, attributes in document order and children.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
     /// Local name (no prefix).
     pub name: String,
-    /// Namespace URI ("" for no namespace).
-    pub ns: String,
+    /// Namespace URI ("" for no namespace), shared (see [`Ns`]).
+    pub ns: Ns,
     /// Attributes in order; keys as described in the module documentation.
     pub attrs: Vec<(String, String)>,
     /// Child elements and text, in document order.
@@ -40,7 +208,7 @@ impl Element {
     pub fn new(name: &str, ns: &str) -> Element {
         Element {
             name: name.to_owned(),
-            ns: ns.to_owned(),
+            ns: Ns::new(ns),
             attrs: Vec::new(),
             children: Vec::new(),
         }

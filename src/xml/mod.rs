@@ -6,10 +6,14 @@
 //!   root start tag, one complete [`Element`] per first-level child (stanzas, `db:result`,
 //!   `stream:features`, `stream:error`…), and the root end tag. It enforces the restrictions of
 //!   RFC 6120 §11 (no DTD, no comments, no processing instructions, UTF-8 only) and size/depth limits,
-//!   and maps every failure to the stream error condition of RFC 6120 §4.9.3.
+//!   and maps every failure to the stream error condition of RFC 6120 §4.9.3. The memory of each
+//!   element it builds is bounded by its size whatever its shape (8× its bytes plus 16 KiB; see the
+//!   reader's "Memory" section), and its byte budget can be lowered until the peer is authenticated
+//!   ([`StanzaBudget`]).
 //! - [`write_element`] / [`Element::to_bytes`]: serialise an element as a first-level child of our own
-//!   stream (RFC 6120 §4.8 namespace handling), and [`StreamHeader::to_bytes`] for our stream headers
-//!   (RFC 6120 §4.7).
+//!   stream (RFC 6120 §4.8 namespace handling) so that it parses back to the same tree on any of our
+//!   streams (see the writer's "Fidelity" section), and [`StreamHeader::to_bytes`] for our stream
+//!   headers (RFC 6120 §4.7).
 //!
 //! Out of scope: validating the header (name, namespace, version, addresses — the stream layer does
 //! that), stream negotiation, stanza semantics, TLS, and anything about sockets except that
@@ -19,8 +23,8 @@ pub mod element;
 pub mod reader;
 pub mod writer;
 
-pub use element::{Element, Node};
-pub use reader::{Limits, StreamEvent, StreamReader, XmlError};
+pub use element::{Element, Node, Ns};
+pub use reader::{tree_bytes, Limits, StanzaBudget, StreamEvent, StreamReader, XmlError};
 pub use writer::{escape_attr, escape_text, write_element};
 
 /// Namespace of the stream root and of `stream:features` / `stream:error` (RFC 6120 §4.8.1).

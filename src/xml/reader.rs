@@ -12,20 +12,45 @@
 //!   floods, which the parser's own limits do not cover), a nesting-depth limit, a limit on in-scope
 //!   namespace bindings, and the parser's own limits on names, attributes and entity expansion (none
 //!   allowed: no DTD means no custom entities).
+//! - Memory bounded by size, whatever the shape (see "Memory" below).
 //! - Handing back unparsed bytes on [`StreamReader::into_inner`] for the STARTTLS check (RFC 6120
 //!   §5.3.3, §5.4.3.3: the stream is restarted on a new reader after the TLS handshake).
 //!
 //! Out of scope: validating the stream header or the elements (the stream layer does that), writing,
 //! timeouts (set them on the socket; they surface as [`XmlError::Io`]).
+//!
+//! # Memory
+//! The tree of one first-level element costs at most [`TREE_FACTOR`] (8) times its wire bytes plus
+//! [`TREE_ALLOWANCE`] (16 KiB), whatever its shape; a larger one is a policy violation, found while it
+//! is being read (the check runs after every node added, against the bytes read so far). The cost
+//! counted ([`tree_bytes`]) is what the allocator hands out: every `String`/`Vec` capacity rounded
+//! to a glibc chunk (at least 32 bytes, 16-byte steps, 8 bytes of header), every child slot
+//! (`size_of::<Node>()`), and each namespace URI allocation once (namespaces are shared [`Ns`]
+//! values, the well-known ones never allocated). What makes this hold for every shape:
+//! - namespace URIs are shared, not copied per element (the `xml` crate copies them per event; we
+//!   keep one `Arc` per distinct URI);
+//! - at most [`MAX_ELEMENTS_PER_STANZA`] elements per first-level element, [`MAX_ATTRIBUTES`]
+//!   attributes and [`MAX_DECLARATIONS_PER_ELEMENT`] namespace declarations per element (the
+//!   declarations are counted on the bytes, before the crate stores them), namespace URIs of at most
+//!   [`MAX_NAMESPACE_URI_LENGTH`] bytes and at most [`MAX_NAMESPACES_IN_SCOPE`] bindings and
+//!   [`MAX_NAMESPACE_BYTES_IN_SCOPE`] bytes of URIs in scope: the crate copies the whole in-scope
+//!   map into every start-tag event, so these bound that transient cost to a few KiB per element;
+//! - the per-stanza byte budget can be made smaller before the stream is authenticated
+//!   ([`StreamReader::set_max_stanza_bytes`], or a [`StanzaBudget`] shared with the thread that
+//!   knows): the stream layer starts with `limits.pre_auth_stanza_size` and raises it to
+//!   `limits.stanza_size` once the peer is authenticated.
 
 use std::fmt;
 use std::io::{self, BufReader, Read};
+use std::mem::size_of;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use log::debug;
 use xml::reader::{ErrorKind, EventReader, ParserConfig, XmlEvent};
 use xml::Encoding;
 
-use super::element::Element;
+use super::element::{Element, Node, Ns};
 use super::{StreamHeader, DIALBACK_NS};
 
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
@@ -34,23 +59,45 @@ const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 /// namespace) that may be in scope at any element. The parser copies the whole in-scope mapping into
 /// every start-tag event, so without this bound a stanza that declares thousands of prefixes and then
 /// contains thousands of small children costs time quadratic in its size.
-const MAX_NAMESPACES_IN_SCOPE: usize = 32;
+pub const MAX_NAMESPACES_IN_SCOPE: usize = 32;
+
+/// Most bytes of namespace URIs in scope at any element, summed over the bindings: bounds what the
+/// parser copies per start tag.
+pub const MAX_NAMESPACE_BYTES_IN_SCOPE: usize = 4096;
+
+/// Longest namespace URI, in bytes (the longest XMPP namespaces are under 64 bytes).
+pub const MAX_NAMESPACE_URI_LENGTH: usize = 1024;
+
+/// Most namespace declarations (`xmlns` and `xmlns:p` attributes) on one start tag. Counted on the
+/// bytes before the parser sees them: any `xmlns` outside a quoted value inside a start tag counts,
+/// so an attribute *name* containing "xmlns" counts too (harmless: no XMPP attribute is so named).
+pub const MAX_DECLARATIONS_PER_ELEMENT: usize = 16;
+
+/// Most elements in one first-level element, itself included.
+pub const MAX_ELEMENTS_PER_STANZA: usize = 10_000;
+
+/// The memory of a first-level element's tree may be at most this many times its wire bytes …
+pub const TREE_FACTOR: usize = 8;
+
+/// … plus this fixed allowance (it covers the element itself and the slack of small trees).
+pub const TREE_ALLOWANCE: usize = 16 * 1024;
 
 /// Most attributes (not counting namespace declarations) on one element.
-const MAX_ATTRIBUTES: usize = 64;
+pub const MAX_ATTRIBUTES: usize = 64;
 
 /// Longest qualified element or attribute name, in bytes.
-const MAX_NAME_LENGTH: usize = 256;
+pub const MAX_NAME_LENGTH: usize = 256;
 
 /// Longest attribute value (also namespace URIs), in bytes, if the stanza limit is larger.
-const MAX_ATTRIBUTE_LENGTH: usize = 64 * 1024;
+pub const MAX_ATTRIBUTE_LENGTH: usize = 64 * 1024;
 
 /// Resource limits for one stream.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Most bytes of input per first-level element, counted from the end of the previous one (or of
     /// the stream header), so whitespace before an element counts towards it. The stream header
-    /// itself is bounded by the same number.
+    /// itself is bounded by the same number. This is the ceiling: the budget in force can be lowered
+    /// below it (see [`StanzaBudget`]).
     pub max_stanza_bytes: usize,
     /// Deepest nesting inside a first-level element: the first-level element itself is depth 1.
     pub max_depth: usize,
@@ -63,6 +110,31 @@ impl Default for Limits {
             max_stanza_bytes: 512 * 1024,
             max_depth: 64,
         }
+    }
+}
+
+/// The per-first-level-element byte budget in force on a [`StreamReader`], which another thread may
+/// change while the reader is blocked: the stream's protocol side lowers it before the peer is
+/// authenticated and raises it after. The reader reads it on every read from the transport, so a new
+/// value applies at once (to the rest of the element being read, too). It never exceeds the reader's
+/// [`Limits::max_stanza_bytes`].
+#[derive(Clone, Debug)]
+pub struct StanzaBudget(Arc<AtomicUsize>);
+
+impl StanzaBudget {
+    /// A budget of `max_stanza_bytes`.
+    pub fn new(max_stanza_bytes: usize) -> StanzaBudget {
+        StanzaBudget(Arc::new(AtomicUsize::new(max_stanza_bytes)))
+    }
+
+    /// Change the budget.
+    pub fn set(&self, max_stanza_bytes: usize) {
+        self.0.store(max_stanza_bytes, Ordering::Relaxed);
+    }
+
+    /// The budget (before the reader's ceiling is applied).
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -85,7 +157,8 @@ pub enum XmlError {
     /// Any parser error → not-well-formed (invalid UTF-8, bad nesting, unbound prefix, undeclared
     /// entity…).
     NotWellFormed(String),
-    /// Stanza over max_stanza_bytes, depth over max_depth (or too many namespaces in scope) →
+    /// Stanza over its byte budget, depth over max_depth, a tree costing more memory than allowed,
+    /// too many elements, attributes or namespace declarations, a namespace URI or name too long →
     /// policy-violation.
     PolicyViolation(String),
     /// The peer closed TCP (EOF) without closing the stream. Also returned, without reading, by
@@ -159,9 +232,21 @@ impl Failure {
 struct Budget<R> {
     inner: BufReader<R>,
     used: usize,
-    limit: usize,
+    /// The budget in force (shared), capped by `ceiling`.
+    shared: StanzaBudget,
+    ceiling: usize,
     exceeded: bool,
     eof: bool,
+    /// Counts namespace declarations per start tag on the bytes.
+    scan: Scanner,
+    /// The scanner found a start tag with too many namespace declarations.
+    flood: bool,
+}
+
+impl<R> Budget<R> {
+    fn limit(&self) -> usize {
+        self.shared.get().min(self.ceiling)
+    }
 }
 
 impl<R: Read> Read for Budget<R> {
@@ -169,7 +254,10 @@ impl<R: Read> Read for Budget<R> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let left = self.limit.saturating_sub(self.used);
+        if self.flood {
+            return Err(io::Error::other("too many namespace declarations"));
+        }
+        let left = self.limit().saturating_sub(self.used);
         if left == 0 {
             self.exceeded = true;
             return Err(io::Error::other("per-element byte budget exceeded"));
@@ -180,8 +268,145 @@ impl<R: Read> Read for Budget<R> {
             self.eof = true;
         }
         self.used += n;
+        if !self.scan.feed(&buf[..n]) {
+            self.flood = true;
+            return Err(io::Error::other("too many namespace declarations"));
+        }
         Ok(n)
     }
+}
+
+/// Where the [`Scanner`] is in the markup.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scan {
+    /// Character data (or anything else outside a tag).
+    Text,
+    /// Just read `<`.
+    Open,
+    /// Inside a start tag, outside quotes; `.0` bytes of "xmlns" matched.
+    Tag(u8),
+    /// Inside a quoted attribute value closed by `.0`.
+    Quoted(u8),
+    /// After `<!`: `.0` bytes of "[CDATA[" matched.
+    Bang(u8),
+    /// Inside a CDATA section: `.0` bytes of "]]>" matched.
+    CData(u8),
+    /// An end tag, a processing instruction, a comment or a DOCTYPE: up to the next `>` (the parser
+    /// rejects the last three anyway).
+    Other,
+}
+
+/// A byte-level pass over the input that counts namespace declarations in each start tag, so that a
+/// start tag declaring thousands of prefixes is refused before the parser stores them all (and then
+/// copies them into its event). It knows just enough XML to find start tags: `<` always opens markup
+/// outside CDATA sections and quoted values.
+#[derive(Debug)]
+struct Scanner {
+    state: Scan,
+    decls: usize,
+}
+
+impl Scanner {
+    fn new() -> Scanner {
+        Scanner {
+            state: Scan::Text,
+            decls: 0,
+        }
+    }
+
+    /// Scan `bytes`; false once a start tag has more than [`MAX_DECLARATIONS_PER_ELEMENT`]
+    /// declarations.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        const XMLNS: &[u8; 5] = b"xmlns";
+        const CDATA: &[u8; 7] = b"[CDATA[";
+        for &b in bytes {
+            self.state = match (self.state, b) {
+                (Scan::Text, b'<') => Scan::Open,
+                (Scan::Text, _) => Scan::Text,
+                (Scan::Open, b'!') => Scan::Bang(0),
+                (Scan::Open, b'/' | b'?') => Scan::Other,
+                (Scan::Open | Scan::Tag(_), b'>') => {
+                    self.decls = 0;
+                    Scan::Text
+                }
+                (Scan::Open | Scan::Tag(_), b'\'' | b'"') => Scan::Quoted(b),
+                (Scan::Open, _) => Scan::Tag(u8::from(b == b'x')),
+                (Scan::Tag(m), _) => {
+                    if b == XMLNS[usize::from(m)] {
+                        if usize::from(m) + 1 == XMLNS.len() {
+                            self.decls += 1;
+                            if self.decls > MAX_DECLARATIONS_PER_ELEMENT {
+                                return false;
+                            }
+                            Scan::Tag(0)
+                        } else {
+                            Scan::Tag(m + 1)
+                        }
+                    } else {
+                        Scan::Tag(u8::from(b == b'x'))
+                    }
+                }
+                (Scan::Quoted(q), _) if b == q => Scan::Tag(0),
+                (Scan::Quoted(q), _) => Scan::Quoted(q),
+                (Scan::Bang(m), _) if b == CDATA[usize::from(m)] => {
+                    if usize::from(m) + 1 == CDATA.len() {
+                        Scan::CData(0)
+                    } else {
+                        Scan::Bang(m + 1)
+                    }
+                }
+                (Scan::Bang(_), b'>') => Scan::Text,
+                (Scan::Bang(_), _) => Scan::Other,
+                (Scan::CData(m), b']') => Scan::CData((m + 1).min(2)),
+                (Scan::CData(2), b'>') => Scan::Text,
+                (Scan::CData(_), _) => Scan::CData(0),
+                (Scan::Other, b'>') => Scan::Text,
+                (Scan::Other, _) => Scan::Other,
+            };
+        }
+        true
+    }
+}
+
+/// What the allocator hands out for a request of `cap` bytes (glibc: 8 bytes of header, 16-byte
+/// steps, 32 bytes at least; nothing for an empty `String`/`Vec`).
+fn alloc(cap: usize) -> usize {
+    if cap == 0 {
+        0
+    } else {
+        (cap.saturating_add(8 + 15) & !15).max(32)
+    }
+}
+
+/// The allocation of an `Arc<str>` of `len` bytes (two reference counts before the bytes).
+fn arc_alloc(len: usize) -> usize {
+    alloc(len + 16)
+}
+
+/// The memory of a tree as the reader counts it against [`TREE_FACTOR`] × wire bytes +
+/// [`TREE_ALLOWANCE`]: the element itself, every allocation below it (by capacity, rounded as the
+/// allocator does), and each shared namespace allocation once (the well-known ones cost nothing).
+pub fn tree_bytes(el: &Element) -> usize {
+    fn walk(el: &Element, seen: &mut Vec<Ns>) -> usize {
+        let mut n = alloc(el.name.capacity())
+            + alloc(el.attrs.capacity() * size_of::<(String, String)>())
+            + alloc(el.children.capacity() * size_of::<Node>());
+        if Ns::well_known(&el.ns).is_none() && !seen.iter().any(|s| s.ptr_eq(&el.ns)) {
+            seen.push(el.ns.clone());
+            n += arc_alloc(el.ns.len());
+        }
+        for (k, v) in &el.attrs {
+            n += alloc(k.capacity()) + alloc(v.capacity());
+        }
+        for c in &el.children {
+            n += match c {
+                Node::Element(e) => walk(e, seen),
+                Node::Text(t) => alloc(t.capacity()),
+            };
+        }
+        n
+    }
+    size_of::<Element>() + walk(el, &mut Vec::new())
 }
 
 #[derive(Clone, Debug)]
@@ -206,11 +431,29 @@ pub struct StreamReader<R: Read> {
     state: State,
     /// Open elements below the root; `stack[0]` is the current first-level element.
     stack: Vec<Element>,
+    /// Memory of the current first-level element's tree so far (see the module doc).
+    tree: usize,
+    /// Elements in the current first-level element so far.
+    elements: usize,
+    /// Namespaces met recently on this stream, so that elements share one allocation per URI.
+    ns_cache: Vec<Ns>,
+    /// Next `ns_cache` slot to replace once it is full.
+    ns_next: usize,
 }
 
+/// How many recently met namespaces a reader keeps for sharing.
+const NS_CACHE: usize = 16;
+
 impl<R: Read> StreamReader<R> {
-    /// Start reading a stream from `inner` (wrapped in a `BufReader` here).
+    /// Start reading a stream from `inner` (wrapped in a `BufReader` here), with a per-element byte
+    /// budget of `limits.max_stanza_bytes` (see [`StreamReader::set_max_stanza_bytes`]).
     pub fn new(inner: R, limits: Limits) -> Self {
+        Self::with_budget(inner, limits, StanzaBudget::new(limits.max_stanza_bytes))
+    }
+
+    /// Like [`StreamReader::new`], with the byte budget in force taken from `budget` (capped by
+    /// `limits.max_stanza_bytes`), which another thread may change at any time.
+    pub fn with_budget(inner: R, limits: Limits, budget: StanzaBudget) -> Self {
         let config = ParserConfig::new()
             .ignore_comments(false) // surface comments so we can reject them
             .trim_whitespace(false)
@@ -225,22 +468,41 @@ impl<R: Read> StreamReader<R> {
             .max_entity_expansion_length(0)
             .max_entity_expansion_depth(0)
             .max_attributes(MAX_ATTRIBUTES)
-            .max_name_length(MAX_NAME_LENGTH)
+            // The crate lets a name grow to one character more than configured.
+            .max_name_length(MAX_NAME_LENGTH - 1)
             .max_attribute_length(MAX_ATTRIBUTE_LENGTH.min(limits.max_stanza_bytes))
             .max_data_length(limits.max_stanza_bytes);
         let budget = Budget {
             inner: BufReader::new(inner),
             used: 0,
-            limit: limits.max_stanza_bytes,
+            shared: budget,
+            ceiling: limits.max_stanza_bytes,
             exceeded: false,
             eof: false,
+            scan: Scanner::new(),
+            flood: false,
         };
         StreamReader {
             parser: config.create_reader(budget),
             limits,
             state: State::BeforeHeader,
             stack: Vec::new(),
+            tree: 0,
+            elements: 0,
+            ns_cache: Vec::new(),
+            ns_next: 0,
         }
+    }
+
+    /// Set the byte budget per first-level element (and for the stream header, if not read yet);
+    /// capped by `limits.max_stanza_bytes`. Applies at once, also to the element being read.
+    pub fn set_max_stanza_bytes(&self, bytes: usize) {
+        self.parser.source().shared.set(bytes);
+    }
+
+    /// The budget in force, as a handle another thread can change (see [`StanzaBudget`]).
+    pub fn budget(&self) -> StanzaBudget {
+        self.parser.source().shared.clone()
     }
 
     /// Blocks until the next event. After an error, every further call returns an error (never loops, never panics).
@@ -289,11 +551,7 @@ impl<R: Read> StreamReader<R> {
                     attributes,
                     namespace,
                 } => {
-                    if namespace.0.len() > MAX_NAMESPACES_IN_SCOPE {
-                        return Err(Failure::PolicyViolation(format!(
-                            "more than {MAX_NAMESPACES_IN_SCOPE} namespace bindings in scope"
-                        )));
-                    }
+                    check_scope(&namespace)?;
                     if let State::BeforeHeader = self.state {
                         self.state = State::Open;
                         self.reset_budget();
@@ -301,53 +559,125 @@ impl<R: Read> StreamReader<R> {
                             name, attributes, &namespace,
                         )));
                     }
+                    drop(namespace);
                     if self.stack.len() >= self.limits.max_depth {
                         return Err(Failure::PolicyViolation(format!(
                             "element nesting deeper than {}",
                             self.limits.max_depth
                         )));
                     }
+                    self.elements += 1;
+                    if self.elements > MAX_ELEMENTS_PER_STANZA {
+                        return Err(Failure::PolicyViolation(format!(
+                            "more than {MAX_ELEMENTS_PER_STANZA} elements in one stanza"
+                        )));
+                    }
+                    let ns = self.share_ns(name.namespace.as_deref().unwrap_or_default());
                     let mut el = Element {
                         name: name.local_name,
-                        ns: name.namespace.unwrap_or_default(),
+                        ns,
                         attrs: Vec::with_capacity(attributes.len()),
                         children: Vec::new(),
                     };
+                    let mut cost = alloc(el.name.capacity())
+                        + alloc(el.attrs.capacity() * size_of::<(String, String)>());
+                    if self.stack.is_empty() {
+                        cost += size_of::<Element>();
+                    }
                     for a in attributes {
                         let key = match a.name.namespace.as_deref() {
                             None | Some("") => a.name.local_name,
                             Some(XML_NS) => format!("xml:{}", a.name.local_name),
                             Some(ns) => format!("{{{ns}}}{}", a.name.local_name),
                         };
-                        el.attrs.push((key, a.value));
+                        let mut value = a.value;
+                        value.shrink_to_fit();
+                        cost += alloc(key.capacity()) + alloc(value.capacity());
+                        el.attrs.push((key, value));
                     }
                     self.stack.push(el);
+                    self.account(cost)?;
                 }
                 XmlEvent::EndElement { .. } => match self.stack.pop() {
                     None => {
                         self.state = State::Closed;
                         return Ok(StreamEvent::Close);
                     }
-                    Some(el) => match self.stack.last_mut() {
-                        Some(parent) => parent.push_child(el),
-                        None => {
-                            self.reset_budget();
-                            return Ok(StreamEvent::Element(el));
+                    Some(mut el) => {
+                        // Give back the slack of the children vector (it grew by doubling).
+                        let before = alloc(el.children.capacity() * size_of::<Node>());
+                        el.children.shrink_to_fit();
+                        let after = alloc(el.children.capacity() * size_of::<Node>());
+                        self.tree = self.tree.saturating_sub(before - after);
+                        match self.stack.last_mut() {
+                            Some(parent) => {
+                                let before = alloc(parent.children.capacity() * size_of::<Node>());
+                                parent.push_child(el);
+                                let after = alloc(parent.children.capacity() * size_of::<Node>());
+                                self.account(after - before)?;
+                            }
+                            None => {
+                                self.reset_budget();
+                                return Ok(StreamEvent::Element(el));
+                            }
                         }
-                    },
+                    }
                 },
                 XmlEvent::Characters(text) | XmlEvent::CData(text) | XmlEvent::Whitespace(text) => {
                     // Directly inside the root: keepalive whitespace (or stray text): ignored.
                     if let Some(top) = self.stack.last_mut() {
-                        top.push_text(text);
+                        let cost = push_text_counted(top, text);
+                        self.account(cost)?;
                     }
                 }
             }
         }
     }
 
+    /// Add `cost` bytes to the current tree and check it against the bytes read so far.
+    fn account(&mut self, cost: usize) -> Result<(), Failure> {
+        self.tree = self.tree.saturating_add(cost);
+        let wire = self.parser.source().used;
+        let allowed = wire
+            .saturating_mul(TREE_FACTOR)
+            .saturating_add(TREE_ALLOWANCE);
+        if self.tree > allowed {
+            return Err(Failure::PolicyViolation(format!(
+                "stanza of {wire} bytes would take more than {allowed} bytes of memory"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The shared value for namespace `uri`: the parent's, a well-known one, or one met recently on
+    /// this stream; a new allocation (counted against the tree) otherwise.
+    fn share_ns(&mut self, uri: &str) -> Ns {
+        if let Some(parent) = self.stack.last() {
+            if parent.ns == *uri {
+                return parent.ns.clone();
+            }
+        }
+        if let Some(ns) = Ns::well_known(uri) {
+            return ns;
+        }
+        if let Some(ns) = self.ns_cache.iter().find(|n| **n == *uri) {
+            return ns.clone();
+        }
+        let ns = Ns::new(uri);
+        self.tree = self.tree.saturating_add(arc_alloc(uri.len()));
+        if self.ns_cache.len() < NS_CACHE {
+            self.ns_cache.push(ns.clone());
+        } else {
+            self.ns_cache[self.ns_next] = ns.clone();
+            self.ns_next = (self.ns_next + 1) % NS_CACHE;
+        }
+        ns
+    }
+
     fn reset_budget(&mut self) {
         self.parser.source_mut().used = 0;
+        self.tree = 0;
+        self.elements = 0;
     }
 
     fn map_parser_error(&self, e: &xml::reader::Error) -> Failure {
@@ -355,7 +685,12 @@ impl<R: Read> StreamReader<R> {
         if budget.exceeded {
             return Failure::PolicyViolation(format!(
                 "element larger than {} bytes",
-                self.limits.max_stanza_bytes
+                budget.limit()
+            ));
+        }
+        if budget.flood {
+            return Failure::PolicyViolation(format!(
+                "more than {MAX_DECLARATIONS_PER_ELEMENT} namespace declarations on one element"
             ));
         }
         if budget.eof {
@@ -364,6 +699,12 @@ impl<R: Read> StreamReader<R> {
         match e.kind() {
             ErrorKind::Io(io) => Failure::Io(io.kind(), io.to_string()),
             ErrorKind::UnexpectedEof => Failure::Eof,
+            ErrorKind::Syntax(m) if m.starts_with(CRATE_LIMIT_MESSAGE) => {
+                Failure::PolicyViolation(format!(
+                    "name, attribute or text over the parser's limits (names {MAX_NAME_LENGTH} \
+                     bytes, {MAX_ATTRIBUTES} attributes, values {MAX_ATTRIBUTE_LENGTH} bytes)"
+                ))
+            }
             _ => Failure::NotWellFormed(e.to_string()),
         }
     }
@@ -375,6 +716,55 @@ impl<R: Read> StreamReader<R> {
         let rest = buffered.buffer().to_vec();
         (buffered.into_inner(), rest)
     }
+}
+
+/// The `xml` crate's message when one of its configured limits (names, attributes, lengths) is hit.
+const CRATE_LIMIT_MESSAGE: &str = "This document is larger/more complex than allowed";
+
+/// Check the namespace bindings in scope at a start tag (see the module doc).
+fn check_scope(namespace: &xml::namespace::Namespace) -> Result<(), Failure> {
+    if namespace.0.len() > MAX_NAMESPACES_IN_SCOPE {
+        return Err(Failure::PolicyViolation(format!(
+            "more than {MAX_NAMESPACES_IN_SCOPE} namespace bindings in scope"
+        )));
+    }
+    let mut total = 0;
+    for uri in namespace.0.values() {
+        if uri.len() > MAX_NAMESPACE_URI_LENGTH {
+            return Err(Failure::PolicyViolation(format!(
+                "namespace URI longer than {MAX_NAMESPACE_URI_LENGTH} bytes"
+            )));
+        }
+        total += uri.len();
+    }
+    if total > MAX_NAMESPACE_BYTES_IN_SCOPE {
+        return Err(Failure::PolicyViolation(format!(
+            "more than {MAX_NAMESPACE_BYTES_IN_SCOPE} bytes of namespace URIs in scope"
+        )));
+    }
+    Ok(())
+}
+
+/// Append `text` to `el` as the reader does ([`Element::push_text`]) and return the memory it added.
+fn push_text_counted(el: &mut Element, mut text: String) -> usize {
+    if text.is_empty() {
+        return 0;
+    }
+    let slots = alloc(el.children.capacity() * size_of::<Node>());
+    let last = match el.children.last() {
+        Some(Node::Text(t)) => alloc(t.capacity()),
+        _ => {
+            text.shrink_to_fit();
+            0
+        }
+    };
+    el.push_text(text);
+    let slots_after = alloc(el.children.capacity() * size_of::<Node>());
+    let last_after = match el.children.last() {
+        Some(Node::Text(t)) => alloc(t.capacity()),
+        _ => 0,
+    };
+    (slots_after - slots) + (last_after - last)
 }
 
 /// A bounded copy of peer-supplied text for error messages.
@@ -973,6 +1363,294 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Parse `body` behind [`HEADER`] with the default limits: the first element (checked against the
+    /// memory bound) or the error.
+    fn parse_one(body: &str) -> Result<Element, XmlError> {
+        let input = format!("{HEADER}{body}");
+        let mut r = reader(&input);
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
+        match r.next_event()? {
+            StreamEvent::Element(e) => {
+                let bound = body.len() * TREE_FACTOR + TREE_ALLOWANCE;
+                let cost = tree_bytes(&e);
+                assert!(cost <= bound, "tree of {cost} bytes > {bound}");
+                Ok(e)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn policy(res: Result<Element, XmlError>) -> String {
+        match res {
+            Err(XmlError::PolicyViolation(m)) => m,
+            other => panic!("expected a policy violation, got {other:?}"),
+        }
+    }
+
+    /// The measured attack: a 30 KB namespace URI on a stanza holding 100 000 empty children
+    /// (430 KB) cost 2.9 GB before namespaces were shared and bounded.
+    #[test]
+    fn mem_long_namespace_uri_is_refused() {
+        let body = format!(
+            "<message xmlns='urn:{}'>{}</message>",
+            "x".repeat(30_000),
+            "<a/>".repeat(100_000)
+        );
+        assert!(body.len() < 512 * 1024);
+        let m = policy(parse_one(&body));
+        assert!(m.contains("namespace URI longer"), "{m}");
+        // A URI at the limit is fine, and shared by every element in it.
+        let uri = format!("urn:{}", "y".repeat(MAX_NAMESPACE_URI_LENGTH - 4));
+        let e = parse_one(&format!("<message xmlns='{uri}'><a/><b><c/></b></message>")).unwrap();
+        assert_eq!(e.ns, uri.as_str());
+        let b = e.child("b", &uri).unwrap();
+        assert!(b.ns.ptr_eq(&e.ns) && b.child("c", &uri).unwrap().ns.ptr_eq(&e.ns));
+    }
+
+    #[test]
+    fn mem_many_empty_children_are_refused_early() {
+        // 100 000 <a/> in an ordinary namespace: each costs a child slot and a name (over 100
+        // bytes) for 4 bytes of input.
+        let body = format!("<message>{}</message>", "<a/>".repeat(100_000));
+        let m = policy(parse_one(&body));
+        assert!(m.contains("bytes of memory"), "{m}");
+        // The same with longer elements hits the element cap instead (or memory, whichever first).
+        let body = format!(
+            "<message>{}</message>",
+            "<item jid='pubsub.example.org' node='n'/>".repeat(12_000)
+        );
+        assert!(body.len() < 512 * 1024);
+        let m = policy(parse_one(&body));
+        assert!(m.contains("elements") || m.contains("memory"), "{m}");
+        let body = format!(
+            "<message>{}</message>",
+            "<a/>".repeat(MAX_ELEMENTS_PER_STANZA)
+        );
+        let mut input = String::from(HEADER);
+        input.push_str(&body);
+        let limits = Limits::default();
+        let mut r = StreamReader::new(input.as_bytes(), limits);
+        r.next_event().unwrap();
+        assert!(matches!(r.next_event(), Err(XmlError::PolicyViolation(_))));
+    }
+
+    #[test]
+    fn mem_many_attributes() {
+        let attrs = |n: usize| (0..n).map(|i| format!(" a{i}=''")).collect::<String>();
+        let e = parse_one(&format!("<message{}/>", attrs(MAX_ATTRIBUTES))).unwrap();
+        assert_eq!(e.attrs.len(), MAX_ATTRIBUTES);
+        let m = policy(parse_one(&format!(
+            "<message{}/>",
+            attrs(MAX_ATTRIBUTES + 1)
+        )));
+        assert!(m.contains("attributes"), "{m}");
+        // Many elements each with the most attributes: refused by the memory bound.
+        let body = format!(
+            "<message>{}</message>",
+            format!("<x{}/>", attrs(MAX_ATTRIBUTES)).repeat(1000)
+        );
+        let m = policy(parse_one(&body));
+        assert!(m.contains("memory"), "{m}");
+        // Namespaced attributes each carry the URI in their key: bounded the same way.
+        let uri = format!("urn:{}", "u".repeat(1000));
+        let pattrs: String = (0..MAX_ATTRIBUTES).map(|i| format!(" p:a{i}=''")).collect();
+        let body = format!(
+            "<message xmlns:p='{uri}'>{}</message>",
+            format!("<x{pattrs}/>").repeat(100)
+        );
+        let m = policy(parse_one(&body));
+        assert!(m.contains("memory"), "{m}");
+    }
+
+    #[test]
+    fn mem_many_namespace_declarations() {
+        let decls = |n: usize, base: usize| {
+            (0..n)
+                .map(|i| format!(" xmlns:p{}='urn:p{}'", i + base, i + base))
+                .collect::<String>()
+        };
+        let e = parse_one(&format!(
+            "<message{}><p3:x/></message>",
+            decls(MAX_DECLARATIONS_PER_ELEMENT, 0)
+        ))
+        .unwrap();
+        assert!(e.child("x", "urn:p3").is_some());
+        let m = policy(parse_one(&format!(
+            "<message{}/>",
+            decls(MAX_DECLARATIONS_PER_ELEMENT + 1, 0)
+        )));
+        assert!(m.contains("declarations"), "{m}");
+        // A flood of 40 000 declarations on one element is stopped on the bytes, after 17.
+        let m = policy(parse_one(&format!("<message{}/>", decls(40_000, 0))));
+        assert!(m.contains("declarations"), "{m}");
+        // Nested declarations add up to the in-scope caps (bindings, then URI bytes).
+        let m = policy(parse_one(&format!(
+            "<message{}><x{}/></message>",
+            decls(16, 0),
+            decls(16, 16)
+        )));
+        assert!(m.contains("bindings in scope"), "{m}");
+        let long = |p: usize| format!(" xmlns:q{p}='urn:{}'", "z".repeat(1000));
+        let m = policy(parse_one(&format!(
+            "<message{}{}{}{}{}/>",
+            long(1),
+            long(2),
+            long(3),
+            long(4),
+            long(5)
+        )));
+        assert!(m.contains("bytes of namespace URIs"), "{m}");
+        // Default-namespace changes on every element share what they can and are counted.
+        let body = format!(
+            "<message>{}</message>",
+            (0..2000)
+                .map(|i| format!("<a xmlns='urn:{i}'/>"))
+                .collect::<String>()
+        );
+        let m = policy(parse_one(&body));
+        assert!(m.contains("memory"), "{m}");
+        // "xmlns" inside quoted values, text and CDATA is not a declaration.
+        let x = "xmlns ".repeat(40);
+        let e = parse_one(&format!(
+            "<message a='{x}' b=\"{x}\"><body>{x}</body><![CDATA[<p {x}>]]></message>"
+        ))
+        .unwrap();
+        assert_eq!(e.attr("a"), Some(x.as_str()));
+    }
+
+    #[test]
+    fn mem_long_names_and_big_text() {
+        let name = "n".repeat(MAX_NAME_LENGTH);
+        let e = parse_one(&format!("<message><{name} {name}='v'/></message>")).unwrap();
+        assert_eq!(e.elements().next().unwrap().name.len(), MAX_NAME_LENGTH);
+        let long = "n".repeat(MAX_NAME_LENGTH + 1);
+        policy(parse_one(&format!("<message><{long}/></message>")));
+        policy(parse_one(&format!("<message {long}='v'/>")));
+        // Many elements with the longest names: the names are paid for by their bytes.
+        let body = format!("<message>{}</message>", format!("<{name}/>").repeat(500));
+        assert_eq!(parse_one(&body).unwrap().children.len(), 500);
+        // Big text, as text, CDATA and entity references, and a big attribute value.
+        let text = "t".repeat(400 * 1024);
+        let e = parse_one(&format!("<message><body>{text}</body></message>")).unwrap();
+        assert_eq!(e.elements().next().unwrap().text().len(), text.len());
+        let e = parse_one(&format!("<message><![CDATA[{text}]]></message>")).unwrap();
+        assert_eq!(e.text().len(), text.len());
+        let amps = "&amp;".repeat(80_000);
+        assert_eq!(
+            parse_one(&format!("<message>{amps}</message>"))
+                .unwrap()
+                .text()
+                .len(),
+            80_000
+        );
+        let v = "v".repeat(60_000);
+        let e = parse_one(&format!("<message a='{v}'/>")).unwrap();
+        assert_eq!(e.attr("a").map(str::len), Some(60_000));
+        // Text interleaved with tiny elements is bounded like the elements.
+        let body = format!("<message>{}</message>", "x<a/>".repeat(50_000));
+        policy(parse_one(&body));
+    }
+
+    #[test]
+    fn mem_ordinary_stanzas_parse() {
+        let e = parse_one(
+            "<message from='juliet@capulet.example/balcony' to='romeo@montague.example' \
+             type='chat' id='m1' xml:lang='en'><body>Wherefore art thou, Romeo?</body>\
+             <thread>e0ffe42b28561960c6b12b944a092794b9683a38</thread>\
+             <active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        )
+        .unwrap();
+        assert_eq!(e.elements().count(), 3);
+        let items: String = (0..60)
+            .map(|i| {
+                format!(
+                    "<item id='item-{i}'><entry xmlns='http://www.w3.org/2005/Atom'>\
+                     <title>Title {i}</title><summary>Some summary {i}</summary>\
+                     <link rel='alternate' type='text/html' href='http://x.example/{i}'/>\
+                     <id>tag:x.example,2008:entry-{i}</id><published>2003-12-13T18:30:02Z</published>\
+                     </entry></item>"
+                )
+            })
+            .collect();
+        let e = parse_one(&format!(
+            "<iq type='result' from='pubsub.shakespeare.example' to='francisco@denmark.example/barracks' \
+             id='items1'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <items node='princely_musings'>{items}</items></pubsub></iq>"
+        ))
+        .unwrap();
+        let pubsub = e
+            .child("pubsub", "http://jabber.org/protocol/pubsub")
+            .unwrap();
+        assert_eq!(pubsub.elements().next().unwrap().elements().count(), 60);
+        let disco: String = (0..80)
+            .map(|i| format!("<item jid='room{i}@conference.example.org' name='Room {i}'/>"))
+            .collect();
+        let e = parse_one(&format!(
+            "<iq type='result' id='d1'><query xmlns='http://jabber.org/protocol/disco#items'>{disco}</query></iq>"
+        ))
+        .unwrap();
+        assert_eq!(e.elements().next().unwrap().elements().count(), 80);
+        let features: String = (0..40)
+            .map(|i| format!("<feature var='urn:xmpp:feature:{i}'/>"))
+            .collect();
+        parse_one(&format!(
+            "<iq type='result' id='d2'><query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='server' type='im' name='x'/>{features}</query></iq>"
+        ))
+        .unwrap();
+        // Dialback and stream-level elements fit the pre-authentication budget many times over.
+        parse_one(&format!(
+            "<db:result from='a.example' to='b.example'>{}</db:result>",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn budget_switch() {
+        let pre = 16 * 1024;
+        let big = format!("<message><body>{}</body></message>", "b".repeat(40_000));
+        // Before authentication: the small budget bounds the header and every element.
+        let input = format!("{HEADER}<db:result from='a' to='b'>k</db:result>{big}");
+        let mut r = StreamReader::new(input.as_bytes(), Limits::default());
+        r.set_max_stanza_bytes(pre);
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Element(_))));
+        let e = r.next_event().unwrap_err();
+        assert!(e.to_string().contains("16384"), "{e}");
+        let huge_header = format!(
+            "<stream:stream xmlns:stream='{STREAM_NS}' id='{}'>",
+            "i".repeat(pre)
+        );
+        let mut r = StreamReader::new(huge_header.as_bytes(), Limits::default());
+        r.set_max_stanza_bytes(pre);
+        assert!(matches!(r.next_event(), Err(XmlError::PolicyViolation(_))));
+        // After authentication (the handle may live on another thread) the full budget applies;
+        // the ceiling of the limits still holds.
+        let mut r =
+            StreamReader::with_budget(input.as_bytes(), Limits::default(), StanzaBudget::new(pre));
+        let handle = r.budget();
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
+        assert!(matches!(r.next_event(), Ok(StreamEvent::Element(_))));
+        std::thread::spawn(move || handle.set(usize::MAX))
+            .join()
+            .unwrap();
+        let Ok(StreamEvent::Element(m)) = r.next_event() else {
+            panic!()
+        };
+        assert_eq!(m.elements().next().unwrap().text().len(), 40_000);
+        let limits = Limits {
+            max_stanza_bytes: 20_000,
+            max_depth: 64,
+        };
+        let mut r = StreamReader::new(input.as_bytes(), limits);
+        r.set_max_stanza_bytes(usize::MAX);
+        r.next_event().unwrap();
+        r.next_event().unwrap();
+        let e = r.next_event().unwrap_err();
+        assert!(e.to_string().contains("20000"), "{e}");
     }
 
     /// Throughput sanity check: `cargo test --release -- --ignored --nocapture throughput`.

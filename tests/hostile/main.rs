@@ -1,7 +1,8 @@
 //! Hostile input on the wire: one module per attack class of the "Hostile input" issue. Each
 //! test asserts the wire outcome, that the daemon is still alive and that a legitimate dialback
 //! still succeeds afterwards; amplification cases also bound the daemon's peak RSS (VmHWM).
+mod caps;
 #[path = "../common/mod.rs"]
 mod common;
-mod caps;
+mod memory;
 mod ssrf;
