@@ -3,3 +3,4 @@
 //! still succeeds afterwards; amplification cases also bound the daemon's peak RSS (VmHWM).
 #[path = "../common/mod.rs"]
 mod common;
+mod streams;
