@@ -37,7 +37,8 @@ impl std::fmt::Display for AddressError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AddressError::Missing(a) => write!(f, "stanza has no '{a}'"),
-            AddressError::Invalid(a, e) => write!(f, "stanza '{a}': {e}"),
+            // The error repeats the peer's value: bounded, it goes into a stream error.
+            AddressError::Invalid(a, e) => write!(f, "stanza '{a}': {}", echo(&e.to_string())),
         }
     }
 }
@@ -91,15 +92,13 @@ pub const TEXT_MAX: usize = 256;
 /// `s` without control characters and cut to `max` characters (ending in `…` when cut).
 pub fn bounded(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max * 4));
-    let mut n = 0;
-    for c in s.chars().filter(|c| !c.is_control()) {
+    for (n, c) in s.chars().filter(|c| !c.is_control()).enumerate() {
         if n == max {
             out.pop();
             out.push('…');
             return out;
         }
         out.push(c);
-        n += 1;
     }
     out
 }

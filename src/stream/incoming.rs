@@ -1,9 +1,13 @@
 //! Streams a peer opened to us: the **Receiving Server** role for its `<db:result/>`
 //! (XEP-0220 §2.2.1) and the **Authoritative Server** role for its `<db:verify/>` (§2.2.2).
 //!
-//! In scope: header validation (RFC 6120 §4.7–4.9), features (STARTTLS, dialback with
-//! `<errors/>`, DB-26), the dialback bookkeeping per domain pair (several pairs per stream,
-//! DB-28), and the address checks on stanzas (DB-17, SEC-10, ADDR-01/02). Out of scope: asking
+//! In scope: header validation (RFC 6120 §4.7–4.9; versions per §4.7.5: a higher one is
+//! answered with 1.0, none means a pre-1.0 peer that gets a header without `version`, no
+//! features and dialback all the same), features (STARTTLS, dialback with `<errors/>`, DB-26),
+//! our header before any stream error we send (ERR-01), the dialback bookkeeping per domain
+//! pair (several pairs per stream, DB-28; discarded by the STARTTLS restart, TLS-01), and the
+//! address checks on stanzas (DB-17, SEC-10, ADDR-01/02). Peer strings repeated in our errors
+//! are bounded ([`crate::stanza::echo`]). Out of scope: asking
 //! the Authoritative Server (the connection layer runs a verify connection when it sees
 //! [`Action::Verify`] and reports back with [`Event::Verified`]).
 

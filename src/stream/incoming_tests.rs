@@ -829,7 +829,7 @@ fn db27_dialback_errors_we_send_use_xep0220_conditions() {
         "not-authorized",
         "forbidden",
         "not-acceptable",
-        // standards.md §2.5 table (2026 snapshot): the pair cannot be added to this stream.
+        // Added in XEP-0220 v1.1 (2014): the pair cannot be added to this stream (SEC-11).
         "resource-constraint",
     ];
     let cases = [
