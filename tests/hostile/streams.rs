@@ -281,6 +281,10 @@ fn str01_db25_we_federate_out_to_a_pre_1_0_peer() {
 
 /// A daemon hosting b.test with its self-signed certificate (`more` goes into `[tls]`).
 fn tls_world(name: &str, more: &str) -> (World, PathBuf) {
+    tls_world_with(name, |c| c, more)
+}
+
+fn tls_world_with(name: &str, edit: impl FnOnce(String) -> String, more: &str) -> (World, PathBuf) {
     let dir = std::env::temp_dir().join(format!("dialbackd-streams-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -290,7 +294,7 @@ fn tls_world(name: &str, more: &str) -> (World, PathBuf) {
         c.display(),
         k.display()
     );
-    (world(&extra), dir)
+    (world_with(edit, &extra), dir)
 }
 
 /// SEC-12 with pre-1.0 peers: encryption is required (a.test alone is exempt). Inbound, the
@@ -389,7 +393,17 @@ impl Plain {
     /// STARTTLS as a.test presenting `certs`' certificate, TLS name `sni` (an IP literal
     /// sends no SNI); returns the server's certificate and the restarted stream (past its
     /// header and features).
-    fn starttls(mut self, to: &str, sni: &str, certs: &ServerCerts) -> (Option<PeerCert>, XmlConn) {
+    fn starttls(self, to: &str, sni: &str, certs: &ServerCerts) -> (Option<PeerCert>, XmlConn) {
+        let (cert, mut conn) = self.tls_only(sni, certs);
+        conn.send(&s2s_header("a.test", to, None));
+        let _ = conn.header();
+        let f = conn.element();
+        assert_eq!(f.name, "features");
+        (cert, conn)
+    }
+
+    /// STARTTLS and the TLS handshake, without the restarted stream's header.
+    fn tls_only(mut self, sni: &str, certs: &ServerCerts) -> (Option<PeerCert>, XmlConn) {
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
         assert_eq!(self.element().name, "proceed");
         let (_, leftover) = self.reader.into_inner();
@@ -397,11 +411,7 @@ impl Plain {
         let cfg = client_config(certs, &Domain::parse("a.test").unwrap(), false).unwrap();
         let mut tls = TlsStream::connect(self.sock, cfg, &Domain::parse(sni).unwrap()).unwrap();
         let info = tls.handshake().unwrap();
-        let mut conn = XmlConn::over_halves(Box::new(tls.reader), Box::new(tls.writer));
-        conn.send(&s2s_header("a.test", to, None));
-        let _ = conn.header();
-        let f = conn.element();
-        assert_eq!(f.name, "features");
+        let conn = XmlConn::over_halves(Box::new(tls.reader), Box::new(tls.writer));
         (info.peer_cert, conn)
     }
 }
@@ -452,6 +462,32 @@ fn tls01_starttls_restart_forgets_pairs_verified_in_plaintext() {
         comp.recv(Duration::from_millis(500)).is_none(),
         "a stanza got through on a pair verified before TLS"
     );
+    legit_dialback(&w);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// TLS-01 and ERR-01 after the restart: a peer verified in plaintext upgrades to TLS and
+/// then says nothing. Its plaintext pair no longer counts, so the negotiation deadline applies
+/// again (it had been disarmed by the verification), and the timeout on the new stream sends
+/// a new header of ours before `connection-timeout`.
+#[test]
+fn tls01_err01_silent_peer_after_the_restart_times_out_with_our_header_first() {
+    let (w, dir) = tls_world_with(
+        "restart-idle",
+        |c| c.replace("negotiation = 15", "negotiation = 3"),
+        "require_encryption = false\n",
+    );
+    let certs = a_certs(&dir);
+    let mut p = Plain::open(w.d.s2s(), "b.test");
+    let key = DialbackSecret::from_secret(A_SECRET).key("b.test", "a.test", &p.id);
+    p.send(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    ));
+    let mut back = w.a_as.accept();
+    answer_verify(&mut back, "a.test", A_SECRET, false);
+    assert_eq!(p.element().attr("type"), Some("valid"));
+    let (_, c) = p.tls_only("b.test", &certs);
+    header_then_error(&c, "connection-timeout");
     legit_dialback(&w);
     let _ = std::fs::remove_dir_all(dir);
 }
