@@ -615,3 +615,36 @@ fn peer_stream_error_text_in_bounces_is_bounded() {
         .expect("a bounce");
     assert!(text.chars().count() <= 256, "{} chars", text.len());
 }
+
+/// TLS-01 (RFC 6120 §5.4.3.3), SEC-01: a verdict slipped in on the insecure stream before
+/// `<proceed/>` counts for nothing: after the restart the pair is not established, and the
+/// key goes out for the id of the header that follows TLS.
+#[test]
+fn tls01_nothing_learned_before_tls_counts_after_the_restart() {
+    let ctx = ctx_with(|c| c.tls.enabled = true);
+    let mut s = pair_stream(ctx);
+    s.handle(Event::Stanza(msg(1)));
+    s.handle(Event::Header(their_header(Some("ID-1"))));
+    s.handle(Event::Element(el(
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>",
+    )));
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    )));
+    assert!(out.is_empty(), "{out:?}");
+    s.handle(Event::Element(el(
+        "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    s.handle(Event::TlsEstablished);
+    assert!(!s.is_established());
+    assert_eq!(s.queued(), 1, "nothing flushed");
+    s.handle(Event::Header(their_header(Some("ID-2"))));
+    let out = s.handle(Event::Element(features()));
+    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "ID-2");
+    assert_eq!(
+        out,
+        vec![Action::Send(el(&format!(
+            "<db:result from='a.test' to='b.test'>{key}</db:result>"
+        )))]
+    );
+}
