@@ -491,7 +491,8 @@ impl Router {
             return;
         }
         let (local, remote) = (req.local.clone(), req.remote.clone());
-        let fail = answer(Verdict::Error("internal-server-error"));
+        // XEP-0220 §2.5: we could not connect to the Authoritative Server.
+        let fail = answer(Verdict::Error("remote-connection-failed"));
         if let Err(e) = conn::spawn_verify(self, local, remote, req, reply.clone()) {
             self.verifications.fetch_sub(1, Ordering::AcqRel);
             log::error!("cannot start a verify connection: {e}");

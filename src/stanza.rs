@@ -37,7 +37,8 @@ impl std::fmt::Display for AddressError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AddressError::Missing(a) => write!(f, "stanza has no '{a}'"),
-            AddressError::Invalid(a, e) => write!(f, "stanza '{a}': {e}"),
+            // The error repeats the peer's value: bounded, it goes into a stream error.
+            AddressError::Invalid(a, e) => write!(f, "stanza '{a}': {}", echo(&e.to_string())),
         }
     }
 }
@@ -82,7 +83,35 @@ pub fn is_unbounceable(el: &Element) -> bool {
     }
 }
 
-/// The `<error/>` child for `condition`, with an optional human-readable text.
+/// The most characters of a peer-supplied string we repeat in an error we send.
+pub const ECHO_MAX: usize = 64;
+
+/// The most characters of human-readable text in an error we send (stream error, stanza error).
+pub const TEXT_MAX: usize = 256;
+
+/// `s` without control characters and cut to `max` characters (ending in `…` when cut).
+pub fn bounded(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max * 4));
+    for (n, c) in s.chars().filter(|c| !c.is_control()).enumerate() {
+        if n == max {
+            out.pop();
+            out.push('…');
+            return out;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A peer-supplied string (a namespace, an element name, an address, a peer's own error text)
+/// made fit to repeat in an error we send: no control characters, at most [`ECHO_MAX`]
+/// characters. A peer must not make us send back, or log, what it sent us at any length.
+pub fn echo(s: &str) -> String {
+    bounded(s, ECHO_MAX)
+}
+
+/// The `<error/>` child for `condition`, with an optional human-readable text (bounded to
+/// [`TEXT_MAX`] characters, whoever wrote it).
 pub fn error_element(condition: &str, text: Option<&str>) -> Element {
     let mut err = Element::new("error", "jabber:server")
         .with_attr("type", error_type(condition))
@@ -91,7 +120,7 @@ pub fn error_element(condition: &str, text: Option<&str>) -> Element {
         err.push_child(
             Element::new("text", STANZAS_NS)
                 .with_attr("xml:lang", "en")
-                .with_text(t),
+                .with_text(bounded(t, TEXT_MAX)),
         );
     }
     err
@@ -306,6 +335,21 @@ mod tests {
         assert!(matches!(addresses(&m), Err(AddressError::Missing("to"))));
         m.set_attr("to", "a@b c");
         assert!(matches!(addresses(&m), Err(AddressError::Invalid("to", _))));
+    }
+
+    #[test]
+    fn echoed_strings_are_bounded_and_without_control_characters() {
+        let long = format!("urn:{}", "x".repeat(30_000));
+        let e = echo(&long);
+        assert_eq!(e.chars().count(), ECHO_MAX);
+        assert!(e.starts_with("urn:x") && e.ends_with('…'));
+        assert_eq!(echo("a\nforged\u{7}line"), "aforgedline");
+        assert_eq!(echo("short"), "short");
+        assert_eq!(bounded(&"é".repeat(10), 10), "é".repeat(10));
+        // A stanza error's text is bounded whatever its origin.
+        let err = error_element("remote-server-timeout", Some(&long));
+        let text = err.child("text", STANZAS_NS).unwrap().text();
+        assert_eq!(text.chars().count(), TEXT_MAX);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::tls::{CertJudgement, TlsReader, TlsStream, TlsWriter};
 use std::io;
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::Instant;
 
 impl Worker {
     /// STARTTLS: the reader has stopped; check for injected bytes and upgrade.
@@ -21,7 +22,9 @@ impl Worker {
             return;
         }
         let upgraded = match (&self.core, self.sock.as_ref().map(TcpStream::try_clone)) {
-            (Core::In(_), Some(Ok(sock))) => upgrade_server(&self.router, sock),
+            (Core::In(c), Some(Ok(sock))) => {
+                upgrade_server_for(&self.router, sock, c.named_local())
+            }
             (Core::Out(_), Some(Ok(sock))) => {
                 let (local, remote) = (self.local_domain(), self.remote_domain());
                 upgrade_client(
@@ -48,6 +51,14 @@ impl Worker {
                     Some(Ok(())) => {
                         self.reader_running = true;
                         self.feed(Event::TlsEstablished);
+                        // The restart discards the pairs verified in plaintext (RFC 6120
+                        // §5.4.3.3): the stream must authenticate again, within a new
+                        // negotiation deadline.
+                        if self.deadline_fired && !self.core.is_open() && !self.done {
+                            self.deadline =
+                                Instant::now() + self.router.ctx.config.timeouts.negotiation;
+                            self.deadline_fired = false;
+                        }
                     }
                     _ => self.feed(Event::Broken {
                         condition: None,
@@ -116,11 +127,21 @@ pub(super) fn upgrade_server(
     router: &Arc<Router>,
     sock: TcpStream,
 ) -> io::Result<(TlsReader, TlsWriter)> {
+    upgrade_server_for(router, sock, None)
+}
+
+/// [`upgrade_server`] after a stream header whose `to` named `to`: we present that domain's
+/// certificate, whatever the client's SNI (it may send none).
+fn upgrade_server_for(
+    router: &Arc<Router>,
+    sock: TcpStream,
+    to: Option<&Domain>,
+) -> io::Result<(TlsReader, TlsWriter)> {
     let ctx = router
         .tls
         .as_ref()
         .ok_or_else(|| io::Error::other("TLS is not configured"))?;
-    let s = TlsStream::accept(sock, ctx.server.clone())?;
+    let s = TlsStream::accept(sock, ctx.server_for(to))?;
     Ok((s.reader, s.writer))
 }
 

@@ -10,7 +10,7 @@
 use super::incoming::describe_stream_error;
 use super::{Action, Ctx, Event, StreamError};
 use crate::domain::{Domain, Jid};
-use crate::stanza;
+use crate::stanza::{self, echo};
 use crate::xml::{Element, StreamHeader, COMPONENT_NS, STREAM_NS};
 use std::sync::Arc;
 
@@ -31,6 +31,8 @@ pub struct Component {
     id: String,
     domain: Option<Domain>,
     auth_failed: bool,
+    /// Our header went out: a stream error must follow it (ERR-01, RFC 6120 §4.9.1.1).
+    header_sent: bool,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -56,6 +58,7 @@ impl Component {
             id,
             domain: None,
             auth_failed: false,
+            header_sent: false,
         }
     }
 
@@ -93,13 +96,7 @@ impl Component {
                 Event::Broken {
                     condition: Some(c), ..
                 },
-            ) => {
-                self.state = State::Closed;
-                vec![
-                    Action::SendHeader(self.header(None)),
-                    Action::Close(Some(StreamError::new(c))),
-                ]
-            }
+            ) => self.close(Some(StreamError::new(c))),
             (State::ExpectHandshake, Event::Element(e)) if e.is("handshake", COMPONENT_NS) => {
                 self.handshake(&e)
             }
@@ -126,7 +123,7 @@ impl Component {
             }
             (State::Open, Event::Element(e)) => self.close(Some(StreamError::text(
                 "unsupported-stanza-type",
-                format!("unexpected <{}/>", e.name),
+                format!("unexpected <{}/>", echo(&e.name)),
             ))),
             (_, Event::Element(_)) => {
                 self.close(Some(StreamError::text("not-authorized", "handshake first")))
@@ -146,9 +143,17 @@ impl Component {
         }
     }
 
+    /// End the stream; our header goes first when it has not gone out yet (ERR-01, RFC 6120
+    /// §4.9.1.1: a stream error is always a child of our stream).
     fn close(&mut self, err: Option<StreamError>) -> Vec<Action> {
+        let mut out = Vec::with_capacity(2);
+        if err.is_some() && !self.header_sent {
+            self.header_sent = true;
+            out.push(Action::SendHeader(self.header(None)));
+        }
         self.state = State::Closed;
-        vec![Action::Close(err)]
+        out.push(Action::Close(err));
+        out
     }
 
     fn header(&self, from: Option<&Domain>) -> StreamHeader {
@@ -166,30 +171,23 @@ impl Component {
     fn expect_header(&mut self, h: StreamHeader) -> Vec<Action> {
         if h.name != "stream" || h.ns != STREAM_NS || h.default_ns.as_deref() != Some(COMPONENT_NS)
         {
-            self.state = State::Closed;
-            return vec![
-                Action::SendHeader(self.header(None)),
-                Action::Close(Some(StreamError::new("invalid-namespace"))),
-            ];
+            return self.close(Some(StreamError::new("invalid-namespace")));
         }
         let domain = h.to.as_deref().and_then(|t| Domain::parse(t).ok());
         let known = domain
             .as_ref()
             .is_some_and(|d| self.ctx.config.components.iter().any(|c| c.domain == *d));
         if !known {
-            self.state = State::Closed;
             self.auth_failed = true;
             let text = format!(
                 "no component is configured for {}",
-                h.to.unwrap_or_default()
+                echo(&h.to.unwrap_or_default())
             );
-            return vec![
-                Action::SendHeader(self.header(None)),
-                Action::Close(Some(StreamError::text("host-unknown", text))),
-            ];
+            return self.close(Some(StreamError::text("host-unknown", text)));
         }
         self.domain = domain;
         self.state = State::ExpectHandshake;
+        self.header_sent = true;
         vec![Action::SendHeader(self.header(self.domain.as_ref()))]
     }
 
@@ -227,7 +225,10 @@ impl Component {
             .and_then(|f| Jid::parse(f).ok())
             .is_some_and(|j| j.domain == *domain);
         if !from_ok {
-            let text = format!("stanzas from this component must come from {domain}");
+            let text = format!(
+                "stanzas from this component must come from {}",
+                echo(domain.as_str())
+            );
             return self.close(Some(StreamError::text("invalid-from", text)));
         }
         if let Err(err) = stanza::addresses(&e) {
@@ -346,6 +347,30 @@ mod tests {
             el("<message xmlns='jabber:component:accept' from='bot@echo.a.test' to='x@b.test'/>");
         let out = c.handle(Event::Element(m));
         assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "not-authorized"));
+    }
+
+    /// ERR-01 (RFC 6120 §4.9.1.1): a timeout or shutdown before the component's header is
+    /// complete still sends our header before the error.
+    #[test]
+    fn err01_timeout_and_shutdown_before_the_header_send_ours_first() {
+        for (ev, cond) in [
+            (Event::Timeout, "connection-timeout"),
+            (Event::Shutdown, "system-shutdown"),
+        ] {
+            let mut c = Component::new(ctx(), "t".into(), "cid".into());
+            let out = c.handle(ev);
+            assert!(
+                matches!(&out[..], [Action::SendHeader(h), Action::Close(Some(e))]
+                    if h.id.as_deref() == Some("cid") && e.condition == cond),
+                "{out:?}"
+            );
+        }
+        let mut c = Component::new(ctx(), "t".into(), "cid".into());
+        open(&mut c);
+        assert!(matches!(
+            &c.handle(Event::Timeout)[..],
+            [Action::Close(Some(_))]
+        ));
     }
 
     #[test]

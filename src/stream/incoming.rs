@@ -1,19 +1,23 @@
 //! Streams a peer opened to us: the **Receiving Server** role for its `<db:result/>`
 //! (XEP-0220 §2.2.1) and the **Authoritative Server** role for its `<db:verify/>` (§2.2.2).
 //!
-//! In scope: header validation (RFC 6120 §4.7–4.9), features (STARTTLS, dialback with
-//! `<errors/>`, DB-26), the dialback bookkeeping per domain pair (several pairs per stream,
-//! DB-28), and the address checks on stanzas (DB-17, SEC-10, ADDR-01/02). Out of scope: asking
+//! In scope: header validation (RFC 6120 §4.7–4.9; versions per §4.7.5: a higher one is
+//! answered with 1.0, none means a pre-1.0 peer that gets a header without `version`, no
+//! features and dialback all the same), features (STARTTLS, dialback with `<errors/>`, DB-26),
+//! our header before any stream error we send (ERR-01), the dialback bookkeeping per domain
+//! pair (several pairs per stream, DB-28; discarded by the STARTTLS restart, TLS-01), and the
+//! address checks on stanzas (DB-17, SEC-10, ADDR-01/02). Peer strings repeated in our errors
+//! are bounded ([`crate::stanza::echo`]). Out of scope: asking
 //! the Authoritative Server (the connection layer runs a verify connection when it sees
 //! [`Action::Verify`] and reports back with [`Event::Verified`]).
 
 use super::{
-    db_result, db_verify, domain_attr, s2s_header, Action, Ctx, DbBody, Event, StreamError,
-    Verdict, VerifyRequest,
+    db_result, db_verify, domain_attr, parse_version, s2s_header, Action, Ctx, DbBody, Event,
+    StreamError, Verdict, VerifyRequest, OUR_VERSION,
 };
 use crate::domain::Domain;
 use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
-use crate::stanza;
+use crate::stanza::{self, echo};
 use crate::xml::{
     Element, StreamHeader, DIALBACK_FEATURE_NS, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS,
 };
@@ -41,6 +45,16 @@ pub struct Incoming {
     verified: Vec<(Domain, Domain)>,
     /// Pairs (remote, local) whose key is being checked.
     pending: Vec<(Domain, Domain)>,
+    /// Our header went out on the current stream (reset by the STARTTLS restart): a stream
+    /// error we send must follow it (ERR-01, RFC 6120 §4.9.1.1).
+    header_sent: bool,
+    /// The `version` of our answer header (RFC 6120 §4.7.5); `None` for a pre-1.0 peer.
+    version: Option<String>,
+    /// The peer's header had no `version` (or one below 1.0): no stream features, hence no
+    /// STARTTLS; dialback runs without them (DB-25, STR-01).
+    legacy: bool,
+    /// The peer's first header named our domain in `to` (not defaulted).
+    to_given: bool,
 }
 
 impl Incoming {
@@ -62,7 +76,22 @@ impl Incoming {
             local: None,
             verified: Vec::new(),
             pending: Vec::new(),
+            header_sent: false,
+            version: Some("1.0".into()),
+            legacy: false,
+            to_given: false,
         }
+    }
+
+    /// Our domain as the peer's stream header named it in `to` (not defaulted): known before
+    /// STARTTLS, it chooses the certificate we present whatever the TLS client's SNI says.
+    pub fn named_local(&self) -> Option<&Domain> {
+        self.local.as_ref().filter(|_| self.to_given)
+    }
+
+    /// True for a pre-1.0 stream (no `version` in the peer's header): no features were sent.
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
     }
 
     /// The id of the stream we sent (empty before the peer's header).
@@ -90,7 +119,8 @@ impl Incoming {
         match (self.state, ev) {
             (State::Closed, _) => Vec::new(),
             (State::ExpectHeader, Event::Header(h)) => self.expect_header(h),
-            // ERR-01: answer with a header even when the header itself is what is wrong.
+            // ERR-01: answer with a header even when the header itself is what is wrong
+            // (close() sends ours first).
             (
                 State::ExpectHeader,
                 Event::Broken {
@@ -99,21 +129,26 @@ impl Incoming {
                 },
             ) => {
                 log::info!("{}: bad stream header: {reason}", self.label);
-                self.state = State::Closed;
-                let id = (self.new_id)();
-                vec![
-                    Action::SendHeader(s2s_header(
-                        self.ctx.config.domains.first(),
-                        None,
-                        Some(&id),
-                    )),
-                    Action::Close(Some(StreamError::new(c))),
-                ]
+                self.close(Some(StreamError::new(c)))
             }
             (State::Open, Event::Element(e)) => self.open(e),
             (State::AwaitTls, Event::TlsEstablished) => {
                 self.tls = true;
                 self.state = State::ExpectHeader;
+                self.header_sent = false;
+                // TLS-01 (RFC 6120 §5.4.3.3): the TLS restart discards everything learned on
+                // the insecure stream; pairs verified or pending in plaintext must be
+                // negotiated again over TLS (their answers are dropped as unsolicited).
+                if !self.verified.is_empty() || !self.pending.is_empty() {
+                    log::info!(
+                        "{}: STARTTLS restart discards {} verified and {} pending pairs",
+                        self.label,
+                        self.verified.len(),
+                        self.pending.len()
+                    );
+                }
+                self.verified.clear();
+                self.pending.clear();
                 Vec::new()
             }
             (
@@ -145,33 +180,59 @@ impl Incoming {
         }
     }
 
+    /// End the stream, with `err` if any. ERR-01 (RFC 6120 §4.9.1.1): when our header has
+    /// not gone out on this stream yet (the peer's header is incomplete, broken or refused, or
+    /// the TLS restart's new header never came), it goes out first, so that the error is
+    /// always a child of our stream.
     fn close(&mut self, err: Option<StreamError>) -> Vec<Action> {
+        let mut out = Vec::with_capacity(2);
+        if err.is_some() && !self.header_sent {
+            self.header_sent = true;
+            self.id = (self.new_id)();
+            let from = self.local.as_ref().or(self.ctx.config.domains.first());
+            let mut h = s2s_header(from, None, Some(&self.id));
+            h.version.clone_from(&self.version);
+            out.push(Action::SendHeader(h));
+        }
         self.state = State::Closed;
-        vec![Action::Close(err)]
+        out.push(Action::Close(err));
+        out
     }
 
-    fn refuse_header(&mut self, local: Option<&Domain>, err: StreamError) -> Vec<Action> {
+    fn refuse_header(&mut self, err: StreamError) -> Vec<Action> {
         log::info!("{}: refusing stream: {err}", self.label);
-        self.state = State::Closed;
-        self.id = (self.new_id)();
-        let from = local.or(self.ctx.config.domains.first());
-        vec![
-            Action::SendHeader(s2s_header(from, None, Some(&self.id))),
-            Action::Close(Some(err)),
-        ]
+        self.close(Some(err))
     }
 
     fn expect_header(&mut self, h: StreamHeader) -> Vec<Action> {
         if h.name != "stream" || h.ns != STREAM_NS {
-            return self.refuse_header(None, StreamError::new("invalid-namespace"));
+            return self.refuse_header(StreamError::new("invalid-namespace"));
         }
         if h.default_ns.as_deref() != Some(SERVER_NS) {
             let text = format!(
                 "expected the jabber:server namespace, got {:?}",
-                h.default_ns.unwrap_or_default()
+                echo(&h.default_ns.unwrap_or_default())
             );
-            return self.refuse_header(None, StreamError::text("invalid-namespace", text));
+            return self.refuse_header(StreamError::text("invalid-namespace", text));
         }
+        // STR-01, RFC 6120 §4.7.5: no version means a pre-1.0 peer ("0.9"): answer without
+        // one and send no features; a higher version is answered with ours (1.0) and the
+        // initiator decides; only a version that is not major.minor is refused.
+        let (version, legacy) = match h.version.as_deref() {
+            None => (None, true),
+            Some(v) => match parse_version(v) {
+                Some(theirs) => {
+                    let (major, minor) = theirs.min(OUR_VERSION);
+                    (Some(format!("{major}.{minor}")), major < 1)
+                }
+                None => {
+                    let text = format!("version '{}' is not major.minor", echo(v));
+                    return self.refuse_header(StreamError::text("unsupported-version", text));
+                }
+            },
+        };
+        self.version = version;
+        self.legacy = legacy;
         let local = match h.to.as_deref().map(Domain::parse) {
             None => self
                 .local
@@ -179,27 +240,44 @@ impl Incoming {
                 .unwrap_or_else(|| self.ctx.config.domains[0].clone()),
             Some(Ok(d)) if self.ctx.config.is_local(&d) => d,
             Some(_) => {
-                let text = format!("This host does not serve {}", h.to.unwrap_or_default());
-                return self.refuse_header(None, StreamError::text("host-unknown", text));
+                let text = format!(
+                    "This host does not serve {}",
+                    echo(&h.to.unwrap_or_default())
+                );
+                return self.refuse_header(StreamError::text("host-unknown", text));
             }
         };
-        if !h.version.as_deref().is_some_and(|v| v.starts_with("1.")) {
-            return self.refuse_header(
-                Some(&local),
-                StreamError::text("unsupported-version", "XMPP 1.0 streams only"),
-            );
-        }
         // STR-04: a restarted stream keeps its addresses.
         if self.local.as_ref().is_some_and(|l| *l != local) {
-            return self.refuse_header(Some(&local), StreamError::new("improper-addressing"));
+            return self.refuse_header(StreamError::new("improper-addressing"));
+        }
+        if self.local.is_none() {
+            self.to_given = h.to.is_some();
         }
         self.local = Some(local.clone());
         self.id = (self.new_id)();
         self.state = State::Open;
+        self.header_sent = true;
         let peer = h.from.as_deref().and_then(|f| Domain::parse(f).ok());
         if !self.label.contains('→') {
             let from = peer.as_ref().map_or("?", Domain::as_str);
             self.label = format!("{} {from}→{local}", self.label);
+        }
+        let mut header = s2s_header(
+            Some(&local),
+            peer.as_ref().map(Domain::as_str),
+            Some(&self.id),
+        );
+        header.version.clone_from(&self.version);
+        if self.legacy {
+            // DB-25: dialback predates stream features; every db:result and db:verify names
+            // its own domains, so it works on this stream as on a 1.0 one.
+            log::debug!(
+                "{}: pre-1.0 stream (version {:?}): no features, dialback only",
+                self.label,
+                h.version
+            );
+            return vec![Action::SendHeader(header)];
         }
         let mut features = Element::new("features", STREAM_NS);
         if self.ctx.tls_available && !self.tls {
@@ -214,19 +292,13 @@ impl Incoming {
             Element::new("dialback", DIALBACK_FEATURE_NS)
                 .with_child(Element::new("errors", DIALBACK_FEATURE_NS)),
         );
-        vec![
-            Action::SendHeader(s2s_header(
-                Some(&local),
-                peer.as_ref().map(Domain::as_str),
-                Some(&self.id),
-            )),
-            Action::Send(features),
-        ]
+        vec![Action::SendHeader(header), Action::Send(features)]
     }
 
     fn open(&mut self, e: Element) -> Vec<Action> {
         if e.is("starttls", TLS_NS) {
-            if self.ctx.tls_available && !self.tls {
+            // Never offered on a pre-1.0 stream (it has no features).
+            if self.ctx.tls_available && !self.tls && !self.legacy {
                 self.state = State::AwaitTls;
                 return vec![
                     Action::Send(Element::new("proceed", TLS_NS)),
@@ -256,7 +328,7 @@ impl Incoming {
         if stanza::is_stanza(&e) {
             return self.stanza(e);
         }
-        let text = format!("unexpected <{}/> in {}", e.name, e.ns);
+        let text = format!("unexpected <{}/> in {}", echo(&e.name), echo(&e.ns));
         self.close(Some(StreamError::text("unsupported-stanza-type", text)))
     }
 
@@ -292,7 +364,10 @@ impl Incoming {
                 "{}: {remote} tried dialback without TLS and require_encryption is on",
                 self.label
             );
-            return answer(Verdict::Error("policy-violation"));
+            // XEP-0220 §2.5: policy-violation, TLS is required before dialback.
+            let mut out = answer(Verdict::Error("policy-violation"));
+            out.extend(self.close_if_never_encrypted());
+            return out;
         }
         if self.ctx.config.is_local(&remote) {
             log::warn!("{}: peer claims to be our own domain {remote}", self.label);
@@ -346,21 +421,34 @@ impl Incoming {
                 "db:verify needs 'from', 'to' and 'id'",
             )));
         };
-        let local = Domain::parse(to)
-            .ok()
-            .filter(|d| self.ctx.config.is_local(d));
-        let remote = Domain::parse(from).ok();
+        // DB-32: the answer repeats all three, so each must be what the schema says (two
+        // domains and a stream id) before anything of them goes back on the wire.
+        let (Ok(to_domain), Ok(remote)) = (Domain::parse(to), Domain::parse(from)) else {
+            return self.close(Some(StreamError::text(
+                "improper-addressing",
+                "db:verify needs valid 'from' and 'to' domains",
+            )));
+        };
+        if !is_stream_id(id) {
+            return self.close(Some(StreamError::text(
+                "improper-addressing",
+                "db:verify 'id' is not a stream id",
+            )));
+        }
+        let local = Some(to_domain).filter(|d| self.ctx.config.is_local(d));
+        let mut refused_for_tls = false;
         let verdict = match (&local, &remote) {
+            // DB-22, XEP-0220 §2.5: item-not-found, the stream stays.
             (None, _) => Verdict::Error("item-not-found"),
-            (Some(_), None) => Verdict::Error("item-not-found"),
-            (Some(_), Some(r)) if self.ctx.config.tls.require_encryption_for(r) && !self.tls => {
+            (Some(_), r) if self.ctx.config.tls.require_encryption_for(r) && !self.tls => {
                 log::info!(
                     "{}: {r} asked db:verify without TLS and require_encryption is on",
                     self.label
                 );
+                refused_for_tls = true;
                 Verdict::Error("policy-violation")
             }
-            (Some(l), Some(r)) => {
+            (Some(l), r) => {
                 if self
                     .ctx
                     .secret
@@ -376,12 +464,33 @@ impl Incoming {
                 }
             }
         };
-        vec![Action::Send(db_verify(
+        let mut out = vec![Action::Send(db_verify(
             to,
             from,
             id,
             DbBody::Verdict(&verdict),
-        ))]
+        ))];
+        if refused_for_tls {
+            out.extend(self.close_if_never_encrypted());
+        }
+        out
+    }
+
+    /// After a `policy-violation` dialback error for lack of TLS: a pre-1.0 stream has no
+    /// features, hence no STARTTLS (RFC 6120 §4.7.5, §5.3.1), and can never become encrypted.
+    /// When it carries nothing else (no pair verified or pending), close it with the
+    /// `policy-violation` stream error (RFC 6120 §4.9.3.14), as Prosody does for streams that
+    /// authenticate without the encryption its policy requires (mod_s2s `make_authenticated`),
+    /// rather than leave a peer that may not understand dialback errors (they postdate RFC
+    /// 3920, XEP-0220 §2.5) waiting for its negotiation timeout.
+    fn close_if_never_encrypted(&mut self) -> Vec<Action> {
+        if !self.legacy || self.tls || !self.verified.is_empty() || !self.pending.is_empty() {
+            return Vec::new();
+        }
+        self.close(Some(StreamError::text(
+            "policy-violation",
+            "encryption is required, and a stream without version='1.0' cannot negotiate TLS",
+        )))
     }
 
     fn stanza(&mut self, e: Element) -> Vec<Action> {
@@ -410,12 +519,16 @@ impl Incoming {
             // SEC-10: a verified peer speaking for a domain it did not prove.
             return self.close(Some(StreamError::text(
                 "invalid-from",
-                format!("{remote} is not verified on this stream"),
+                format!("{} is not verified on this stream", echo(remote.as_str())),
             )));
         }
         self.close(Some(StreamError::text(
             "host-unknown",
-            format!("{local} is not verified for {remote} on this stream"),
+            format!(
+                "{} is not verified for {} on this stream",
+                echo(local.as_str()),
+                echo(remote.as_str())
+            ),
         )))
     }
 
@@ -432,14 +545,12 @@ impl Incoming {
         if self.state == State::Closed {
             return Vec::new();
         }
-        let mut out = vec![Action::Send(db_result(
-            &local,
-            &remote,
-            DbBody::Verdict(&verdict),
-        ))];
+        let answer = |v: &Verdict| Action::Send(db_result(&local, &remote, DbBody::Verdict(v)));
+        let mut out = Vec::with_capacity(2);
         match verdict {
             Verdict::Valid => {
                 log::info!("{}: {remote}→{local} verified by dialback", self.label);
+                out.push(answer(&verdict));
                 self.verified.push(pair);
                 out.push(Action::Authenticated { local, remote });
             }
@@ -448,17 +559,33 @@ impl Incoming {
                     "{}: dialback key for {remote} is invalid (its Authoritative Server says so)",
                     self.label
                 );
-                // DB-21: the first pair failed: the stream must close.
                 if self.verified.is_empty() && self.pending.is_empty() {
+                    // DB-21: the first pair failed: `invalid`, and the stream must close.
+                    out.push(answer(&verdict));
                     out.extend(self.close(None));
+                } else {
+                    // DB-15, DB-21, XEP-0220 §2.1.2 and §2.5: `invalid` would have to close
+                    // the stream and lose the pairs already negotiated on it; the dialback
+                    // error `forbidden` refuses this pair alone.
+                    out.push(answer(&Verdict::Error("forbidden")));
                 }
             }
             Verdict::Error(cond) => {
                 log::info!("{}: could not verify {remote}: {cond}", self.label);
+                out.push(answer(&verdict));
             }
         }
         out
     }
+}
+
+/// True for a plausible stream id (XEP-0220 §6: an NMTOKEN; ours are 32 hex digits, Prosody's
+/// 36-character UUIDs, ejabberd's up to 20 digits): 1 to 256 characters, none of them
+/// whitespace or control characters.
+fn is_stream_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.chars().count() <= 256
+        && !id.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// `condition (text)` of a received `<stream:error/>`, for logs.

@@ -94,15 +94,261 @@ fn str07_wrong_content_namespace_is_invalid_namespace() {
     assert!(closes_with(&out, "invalid-namespace"));
 }
 
+/// A peer header with `version` set to `v` (`None`: no attribute).
+fn header_version(v: Option<&str>) -> StreamHeader {
+    let mut h = header(Some("b.test"), Some("a.test"));
+    h.version = v.map(str::to_string);
+    h
+}
+
+/// STR-01, RFC 6120 §4.7.5: a higher version is answered with ours (1.0), numerically
+/// compared, and the stream goes on with features; the initiator decides.
 #[test]
-fn str01_unsupported_version() {
-    for v in [None, Some("0.9"), Some("2.0")] {
+fn str01_higher_version_is_answered_with_ours() {
+    for v in ["2.0", "1.5", "1.10", "01.00", "99999999999.0"] {
         let mut s = incoming();
-        let mut h = header(Some("b.test"), Some("a.test"));
-        h.version = v.map(str::to_string);
-        let out = s.handle(Event::Header(h));
-        assert!(closes_with(&out, "unsupported-version"), "{v:?}: {out:?}");
+        let out = s.handle(Event::Header(header_version(Some(v))));
+        let [Action::SendHeader(h), Action::Send(f)] = &out[..] else {
+            panic!("{v}: {out:?}")
+        };
+        assert_eq!(h.version.as_deref(), Some("1.0"), "{v}");
+        assert!(f.is("features", STREAM_NS), "{v}");
     }
+}
+
+/// STR-01, RFC 6120 §4.7.5: only a version that is not major.minor is refused, with our
+/// header first (ERR-01) and the bad value bounded in the text.
+#[test]
+fn str01_unparsable_version_is_unsupported_version_after_our_header() {
+    let long = "9".repeat(5000) + "x";
+    for v in [
+        "",
+        "1",
+        "abc",
+        "1.x",
+        "-1.0",
+        "1.0.0",
+        " 1.0",
+        long.as_str(),
+    ] {
+        let mut s = incoming();
+        let out = s.handle(Event::Header(header_version(Some(v))));
+        assert!(
+            matches!(&out[..], [Action::SendHeader(_), Action::Close(Some(e))]
+                if e.condition == "unsupported-version"
+                    && e.text.as_ref().unwrap().chars().count() < 128),
+            "{v:?}: {out:?}"
+        );
+    }
+}
+
+/// STR-01, DB-25, RFC 6120 §4.7.5: a header without `version`, `from` and `to` (a pre-1.0
+/// server) is answered with a header without version and without features, and dialback
+/// runs on it as on a 1.0 stream: db:result, callback, valid, stanzas.
+#[test]
+fn str01_db25_pre_1_0_stream_runs_dialback_without_features() {
+    let mut s = incoming();
+    let mut h = header_version(None);
+    h.from = None;
+    h.to = None;
+    let out = s.handle(Event::Header(h));
+    let [Action::SendHeader(ours)] = &out[..] else {
+        panic!("only a header, no features: {out:?}")
+    };
+    assert_eq!(
+        ours.version, None,
+        "RFC 6120 §4.7.5: no version in the answer"
+    );
+    assert_eq!(ours.id.as_deref(), Some("id1"));
+    assert!(ours.db_ns, "DB-01");
+    assert!(s.is_legacy());
+    assert_eq!(s.named_local(), None);
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    assert!(
+        matches!(&out[..], [Action::Verify(v)] if v.stream_id == "id1" && v.remote == d("b.test"))
+    );
+    let out = s.handle(Event::Verified {
+        remote: d("b.test"),
+        local: d("a.test"),
+        verdict: Verdict::Valid,
+    });
+    assert_eq!(
+        out[0],
+        Action::Send(el("<db:result from='a.test' to='b.test' type='valid'/>"))
+    );
+    let m = el("<message from='u@b.test' to='v@a.test'/>");
+    assert_eq!(
+        s.handle(Event::Element(m.clone())),
+        vec![Action::Deliver(m)]
+    );
+    // DB-23: the Authoritative role works on it too (a pre-1.0 verify connection).
+    let mut s = incoming();
+    s.handle(Event::Header(header_version(None)));
+    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "S1");
+    let out = s.handle(Event::Element(el(&format!(
+        "<db:verify from='b.test' to='a.test' id='S1'>{key}</db:verify>"
+    ))));
+    assert_eq!(
+        out,
+        vec![Action::Send(el(
+            "<db:verify from='a.test' to='b.test' id='S1' type='valid'/>"
+        ))]
+    );
+}
+
+/// RFC 6120 §4.7.5: an explicit version below 1.0 is answered with that version (the lower
+/// of the two) and is a pre-1.0 stream: no features, no STARTTLS even when TLS is available.
+#[test]
+fn str01_version_0_9_is_answered_0_9_without_features_or_starttls() {
+    let ctx = ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = false;
+    });
+    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    let out = s.handle(Event::Header(header_version(Some("0.9"))));
+    assert!(
+        matches!(&out[..], [Action::SendHeader(h)] if h.version.as_deref() == Some("0.9")),
+        "{out:?}"
+    );
+    let out = s.handle(Event::Element(el(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    assert!(
+        !out.contains(&Action::StartTls),
+        "STARTTLS was never offered: {out:?}"
+    );
+}
+
+/// SEC-12 on a pre-1.0 stream: with encryption required for the claimed domain, the db:result
+/// gets the `policy-violation` dialback error (XEP-0220 §2.5) without any callback, and since
+/// such a stream cannot negotiate STARTTLS it is closed with the `policy-violation` stream
+/// error (RFC 6120 §4.9.3.14), as Prosody does. A peer exempted by its own policy goes on.
+#[test]
+fn sec12_pre_1_0_stream_refused_when_encryption_required_unless_the_peer_is_exempt() {
+    let ctx = ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = true;
+        c.tls.peers.insert(
+            d("old.test"),
+            crate::config::PeerPolicy {
+                require_encryption: Some(false),
+                ..Default::default()
+            },
+        );
+    });
+    let mut s = Incoming::new(ctx.clone(), "t".into(), ids(), false);
+    s.handle(Event::Header(header_version(None)));
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Verify(_))),
+        "{out:?}"
+    );
+    sent_dialback_error(&out[..1], "policy-violation");
+    assert!(closes_with(&out, "policy-violation"), "{out:?}");
+    // The Authoritative role is refused the same way.
+    let mut s = Incoming::new(ctx.clone(), "t".into(), ids(), false);
+    s.handle(Event::Header(header_version(None)));
+    let out = s.handle(Event::Element(el(
+        "<db:verify from='b.test' to='a.test' id='S1'>k</db:verify>",
+    )));
+    sent_dialback_error(&out[..1], "policy-violation");
+    assert!(closes_with(&out, "policy-violation"), "{out:?}");
+    // The exempt peer: dialback in the clear, as configured.
+    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    s.handle(Event::Header(header_version(None)));
+    let out = s.handle(Event::Element(el(
+        "<db:result from='old.test' to='a.test'>k</db:result>",
+    )));
+    assert!(matches!(&out[..], [Action::Verify(_)]), "{out:?}");
+}
+
+/// ERR-01 (RFC 6120 §4.9.1.1): the negotiation timeout and shutdown before the peer's header
+/// is complete: our header still precedes our error. Once a header went out, none is repeated.
+#[test]
+fn err01_timeout_and_shutdown_before_the_header_send_ours_first() {
+    for (ev, cond) in [
+        (Event::Timeout, "connection-timeout"),
+        (Event::Shutdown, "system-shutdown"),
+    ] {
+        let mut s = incoming();
+        let out = s.handle(ev);
+        let [Action::SendHeader(h), Action::Close(Some(e))] = &out[..] else {
+            panic!("{cond}: {out:?}")
+        };
+        assert_eq!(e.condition, cond);
+        assert_eq!(h.from.as_deref(), Some("a.test"));
+        assert!(h.id.is_some(), "STR-03");
+    }
+    let mut s = opened();
+    assert!(matches!(
+        &s.handle(Event::Shutdown)[..],
+        [Action::Close(Some(e))] if e.condition == "system-shutdown"
+    ));
+}
+
+/// ERR-01 after the STARTTLS restart: the stream over TLS is a new stream, so a timeout
+/// before the peer's new header sends a new header of ours (a new id) before the error.
+#[test]
+fn err01_timeout_after_the_tls_restart_sends_a_new_header_first() {
+    let ctx = ctx_with(|c| c.tls.enabled = true);
+    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    s.handle(Event::Element(el(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    s.handle(Event::TlsEstablished);
+    let out = s.handle(Event::Timeout);
+    assert!(
+        matches!(&out[..], [Action::SendHeader(h), Action::Close(Some(e))]
+            if h.id.as_deref() == Some("id2") && h.from.as_deref() == Some("a.test")
+                && e.condition == "connection-timeout"),
+        "{out:?}"
+    );
+}
+
+/// TLS-01 (RFC 6120 §5.4.3.3): the STARTTLS restart discards the pairs verified and pending
+/// on the insecure stream: their stanzas are refused and a late answer authorises nothing.
+#[test]
+fn tls01_restart_discards_pairs_verified_and_pending_before_tls() {
+    let ctx = ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = false;
+    });
+    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k</db:result>",
+    )));
+    s.handle(Event::Verified {
+        remote: d("b.test"),
+        local: d("a.test"),
+        verdict: Verdict::Valid,
+    });
+    s.handle(Event::Element(el(
+        "<db:result from='c.test' to='a.test'>k</db:result>",
+    )));
+    assert!(s.is_authenticated());
+    s.handle(Event::Element(el(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    s.handle(Event::TlsEstablished);
+    assert!(!s.is_authenticated(), "verified pairs discarded");
+    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    // The answer for the pair pending before TLS is now unsolicited (SEC-01).
+    let out = s.handle(Event::Verified {
+        remote: d("c.test"),
+        local: d("a.test"),
+        verdict: Verdict::Valid,
+    });
+    assert!(out.is_empty(), "{out:?}");
+    let out = s.handle(Event::Element(el(
+        "<message from='u@b.test' to='v@a.test'/>",
+    )));
+    assert!(closes_with(&out, "not-authorized"), "DB-17: {out:?}");
 }
 
 #[test]
@@ -196,11 +442,12 @@ fn db21_invalid_for_a_second_pair_keeps_the_first() {
         local: d("a.test"),
         verdict: Verdict::Invalid,
     });
+    // DB-15, XEP-0220 §2.1.2/§2.5: `invalid` would have to close the stream (DB-21); the
+    // dialback error <forbidden/> refuses c.test alone.
+    let r = sent_dialback_error(&out, "forbidden");
     assert_eq!(
-        out,
-        vec![Action::Send(el(
-            "<db:result from='a.test' to='c.test' type='invalid'/>"
-        ))]
+        (r.attr("from"), r.attr("to")),
+        (Some("a.test"), Some("c.test"))
     );
     let m = el("<message from='u@b.test' to='v@a.test'/>");
     assert_eq!(
@@ -575,6 +822,101 @@ fn unknown_top_level_element_is_unsupported_stanza_type() {
     let mut s = verified();
     let out = s.handle(Event::Element(el("<foo xmlns='urn:example'/>")));
     assert!(closes_with(&out, "unsupported-stanza-type"));
+}
+
+/// Bounded echo: a 30 KB namespace URI is not repeated in the `unsupported-stanza-type` text
+/// (nor is any other peer string in the errors we send: `to`, namespaces, addresses).
+#[test]
+fn peer_strings_in_stream_errors_are_bounded() {
+    let ns = format!("urn:{}", "x".repeat(30_000));
+    let mut s = verified();
+    // Built directly: the reader itself refuses URIs over 1 KiB, so this is the core's own
+    // bound on a stanza handed to it from elsewhere.
+    let out = s.handle(Event::Element(Element::new("message", &ns)));
+    let Some(Action::Close(Some(e))) = out.last() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(e.condition, "unsupported-stanza-type");
+    let text = e.text.as_deref().unwrap();
+    assert!(text.chars().count() <= 128, "{} chars", text.len());
+    assert!(text.contains("urn:xxx"), "still says what it was: {text}");
+    let wire = e.to_element().to_bytes();
+    assert!(wire.len() < 512, "{} bytes on the wire", wire.len());
+
+    let long_to = format!("{}.test", "a".repeat(5000));
+    let out = incoming().handle(Event::Header(header(Some("b.test"), Some(&long_to))));
+    assert!(matches!(out.last(), Some(Action::Close(Some(e)))
+        if e.condition == "host-unknown" && e.text.as_ref().unwrap().chars().count() <= 128));
+    let mut h = header(Some("b.test"), Some("a.test"));
+    h.default_ns = Some(ns.clone());
+    let out = incoming().handle(Event::Header(h));
+    assert!(matches!(out.last(), Some(Action::Close(Some(e)))
+        if e.condition == "invalid-namespace" && e.text.as_ref().unwrap().chars().count() <= 128));
+    let out = s_verified_stanza(&format!(
+        "<message from='u@b.test' to='{}@a.test'/>",
+        "v".repeat(3000)
+    ));
+    assert!(matches!(out.last(), Some(Action::Close(Some(e)))
+        if e.condition == "improper-addressing" && e.text.as_ref().unwrap().chars().count() <= 256));
+}
+
+fn s_verified_stanza(xml: &str) -> Vec<Action> {
+    verified().handle(Event::Element(el(xml)))
+}
+
+/// DB-32, XEP-0220 §6: a db:verify whose `from`/`to` are not domains or whose `id` is not a
+/// stream id is improper-addressing; nothing of it is repeated back.
+#[test]
+fn db32_db_verify_with_bad_addresses_or_id_is_improper_addressing() {
+    let long_id = "i".repeat(300);
+    for xml in [
+        "<db:verify from='b test' to='a.test' id='S1'>k</db:verify>".to_string(),
+        "<db:verify from='b.test' to='a..test' id='S1'>k</db:verify>".to_string(),
+        "<db:verify from='b.test' to='a.test' id='S 1'>k</db:verify>".to_string(),
+        "<db:verify from='b.test' to='a.test' id=''>k</db:verify>".to_string(),
+        format!("<db:verify from='b.test' to='a.test' id='{long_id}'>k</db:verify>"),
+    ] {
+        let out = opened().handle(Event::Element(el(&xml)));
+        assert!(closes_with(&out, "improper-addressing"), "{xml}: {out:?}");
+        assert!(!out.iter().any(|a| matches!(a, Action::Send(_))), "{out:?}");
+    }
+}
+
+/// XEP-0220 §2.5: every dialback error the Receiving and Authoritative roles send on their
+/// own carries a condition the table defines for that situation.
+#[test]
+fn db27_dialback_errors_we_send_use_xep0220_conditions() {
+    const TABLE: [&str; 9] = [
+        "item-not-found",
+        "remote-connection-failed",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "policy-violation",
+        "not-authorized",
+        "forbidden",
+        "not-acceptable",
+        // Added in XEP-0220 v1.1 (2014): the pair cannot be added to this stream (SEC-11).
+        "resource-constraint",
+    ];
+    let cases = [
+        (
+            "<db:result from='b.test' to='nosuch.test'>k</db:result>",
+            "item-not-found",
+        ),
+        (
+            "<db:verify from='b.test' to='nosuch.test' id='S1'>k</db:verify>",
+            "item-not-found",
+        ),
+        (
+            "<db:result from='a.test' to='conference.a.test'>k</db:result>",
+            "not-acceptable",
+        ),
+    ];
+    for (xml, cond) in cases {
+        let out = opened().handle(Event::Element(el(xml)));
+        sent_dialback_error(&out, cond);
+        assert!(TABLE.contains(&cond));
+    }
 }
 
 #[test]

@@ -63,11 +63,14 @@ impl StreamError {
         }
     }
 
-    /// An error with a condition and explanatory text.
+    /// An error with a condition and explanatory text, bounded to
+    /// [`stanza::TEXT_MAX`](crate::stanza::TEXT_MAX) characters without control characters
+    /// (peer-supplied parts should also go through [`crate::stanza::echo`]).
     pub fn text(condition: &'static str, text: impl Into<String>) -> StreamError {
+        let text: String = text.into();
         StreamError {
             condition,
-            text: Some(text.into()),
+            text: Some(crate::stanza::bounded(&text, crate::stanza::TEXT_MAX)),
         }
     }
 
@@ -272,6 +275,24 @@ pub fn s2s_header(from: Option<&Domain>, to: Option<&str>, id: Option<&str>) -> 
         version: Some("1.0".into()),
         lang: None,
     }
+}
+
+/// The XMPP version we speak (RFC 6120 §4.7.5).
+pub const OUR_VERSION: (u32, u32) = (1, 0);
+
+/// Parse a stream header's `version` (RFC 6120 §4.7.5): `major.minor`, two non-negative
+/// integers compared numerically, leading zeros ignored. `None` when it is not of that form
+/// (answered with `unsupported-version`). A number too large for `u32` is taken as `u32::MAX`:
+/// still a version, just a higher one than ours.
+pub fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let number = |s: &str| -> Option<u32> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(s.parse().unwrap_or(u32::MAX))
+    };
+    let (major, minor) = v.split_once('.')?;
+    Some((number(major)?, number(minor)?))
 }
 
 /// `<db:result from to>key</db:result>` (DB-03) or typed (DB-20).

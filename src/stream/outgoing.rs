@@ -11,12 +11,12 @@
 
 use super::incoming::describe_stream_error;
 use super::{
-    db_result, db_verify, s2s_header, Action, Ctx, DbBody, Event, StreamError, Verdict,
-    VerifyRequest,
+    db_result, db_verify, parse_version, s2s_header, Action, Ctx, DbBody, Event, StreamError,
+    Verdict, VerifyRequest,
 };
 use crate::domain::Domain;
 use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
-use crate::stanza;
+use crate::stanza::{self, echo};
 use crate::xml::{Element, StreamHeader, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -60,6 +60,8 @@ pub struct Outgoing {
     queue: VecDeque<Element>,
     /// [`stanza::wire_size`] of the stanzas in `queue`.
     queue_bytes: usize,
+    /// The peer answered with a pre-1.0 header (no features, no STARTTLS).
+    legacy: bool,
 }
 
 impl Outgoing {
@@ -84,6 +86,7 @@ impl Outgoing {
             their_id: String::new(),
             queue: VecDeque::new(),
             queue_bytes: 0,
+            legacy: false,
         }
     }
 
@@ -148,6 +151,9 @@ impl Outgoing {
             (State::AwaitTls, Event::TlsEstablished) => {
                 self.tls = true;
                 self.state = State::ExpectHeader;
+                // TLS-01 (RFC 6120 §5.4.3.3): nothing learned on the insecure stream carries
+                // over; the key is minted for the id of the header that follows TLS.
+                self.their_id.clear();
                 vec![self.header()]
             }
             (State::ExpectResult, Event::Element(e))
@@ -161,7 +167,8 @@ impl Outgoing {
                 self.expect_verify(&e)
             }
             (_, Event::Element(e)) if e.is("error", STREAM_NS) => {
-                let what = describe_stream_error(&e);
+                // The peer's text goes into our bounces: bounded.
+                let what = echo(&describe_stream_error(&e));
                 log::warn!(
                     "{}: {} closed the stream with an error: {what}",
                     self.label,
@@ -322,12 +329,37 @@ impl Outgoing {
                 );
             }
         }
-        if h.version.as_deref().is_some_and(|v| v.starts_with("1.")) {
-            self.state = State::ExpectFeatures;
-            return Vec::new();
+        // RFC 6120 §4.7.5: an answer without `version` (or below 1.0) comes from a pre-1.0
+        // peer that sends no features: dialback right away (DB-25, STR-01), if policy allows.
+        match h.version.as_deref().map(parse_version) {
+            Some(Some((major, _))) if major >= 1 => {
+                self.state = State::ExpectFeatures;
+                Vec::new()
+            }
+            None | Some(Some(_)) => {
+                log::debug!(
+                    "{}: {} answered with a pre-1.0 stream (version {:?}): dialback without features",
+                    self.label,
+                    self.remote,
+                    h.version
+                );
+                self.legacy = true;
+                self.after_features(false)
+            }
+            Some(None) => {
+                let reason = format!(
+                    "{} answered with version '{}', which is not major.minor",
+                    self.remote,
+                    echo(h.version.as_deref().unwrap_or_default())
+                );
+                self.fail_and_close(
+                    "remote-server-timeout",
+                    false,
+                    &reason,
+                    Some(StreamError::new("unsupported-version")),
+                )
+            }
         }
-        // A pre-1.0 peer sends no features: dialback right away (DB-25), if policy allows.
-        self.after_features(false)
     }
 
     fn expect_features(&mut self, features: &Element) -> Vec<Action> {
@@ -343,6 +375,11 @@ impl Outgoing {
             // SEC-12: a stripped or missing STARTTLS; send nothing in the clear.
             let reason = if starttls_offered {
                 format!("{} offers STARTTLS but we have no TLS configured, and require_encryption is on", self.remote)
+            } else if self.legacy {
+                format!(
+                    "{} answered without version='1.0' (no STARTTLS possible) and require_encryption is on",
+                    self.remote
+                )
             } else {
                 format!(
                     "{} offered no STARTTLS and require_encryption is on",

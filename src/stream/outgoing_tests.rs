@@ -557,3 +557,178 @@ fn db05_queue_is_capped_in_bytes_and_released_on_flush_and_failure() {
         Some((1, "resource-constraint"))
     );
 }
+
+/// The header of a pre-1.0 peer: no `version`, no `from`, no `to`, only an id.
+fn legacy_header(id: &str) -> StreamHeader {
+    StreamHeader {
+        from: None,
+        to: None,
+        version: None,
+        ..their_header(Some(id))
+    }
+}
+
+fn pair_stream(ctx: std::sync::Arc<Ctx>) -> Outgoing {
+    let mut s = Outgoing::new(
+        ctx,
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    );
+    s.handle(Event::Connected { tls: false });
+    s
+}
+
+/// STR-01, DB-25, RFC 6120 §4.7.5: a peer answering without `version` sends no features;
+/// the key goes out at once (for the id of its header), and valid flushes the queue.
+#[test]
+fn str01_db25_pre_1_0_answer_gets_the_key_without_waiting_for_features() {
+    let mut s = pair_stream(ctx());
+    s.handle(Event::Stanza(msg(1)));
+    let out = s.handle(Event::Header(legacy_header("OLD-1")));
+    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "OLD-1");
+    assert_eq!(
+        out,
+        vec![Action::Send(el(&format!(
+            "<db:result from='a.test' to='b.test'>{key}</db:result>"
+        )))]
+    );
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    )));
+    assert!(s.is_established());
+    assert_eq!(out.last(), Some(&Action::Send(msg(1))));
+    // The same for an explicit version below 1.0.
+    let mut s = pair_stream(ctx());
+    let mut h = legacy_header("OLD-2");
+    h.version = Some("0.9".into());
+    let out = s.handle(Event::Header(h));
+    assert!(
+        matches!(&out[..], [Action::Send(r)] if r.name == "result"),
+        "{out:?}"
+    );
+}
+
+/// DB-11 on a pre-1.0 Authoritative Server: the db:verify goes out without features.
+#[test]
+fn db11_pre_1_0_verify_connection_sends_db_verify_at_once() {
+    let req = VerifyRequest {
+        local: d("a.test"),
+        remote: d("b.test"),
+        stream_id: "IN-1".into(),
+        key: "k3y".into(),
+    };
+    let mut s = Outgoing::new(
+        ctx(),
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Verify(req),
+        false,
+    );
+    s.handle(Event::Connected { tls: false });
+    let out = s.handle(Event::Header(legacy_header("AS-1")));
+    assert_eq!(
+        out,
+        vec![Action::Send(el(
+            "<db:verify from='a.test' to='b.test' id='IN-1'>k3y</db:verify>"
+        ))]
+    );
+    let out = s.handle(Event::Element(el(
+        "<db:verify from='b.test' to='a.test' id='IN-1' type='valid'/>",
+    )));
+    assert_eq!(out[0], Action::VerifyDone(Verdict::Valid));
+}
+
+/// SEC-12 with a pre-1.0 peer: it can offer no STARTTLS, so when our policy requires
+/// encryption for it nothing is sent in the clear, the queue bounces with
+/// remote-server-timeout (ROUTE-02: negotiation failed) and the stream closes with
+/// policy-violation.
+#[test]
+fn sec12_pre_1_0_answer_with_encryption_required_fails_cleanly() {
+    let ctx = ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = true;
+    });
+    let mut s = pair_stream(ctx);
+    s.handle(Event::Stanza(msg(1)));
+    let out = s.handle(Event::Header(legacy_header("OLD-1")));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Send(_))),
+        "no key in the clear: {out:?}"
+    );
+    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+    assert!(
+        matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == "policy-violation")
+    );
+    assert!(s.is_closed());
+}
+
+/// RFC 6120 §4.7.5: an answer whose version is not major.minor ends the attempt.
+#[test]
+fn str01_unparsable_version_in_the_answer_is_unsupported_version() {
+    let mut s = pair_stream(ctx());
+    s.handle(Event::Stanza(msg(1)));
+    let mut h = their_header(Some("ID-B"));
+    h.version = Some("one".into());
+    let out = s.handle(Event::Header(h));
+    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+    assert!(
+        matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == "unsupported-version")
+    );
+}
+
+/// Bounded echo: the text of a peer's stream error reaches our bounces cut short.
+#[test]
+fn peer_stream_error_text_in_bounces_is_bounded() {
+    let mut s = pair_stream(ctx());
+    s.handle(Event::Stanza(msg(1)));
+    let long = "y".repeat(30_000);
+    let out = s.handle(Event::Element(el(&format!(
+        "<stream:error><undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{long}</text></stream:error>"
+    ))));
+    let text = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Bounce { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .expect("a bounce");
+    assert!(text.chars().count() <= 256, "{} chars", text.len());
+}
+
+/// TLS-01 (RFC 6120 §5.4.3.3), SEC-01: a verdict slipped in on the insecure stream before
+/// `<proceed/>` counts for nothing: after the restart the pair is not established, and the
+/// key goes out for the id of the header that follows TLS.
+#[test]
+fn tls01_nothing_learned_before_tls_counts_after_the_restart() {
+    let ctx = ctx_with(|c| c.tls.enabled = true);
+    let mut s = pair_stream(ctx);
+    s.handle(Event::Stanza(msg(1)));
+    s.handle(Event::Header(their_header(Some("ID-1"))));
+    s.handle(Event::Element(el(
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>",
+    )));
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    )));
+    assert!(out.is_empty(), "{out:?}");
+    s.handle(Event::Element(el(
+        "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    s.handle(Event::TlsEstablished);
+    assert!(!s.is_established());
+    assert_eq!(s.queued(), 1, "nothing flushed");
+    s.handle(Event::Header(their_header(Some("ID-2"))));
+    let out = s.handle(Event::Element(features()));
+    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "ID-2");
+    assert_eq!(
+        out,
+        vec![Action::Send(el(&format!(
+            "<db:result from='a.test' to='b.test'>{key}</db:result>"
+        )))]
+    );
+}

@@ -6,7 +6,9 @@
 //! `from` of each `<db:result/>` when it arrives (SEC-04, SEC-13: a certificate valid for
 //! `a.example` says nothing about a piggybacked `b.example`).
 
-use super::{client_config, load_roots, server_config, PeerCert, ServerCerts, TlsError};
+use super::{
+    client_config, load_roots, server_config, server_config_for, PeerCert, ServerCerts, TlsError,
+};
 use crate::config::{CertMode, Config, TlsPolicy};
 use crate::domain::Domain;
 use rustls::RootCertStore;
@@ -17,6 +19,9 @@ use std::sync::Arc;
 pub struct TlsContext {
     /// For inbound streams (STARTTLS and direct TLS).
     pub server: Arc<rustls::ServerConfig>,
+    /// For inbound STARTTLS on a stream whose header named one of our domains in `to`: that
+    /// domain's certificate whatever the client's SNI says (see [`TlsContext::server_for`]).
+    servers_by_to: HashMap<Domain, Arc<rustls::ServerConfig>>,
     /// For outbound streams, by (local domain, direct TLS).
     clients: HashMap<(Domain, bool), Arc<rustls::ClientConfig>>,
     /// Trust anchors for `pkix` mode; `None` when no peer is checked that way.
@@ -54,6 +59,11 @@ impl TlsContext {
             .map(|p| (p.certificate.as_path(), p.key.as_path()));
         let certs = ServerCerts::load(&per_domain, default)?;
         let server = server_config(&certs)?;
+        let mut servers_by_to = HashMap::new();
+        for local in config.local_domains() {
+            let cfg = server_config_for(&certs, Some(&local))?;
+            servers_by_to.insert(local, cfg);
+        }
         let mut clients = HashMap::new();
         for local in config.local_domains() {
             for direct in [false, true] {
@@ -74,9 +84,18 @@ impl TlsContext {
         };
         Ok(TlsContext {
             server,
+            servers_by_to,
             clients,
             roots,
         })
+    }
+
+    /// The server configuration for an inbound STARTTLS after a header whose `to` was `to`:
+    /// the certificate of `to` when it has one of its own, else chosen by SNI as usual.
+    pub fn server_for(&self, to: Option<&Domain>) -> Arc<rustls::ServerConfig> {
+        to.and_then(|d| self.servers_by_to.get(d))
+            .unwrap_or(&self.server)
+            .clone()
     }
 
     /// The client configuration for streams from `local`.

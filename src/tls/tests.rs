@@ -246,6 +246,29 @@ fn no_sni_falls_back_to_hint_then_first_domain() {
     assert_eq!(spki, Some(key_spki_sha256(&akey)));
 }
 
+/// The stream header's `to` (known before STARTTLS) chooses our certificate even when the
+/// client's SNI names another of our domains (RFC 7590 §3.2: with STARTTLS the stream `to`
+/// names the domain); a `to` without a certificate of its own leaves the choice to SNI.
+#[test]
+fn stream_to_beats_a_different_sni() {
+    let dir = TempDir::new("tobeatsni");
+    let (certs, [(_, akey), (_, bkey)]) = two_domains(&dir);
+    let ccfg = client_config(&certs, &d("a.test"), false).unwrap();
+    let scfg = server_config_for(&certs, Some(&d("b.test"))).unwrap();
+    let (cinfo, sinfo, _) = handshake_pair(ccfg.clone(), scfg, &d("a.test"));
+    assert_eq!(sinfo.sni.as_deref(), Some("a.test"));
+    let spki = cinfo.peer_cert.unwrap().spki_sha256();
+    assert_eq!(
+        spki,
+        Some(key_spki_sha256(&bkey)),
+        "b.test's, as the header said"
+    );
+    let scfg = server_config_for(&certs, Some(&d("c.test"))).unwrap();
+    let (cinfo, _, _) = handshake_pair(ccfg, scfg, &d("a.test"));
+    let spki = cinfo.peer_cert.unwrap().spki_sha256();
+    assert_eq!(spki, Some(key_spki_sha256(&akey)), "SNI when `to` has none");
+}
+
 #[test]
 fn client_without_certificate() {
     let dir = TempDir::new("nocert");

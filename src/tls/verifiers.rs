@@ -15,11 +15,14 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use super::ServerCerts;
 use crate::domain::Domain;
 
-/// Chooses our certificate by the client's SNI (see [`ServerCerts::for_server`]).
+/// Chooses our certificate: the stream's `to` when we have a certificate for it, else the
+/// client's SNI (see [`ServerCerts::for_server`]).
 #[derive(Debug)]
 pub(super) struct SniResolver {
     pub(super) certs: ServerCerts,
-    /// Used instead of the default when the client sends no SNI (the stream's `to`).
+    /// The `to` of the stream header that preceded STARTTLS. With STARTTLS the header names
+    /// the domain the peer is authenticating (RFC 7590 §3.2, RFC 6120 §13.7.2); its SNI may
+    /// be missing or name something else (the SRV target), so the header wins.
     pub(super) hint: Option<Domain>,
 }
 
@@ -28,11 +31,12 @@ impl ResolvesServerCert for SniResolver {
         let sni = client_hello
             .server_name()
             .and_then(|s| Domain::parse(s).ok());
-        let chosen = match &sni {
-            Some(d) if self.certs.by_domain.contains_key(d) => Some(d),
-            Some(_) => None,
-            None => self.hint.as_ref(),
-        };
+        let hosted = |d: &&Domain| self.certs.by_domain.contains_key(*d);
+        let chosen = self
+            .hint
+            .as_ref()
+            .filter(hosted)
+            .or(sni.as_ref().filter(hosted));
         let pair = self.certs.for_server(chosen);
         if pair.is_none() {
             log::warn!(

@@ -6,3 +6,4 @@ mod caps;
 mod common;
 mod memory;
 mod ssrf;
+mod streams;
