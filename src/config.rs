@@ -933,7 +933,7 @@ impl Validator<'_> {
                 MIN_STANZA_SIZE,
                 " (RFC 6120 §13.12)",
             )?,
-            pre_auth_stanza_size: self.pre_auth_stanza_size(&raw, &d)?,
+            pre_auth_stanza_size: self.pre_auth_stanza_size(raw, &d)?,
             depth: count("depth", raw.depth, d.depth, MIN_DEPTH, "")?,
             queue: count("queue", raw.queue, d.queue, 1, "")?,
             outbox: count("outbox", raw.outbox, d.outbox, 1, "")?,
