@@ -191,13 +191,20 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
         }
         if kind != Kind::Component {
             if router.stream_count() >= limits.connections {
-                log::warn!("{peer}: refused, {} connections open", limits.connections);
+                static TOTAL: RateLimit = RateLimit::new(LOG_EVERY);
+                warn_limited!(
+                    TOTAL,
+                    "{peer}: refused, {} connections open (limits.connections)",
+                    limits.connections
+                );
                 refuse(sock, "resource-constraint");
                 continue;
             }
             if !router.admit_ip(peer.ip()) {
-                log::warn!(
-                    "{peer}: refused, {} connections from this address",
+                static PER_IP: RateLimit = RateLimit::new(LOG_EVERY);
+                warn_limited!(
+                    PER_IP,
+                    "{peer}: refused, {} connections from this address (limits.connections_per_ip)",
                     limits.connections_per_ip
                 );
                 refuse(sock, "policy-violation");

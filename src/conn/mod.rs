@@ -432,7 +432,9 @@ impl Worker {
                         self.reader_running = false;
                         Event::Broken {
                             condition: e.condition(),
-                            reason: e.to_string(),
+                            // XML errors quote the peer's input: escaped and bounded here,
+                            // where the peer's text enters the reason the core logs.
+                            reason: crate::logsafe::peer(&e.to_string()).to_string(),
                         }
                     }
                 };
@@ -596,7 +598,6 @@ impl Worker {
                     );
                 }
                 if had_transport && !self.done {
-                    log::info!("{}: write failed: {e}", self.core.label());
                     self.feed(Event::Broken {
                         condition: None,
                         reason: format!("write failed: {e}"),

@@ -67,7 +67,6 @@ impl Worker {
                 }
             }
             Err(e) => {
-                log::info!("{}: TLS failed: {e}", self.core.label());
                 self.out = None;
                 self.feed(Event::Broken {
                     condition: None,

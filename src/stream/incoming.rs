@@ -457,8 +457,9 @@ impl Incoming {
                     Verdict::Valid
                 } else {
                     log::info!(
-                        "{}: key from {r} for {l} (stream {id}) is not ours: invalid",
-                        self.label
+                        "{}: key from {r} for {l} (stream {}) is not ours: invalid",
+                        self.label,
+                        crate::logsafe::peer(id)
                     );
                     Verdict::Invalid
                 }
@@ -593,10 +594,10 @@ pub(crate) fn describe_stream_error(e: &Element) -> String {
     let cond = e
         .elements()
         .find(|c| c.name != "text")
-        .map(|c| c.name.clone())
+        .map(|c| crate::logsafe::peer(&c.name).to_string())
         .unwrap_or_else(|| "undefined-condition".into());
     match e.elements().find(|c| c.name == "text") {
-        Some(t) => format!("{cond} ({})", t.text()),
+        Some(t) => format!("{cond} ({})", crate::logsafe::peer(&t.text())),
         None => cond,
     }
 }

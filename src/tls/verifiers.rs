@@ -41,7 +41,7 @@ impl ResolvesServerCert for SniResolver {
         if pair.is_none() {
             log::warn!(
                 "TLS: no certificate for SNI {:?}",
-                client_hello.server_name()
+                client_hello.server_name().map(crate::logsafe::peer)
             );
         }
         pair

@@ -204,8 +204,9 @@ fn write_attrs(el: &Element, out: &mut Vec<u8>) {
     for (key, value) in &el.attrs {
         let Some(name) = classify_attr(key) else {
             log::warn!(
-                "xml writer: skipping attribute with unusable name {key:?} on <{}>",
-                el.name
+                "xml writer: skipping attribute with unusable name {:?} on <{}>",
+                crate::logsafe::peer(key),
+                crate::logsafe::peer(&el.name)
             );
             continue;
         };

@@ -4,6 +4,7 @@
 mod caps;
 #[path = "../common/mod.rs"]
 mod common;
+mod logs;
 mod memory;
 mod ssrf;
 mod streams;
