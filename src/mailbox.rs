@@ -30,11 +30,23 @@ impl Resume for () {
     fn resume(self) {}
 }
 
+/// How far the reader may run ahead of the receiver: at most `items` of its items and, unless
+/// none is queued, at most `bytes` of their memory (one large item always fits alone).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadAhead {
+    /// Most reader items queued.
+    pub items: usize,
+    /// Most memory of queued reader items, as the reader counts it.
+    pub bytes: usize,
+}
+
 struct State<T, P> {
-    /// The items, each with whether it came from the reader.
-    items: VecDeque<(T, bool)>,
+    /// The items, each with its memory if it came from the reader (`None` otherwise).
+    items: VecDeque<(T, Option<usize>)>,
     /// Reader items queued.
     from_reader: usize,
+    /// Their memory.
+    reader_bytes: usize,
     closed: bool,
     receiver_waiting: bool,
     reader_waiting: bool,
@@ -57,6 +69,7 @@ impl<T, P: Resume> Default for Mailbox<T, P> {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 from_reader: 0,
+                reader_bytes: 0,
                 closed: false,
                 receiver_waiting: false,
                 reader_waiting: false,
@@ -79,10 +92,10 @@ impl<T, P: Resume> Mailbox<T, P> {
     /// # Errors
     /// The item comes back once the mailbox is closed.
     pub fn send(&self, item: T) -> Result<(), T> {
-        self.push(item, false)
+        self.push(item, None)
     }
 
-    fn push(&self, item: T, from_reader: bool) -> Result<(), T> {
+    fn push(&self, item: T, from_reader: Option<usize>) -> Result<(), T> {
         let mut st = self.lock();
         let parked = self.push_locked(&mut st, item, from_reader)?;
         drop(st);
@@ -97,13 +110,16 @@ impl<T, P: Resume> Mailbox<T, P> {
         &self,
         st: &mut State<T, P>,
         item: T,
-        from_reader: bool,
+        from_reader: Option<usize>,
     ) -> Result<Option<P>, T> {
         if st.closed {
             return Err(item);
         }
         st.items.push_back((item, from_reader));
-        st.from_reader += usize::from(from_reader);
+        if let Some(bytes) = from_reader {
+            st.from_reader += 1;
+            st.reader_bytes += bytes;
+        }
         if st.receiver_waiting {
             st.receiver_waiting = false;
             self.ready.notify_one();
@@ -139,17 +155,21 @@ impl<T, P: Resume> Mailbox<T, P> {
         Ok(())
     }
 
-    /// The stream's reader: wait while `limit` of its items are still queued, then queue.
+    /// The stream's reader: wait while queueing `item` (`bytes` of memory) would take its
+    /// queued items past `limit`, then queue.
     ///
     /// # Errors
     /// The item comes back once the mailbox is closed.
-    pub fn send_from_reader(&self, item: T, limit: usize) -> Result<(), T> {
+    pub fn send_from_reader(&self, item: T, bytes: usize, limit: ReadAhead) -> Result<(), T> {
         let mut st = self.lock();
-        while st.from_reader >= limit && !st.closed {
+        while !st.closed
+            && (st.from_reader >= limit.items
+                || (st.from_reader > 0 && st.reader_bytes + bytes > limit.bytes))
+        {
             st.reader_waiting = true;
             st = self.room.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        let parked = self.push_locked(&mut st, item, true)?;
+        let parked = self.push_locked(&mut st, item, Some(bytes))?;
         drop(st);
         if let Some(p) = parked {
             p.resume();
@@ -175,12 +195,16 @@ impl<T, P: Resume> Mailbox<T, P> {
         }
         st.receiver_waiting = false;
         let n = st.items.len().min(max);
-        let mut reader_items = 0;
+        let (mut reader_items, mut reader_bytes) = (0, 0);
         for (item, from_reader) in st.items.drain(..n) {
-            reader_items += usize::from(from_reader);
+            if let Some(bytes) = from_reader {
+                reader_items += 1;
+                reader_bytes += bytes;
+            }
             out.push(item);
         }
         st.from_reader -= reader_items;
+        st.reader_bytes -= reader_bytes;
         if st.items.is_empty() && st.items.capacity() > KEEP {
             st.items.shrink_to(KEEP);
         }
@@ -196,6 +220,7 @@ impl<T, P: Resume> Mailbox<T, P> {
         let mut st = self.lock();
         st.closed = true;
         st.from_reader = 0;
+        st.reader_bytes = 0;
         self.room.notify_all();
         st.items.drain(..).map(|(item, _)| item).collect()
     }
@@ -210,6 +235,43 @@ mod tests {
 
     fn after(timeout: Duration) -> Instant {
         Instant::now() + timeout
+    }
+
+    const ONE: ReadAhead = ReadAhead {
+        items: 1,
+        bytes: usize::MAX,
+    };
+    const FOUR: ReadAhead = ReadAhead {
+        items: 4,
+        bytes: usize::MAX,
+    };
+
+    #[test]
+    fn reader_is_held_back_by_the_memory_of_its_queued_items() {
+        let m: Arc<Mailbox<usize>> = Arc::new(Mailbox::default());
+        let limit = ReadAhead {
+            items: 64,
+            bytes: 1000,
+        };
+        let m2 = m.clone();
+        // Items of 400 bytes, then one of 5000 (larger than the limit: it goes alone).
+        let sizes = [400, 400, 400, 400, 5000, 400];
+        let reader = thread::spawn(move || {
+            for (i, bytes) in sizes.into_iter().enumerate() {
+                m2.send_from_reader(i, bytes, limit).unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        let deadline = after(Duration::from_secs(10));
+        while got.len() < sizes.len() && Instant::now() < deadline {
+            let before = got.len();
+            m.recv_batch(&mut got, 64, after(Duration::from_secs(1)));
+            let held: usize = got[before..].iter().map(|&i| sizes[i]).sum();
+            let alone = got.len() - before == 1;
+            assert!(held <= 1000 || alone, "{held} bytes were queued at once");
+        }
+        reader.join().unwrap();
+        assert_eq!(got, (0..sizes.len()).collect::<Vec<_>>());
     }
 
     #[test]
@@ -234,7 +296,7 @@ mod tests {
         m.send(1).unwrap();
         assert_eq!(m.close(), vec![1]);
         assert_eq!(m.send(2), Err(2));
-        assert_eq!(m.send_from_reader(3, 1), Err(3));
+        assert_eq!(m.send_from_reader(3, 0, ONE), Err(3));
     }
 
     #[test]
@@ -243,7 +305,7 @@ mod tests {
         let m2 = m.clone();
         let reader = thread::spawn(move || {
             for i in 0..100 {
-                m2.send_from_reader(i, 4).unwrap();
+                m2.send_from_reader(i, 0, FOUR).unwrap();
             }
         });
         let mut got = Vec::new();
@@ -273,9 +335,9 @@ mod tests {
     #[test]
     fn closing_releases_a_waiting_reader() {
         let m: Arc<Mailbox<i32>> = Arc::new(Mailbox::default());
-        m.send_from_reader(0, 1).unwrap();
+        m.send_from_reader(0, 0, ONE).unwrap();
         let m2 = m.clone();
-        let t = thread::spawn(move || m2.send_from_reader(1, 1));
+        let t = thread::spawn(move || m2.send_from_reader(1, 0, ONE));
         let _ = m.close();
         assert_eq!(t.join().unwrap(), Err(1));
     }
@@ -304,7 +366,7 @@ mod tests {
         let mut out = Vec::new();
         m.recv_batch(&mut out, 8, Instant::now());
         assert!(m.park(Probe(tx, 3)).is_ok());
-        m.send_from_reader(7, 4).unwrap();
+        m.send_from_reader(7, 0, FOUR).unwrap();
         assert_eq!(rx.try_recv(), Ok(3));
         let _ = m.close();
     }

@@ -25,7 +25,7 @@
 
 use crate::domain::Domain;
 use crate::keys;
-use crate::mailbox::{Mailbox, Resume};
+use crate::mailbox::{Mailbox, ReadAhead, Resume};
 use crate::router::{Handle, Router, StreamKind};
 use crate::stanza;
 use crate::stream::component::Component;
@@ -132,9 +132,15 @@ impl Resume for Parked {
     }
 }
 
-/// How many parsed events a reader may have in flight before it waits for the worker: a peer
-/// that sends faster than we route is slowed down by TCP instead of filling our memory.
-const READ_AHEAD: usize = 64;
+/// How many parsed events, and how much of their memory, a reader may have in flight before it
+/// waits for the worker: a peer that sends faster than we route is slowed down by TCP instead
+/// of filling our memory.
+const READ_AHEAD: ReadAhead = ReadAhead {
+    items: 64,
+    // 64 parsed stanzas of the largest size would be 64 × 8 × stanza_size of trees: a peer
+    // that stops reading our answers (so the worker blocks writing) must not make us hold that.
+    bytes: 1 << 20,
+};
 
 enum ReaderCmd {
     Resume(Box<dyn Read + Send>),
@@ -731,17 +737,18 @@ fn reader_loop(
     ctl: &Receiver<ReaderCmd>,
     pause_on: Option<&'static str>,
 ) {
-    let send = |input| inbox.send_from_reader(input, READ_AHEAD).is_ok();
+    let send = |input, bytes| inbox.send_from_reader(input, bytes, READ_AHEAD).is_ok();
     let mut reader = StreamReader::with_budget(read, limits, budget.clone());
     loop {
         match reader.next_event() {
             Ok(StreamEvent::Element(e)) if pause_on.is_some_and(|n| e.is(n, TLS_NS)) => {
                 let (inner, leftover) = reader.into_inner();
                 drop(inner);
-                if !send(Input::Paused {
+                let input = Input::Paused {
                     element: e,
                     leftover,
-                }) {
+                };
+                if !send(input, 0) {
                     return;
                 }
                 match ctl.recv() {
@@ -753,12 +760,16 @@ fn reader_loop(
             }
             Ok(ev) => {
                 let end = ev == StreamEvent::Close;
-                if !send(Input::Xml(Ok(ev))) || end {
+                let bytes = match ev {
+                    StreamEvent::Element(_) => reader.last_element_bytes(),
+                    StreamEvent::Header(_) | StreamEvent::Close => 0,
+                };
+                if !send(Input::Xml(Ok(ev)), bytes) || end {
                     return;
                 }
             }
             Err(e) => {
-                send(Input::Xml(Err(e)));
+                send(Input::Xml(Err(e)), 0);
                 return;
             }
         }

@@ -433,6 +433,8 @@ pub struct StreamReader<R: Read> {
     stack: Vec<Element>,
     /// Memory of the current first-level element's tree so far (see the module doc).
     tree: usize,
+    /// Memory of the last first-level element returned, as counted in `tree`.
+    last_tree: usize,
     /// Elements in the current first-level element so far.
     elements: usize,
     /// Namespaces met recently on this stream, so that elements share one allocation per URI.
@@ -488,6 +490,7 @@ impl<R: Read> StreamReader<R> {
             state: State::BeforeHeader,
             stack: Vec::new(),
             tree: 0,
+            last_tree: 0,
             elements: 0,
             ns_cache: Vec::new(),
             ns_next: 0,
@@ -617,6 +620,7 @@ impl<R: Read> StreamReader<R> {
                                 self.account(after - before)?;
                             }
                             None => {
+                                self.last_tree = self.tree;
                                 self.reset_budget();
                                 return Ok(StreamEvent::Element(el));
                             }
@@ -672,6 +676,13 @@ impl<R: Read> StreamReader<R> {
             self.ns_next = (self.ns_next + 1) % NS_CACHE;
         }
         ns
+    }
+
+    /// The memory of the last element [`StreamReader::next_event`] returned, as the reader
+    /// counted it against the budget (see [`tree_bytes`]); what a consumer holding it may
+    /// count it as without walking the tree.
+    pub fn last_element_bytes(&self) -> usize {
+        self.last_tree
     }
 
     fn reset_budget(&mut self) {

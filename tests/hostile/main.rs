@@ -6,5 +6,6 @@ mod caps;
 mod common;
 mod logs;
 mod memory;
+mod readahead;
 mod ssrf;
 mod streams;
