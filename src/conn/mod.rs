@@ -135,12 +135,17 @@ impl Resume for Parked {
 /// How many parsed events, and how much of their memory, a reader may have in flight before it
 /// waits for the worker: a peer that sends faster than we route is slowed down by TCP instead
 /// of filling our memory.
-const READ_AHEAD: ReadAhead = ReadAhead {
-    items: 64,
-    // 64 parsed stanzas of the largest size would be 64 × 8 × stanza_size of trees: a peer
-    // that stops reading our answers (so the worker blocks writing) must not make us hold that.
-    bytes: 1 << 20,
-};
+///
+/// 64 parsed stanzas of the largest size would be 64 × 8 × stanza_size of trees: a peer that
+/// stops reading our answers (so the worker blocks writing) must not make us hold that. The
+/// memory bound follows the stanza budget in force: twice the budget (32 KiB by default before
+/// the peer is authenticated), at most 1 MiB; one larger stanza always fits alone.
+fn read_ahead(budget: &crate::xml::StanzaBudget) -> ReadAhead {
+    ReadAhead {
+        items: 64,
+        bytes: budget.get().saturating_mul(2).min(1 << 20),
+    }
+}
 
 enum ReaderCmd {
     Resume(Box<dyn Read + Send>),
@@ -737,7 +742,11 @@ fn reader_loop(
     ctl: &Receiver<ReaderCmd>,
     pause_on: Option<&'static str>,
 ) {
-    let send = |input, bytes| inbox.send_from_reader(input, bytes, READ_AHEAD).is_ok();
+    let send = |input, bytes| {
+        inbox
+            .send_from_reader(input, bytes, read_ahead(&budget))
+            .is_ok()
+    };
     let mut reader = StreamReader::with_budget(read, limits, budget.clone());
     loop {
         match reader.next_event() {
