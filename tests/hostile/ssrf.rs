@@ -13,7 +13,6 @@
 
 use crate::common::dns_server::TestDns;
 use crate::common::*;
-use dialbackd::keys::DialbackSecret;
 use dialbackd::xml::{Element, DIALBACK_NS};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -64,15 +63,7 @@ struct Net {
 /// text passed through `tweak`. a.test and b.test are published in DNS.
 fn net(allow: &[&str], route: bool, tweak: impl Fn(String) -> String) -> Net {
     let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let auth = Daemon::start(
-        "a",
-        next_ip(),
-        &format!(
-            "dialback_secret = \"{SECRET}\"\n{}",
-            config(&["a.test"], &[], dns.addr(), "")
-        ),
-    );
-    publish(&dns, "a.test", auth.s2s());
+    let auth = a_test_daemon(&dns, SECRET);
     let extra = if route {
         format!("[routes]\n\"a.test\" = \"{}\"\n", auth.s2s())
     } else {
@@ -86,11 +77,7 @@ fn net(allow: &[&str], route: bool, tweak: impl Fn(String) -> String) -> Net {
 
 /// Open a stream to `d` as `from` and claim it with a made-up key; the daemon's answer.
 fn claim(d: &Daemon, from: &str) -> Element {
-    let mut c = XmlConn::connect(d.s2s());
-    c.send(&s2s_header(from, "b.test", None));
-    let _ = c.header();
-    let features = c.element();
-    assert_eq!(features.name, "features");
+    let (mut c, _) = open_s2s(d, from, "b.test");
     c.send(&format!(
         "<db:result from='{from}' to='b.test'>{}</db:result>",
         "ab".repeat(32)
@@ -99,39 +86,16 @@ fn claim(d: &Daemon, from: &str) -> Element {
         .unwrap_or_else(|| panic!("no dialback answer for {from}\n{}", d.log_text()))
 }
 
-/// The `<error/>` of a `type='error'` answer, as bytes (what the claimant can compare).
+/// The condition of a `type='error'` answer, and its `<error/>` as bytes (what the claimant
+/// can compare).
 fn dialback_error(r: &Element) -> (String, Vec<u8>) {
     assert_eq!(r.attr("type"), Some("error"), "{r:?}");
-    let e = r
-        .elements()
-        .find(|c| c.name == "error")
-        .unwrap_or_else(|| panic!("DB-27: no <error/> in {r:?}"));
-    let cond = e
-        .elements()
-        .find(|c| c.name != "text")
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    (cond, e.to_bytes())
+    let e = error_child(r).unwrap_or_else(|| panic!("DB-27: no <error/> in {r:?}"));
+    (error_condition(r).unwrap_or_default(), e.to_bytes())
 }
 
 fn assert_connection_failed(r: &Element) {
     assert_eq!(dialback_error(r).0, "remote-connection-failed", "{r:?}");
-}
-
-/// The daemon is alive and a legitimate peer (the real a.test's key) still authenticates.
-fn legitimate_dialback_succeeds(d: &Daemon) {
-    let mut c = XmlConn::connect(d.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let id = c.header().id.expect("a stream id");
-    let _features = c.element();
-    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", &id);
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let r = c
-        .element_where(WAIT, |e| e.name == "result")
-        .expect("an answer");
-    assert_eq!(r.attr("type"), Some("valid"), "{r:?}\n{}", d.log_text());
 }
 
 /// Make `name` resolve through an SRV record to `host` (port `port`) with an A and/or AAAA.
@@ -239,7 +203,7 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
     );
     assert!(!log.contains("connecting to 10.0.0.5"), "{log}");
 
-    legitimate_dialback_succeeds(&n.d);
+    dialback_as_a(&n.d, SECRET);
     drop(n.auth);
 }
 
@@ -286,7 +250,7 @@ fn ip_literal_domains_are_not_dialled() {
     ] {
         assert!(log.contains(&needle), "no {needle:?} in\n{log}");
     }
-    legitimate_dialback_succeeds(&n.d);
+    dialback_as_a(&n.d, SECRET);
 }
 
 /// A refused port, a listener that never answers, one that speaks another protocol, and a
@@ -387,7 +351,7 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
         "{log}"
     );
     assert!(log.contains(&format!("[{host}:{foreign_port}]")), "{log}");
-    legitimate_dialback_succeeds(&n.d);
+    dialback_as_a(&n.d, SECRET);
 }
 
 /// allow_networks lifts the refusal for exactly the networks listed: the real a.test, found
@@ -395,24 +359,15 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
 /// address stays refused. The connection lines name the address and the SRV target.
 #[test]
 fn allow_networks_lets_dialback_reach_the_listed_networks_only() {
-    let dns_ip = next_ip();
-    let dns = TestDns::start(IpAddr::V4(dns_ip));
-    let auth = Daemon::start(
-        "a",
-        next_ip(),
-        &format!(
-            "dialback_secret = \"{SECRET}\"\n{}",
-            config(&["a.test"], &[], dns.addr(), "")
-        ),
-    );
-    publish(&dns, "a.test", auth.s2s());
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let auth = a_test_daemon(&dns, SECRET);
     let allow = format!("{}/32", auth.s2s().ip());
     let d = Daemon::start(
         "b",
         next_ip(),
         &config_allowing(&["b.test"], &[], dns.addr(), &[&allow], ""),
     );
-    legitimate_dialback_succeeds(&d);
+    dialback_as_a(&d, SECRET);
     assert!(
         d.log_text()
             .contains(&format!("connected to {} (host.a.test)", auth.s2s())),
@@ -423,7 +378,7 @@ fn allow_networks_lets_dialback_reach_the_listed_networks_only() {
     publish(&dns, "other.test", rec.addr());
     assert_connection_failed(&claim(&d, "other.test"));
     assert_eq!(rec.connections(), 0);
-    legitimate_dialback_succeeds(&d);
+    dialback_as_a(&d, SECRET);
 }
 
 /// SRV-05 and the guard: a static route to loopback is the operator's choice and works without
@@ -450,5 +405,5 @@ fn static_route_to_loopback_needs_no_allow_networks() {
         "later lines of the stream carry the address\n{}",
         n.d.log_text()
     );
-    legitimate_dialback_succeeds(&n.d);
+    dialback_as_a(&n.d, SECRET);
 }
