@@ -29,6 +29,21 @@ fn alive(d: &Daemon) {
     d.assert_peak_rss_bounded();
 }
 
+/// The daemon's threads and descriptors have grown from `before` by at most what `streams`
+/// more outbound streams cost; returns them.
+fn at_most_streams_more(d: &Daemon, before: (usize, usize), streams: usize) -> (usize, usize) {
+    let ((threads0, fds0), (threads, fds)) = (before, (d.threads(), d.open_fds()));
+    // Each outbound stream costs at most two threads and one socket; allow some slack for
+    // the DNS and verify machinery, far below one per addressed domain.
+    assert!(
+        threads <= threads0 + 2 * streams + 4,
+        "threads {threads0} → {threads}"
+    );
+    // A stream's socket is held three times (reader, writer, owner: dup'ed descriptors).
+    assert!(fds <= fds0 + 3 * streams + 8, "fds {fds0} → {fds}");
+    (threads, fds)
+}
+
 /// The condition of the next stream error on `c`, then checks the stream ends.
 fn stream_error_then_end(c: &XmlConn) -> String {
     let cond = c.stream_error();
@@ -320,15 +335,7 @@ fn outbound_stream_cap_bounces_resource_constraint_and_bounds_threads_and_fds() 
         CAP,
         "no more connections"
     );
-    let (threads, fds) = (d.threads(), d.open_fds());
-    // Each outbound stream costs at most two threads and one socket; allow some slack for
-    // the DNS and verify machinery, far below one per addressed domain.
-    assert!(
-        threads <= threads0 + 2 * CAP + 4,
-        "threads {threads0} → {threads}"
-    );
-    // A stream's socket is held three times (reader, writer, owner: dup'ed descriptors).
-    assert!(fds <= fds0 + 3 * CAP + 8, "fds {fds0} → {fds}");
+    at_most_streams_more(&d, (threads0, fds0), CAP);
     logged_once(&mut d, "limits.outbound_streams");
     // The held streams end: their stanzas bounce (nothing is lost) and the slots are free.
     fake.hold.store(false, Ordering::Release);
@@ -409,18 +416,13 @@ fn verified_peer_pinging_from_many_names_opens_at_most_the_outbound_cap() {
     fake.wait_for(&fake.results, CAP);
     logged_once(&mut d, "limits.outbound_streams");
     thread::sleep(Duration::from_millis(300));
-    let (threads, fds) = (d.threads(), d.open_fds());
+    let (threads, fds) = at_most_streams_more(&d, (threads0, fds0), CAP);
     eprintln!(
         "{} names pinging: outbound streams {}, threads {threads0} -> {threads}, fds {fds0} -> {fds}",
         names.len(),
         fake.results.load(Ordering::Acquire)
     );
     assert_eq!(fake.results.load(Ordering::Acquire), CAP);
-    assert!(
-        threads <= threads0 + 2 * CAP + 4,
-        "threads {threads0} → {threads}"
-    );
-    assert!(fds <= fds0 + 3 * CAP + 8, "fds {fds0} → {fds}");
     for c in &streams {
         assert!(
             c.next(Duration::from_millis(50)).is_none(),
