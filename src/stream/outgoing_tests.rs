@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::keys::DialbackSecret;
-use crate::stream::testutil::{ctx, ctx_with, el, header, SECRET};
+use crate::stream::testutil::{ctx, ctx_with, el, header, tls_ctx, SECRET};
 use crate::xml::STANZAS_NS;
 use std::sync::Arc;
 
@@ -268,7 +268,7 @@ fn str03_header_without_id_fails() {
 
 #[test]
 fn tls01_starttls_when_offered_and_restart_after_proceed() {
-    let ctx = ctx_with(|c| c.tls.enabled = true);
+    let ctx = tls_ctx(false);
     let mut s = pair_stream(ctx);
     s.handle(Event::Header(their_header(Some("ID-1"))));
     let out = s.handle(Event::Element(el(
@@ -290,10 +290,7 @@ fn tls01_starttls_when_offered_and_restart_after_proceed() {
 
 #[test]
 fn sec12_stripped_starttls_with_required_encryption_sends_nothing() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = true;
-    });
+    let ctx = tls_ctx(true);
     let mut s = pair_stream(ctx);
     s.handle(Event::Stanza(msg(1)));
     s.handle(Event::Header(their_header(Some("ID-1"))));
@@ -415,10 +412,7 @@ fn dialback_error_condition_is_read() {
 
 #[test]
 fn dtls02_direct_tls_never_starttls_and_satisfies_required_encryption() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = true;
-    });
+    let ctx = tls_ctx(true);
     let mut s = new_pair(ctx);
     s.handle(Event::Connected { tls: true });
     s.handle(Event::Header(their_header(Some("ID-1"))));
@@ -548,10 +542,7 @@ fn db11_pre_1_0_verify_connection_sends_db_verify_at_once() {
 /// policy-violation.
 #[test]
 fn sec12_pre_1_0_answer_with_encryption_required_fails_cleanly() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = true;
-    });
+    let ctx = tls_ctx(true);
     let mut s = pair_stream(ctx);
     s.handle(Event::Stanza(msg(1)));
     let out = s.handle(Event::Header(legacy_header("OLD-1")));
@@ -605,7 +596,7 @@ fn peer_stream_error_text_in_bounces_is_bounded() {
 /// key goes out for the id of the header that follows TLS.
 #[test]
 fn tls01_nothing_learned_before_tls_counts_after_the_restart() {
-    let ctx = ctx_with(|c| c.tls.enabled = true);
+    let ctx = tls_ctx(false);
     let mut s = pair_stream(ctx);
     s.handle(Event::Stanza(msg(1)));
     s.handle(Event::Header(their_header(Some("ID-1"))));

@@ -35,6 +35,14 @@ pub fn ctx_with(f: impl FnOnce(&mut Config)) -> Arc<Ctx> {
     })
 }
 
+/// Like [`ctx`], with TLS available and encryption required of peers or not.
+pub fn tls_ctx(require_encryption: bool) -> Arc<Ctx> {
+    ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = require_encryption;
+    })
+}
+
 /// Parse one element as it would arrive on a jabber:server stream.
 pub fn el(xml: &str) -> Element {
     let doc = format!(
