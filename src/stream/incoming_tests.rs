@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::keys::DialbackSecret;
-use crate::stream::testutil::{ctx, ctx_with, el, header, ids, tls_ctx, SECRET};
+use crate::stream::testutil::{closes_with, ctx, ctx_with, el, header, ids, tls_ctx, SECRET};
 use std::sync::Arc;
 
 fn d(s: &str) -> Domain {
@@ -78,10 +78,6 @@ fn sent_dialback_error<'a>(out: &'a [Action], condition: &str) -> &'a Element {
     );
     assert!(r.child("error", SERVER_NS).is_some());
     r
-}
-
-fn closes_with(out: &[Action], cond: &str) -> bool {
-    matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == cond)
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::keys::DialbackSecret;
-use crate::stream::testutil::{ctx, ctx_with, el, header, tls_ctx, SECRET};
+use crate::stream::testutil::{closes_with, ctx, ctx_with, el, header, tls_ctx, SECRET};
 use crate::xml::STANZAS_NS;
 use std::sync::Arc;
 
@@ -104,6 +104,18 @@ fn bounced(out: &[Action]) -> Option<(usize, &'static str)> {
         } => Some((stanzas.len(), *condition)),
         _ => None,
     })
+}
+
+/// SEC-12: encryption is required and cannot be had: no key goes out in the clear, the one
+/// queued stanza bounces with remote-server-timeout (ROUTE-02: negotiation failed) and the
+/// stream closes with policy-violation.
+fn refused_in_the_clear(out: &[Action]) {
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Send(_))),
+        "no key in the clear: {out:?}"
+    );
+    assert_eq!(bounced(out), Some((1, "remote-server-timeout")));
+    assert!(closes_with(out, "policy-violation"), "{out:?}");
 }
 
 #[test]
@@ -290,19 +302,11 @@ fn tls01_starttls_when_offered_and_restart_after_proceed() {
 
 #[test]
 fn sec12_stripped_starttls_with_required_encryption_sends_nothing() {
-    let ctx = tls_ctx(true);
-    let mut s = pair_stream(ctx);
+    let mut s = pair_stream(tls_ctx(true));
     s.handle(Event::Stanza(msg(1)));
     s.handle(Event::Header(their_header(Some("ID-1"))));
     let out = s.handle(Event::Element(features()));
-    assert!(
-        !out.iter().any(|a| matches!(a, Action::Send(_))),
-        "no key in the clear: {out:?}"
-    );
-    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
-    assert!(
-        matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == "policy-violation")
-    );
+    refused_in_the_clear(&out);
 }
 
 fn verify_stream() -> Outgoing {
@@ -542,18 +546,10 @@ fn db11_pre_1_0_verify_connection_sends_db_verify_at_once() {
 /// policy-violation.
 #[test]
 fn sec12_pre_1_0_answer_with_encryption_required_fails_cleanly() {
-    let ctx = tls_ctx(true);
-    let mut s = pair_stream(ctx);
+    let mut s = pair_stream(tls_ctx(true));
     s.handle(Event::Stanza(msg(1)));
     let out = s.handle(Event::Header(legacy_header("OLD-1")));
-    assert!(
-        !out.iter().any(|a| matches!(a, Action::Send(_))),
-        "no key in the clear: {out:?}"
-    );
-    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
-    assert!(
-        matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == "policy-violation")
-    );
+    refused_in_the_clear(&out);
     assert!(s.is_closed());
 }
 
@@ -566,9 +562,7 @@ fn str01_unparsable_version_in_the_answer_is_unsupported_version() {
     h.version = Some("one".into());
     let out = s.handle(Event::Header(h));
     assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
-    assert!(
-        matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == "unsupported-version")
-    );
+    assert!(closes_with(&out, "unsupported-version"), "{out:?}");
 }
 
 /// Bounded echo: the text of a peer's stream error reaches our bounces cut short.
