@@ -161,11 +161,8 @@ fn spoofer_claiming_a_test_gets_invalid_and_delivers_nothing() {
 /// KEY-01/SEC-14: a key minted by the real a.test for another stream id is worthless here.
 #[test]
 fn replayed_key_for_another_stream_is_invalid() {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let _a = a_test_daemon(&dns, A_SECRET);
-    let b = Daemon::start("b", next_ip(), &config(&["b.test"], &[], dns.addr(), ""));
-    publish(&dns, "b.test", b.s2s());
-    let (mut c, id) = open_s2s(&b, "a.test", "b.test");
+    let p = AandB::start(A_SECRET, |dns, _| config(&["b.test"], &[], dns, ""));
+    let (mut c, id) = open_s2s(&p.b, "a.test", "b.test");
     assert_ne!(id, "some-other-stream");
     c.send(&db_result(
         "a.test",
@@ -178,7 +175,7 @@ fn replayed_key_for_another_stream_is_invalid() {
         .expect("answer");
     assert_eq!(r.attr("type"), Some("invalid"));
     // And the right key for this stream id is valid: the same daemons, the same secret.
-    dialback_as_a(&b, A_SECRET);
+    dialback_as_a(&p.b, A_SECRET);
 }
 
 /// DB-06: the peer vanishes after our db:result; the queued stanzas bounce, nothing is lost,
@@ -315,13 +312,12 @@ fn parked_streams_wake_for_the_next_stanza() {
 /// A parked stream's deadlines still fire: an idle verified stream is closed on time.
 #[test]
 fn parked_idle_stream_is_closed_by_its_deadline() {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let _a = a_test_daemon(&dns, A_SECRET);
-    let cfg = config(&["b.test"], &[], dns.addr(), "")
-        .replace("[timeouts]\n", "[timeouts]\nidle = 3\nkeepalive = 2\n");
-    let mut b = Daemon::start("b", next_ip(), &cfg);
-    let c = dialback_as_a(&b, A_SECRET);
-    b.wait_log("idle, worker parked");
+    let mut p = AandB::start(A_SECRET, |dns, _| {
+        config(&["b.test"], &[], dns, "")
+            .replace("[timeouts]\n", "[timeouts]\nidle = 3\nkeepalive = 2\n")
+    });
+    let c = dialback_as_a(&p.b, A_SECRET);
+    p.b.wait_log("idle, worker parked");
     // Nothing more is sent: the idle deadline (3 s) must still close the stream.
     match c.next(WAIT) {
         Some(Ok(StreamEvent::Close)) => {}

@@ -589,6 +589,26 @@ pub fn db_result(from: &str, to: &str, id: &str, secret: &str) -> String {
     format!("<db:result from='{from}' to='{to}'>{key}</db:result>")
 }
 
+/// A legitimate peer and the daemon under test: a.test as a real daemon (see
+/// [`a_test_daemon`]) and b.test, both published in `dns`.
+pub struct AandB {
+    pub dns: dns_server::TestDns,
+    pub a: Daemon,
+    pub b: Daemon,
+}
+
+impl AandB {
+    /// a.test with dialback secret `secret`, and b.test on the config `b_config` writes from
+    /// the DNS server's address and a.test's s2s address.
+    pub fn start(secret: &str, b_config: impl FnOnce(SocketAddr, SocketAddr) -> String) -> AandB {
+        let dns = dns_server::TestDns::start(IpAddr::V4(next_ip()));
+        let a = a_test_daemon(&dns, secret);
+        let b = Daemon::start("b", next_ip(), &b_config(dns.addr(), a.s2s()));
+        publish(&dns, "b.test", b.s2s());
+        AandB { dns, a, b }
+    }
+}
+
 /// Open a server-to-server stream to `d` as `from` for `to`, and read the daemon's header
 /// (from `to`, with a stream id) and its features; returns the stream and its id.
 pub fn open_s2s(d: &Daemon, from: &str, to: &str) -> (XmlConn, String) {

@@ -3,37 +3,17 @@
 //! costs one log line with a count, not one line each. Each test ends with a legitimate
 //! dialback: the daemon is alive and still federates.
 
-use crate::common::dns_server::TestDns;
 use crate::common::*;
-use std::net::IpAddr;
 
 const A_SECRET: &str = "a-secret";
 
 /// A log line as env_logger writes it, to be smuggled in through peer-supplied text.
 const FORGED: &str = "[2026-11-26T00:00:00Z INFO  dialbackd] FORGED";
 
-/// b.test under test, a.test (a real daemon) as the Authoritative Server of the legitimate
-/// dialback at the end.
-struct Pair {
-    _dns: TestDns,
-    _a: Daemon,
-    b: Daemon,
-}
-
-fn pair(limits: &str) -> Pair {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let a = a_test_daemon(&dns, A_SECRET);
-    let b = Daemon::start(
-        "b",
-        next_ip(),
-        &config(&["b.test"], &[], dns.addr(), limits),
-    );
-    publish(&dns, "b.test", b.s2s());
-    Pair {
-        _dns: dns,
-        _a: a,
-        b,
-    }
+/// b.test under test with `limits`, a.test (a real daemon) as the Authoritative Server of the
+/// legitimate dialback at the end.
+fn pair(limits: &str) -> AandB {
+    AandB::start(A_SECRET, |dns, _| config(&["b.test"], &[], dns, limits))
 }
 
 /// No line of the log starts with what the peer tried to forge.

@@ -2,10 +2,8 @@
 //! by its size whatever its shape, an unauthenticated peer has a small stanza budget, and what a
 //! verified peer sends reaches a component as the same tree.
 
-use crate::common::dns_server::TestDns;
 use crate::common::*;
 use dialbackd::xml::DIALBACK_NS;
-use std::net::IpAddr;
 
 /// The secret of a.test's daemon, so that a raw peer can mint a.test's keys.
 const A_SECRET: &str = "known-secret";
@@ -13,28 +11,16 @@ const A_SECRET: &str = "known-secret";
 /// a.test (Authoritative Server for the raw peer's claims) and b.test (the target, whose
 /// component "b.test" receives what is routed to b.test users).
 struct Setup {
-    _dns: TestDns,
-    _a: Daemon,
-    b: Daemon,
+    p: AandB,
     component: ComponentClient,
 }
 
 fn setup(limits: &str) -> Setup {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let a = a_test_daemon(&dns, A_SECRET);
-    let b = Daemon::start(
-        "b",
-        next_ip(),
-        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), limits),
-    );
-    publish(&dns, "b.test", b.s2s());
-    let component = ComponentClient::connect(b.component_addr(), "b.test", "sb");
-    Setup {
-        _dns: dns,
-        _a: a,
-        b,
-        component,
-    }
+    let p = AandB::start(A_SECRET, |dns, _| {
+        config(&["b.test"], &[("b.test", "sb")], dns, limits)
+    });
+    let component = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    Setup { p, component }
 }
 
 /// The measured attack: a 30 KB namespace URI on a stanza with 100 000 empty children.
@@ -49,15 +35,15 @@ fn namespace_bomb() -> String {
 fn attack_is_refused_cheaply(limits: &str, payload: String) {
     let mut s = setup(limits);
     let (c, writer) =
-        XmlConn::connect_sending(s.b.s2s(), s2s_header("a.test", "b.test", None), payload);
+        XmlConn::connect_sending(s.p.b.s2s(), s2s_header("a.test", "b.test", None), payload);
     c.our_header("b.test");
     assert_eq!(c.stream_error(), "policy-violation");
     drop(c);
     writer.join().unwrap();
-    s.b.wait_log("policy");
-    s.b.assert_peak_rss_bounded();
+    s.p.b.wait_log("policy");
+    s.p.b.assert_peak_rss_bounded();
     // Still alive, still federating, and a verified peer's stanza is delivered.
-    let mut c = dialback_as_a(&s.b, A_SECRET);
+    let mut c = dialback_as_a(&s.p.b, A_SECRET);
     c.send("<message from='x@a.test' to='y@b.test' id='after'><body>still here</body></message>");
     let m = s.component.recv(WAIT).expect("delivered after the attack");
     assert_eq!(m.attr("id"), Some("after"));
@@ -115,7 +101,7 @@ fn mem04_pre_auth_budget_is_small_and_verified_peers_get_the_full_one() {
         format!("<message from='x@a.test' to='y@b.test' id='{id}'><body>{body}</body></message>")
     };
     let (c, writer) = XmlConn::connect_sending(
-        s.b.s2s(),
+        s.p.b.s2s(),
         s2s_header("a.test", "b.test", None),
         stanza("early", &body),
     );
@@ -123,9 +109,9 @@ fn mem04_pre_auth_budget_is_small_and_verified_peers_get_the_full_one() {
     assert_eq!(c.stream_error(), "policy-violation");
     drop(c);
     writer.join().unwrap();
-    s.b.wait_log("policy");
+    s.p.b.wait_log("policy");
 
-    let mut c = dialback_as_a(&s.b, A_SECRET);
+    let mut c = dialback_as_a(&s.p.b, A_SECRET);
     let big = "B".repeat(300 * 1024);
     c.send(&stanza("small-after", &body));
     c.send(&stanza("big-after", &big));
@@ -141,7 +127,7 @@ fn mem04_pre_auth_budget_is_small_and_verified_peers_get_the_full_one() {
             .unwrap_or_default();
         assert_eq!(text.len(), len);
     }
-    s.b.assert_peak_rss_bounded();
+    s.p.b.assert_peak_rss_bounded();
 }
 
 /// Serializer fidelity on the wire: a verified peer's message holding an element in the dialback
@@ -150,7 +136,7 @@ fn mem04_pre_auth_budget_is_small_and_verified_peers_get_the_full_one() {
 #[test]
 fn mem05_dialback_namespace_child_reaches_a_component_intact() {
     let s = setup("");
-    let mut c = dialback_as_a(&s.b, A_SECRET);
+    let mut c = dialback_as_a(&s.p.b, A_SECRET);
     c.send(
         "<message from='x@a.test' to='y@b.test' id='m1'>\
          <x xmlns='jabber:server:dialback' a='1'><db:result from='p' to='q'>k</db:result></x>\

@@ -51,28 +51,24 @@ impl Recorder {
     }
 }
 
-/// A real daemon for a.test (the Authoritative Server of the legitimate peer) and the daemon
-/// under test for b.test.
-struct Net {
-    dns: TestDns,
-    auth: Daemon,
-    d: Daemon,
-}
-
 /// b.test with `allow_networks = allow`, a static route to a.test when `route`, and its config
-/// text passed through `tweak`. a.test and b.test are published in DNS.
-fn net(allow: &[&str], route: bool, tweak: impl Fn(String) -> String) -> Net {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let auth = a_test_daemon(&dns, SECRET);
-    let extra = if route {
-        format!("[routes]\n\"a.test\" = \"{}\"\n", auth.s2s())
-    } else {
-        String::new()
-    };
-    let text = config_allowing(&["b.test"], &[("b.test", "sb")], dns.addr(), allow, &extra);
-    let d = Daemon::start("b", next_ip(), &tweak(text));
-    publish(&dns, "b.test", d.s2s());
-    Net { dns, auth, d }
+/// text passed through `tweak`; a.test is a real daemon (the Authoritative Server of the
+/// legitimate peer). Both are published in DNS.
+fn net(allow: &[&str], route: bool, tweak: impl Fn(String) -> String) -> AandB {
+    AandB::start(SECRET, |dns, a| {
+        let extra = if route {
+            format!("[routes]\n\"a.test\" = \"{a}\"\n")
+        } else {
+            String::new()
+        };
+        tweak(config_allowing(
+            &["b.test"],
+            &[("b.test", "sb")],
+            dns,
+            allow,
+            &extra,
+        ))
+    })
 }
 
 /// Open a stream to `d` as `from` and claim it with a made-up key; the daemon's answer.
@@ -139,14 +135,14 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
         Some(ip4(rec.addr())),
         None,
     );
-    let r = claim(&n.d, "internal.test");
+    let r = claim(&n.b, "internal.test");
     assert_connection_failed(&r);
     assert_eq!(
         rec.connections(),
         0,
         "the daemon connected to the loopback target"
     );
-    let line = n.d.wait_log("verification failed");
+    let line = n.b.wait_log("verification failed");
     assert!(
         line.contains("internal.test")
             && line.contains(&format!(
@@ -155,7 +151,7 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
             )),
         "{line}"
     );
-    assert!(n.d.log_text().contains(&format!(
+    assert!(n.b.log_text().contains(&format!(
         "not dialling {} (ssh.internal.test) for internal.test: loopback",
         rec.addr()
     )));
@@ -170,10 +166,10 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
         None,
         Some(&mapped),
     );
-    assert_connection_failed(&claim(&n.d, "mapped.test"));
+    assert_connection_failed(&claim(&n.b, "mapped.test"));
     assert_eq!(rec.connections(), 0, "the daemon connected through ::ffff:");
     assert!(n
-        .d
+        .b
         .log_text()
         .contains("loopback (IPv4-mapped IPv6 address)"));
 
@@ -194,17 +190,17 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
         port,
         "ssh.internal.test",
     );
-    assert_connection_failed(&claim(&n.d, "private.test"));
+    assert_connection_failed(&claim(&n.b, "private.test"));
     assert_eq!(rec.connections(), 0);
-    let log = n.d.log_text();
+    let log = n.b.log_text();
     assert!(
         log.contains("not dialling 10.0.0.5:5269 (db.private.test) for private.test: private network (RFC 1918)"),
         "{log}"
     );
     assert!(!log.contains("connecting to 10.0.0.5"), "{log}");
 
-    dialback_as_a(&n.d, SECRET);
-    drop(n.auth);
+    dialback_as_a(&n.b, SECRET);
+    drop(n.a);
 }
 
 /// IP-literal domains, and numeric names a resolver might read as IPv4, are never dialled nor
@@ -225,7 +221,7 @@ fn ip_literal_domains_are_not_dialled() {
         "127.1",
         "2130706433",
     ] {
-        let r = claim(&n.d, from);
+        let r = claim(&n.b, from);
         assert_connection_failed(&r);
     }
     if let Some(rec) = &rec {
@@ -240,7 +236,7 @@ fn ip_literal_domains_are_not_dialled() {
         queries,
         "IP-literal and numeric domains must not be looked up"
     );
-    let log = n.d.log_text();
+    let log = n.b.log_text();
     for needle in [
         format!("not dialling {literal}: IP-literal domain"),
         "not dialling 10.0.0.5: IP-literal domain".to_string(),
@@ -250,7 +246,7 @@ fn ip_literal_domains_are_not_dialled() {
     ] {
         assert!(log.contains(&needle), "no {needle:?} in\n{log}");
     }
-    dialback_as_a(&n.d, SECRET);
+    dialback_as_a(&n.b, SECRET);
 }
 
 /// A refused port, a listener that never answers, one that speaks another protocol, and a
@@ -325,7 +321,7 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
         "nxdomain.test",
     ]
     .iter()
-    .map(|from| dialback_error(&claim(&n.d, from)))
+    .map(|from| dialback_error(&claim(&n.b, from)))
     .collect();
     for (i, a) in answers.iter().enumerate() {
         assert_eq!(a.0, "remote-connection-failed", "answer {i}");
@@ -345,13 +341,13 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
         "the foreign listener was really dialled and got our header"
     );
     // The log keeps the difference for the operator, naming what was dialled.
-    let log = n.d.log_text();
+    let log = n.b.log_text();
     assert!(
         log.contains(&format!("{host}:{closed} (x.refused.test)")),
         "{log}"
     );
     assert!(log.contains(&format!("[{host}:{foreign_port}]")), "{log}");
-    dialback_as_a(&n.d, SECRET);
+    dialback_as_a(&n.b, SECRET);
 }
 
 /// allow_networks lifts the refusal for exactly the networks listed: the real a.test, found
@@ -359,26 +355,22 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
 /// address stays refused. The connection lines name the address and the SRV target.
 #[test]
 fn allow_networks_lets_dialback_reach_the_listed_networks_only() {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let auth = a_test_daemon(&dns, SECRET);
-    let allow = format!("{}/32", auth.s2s().ip());
-    let d = Daemon::start(
-        "b",
-        next_ip(),
-        &config_allowing(&["b.test"], &[], dns.addr(), &[&allow], ""),
-    );
-    dialback_as_a(&d, SECRET);
+    let n = AandB::start(SECRET, |dns, a| {
+        let allow = format!("{}/32", a.ip());
+        config_allowing(&["b.test"], &[], dns, &[&allow], "")
+    });
+    dialback_as_a(&n.b, SECRET);
     assert!(
-        d.log_text()
-            .contains(&format!("connected to {} (host.a.test)", auth.s2s())),
+        n.b.log_text()
+            .contains(&format!("connected to {} (host.a.test)", n.a.s2s())),
         "{}",
-        d.log_text()
+        n.b.log_text()
     );
     let rec = Recorder::on(next_ip());
-    publish(&dns, "other.test", rec.addr());
-    assert_connection_failed(&claim(&d, "other.test"));
+    publish(&n.dns, "other.test", rec.addr());
+    assert_connection_failed(&claim(&n.b, "other.test"));
     assert_eq!(rec.connections(), 0);
-    dialback_as_a(&d, SECRET);
+    dialback_as_a(&n.b, SECRET);
 }
 
 /// SRV-05 and the guard: a static route to loopback is the operator's choice and works without
@@ -387,7 +379,7 @@ fn allow_networks_lets_dialback_reach_the_listed_networks_only() {
 #[test]
 fn static_route_to_loopback_needs_no_allow_networks() {
     let mut n = net(&[], true, |c| c);
-    let mut cb = ComponentClient::connect(n.d.component_addr(), "b.test", "sb");
+    let mut cb = ComponentClient::connect(n.b.component_addr(), "b.test", "sb");
     cb.send(
         "<iq type='get' id='p1' from='u@b.test/r' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>",
     );
@@ -397,13 +389,13 @@ fn static_route_to_loopback_needs_no_allow_networks() {
         (Some("result"), Some("p1"), Some("a.test")),
         "{r:?}"
     );
-    let line = n.d.wait_log(&format!("connected to {}", n.auth.s2s()));
+    let line = n.b.wait_log(&format!("connected to {}", n.a.s2s()));
     assert!(line.contains("s2s-out") && line.contains("INFO"), "{line}");
     assert!(
-        n.d.log_text()
-            .contains(&format!("[{}]: b.test→a.test authenticated", n.auth.s2s())),
+        n.b.log_text()
+            .contains(&format!("[{}]: b.test→a.test authenticated", n.a.s2s())),
         "later lines of the stream carry the address\n{}",
-        n.d.log_text()
+        n.b.log_text()
     );
-    dialback_as_a(&n.d, SECRET);
+    dialback_as_a(&n.b, SECRET);
 }
