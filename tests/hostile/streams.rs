@@ -303,10 +303,9 @@ fn sec12_pre_1_0_peer_refused_both_ways_when_encryption_is_required() {
         (b.attr("id"), b.attr("type")),
         (Some("enc1"), Some("error"))
     );
-    assert!(
-        b.elements()
-            .flat_map(|e| e.elements())
-            .any(|c| c.name == "remote-server-timeout"),
+    assert_eq!(
+        error_condition(&b).as_deref(),
+        Some("remote-server-timeout"),
         "{b:?}"
     );
     // Nobody was called back for the refused inbound db:result.
