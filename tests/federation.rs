@@ -9,6 +9,9 @@ use dialbackd::xml::StreamEvent;
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// The dialback secret of the real a.test, so that a test can mint its keys.
+const A_SECRET: &str = "known-secret";
+
 /// A (a.test + component echo.a.test) and B (b.test, whose component serves b.test itself),
 /// both resolved through SRV records.
 struct Pair {
@@ -155,58 +158,24 @@ fn spoofer_claiming_a_test_gets_invalid_and_delivers_nothing() {
     );
 }
 
-/// Open a stream to `addr` as a.test and authenticate with the key a.test's real daemon
-/// (secret "known-secret") would mint for this stream id; the answer must be valid.
-fn dialback_as_a_test(addr: std::net::SocketAddr) -> XmlConn {
-    let mut c = XmlConn::connect(addr);
-    c.send(&s2s_header("a.test", "b.test", None));
-    let id = c.header().id.unwrap();
-    let _ = c.element();
-    let key =
-        dialbackd::keys::DialbackSecret::from_secret("known-secret").key("b.test", "a.test", &id);
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let r = c
-        .element_where(WAIT, |e| e.name == "result")
-        .expect("answer");
-    assert_eq!(r.attr("type"), Some("valid"));
-    c
-}
-
 /// KEY-01/SEC-14: a key minted by the real a.test for another stream id is worthless here.
 #[test]
 fn replayed_key_for_another_stream_is_invalid() {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let (ia, ib) = (next_ip(), next_ip());
-    let extra = "dialback_secret = \"known-secret\"\n";
-    let a = Daemon::start(
-        "a",
-        ia,
-        &format!("{extra}{}", config(&["a.test"], &[], dns.addr(), "")),
-    );
-    let b = Daemon::start("b", ib, &config(&["b.test"], &[], dns.addr(), ""));
-    publish(&dns, "a.test", a.s2s());
-    publish(&dns, "b.test", b.s2s());
-    let key = dialbackd::keys::DialbackSecret::from_secret("known-secret").key(
-        "b.test",
+    let p = AandB::start(A_SECRET, |dns, _| config(&["b.test"], &[], dns, ""));
+    let (mut c, id) = open_s2s(&p.b, "a.test", "b.test");
+    assert_ne!(id, "some-other-stream");
+    c.send(&db_result(
         "a.test",
+        "b.test",
         "some-other-stream",
-    );
-    let mut c = XmlConn::connect(b.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let h = c.header();
-    assert_ne!(h.id.as_deref(), Some("some-other-stream"));
-    let _ = c.element();
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+        A_SECRET,
     ));
     let r = c
         .element_where(WAIT, |e| e.name == "result")
         .expect("answer");
     assert_eq!(r.attr("type"), Some("invalid"));
     // And the right key for this stream id is valid: the same daemons, the same secret.
-    dialback_as_a_test(b.s2s());
+    dialback_as_a(&p.b, A_SECRET);
 }
 
 /// DB-06: the peer vanishes after our db:result; the queued stanzas bounce, nothing is lost,
@@ -343,20 +312,12 @@ fn parked_streams_wake_for_the_next_stanza() {
 /// A parked stream's deadlines still fire: an idle verified stream is closed on time.
 #[test]
 fn parked_idle_stream_is_closed_by_its_deadline() {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let (ia, ib) = (next_ip(), next_ip());
-    let extra = "dialback_secret = \"known-secret\"\n";
-    let a = Daemon::start(
-        "a",
-        ia,
-        &format!("{extra}{}", config(&["a.test"], &[], dns.addr(), "")),
-    );
-    let cfg = config(&["b.test"], &[], dns.addr(), "")
-        .replace("[timeouts]\n", "[timeouts]\nidle = 3\nkeepalive = 2\n");
-    let mut b = Daemon::start("b", ib, &cfg);
-    publish(&dns, "a.test", a.s2s());
-    let c = dialback_as_a_test(b.s2s());
-    b.wait_log("idle, worker parked");
+    let mut p = AandB::start(A_SECRET, |dns, _| {
+        config(&["b.test"], &[], dns, "")
+            .replace("[timeouts]\n", "[timeouts]\nidle = 3\nkeepalive = 2\n")
+    });
+    let c = dialback_as_a(&p.b, A_SECRET);
+    p.b.wait_log("idle, worker parked");
     // Nothing more is sent: the idle deadline (3 s) must still close the stream.
     match c.next(WAIT) {
         Some(Ok(StreamEvent::Close)) => {}

@@ -66,13 +66,6 @@ impl Drop for Certs {
     }
 }
 
-fn has_condition(e: &dialbackd::xml::Element, cond: &str) -> bool {
-    e.elements()
-        .flat_map(|c| c.elements())
-        .any(|c| c.name == cond)
-        || e.elements().any(|c| c.name == cond)
-}
-
 #[test]
 fn tls01_federation_over_starttls_with_self_signed_certificates() {
     let certs = Certs::new("fed");
@@ -397,7 +390,11 @@ fn fingerprint_pins_refuse_a_mismatch_and_accept_the_pinned_key() {
         } else {
             let r = ca.recv(WAIT).expect("bounce");
             assert_eq!((r.attr("id"), r.attr("type")), (Some("f1"), Some("error")));
-            assert!(has_condition(&r, "remote-server-timeout"));
+            assert_eq!(
+                error_condition(&r).as_deref(),
+                Some("remote-server-timeout"),
+                "{r:?}"
+            );
             a.wait_log("does not match its pinned fingerprint");
         }
         drop(a);

@@ -5,7 +5,7 @@ mod common;
 
 use common::dns_server::TestDns;
 use common::*;
-use dialbackd::xml::{StreamEvent, STREAMS_ERR_NS};
+use dialbackd::xml::StreamEvent;
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
@@ -18,23 +18,7 @@ fn daemon(extra: &str) -> (TestDns, Daemon) {
 
 /// Open a stream to `d` as a.test and read its header and features.
 fn opened(d: &Daemon) -> XmlConn {
-    let mut c = XmlConn::connect(d.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let _ = c.header();
-    let f = c.element();
-    assert_eq!(f.name, "features");
-    c
-}
-
-fn stream_error(c: &XmlConn) -> String {
-    let e = c
-        .element_where(WAIT, |e| e.name == "error")
-        .expect("a stream error");
-    let cond = e
-        .elements()
-        .find(|x| x.ns == STREAMS_ERR_NS && x.name != "text")
-        .map(|x| x.name.clone());
-    cond.unwrap_or_default()
+    open_s2s(d, "a.test", "b.test").0
 }
 
 #[test]
@@ -42,9 +26,8 @@ fn err01_garbage_instead_of_a_header_gets_a_header_then_not_well_formed() {
     let (_dns, d) = daemon("");
     let mut c = XmlConn::connect(d.s2s());
     c.send("<<<this is not xml>>>");
-    let h = c.header();
-    assert_eq!(h.from.as_deref(), Some("b.test"));
-    assert_eq!(stream_error(&c), "not-well-formed");
+    c.our_header("b.test");
+    assert_eq!(c.stream_error(), "not-well-formed");
 }
 
 #[test]
@@ -52,8 +35,8 @@ fn err03_header_for_a_domain_we_do_not_host_is_host_unknown() {
     let (_dns, d) = daemon("");
     let mut c = XmlConn::connect(d.s2s());
     c.send(&s2s_header("a.test", "nosuch.test", None));
-    let _ = c.header();
-    assert_eq!(stream_error(&c), "host-unknown");
+    c.our_header("b.test");
+    assert_eq!(c.stream_error(), "host-unknown");
 }
 
 #[test]
@@ -61,8 +44,8 @@ fn sec08_doctype_is_restricted_xml_without_expansion() {
     let (_dns, d) = daemon("");
     let mut c = XmlConn::connect(d.s2s());
     c.send("<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;&lol;'>]>");
-    let _ = c.header();
-    assert_eq!(stream_error(&c), "restricted-xml");
+    c.our_header("b.test");
+    assert_eq!(c.stream_error(), "restricted-xml");
 }
 
 #[test]
@@ -70,7 +53,7 @@ fn xml01_comment_inside_a_stanza_is_restricted_xml() {
     let (_dns, d) = daemon("");
     let mut c = opened(&d);
     c.send("<message from='a@a.test' to='b@b.test'><!-- hi --></message>");
-    assert_eq!(stream_error(&c), "restricted-xml");
+    assert_eq!(c.stream_error(), "restricted-xml");
 }
 
 #[test]
@@ -85,7 +68,7 @@ fn sec06_oversized_stanza_is_policy_violation_before_it_is_buffered() {
             break;
         }
     }
-    assert_eq!(stream_error(&c), "policy-violation");
+    assert_eq!(c.stream_error(), "policy-violation");
 }
 
 #[test]
@@ -96,7 +79,7 @@ fn dos01_deeply_nested_stanza_is_policy_violation() {
         "<message from='a@a.test' to='b@b.test'>{}",
         "<x>".repeat(100)
     ));
-    assert_eq!(stream_error(&c), "policy-violation");
+    assert_eq!(c.stream_error(), "policy-violation");
 }
 
 #[test]
@@ -106,12 +89,9 @@ fn negotiation_timeout_closes_an_unauthenticated_stream_with_connection_timeout(
         config(&["b.test"], &[], dns.addr(), "").replace("negotiation = 15", "negotiation = 1");
     let d = Daemon::start("d", next_ip(), &cfg);
     let c = opened(&d);
-    assert_eq!(stream_error(&c), "connection-timeout");
+    assert_eq!(c.stream_error(), "connection-timeout");
     // Then the stream ends.
-    assert!(matches!(
-        c.next(WAIT),
-        Some(Ok(StreamEvent::Close)) | Some(Err(_)) | None
-    ));
+    c.assert_ends();
 }
 
 #[test]
@@ -121,7 +101,7 @@ fn sec11_connections_per_ip_are_capped() {
     let _b = opened(&d);
     let c = XmlConn::connect(d.s2s());
     let _ = c.header();
-    assert_eq!(stream_error(&c), "policy-violation");
+    assert_eq!(c.stream_error(), "policy-violation");
     // Closing one frees a slot.
     drop(_a);
     let deadline = std::time::Instant::now() + WAIT;

@@ -2,34 +2,67 @@
 
 use super::*;
 use crate::keys::DialbackSecret;
-use crate::stream::testutil::{ctx, ctx_with, el, header, ids, SECRET};
+use crate::stream::testutil::{closes_with, ctx, ctx_with, el, header, ids, tls_ctx, SECRET};
+use std::sync::Arc;
 
 fn d(s: &str) -> Domain {
     Domain::parse(s).unwrap()
 }
 
+/// A new inbound stream in `ctx`.
+fn incoming_with(ctx: Arc<Ctx>) -> Incoming {
+    Incoming::new(ctx, "t".into(), ids(), false)
+}
+
 fn incoming() -> Incoming {
-    Incoming::new(ctx(), "test".into(), ids(), false)
+    incoming_with(ctx())
+}
+
+/// A stream from b.test to a.test past the header, in `ctx`.
+fn opened_with(ctx: Arc<Ctx>) -> Incoming {
+    let mut s = incoming_with(ctx);
+    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    s
 }
 
 /// A stream from b.test to a.test past the header.
 fn opened() -> Incoming {
-    let mut s = incoming();
-    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
-    s
+    opened_with(ctx())
+}
+
+/// The peer's db:result claiming `from` towards `to` (with a key the tests never check).
+fn claim(from: &str, to: &str) -> Event {
+    Event::Element(el(&format!(
+        "<db:result from='{from}' to='{to}'>k</db:result>"
+    )))
+}
+
+/// The XEP-0185 key for b.test→a.test on stream `id`, with the test context's secret.
+fn key_for(id: &str) -> String {
+    DialbackSecret::from_secret(SECRET).key("b.test", "a.test", id)
+}
+
+/// b.test asking us, a.test's Authoritative Server, to verify `key` for its stream `id`.
+fn db_verify(id: &str, key: &str) -> Event {
+    Event::Element(el(&format!(
+        "<db:verify from='b.test' to='a.test' id='{id}'>{key}</db:verify>"
+    )))
+}
+
+/// The verdict on the pair `remote`→`local`, as the verify connection reports it.
+fn verified_as(remote: &str, local: &str, verdict: Verdict) -> Event {
+    Event::Verified {
+        remote: d(remote),
+        local: d(local),
+        verdict,
+    }
 }
 
 /// A stream with b.test→a.test verified.
 fn verified() -> Incoming {
     let mut s = opened();
-    s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
-    s.handle(Event::Verified {
-        remote: d("b.test"),
-        local: d("a.test"),
-        verdict: Verdict::Valid,
-    });
+    s.handle(claim("b.test", "a.test"));
+    s.handle(verified_as("b.test", "a.test", Verdict::Valid));
     assert!(s.is_authenticated());
     s
 }
@@ -45,10 +78,6 @@ fn sent_dialback_error<'a>(out: &'a [Action], condition: &str) -> &'a Element {
     );
     assert!(r.child("error", SERVER_NS).is_some());
     r
-}
-
-fn closes_with(out: &[Action], cond: &str) -> bool {
-    matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == cond)
 }
 
 #[test]
@@ -163,17 +192,11 @@ fn str01_db25_pre_1_0_stream_runs_dialback_without_features() {
     assert!(ours.db_ns, "DB-01");
     assert!(s.is_legacy());
     assert_eq!(s.named_local(), None);
-    let out = s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("b.test", "a.test"));
     assert!(
         matches!(&out[..], [Action::Verify(v)] if v.stream_id == "id1" && v.remote == d("b.test"))
     );
-    let out = s.handle(Event::Verified {
-        remote: d("b.test"),
-        local: d("a.test"),
-        verdict: Verdict::Valid,
-    });
+    let out = s.handle(verified_as("b.test", "a.test", Verdict::Valid));
     assert_eq!(
         out[0],
         Action::Send(el("<db:result from='a.test' to='b.test' type='valid'/>"))
@@ -186,10 +209,8 @@ fn str01_db25_pre_1_0_stream_runs_dialback_without_features() {
     // DB-23: the Authoritative role works on it too (a pre-1.0 verify connection).
     let mut s = incoming();
     s.handle(Event::Header(header_version(None)));
-    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "S1");
-    let out = s.handle(Event::Element(el(&format!(
-        "<db:verify from='b.test' to='a.test' id='S1'>{key}</db:verify>"
-    ))));
+    let key = key_for("S1");
+    let out = s.handle(db_verify("S1", &key));
     assert_eq!(
         out,
         vec![Action::Send(el(
@@ -202,11 +223,8 @@ fn str01_db25_pre_1_0_stream_runs_dialback_without_features() {
 /// of the two) and is a pre-1.0 stream: no features, no STARTTLS even when TLS is available.
 #[test]
 fn str01_version_0_9_is_answered_0_9_without_features_or_starttls() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = false;
-    });
-    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    let ctx = tls_ctx(false);
+    let mut s = incoming_with(ctx);
     let out = s.handle(Event::Header(header_version(Some("0.9"))));
     assert!(
         matches!(&out[..], [Action::SendHeader(h)] if h.version.as_deref() == Some("0.9")),
@@ -238,11 +256,9 @@ fn sec12_pre_1_0_stream_refused_when_encryption_required_unless_the_peer_is_exem
             },
         );
     });
-    let mut s = Incoming::new(ctx.clone(), "t".into(), ids(), false);
+    let mut s = incoming_with(ctx.clone());
     s.handle(Event::Header(header_version(None)));
-    let out = s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("b.test", "a.test"));
     assert!(
         !out.iter().any(|a| matches!(a, Action::Verify(_))),
         "{out:?}"
@@ -250,7 +266,7 @@ fn sec12_pre_1_0_stream_refused_when_encryption_required_unless_the_peer_is_exem
     sent_dialback_error(&out[..1], "policy-violation");
     assert!(closes_with(&out, "policy-violation"), "{out:?}");
     // The Authoritative role is refused the same way.
-    let mut s = Incoming::new(ctx.clone(), "t".into(), ids(), false);
+    let mut s = incoming_with(ctx.clone());
     s.handle(Event::Header(header_version(None)));
     let out = s.handle(Event::Element(el(
         "<db:verify from='b.test' to='a.test' id='S1'>k</db:verify>",
@@ -258,11 +274,9 @@ fn sec12_pre_1_0_stream_refused_when_encryption_required_unless_the_peer_is_exem
     sent_dialback_error(&out[..1], "policy-violation");
     assert!(closes_with(&out, "policy-violation"), "{out:?}");
     // The exempt peer: dialback in the clear, as configured.
-    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    let mut s = incoming_with(ctx);
     s.handle(Event::Header(header_version(None)));
-    let out = s.handle(Event::Element(el(
-        "<db:result from='old.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("old.test", "a.test"));
     assert!(matches!(&out[..], [Action::Verify(_)]), "{out:?}");
 }
 
@@ -294,9 +308,8 @@ fn err01_timeout_and_shutdown_before_the_header_send_ours_first() {
 /// before the peer's new header sends a new header of ours (a new id) before the error.
 #[test]
 fn err01_timeout_after_the_tls_restart_sends_a_new_header_first() {
-    let ctx = ctx_with(|c| c.tls.enabled = true);
-    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
-    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let ctx = tls_ctx(false);
+    let mut s = opened_with(ctx);
     s.handle(Event::Element(el(
         "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
     )));
@@ -314,23 +327,11 @@ fn err01_timeout_after_the_tls_restart_sends_a_new_header_first() {
 /// on the insecure stream: their stanzas are refused and a late answer authorises nothing.
 #[test]
 fn tls01_restart_discards_pairs_verified_and_pending_before_tls() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = false;
-    });
-    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
-    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
-    s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
-    s.handle(Event::Verified {
-        remote: d("b.test"),
-        local: d("a.test"),
-        verdict: Verdict::Valid,
-    });
-    s.handle(Event::Element(el(
-        "<db:result from='c.test' to='a.test'>k</db:result>",
-    )));
+    let ctx = tls_ctx(false);
+    let mut s = opened_with(ctx);
+    s.handle(claim("b.test", "a.test"));
+    s.handle(verified_as("b.test", "a.test", Verdict::Valid));
+    s.handle(claim("c.test", "a.test"));
     assert!(s.is_authenticated());
     s.handle(Event::Element(el(
         "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
@@ -339,11 +340,7 @@ fn tls01_restart_discards_pairs_verified_and_pending_before_tls() {
     assert!(!s.is_authenticated(), "verified pairs discarded");
     s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
     // The answer for the pair pending before TLS is now unsolicited (SEC-01).
-    let out = s.handle(Event::Verified {
-        remote: d("c.test"),
-        local: d("a.test"),
-        verdict: Verdict::Valid,
-    });
+    let out = s.handle(verified_as("c.test", "a.test", Verdict::Valid));
     assert!(out.is_empty(), "{out:?}");
     let out = s.handle(Event::Element(el(
         "<message from='u@b.test' to='v@a.test'/>",
@@ -383,14 +380,8 @@ fn db10_db_result_starts_verification_with_our_stream_id() {
 #[test]
 fn db20_db18_valid_answer_authorises_the_pair_and_stanzas_flow() {
     let mut s = opened();
-    s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
-    let out = s.handle(Event::Verified {
-        remote: d("b.test"),
-        local: d("a.test"),
-        verdict: Verdict::Valid,
-    });
+    s.handle(claim("b.test", "a.test"));
+    let out = s.handle(verified_as("b.test", "a.test", Verdict::Valid));
     let [Action::Send(r), Action::Authenticated { .. }] = &out[..] else {
         panic!("{out:?}")
     };
@@ -416,11 +407,7 @@ fn db21_invalid_answer_on_first_pair_answers_invalid_and_closes() {
     s.handle(Event::Element(el(
         "<db:result from='b.test' to='a.test'>forged</db:result>",
     )));
-    let out = s.handle(Event::Verified {
-        remote: d("b.test"),
-        local: d("a.test"),
-        verdict: Verdict::Invalid,
-    });
+    let out = s.handle(verified_as("b.test", "a.test", Verdict::Invalid));
     assert_eq!(
         out[0],
         Action::Send(el("<db:result from='a.test' to='b.test' type='invalid'/>"))
@@ -437,11 +424,7 @@ fn db21_invalid_for_a_second_pair_keeps_the_first() {
     s.handle(Event::Element(el(
         "<db:result from='c.test' to='a.test'>forged</db:result>",
     )));
-    let out = s.handle(Event::Verified {
-        remote: d("c.test"),
-        local: d("a.test"),
-        verdict: Verdict::Invalid,
-    });
+    let out = s.handle(verified_as("c.test", "a.test", Verdict::Invalid));
     // DB-15, XEP-0220 §2.1.2/§2.5: `invalid` would have to close the stream (DB-21); the
     // dialback error <forbidden/> refuses c.test alone.
     let r = sent_dialback_error(&out, "forbidden");
@@ -464,19 +447,15 @@ fn db21_invalid_for_a_second_pair_keeps_the_first() {
 #[test]
 fn db27_verification_error_is_a_dialback_error_and_the_stream_stays() {
     let mut s = opened();
-    s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
-    let out = s.handle(Event::Verified {
-        remote: d("b.test"),
-        local: d("a.test"),
-        verdict: Verdict::Error("remote-server-not-found"),
-    });
+    s.handle(claim("b.test", "a.test"));
+    let out = s.handle(verified_as(
+        "b.test",
+        "a.test",
+        Verdict::Error("remote-server-not-found"),
+    ));
     sent_dialback_error(&out, "remote-server-not-found");
     // The stream is still open: a new db:result is processed.
-    let out = s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("b.test", "a.test"));
     assert!(matches!(&out[..], [Action::Verify(_)]));
 }
 
@@ -524,15 +503,11 @@ fn addr01_addr02_missing_or_bad_addresses_are_improper_addressing() {
 #[test]
 fn db19_db_result_for_unhosted_domain_is_item_not_found_and_stream_stays() {
     let mut s = opened();
-    let out = s.handle(Event::Element(el(
-        "<db:result from='b.test' to='nosuch.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("b.test", "nosuch.test"));
     let r = sent_dialback_error(&out, "item-not-found");
     assert_eq!(r.attr("from"), Some("nosuch.test"));
     assert_eq!(r.attr("to"), Some("b.test"));
-    let out = s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("b.test", "a.test"));
     assert!(matches!(&out[..], [Action::Verify(_)]));
 }
 
@@ -566,32 +541,23 @@ fn db16_sec01_typed_dialback_on_inbound_authorises_nothing() {
 /// DB-31: an answer without a request on this stream is rejected.
 fn sec01_unsolicited_verification_answer_is_dropped() {
     let mut s = opened();
-    let out = s.handle(Event::Verified {
-        remote: d("b.test"),
-        local: d("a.test"),
-        verdict: Verdict::Valid,
-    });
+    let out = s.handle(verified_as("b.test", "a.test", Verdict::Valid));
     assert!(out.is_empty());
     assert!(!s.is_authenticated());
 }
 
 #[test]
 fn db23_authoritative_answers_db_verify_swapped_with_id() {
-    let secret = DialbackSecret::from_secret(SECRET);
-    let key = secret.key("b.test", "a.test", "S1");
+    let key = key_for("S1");
     let mut s = opened();
-    let out = s.handle(Event::Element(el(&format!(
-        "<db:verify from='b.test' to='a.test' id='S1'>{key}</db:verify>"
-    ))));
+    let out = s.handle(db_verify("S1", &key));
     assert_eq!(
         out,
         vec![Action::Send(el(
             "<db:verify from='a.test' to='b.test' id='S1' type='valid'/>"
         ))]
     );
-    let out = s.handle(Event::Element(el(&format!(
-        "<db:verify from='b.test' to='a.test' id='S2'>{key}</db:verify>"
-    ))));
+    let out = s.handle(db_verify("S2", &key));
     assert_eq!(
         out,
         vec![Action::Send(el(
@@ -619,14 +585,12 @@ fn db22_db_verify_for_unhosted_domain_is_item_not_found() {
 #[test]
 fn db28_several_sender_domains_on_one_stream() {
     let mut s = verified();
-    s.handle(Event::Element(el(
-        "<db:result from='muc.b.test' to='conference.a.test'>k</db:result>",
-    )));
-    s.handle(Event::Verified {
-        remote: d("muc.b.test"),
-        local: d("conference.a.test"),
-        verdict: Verdict::Valid,
-    });
+    s.handle(claim("muc.b.test", "conference.a.test"));
+    s.handle(verified_as(
+        "muc.b.test",
+        "conference.a.test",
+        Verdict::Valid,
+    ));
     let m = el("<presence from='r@muc.b.test/x' to='u@conference.a.test'/>");
     assert_eq!(
         s.handle(Event::Element(m.clone())),
@@ -638,17 +602,12 @@ fn db28_several_sender_domains_on_one_stream() {
 #[test]
 fn sec11_pending_verifications_per_stream_are_capped() {
     let ctx = ctx_with(|c| c.limits.pending_verifications_per_stream = 2);
-    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
-    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let mut s = opened_with(ctx);
     for n in 0..2 {
-        let out = s.handle(Event::Element(el(&format!(
-            "<db:result from='x{n}.test' to='a.test'>k</db:result>"
-        ))));
+        let out = s.handle(claim(&format!("x{n}.test"), "a.test"));
         assert!(matches!(&out[..], [Action::Verify(_)]));
     }
-    let out = s.handle(Event::Element(el(
-        "<db:result from='x9.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("x9.test", "a.test"));
     sent_dialback_error(&out, "resource-constraint");
 }
 
@@ -659,44 +618,29 @@ fn sec11_pending_verifications_per_stream_are_capped() {
 #[test]
 fn db28_pairs_per_stream_are_capped_with_resource_constraint() {
     let ctx = ctx_with(|c| c.limits.pairs_per_stream = 3);
-    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
-    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let mut s = opened_with(ctx);
     // Two verified, one pending: the stream is full.
     for n in 0..3 {
-        let out = s.handle(Event::Element(el(&format!(
-            "<db:result from='x{n}.test' to='a.test'>k</db:result>"
-        ))));
+        let out = s.handle(claim(&format!("x{n}.test"), "a.test"));
         assert!(matches!(&out[..], [Action::Verify(_)]), "{out:?}");
     }
     for n in 0..2 {
-        s.handle(Event::Verified {
-            remote: d(&format!("x{n}.test")),
-            local: d("a.test"),
-            verdict: Verdict::Valid,
-        });
+        s.handle(verified_as(&format!("x{n}.test"), "a.test", Verdict::Valid));
     }
     assert_eq!(s.verified_pairs().len(), 2);
-    let out = s.handle(Event::Element(el(
-        "<db:result from='x9.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("x9.test", "a.test"));
     let r = sent_dialback_error(&out, "resource-constraint");
     assert_eq!(
         (r.attr("from"), r.attr("to")),
         (Some("a.test"), Some("x9.test"))
     );
     // Nothing was verified for it: a valid answer for it now authorises nothing.
-    let late = s.handle(Event::Verified {
-        remote: d("x9.test"),
-        local: d("a.test"),
-        verdict: Verdict::Valid,
-    });
+    let late = s.handle(verified_as("x9.test", "a.test", Verdict::Valid));
     assert!(late.is_empty(), "{late:?}");
     assert_eq!(s.verified_pairs().len(), 2);
     // A pair already verified is still answered valid (no new pair), and a pending one is
     // still waited for.
-    let out = s.handle(Event::Element(el(
-        "<db:result from='x0.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("x0.test", "a.test"));
     assert!(matches!(&out[..], [Action::Send(r)] if Verdict::of(r) == Some(Verdict::Valid)));
     // The stream stays open: an error on one pair is not fatal (DB-09).
     let m = el("<message from='u@x1.test' to='v@a.test'/>");
@@ -705,24 +649,15 @@ fn db28_pairs_per_stream_are_capped_with_resource_constraint() {
         vec![Action::Deliver(m)]
     );
     // When the pending one fails, its place is free again.
-    s.handle(Event::Verified {
-        remote: d("x2.test"),
-        local: d("a.test"),
-        verdict: Verdict::Invalid,
-    });
-    let out = s.handle(Event::Element(el(
-        "<db:result from='x9.test' to='a.test'>k</db:result>",
-    )));
+    s.handle(verified_as("x2.test", "a.test", Verdict::Invalid));
+    let out = s.handle(claim("x9.test", "a.test"));
     assert!(matches!(&out[..], [Action::Verify(_)]), "{out:?}");
 }
 
 #[test]
 fn sec12_dialback_without_tls_when_required_is_policy_violation() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = true;
-    });
-    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
+    let ctx = tls_ctx(true);
+    let mut s = incoming_with(ctx);
     let out = s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
     let [_, Action::Send(f)] = &out[..] else {
         panic!("{out:?}")
@@ -733,20 +668,14 @@ fn sec12_dialback_without_tls_when_required_is_policy_violation() {
         f.child("dialback", DIALBACK_FEATURE_NS).is_some(),
         "DB-26 before TLS too"
     );
-    let out = s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("b.test", "a.test"));
     sent_dialback_error(&out, "policy-violation");
 }
 
 #[test]
 fn tls01_starttls_then_restart_with_new_id_and_dialback_still_offered() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = true;
-    });
-    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
-    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let ctx = tls_ctx(true);
+    let mut s = opened_with(ctx);
     let out = s.handle(Event::Element(el(
         "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
     )));
@@ -772,17 +701,14 @@ fn tls01_starttls_then_restart_with_new_id_and_dialback_still_offered() {
         f.child("dialback", DIALBACK_FEATURE_NS).is_some(),
         "DB-26 after TLS"
     );
-    let out = s.handle(Event::Element(el(
-        "<db:result from='b.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("b.test", "a.test"));
     assert!(matches!(&out[..], [Action::Verify(v)] if v.stream_id == "id2"));
 }
 
 #[test]
 fn str04_restart_may_not_change_the_target() {
-    let ctx = ctx_with(|c| c.tls.enabled = true);
-    let mut s = Incoming::new(ctx, "t".into(), ids(), false);
-    s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let ctx = tls_ctx(false);
+    let mut s = opened_with(ctx);
     s.handle(Event::Element(el(
         "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
     )));
@@ -922,18 +848,14 @@ fn db27_dialback_errors_we_send_use_xep0220_conditions() {
 #[test]
 fn peer_claiming_our_own_domain_is_refused() {
     let mut s = opened();
-    let out = s.handle(Event::Element(el(
-        "<db:result from='a.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("a.test", "a.test"));
     sent_dialback_error(&out, "not-acceptable");
 }
 
 #[test]
 fn db12_verified_traffic_flows_while_another_verification_is_pending() {
     let mut s = verified();
-    let out = s.handle(Event::Element(el(
-        "<db:result from='muc.b.test' to='a.test'>k</db:result>",
-    )));
+    let out = s.handle(claim("muc.b.test", "a.test"));
     assert!(matches!(&out[..], [Action::Verify(_)]));
     let m = el("<message from='u@b.test' to='v@a.test'/>");
     assert_eq!(
@@ -941,9 +863,7 @@ fn db12_verified_traffic_flows_while_another_verification_is_pending() {
         vec![Action::Deliver(m)]
     );
     // And the stream still answers as Authoritative Server meanwhile.
-    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "S9");
-    let out = s.handle(Event::Element(el(&format!(
-        "<db:verify from='b.test' to='a.test' id='S9'>{key}</db:verify>"
-    ))));
+    let key = key_for("S9");
+    let out = s.handle(db_verify("S9", &key));
     assert!(matches!(&out[..], [Action::Send(v)] if v.attr("type") == Some("valid")));
 }

@@ -2,25 +2,69 @@
 
 use super::*;
 use crate::keys::DialbackSecret;
-use crate::stream::testutil::{ctx, ctx_with, el, SECRET};
+use crate::stream::testutil::{closes_with, ctx, ctx_with, el, header, tls_ctx, SECRET};
 use crate::xml::STANZAS_NS;
+use std::sync::Arc;
 
 fn d(s: &str) -> Domain {
     Domain::parse(s).unwrap()
 }
 
+/// b.test's answer to our header, with stream id `id`.
 fn their_header(id: Option<&str>) -> StreamHeader {
     StreamHeader {
-        name: "stream".into(),
-        ns: STREAM_NS.into(),
-        default_ns: Some(SERVER_NS.into()),
-        db_ns: true,
-        from: Some("b.test".into()),
-        to: Some("a.test".into()),
         id: id.map(str::to_string),
-        version: Some("1.0".into()),
-        lang: None,
+        ..header(Some("b.test"), Some("a.test"))
     }
+}
+
+/// A pair stream a.test→b.test, not connected yet.
+fn new_pair(ctx: Arc<Ctx>) -> Outgoing {
+    Outgoing::new(
+        ctx,
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Pair,
+        false,
+    )
+}
+
+/// A pair stream a.test→b.test, connected (our header sent).
+fn pair_stream(ctx: Arc<Ctx>) -> Outgoing {
+    let mut s = new_pair(ctx);
+    s.handle(Event::Connected { tls: false });
+    s
+}
+
+/// A verify stream a.test→b.test for `req`, not connected yet.
+fn new_verify(req: VerifyRequest) -> Outgoing {
+    Outgoing::new(
+        ctx(),
+        "t".into(),
+        d("a.test"),
+        d("b.test"),
+        Purpose::Verify(req),
+        false,
+    )
+}
+
+/// The request to verify `key` for b.test's stream IN-1 to a.test.
+fn verify_request(key: &str) -> VerifyRequest {
+    VerifyRequest {
+        local: d("a.test"),
+        remote: d("b.test"),
+        stream_id: "IN-1".into(),
+        key: key.into(),
+    }
+}
+
+/// Our db:result with the XEP-0185 key for b.test's stream `id`.
+fn key_sent(id: &str) -> Action {
+    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", id);
+    Action::Send(el(&format!(
+        "<db:result from='a.test' to='b.test'>{key}</db:result>"
+    )))
 }
 
 fn features() -> Element {
@@ -35,14 +79,7 @@ fn msg(n: u32) -> Element {
 
 /// A pair stream a.test→b.test that has sent its db:result.
 fn awaiting_result() -> (Outgoing, Vec<Action>) {
-    let mut s = Outgoing::new(
-        ctx(),
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
+    let mut s = new_pair(ctx());
     let out = s.handle(Event::Connected { tls: false });
     let [Action::SendHeader(h)] = &out[..] else {
         panic!("{out:?}")
@@ -69,28 +106,27 @@ fn bounced(out: &[Action]) -> Option<(usize, &'static str)> {
     })
 }
 
+/// SEC-12: encryption is required and cannot be had: no key goes out in the clear, the one
+/// queued stanza bounces with remote-server-timeout (ROUTE-02: negotiation failed) and the
+/// stream closes with policy-violation.
+fn refused_in_the_clear(out: &[Action]) {
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Send(_))),
+        "no key in the clear: {out:?}"
+    );
+    assert_eq!(bounced(out), Some((1, "remote-server-timeout")));
+    assert!(closes_with(out, "policy-violation"), "{out:?}");
+}
+
 #[test]
 fn db03_db_result_carries_the_xep0185_key_for_their_stream_id() {
     let (_, out) = awaiting_result();
-    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "ID-B");
-    assert_eq!(
-        out,
-        vec![Action::Send(el(&format!(
-            "<db:result from='a.test' to='b.test'>{key}</db:result>"
-        )))]
-    );
+    assert_eq!(out, vec![key_sent("ID-B")]);
 }
 
 #[test]
 fn db05_rout01_stanzas_wait_for_valid_then_flush_in_order() {
-    let mut s = Outgoing::new(
-        ctx(),
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
+    let mut s = new_pair(ctx());
     assert!(
         s.handle(Event::Stanza(msg(1))).is_empty(),
         "queued before connecting"
@@ -201,14 +237,7 @@ fn route02_resolution_failure_is_remote_server_not_found() {
         reason: "NXDOMAIN".into(),
     });
     assert_eq!(bounced(&out), Some((1, "remote-server-not-found")));
-    let mut s = Outgoing::new(
-        ctx(),
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
+    let mut s = new_pair(ctx());
     s.handle(Event::Stanza(msg(1)));
     let out = s.handle(Event::ConnectFailed {
         not_found: false,
@@ -233,14 +262,7 @@ fn closed_route_hands_stanzas_back_to_the_router() {
 #[test]
 fn queue_cap_bounces_resource_constraint() {
     let ctx = ctx_with(|c| c.limits.queue = 2);
-    let mut s = Outgoing::new(
-        ctx,
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
+    let mut s = new_pair(ctx);
     s.handle(Event::Stanza(msg(1)));
     s.handle(Event::Stanza(msg(2)));
     let out = s.handle(Event::Stanza(msg(3)));
@@ -250,15 +272,7 @@ fn queue_cap_bounces_resource_constraint() {
 
 #[test]
 fn str03_header_without_id_fails() {
-    let mut s = Outgoing::new(
-        ctx(),
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
-    s.handle(Event::Connected { tls: false });
+    let mut s = pair_stream(ctx());
     s.handle(Event::Stanza(msg(1)));
     let out = s.handle(Event::Header(their_header(None)));
     assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
@@ -266,16 +280,8 @@ fn str03_header_without_id_fails() {
 
 #[test]
 fn tls01_starttls_when_offered_and_restart_after_proceed() {
-    let ctx = ctx_with(|c| c.tls.enabled = true);
-    let mut s = Outgoing::new(
-        ctx,
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
-    s.handle(Event::Connected { tls: false });
+    let ctx = tls_ctx(false);
+    let mut s = pair_stream(ctx);
     s.handle(Event::Header(their_header(Some("ID-1"))));
     let out = s.handle(Event::Element(el(
         "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
@@ -291,58 +297,21 @@ fn tls01_starttls_when_offered_and_restart_after_proceed() {
     assert!(matches!(&out[..], [Action::SendHeader(_)]));
     s.handle(Event::Header(their_header(Some("ID-2"))));
     let out = s.handle(Event::Element(features()));
-    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "ID-2");
-    assert_eq!(
-        out,
-        vec![Action::Send(el(&format!(
-            "<db:result from='a.test' to='b.test'>{key}</db:result>"
-        )))]
-    );
+    assert_eq!(out, vec![key_sent("ID-2")]);
 }
 
 #[test]
 fn sec12_stripped_starttls_with_required_encryption_sends_nothing() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = true;
-    });
-    let mut s = Outgoing::new(
-        ctx,
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
-    s.handle(Event::Connected { tls: false });
+    let mut s = pair_stream(tls_ctx(true));
     s.handle(Event::Stanza(msg(1)));
     s.handle(Event::Header(their_header(Some("ID-1"))));
     let out = s.handle(Event::Element(features()));
-    assert!(
-        !out.iter().any(|a| matches!(a, Action::Send(_))),
-        "no key in the clear: {out:?}"
-    );
-    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
-    assert!(
-        matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == "policy-violation")
-    );
+    refused_in_the_clear(&out);
 }
 
 fn verify_stream() -> Outgoing {
-    let req = VerifyRequest {
-        local: d("a.test"),
-        remote: d("b.test"),
-        stream_id: "IN-1".into(),
-        key: "k3y".into(),
-    };
-    let mut s = Outgoing::new(
-        ctx(),
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Verify(req),
-        false,
-    );
+    let req = verify_request("k3y");
+    let mut s = new_verify(req);
     s.handle(Event::Connected { tls: false });
     s.handle(Event::Header(their_header(Some("ID-B"))));
     let out = s.handle(Event::Element(features()));
@@ -392,22 +361,8 @@ fn db27_authoritative_error_becomes_remote_server_not_found() {
 /// claimant chooses where we connect and must not learn what is listening there (issue 8).
 #[test]
 fn db13_every_verify_connection_failure_is_remote_connection_failed() {
-    let req = VerifyRequest {
-        local: d("a.test"),
-        remote: d("b.test"),
-        stream_id: "IN-1".into(),
-        key: "k".into(),
-    };
-    let mk = || {
-        Outgoing::new(
-            ctx(),
-            "t".into(),
-            d("a.test"),
-            d("b.test"),
-            Purpose::Verify(req.clone()),
-            false,
-        )
-    };
+    let req = verify_request("k");
+    let mk = || new_verify(req.clone());
     let failed = Action::VerifyDone(Verdict::Error("remote-connection-failed"));
     for not_found in [true, false] {
         let out = mk().handle(Event::ConnectFailed {
@@ -461,18 +416,8 @@ fn dialback_error_condition_is_read() {
 
 #[test]
 fn dtls02_direct_tls_never_starttls_and_satisfies_required_encryption() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = true;
-    });
-    let mut s = Outgoing::new(
-        ctx,
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
+    let ctx = tls_ctx(true);
+    let mut s = new_pair(ctx);
     s.handle(Event::Connected { tls: true });
     s.handle(Event::Header(their_header(Some("ID-1"))));
     // Even if the features (wrongly) offer STARTTLS, we are already encrypted: dialback now.
@@ -499,16 +444,7 @@ fn db05_queue_is_capped_in_bytes_and_released_on_flush_and_failure() {
     };
     let one = crate::stanza::wire_size(&big(0));
     let ctx = ctx_with(|c| c.limits.queue_bytes = 3 * one);
-    let new = || {
-        Outgoing::new(
-            ctx.clone(),
-            "t".into(),
-            d("a.test"),
-            d("b.test"),
-            Purpose::Pair,
-            false,
-        )
-    };
+    let new = || new_pair(ctx.clone());
     let mut s = new();
     for n in 0..3 {
         assert!(s.handle(Event::Stanza(big(n))).is_empty());
@@ -543,14 +479,7 @@ fn db05_queue_is_capped_in_bytes_and_released_on_flush_and_failure() {
     assert_eq!(s.queued_bytes(), 0);
     // One stanza larger than the whole cap is still taken when nothing is queued.
     let ctx = ctx_with(|c| c.limits.queue_bytes = 10);
-    let mut s = Outgoing::new(
-        ctx,
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
+    let mut s = new_pair(ctx);
     assert!(s.handle(Event::Stanza(big(0))).is_empty());
     assert_eq!(
         bounced(&s.handle(Event::Stanza(msg(1)))),
@@ -568,19 +497,6 @@ fn legacy_header(id: &str) -> StreamHeader {
     }
 }
 
-fn pair_stream(ctx: std::sync::Arc<Ctx>) -> Outgoing {
-    let mut s = Outgoing::new(
-        ctx,
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Pair,
-        false,
-    );
-    s.handle(Event::Connected { tls: false });
-    s
-}
-
 /// STR-01, DB-25, RFC 6120 §4.7.5: a peer answering without `version` sends no features;
 /// the key goes out at once (for the id of its header), and valid flushes the queue.
 #[test]
@@ -588,13 +504,7 @@ fn str01_db25_pre_1_0_answer_gets_the_key_without_waiting_for_features() {
     let mut s = pair_stream(ctx());
     s.handle(Event::Stanza(msg(1)));
     let out = s.handle(Event::Header(legacy_header("OLD-1")));
-    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "OLD-1");
-    assert_eq!(
-        out,
-        vec![Action::Send(el(&format!(
-            "<db:result from='a.test' to='b.test'>{key}</db:result>"
-        )))]
-    );
+    assert_eq!(out, vec![key_sent("OLD-1")]);
     let out = s.handle(Event::Element(el(
         "<db:result from='b.test' to='a.test' type='valid'/>",
     )));
@@ -614,20 +524,8 @@ fn str01_db25_pre_1_0_answer_gets_the_key_without_waiting_for_features() {
 /// DB-11 on a pre-1.0 Authoritative Server: the db:verify goes out without features.
 #[test]
 fn db11_pre_1_0_verify_connection_sends_db_verify_at_once() {
-    let req = VerifyRequest {
-        local: d("a.test"),
-        remote: d("b.test"),
-        stream_id: "IN-1".into(),
-        key: "k3y".into(),
-    };
-    let mut s = Outgoing::new(
-        ctx(),
-        "t".into(),
-        d("a.test"),
-        d("b.test"),
-        Purpose::Verify(req),
-        false,
-    );
+    let req = verify_request("k3y");
+    let mut s = new_verify(req);
     s.handle(Event::Connected { tls: false });
     let out = s.handle(Event::Header(legacy_header("AS-1")));
     assert_eq!(
@@ -648,21 +546,10 @@ fn db11_pre_1_0_verify_connection_sends_db_verify_at_once() {
 /// policy-violation.
 #[test]
 fn sec12_pre_1_0_answer_with_encryption_required_fails_cleanly() {
-    let ctx = ctx_with(|c| {
-        c.tls.enabled = true;
-        c.tls.require_encryption = true;
-    });
-    let mut s = pair_stream(ctx);
+    let mut s = pair_stream(tls_ctx(true));
     s.handle(Event::Stanza(msg(1)));
     let out = s.handle(Event::Header(legacy_header("OLD-1")));
-    assert!(
-        !out.iter().any(|a| matches!(a, Action::Send(_))),
-        "no key in the clear: {out:?}"
-    );
-    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
-    assert!(
-        matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == "policy-violation")
-    );
+    refused_in_the_clear(&out);
     assert!(s.is_closed());
 }
 
@@ -675,9 +562,7 @@ fn str01_unparsable_version_in_the_answer_is_unsupported_version() {
     h.version = Some("one".into());
     let out = s.handle(Event::Header(h));
     assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
-    assert!(
-        matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == "unsupported-version")
-    );
+    assert!(closes_with(&out, "unsupported-version"), "{out:?}");
 }
 
 /// Bounded echo: the text of a peer's stream error reaches our bounces cut short.
@@ -705,7 +590,7 @@ fn peer_stream_error_text_in_bounces_is_bounded() {
 /// key goes out for the id of the header that follows TLS.
 #[test]
 fn tls01_nothing_learned_before_tls_counts_after_the_restart() {
-    let ctx = ctx_with(|c| c.tls.enabled = true);
+    let ctx = tls_ctx(false);
     let mut s = pair_stream(ctx);
     s.handle(Event::Stanza(msg(1)));
     s.handle(Event::Header(their_header(Some("ID-1"))));
@@ -724,11 +609,5 @@ fn tls01_nothing_learned_before_tls_counts_after_the_restart() {
     assert_eq!(s.queued(), 1, "nothing flushed");
     s.handle(Event::Header(their_header(Some("ID-2"))));
     let out = s.handle(Event::Element(features()));
-    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", "ID-2");
-    assert_eq!(
-        out,
-        vec![Action::Send(el(&format!(
-            "<db:result from='a.test' to='b.test'>{key}</db:result>"
-        )))]
-    );
+    assert_eq!(out, vec![key_sent("ID-2")]);
 }

@@ -1,7 +1,7 @@
 //! Helpers for the core's unit tests: a context from a literal config, and elements parsed
 //! from literal XML through the real reader.
 
-use super::Ctx;
+use super::{Action, Ctx};
 use crate::config::Config;
 use crate::keys::DialbackSecret;
 use crate::xml::{Element, Limits, StreamEvent, StreamHeader, StreamReader, SERVER_NS, STREAM_NS};
@@ -35,6 +35,14 @@ pub fn ctx_with(f: impl FnOnce(&mut Config)) -> Arc<Ctx> {
     })
 }
 
+/// Like [`ctx`], with TLS available and encryption required of peers or not.
+pub fn tls_ctx(require_encryption: bool) -> Arc<Ctx> {
+    ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = require_encryption;
+    })
+}
+
 /// Parse one element as it would arrive on a jabber:server stream.
 pub fn el(xml: &str) -> Element {
     let doc = format!(
@@ -61,6 +69,11 @@ pub fn header(from: Option<&str>, to: Option<&str>) -> StreamHeader {
         version: Some("1.0".into()),
         lang: None,
     }
+}
+
+/// `out` ends by closing the stream with the stream error `cond`.
+pub fn closes_with(out: &[Action], cond: &str) -> bool {
+    matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == cond)
 }
 
 /// Stream ids id1, id2, … in order.

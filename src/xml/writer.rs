@@ -308,11 +308,12 @@ mod tests {
         String::from_utf8(el.to_bytes()).unwrap()
     }
 
-    /// Parse `body` as the content of a stream with the given default namespace.
-    fn parse_under(default_ns: &str, body: &[u8]) -> Vec<Element> {
+    /// Parse `body` as the content of a stream with default namespace `default_ns` (and the
+    /// `db` prefix bound when `db_ns`): our header, then elements until the stream closes.
+    fn parse_stream(default_ns: &str, db_ns: bool, body: &[u8]) -> Result<Vec<Element>, String> {
         let h = StreamHeader {
             default_ns: Some(default_ns.to_owned()),
-            db_ns: true,
+            db_ns,
             ..Default::default()
         };
         let mut input = h.to_bytes();
@@ -320,17 +321,22 @@ mod tests {
         input.extend_from_slice(crate::xml::STREAM_CLOSE);
         let mut r = StreamReader::new(&input[..], Limits::default());
         let mut out = Vec::new();
-        match r.next_event().unwrap() {
+        match r.next_event().map_err(|e| e.to_string())? {
             StreamEvent::Header(_) => {}
-            other => panic!("{other:?}"),
+            other => return Err(format!("expected the header, got {other:?}")),
         }
         loop {
-            match r.next_event().unwrap() {
+            match r.next_event().map_err(|e| e.to_string())? {
                 StreamEvent::Element(e) => out.push(e),
-                StreamEvent::Close => return out,
-                other => panic!("{other:?}"),
+                StreamEvent::Close => return Ok(out),
+                other => return Err(format!("expected an element, got {other:?}")),
             }
         }
+    }
+
+    /// Parse `body` as the content of a stream with the given default namespace (`db` bound).
+    fn parse_under(default_ns: &str, body: &[u8]) -> Vec<Element> {
+        parse_stream(default_ns, true, body).unwrap()
     }
 
     fn round_trip(el: &Element) {
@@ -506,23 +512,7 @@ mod tests {
     /// Parse `body` behind the header we send on a stream of kind `kind`: server-to-server
     /// (`jabber:server`, `db` bound) or component (`jabber:component:accept`, `db` not bound).
     fn parse_on(kind: Kind, body: &[u8]) -> Result<Vec<Element>, String> {
-        let h = StreamHeader {
-            default_ns: Some(kind.content_ns().to_owned()),
-            db_ns: kind == Kind::S2s,
-            ..Default::default()
-        };
-        let mut input = h.to_bytes();
-        input.extend_from_slice(body);
-        input.extend_from_slice(crate::xml::STREAM_CLOSE);
-        let mut r = StreamReader::new(&input[..], Limits::default());
-        let mut out = Vec::new();
-        loop {
-            match r.next_event().map_err(|e| e.to_string())? {
-                StreamEvent::Header(_) => {}
-                StreamEvent::Element(e) => out.push(e),
-                StreamEvent::Close => return Ok(out),
-            }
-        }
+        parse_stream(kind.content_ns(), kind == Kind::S2s, body)
     }
 
     #[derive(Clone, Copy, Debug, PartialEq)]

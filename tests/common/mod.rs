@@ -5,7 +5,10 @@
 
 pub mod dns_server;
 
-use dialbackd::xml::{Element, Limits, StreamEvent, StreamReader};
+use dialbackd::keys::DialbackSecret;
+use dialbackd::xml::{
+    Element, Limits, StreamEvent, StreamReader, STANZAS_NS, STREAMS_ERR_NS, STREAM_NS,
+};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -18,6 +21,9 @@ use std::time::{Duration, Instant};
 
 /// The bound for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The generous bound on a daemon's peak resident memory (`VmHWM`) after an attack.
+pub const PEAK_RSS_BOUND_KIB: usize = 64 * 1024;
 
 /// A fresh loopback address for one server: 127.P.N.1 where P depends on the process (test
 /// binaries never share addresses) and N counts up within it.
@@ -149,6 +155,62 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A field of `/proc/PID/status`: a size in KiB (`VmHWM`) or a count (`Threads`).
+    pub fn proc_status(&self, key: &str) -> usize {
+        let pid = self.pid();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("{}: /proc/{pid}/status: {e}", self.name));
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no {key} in /proc/{pid}/status", self.name))
+    }
+
+    /// Peak resident memory (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> usize {
+        self.proc_status("VmHWM")
+    }
+
+    /// Its peak resident memory is under [`PEAK_RSS_BOUND_KIB`].
+    pub fn assert_peak_rss_bounded(&self) {
+        let peak = self.peak_rss_kib();
+        assert!(
+            peak < PEAK_RSS_BOUND_KIB,
+            "{}: peak RSS {peak} KiB, over {PEAK_RSS_BOUND_KIB}",
+            self.name
+        );
+    }
+
+    /// How many threads the process runs.
+    pub fn threads(&self) -> usize {
+        self.proc_status("Threads")
+    }
+
+    /// How many file descriptors the process holds open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap_or_else(|e| panic!("{}: /proc/PID/fd: {e}", self.name))
+            .count()
+    }
+
+    /// The process still runs: not gone, and not a zombie (an exited child keeps its
+    /// `/proc/PID` until it is reaped, which only `terminate` and `Drop` do).
+    pub fn assert_alive(&self) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("{} died: {e}\n{}", self.name, self.log_text()));
+        let state = status
+            .lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .map(str::trim)
+            .unwrap_or_default();
+        assert!(
+            !state.starts_with('Z') && !state.starts_with('X'),
+            "{} died (state {state})\n{}",
+            self.name,
+            self.log_text()
+        );
     }
 
     /// Send SIGTERM and wait (bounded) for the exit status.
@@ -297,6 +359,86 @@ impl XmlConn {
             other => panic!("expected a stream header, got {other:?}"),
         }
     }
+
+    /// The next event is the daemon's stream header for a stream it serves: `stream:stream`,
+    /// from `from`, with a stream id.
+    pub fn our_header(&self, from: &str) -> dialbackd::xml::StreamHeader {
+        match self.next(WAIT) {
+            Some(Ok(StreamEvent::Header(h))) => {
+                assert_eq!((h.name.as_str(), h.ns.as_str()), ("stream", STREAM_NS));
+                assert_eq!(h.from.as_deref(), Some(from), "{h:?}");
+                assert!(h.id.is_some(), "no stream id: {h:?}");
+                h
+            }
+            other => panic!("expected our stream header first, got {other:?}"),
+        }
+    }
+
+    /// The condition of the next stream error (other elements are skipped).
+    pub fn stream_error(&self) -> String {
+        let e = self
+            .element_where(WAIT, |e| e.name == "error")
+            .expect("a stream error");
+        stream_condition(&e)
+    }
+
+    /// The stream ends (closed, broken or silent) within [`WAIT`]; nothing else comes.
+    pub fn assert_ends(&self) {
+        let next = self.next(WAIT);
+        assert!(
+            matches!(next, Some(Ok(StreamEvent::Close)) | Some(Err(_)) | None),
+            "the stream must end, got {next:?}"
+        );
+    }
+
+    /// Connect to `addr` and write `header` then `payload` from another thread (a daemon
+    /// that refuses stops reading, and the writer gives up after [`WAIT`]); returns the
+    /// connection to read the answer on, and the writer to join.
+    pub fn connect_sending(
+        addr: SocketAddr,
+        header: String,
+        payload: String,
+    ) -> (XmlConn, thread::JoinHandle<()>) {
+        let sock = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        let mut w = sock.try_clone().unwrap();
+        w.set_write_timeout(Some(WAIT)).unwrap();
+        let c = XmlConn::over(sock);
+        let writer = thread::spawn(move || {
+            let mut data = header.into_bytes();
+            data.extend_from_slice(payload.as_bytes());
+            for chunk in data.chunks(16 * 1024) {
+                if w.write_all(chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        (c, writer)
+    }
+}
+
+/// The condition of stream error `e` (which must be a `<stream:error/>`): its child in the
+/// stream-errors namespace other than `<text/>` (RFC 6120 §4.9.3).
+pub fn stream_condition(e: &Element) -> String {
+    assert!(e.is("error", STREAM_NS), "not a stream error: {e:?}");
+    e.elements()
+        .find(|x| x.ns == STREAMS_ERR_NS && x.name != "text")
+        .map(|x| x.name.clone())
+        .unwrap_or_default()
+}
+
+/// The `<error/>` child of a stanza or dialback answer of `type='error'`.
+pub fn error_child(e: &Element) -> Option<&Element> {
+    e.elements().find(|c| c.name == "error")
+}
+
+/// The condition of a stanza error, or of a dialback error (`<db:result type='error'>`,
+/// XEP-0220 §2.5): the `<error/>` child's child in the stanza-errors namespace other than
+/// `<text/>` (RFC 6120 §8.3.3).
+pub fn error_condition(e: &Element) -> Option<String> {
+    error_child(e)?
+        .elements()
+        .find(|c| c.ns == STANZAS_NS && c.name != "text")
+        .map(|c| c.name.clone())
 }
 
 /// An XEP-0114 component connected and authenticated.
@@ -423,6 +565,86 @@ pub fn config_allowing(
     }
     s.push_str(extra);
     s
+}
+
+/// a.test as a real daemon with dialback secret `secret` (so that a test can mint its keys),
+/// published in `dns`: the Authoritative Server of a legitimate dialback from a.test.
+pub fn a_test_daemon(dns: &dns_server::TestDns, secret: &str) -> Daemon {
+    let a = Daemon::start(
+        "a",
+        next_ip(),
+        &format!(
+            "dialback_secret = \"{secret}\"\n{}",
+            config(&["a.test"], &[], dns.addr(), "")
+        ),
+    );
+    publish(dns, "a.test", a.s2s());
+    a
+}
+
+/// The `<db:result/>` by which `from`'s server, whose dialback secret is `secret`, claims
+/// `from` towards `to` on the stream `id` (XEP-0220 §2.1.1, the key per XEP-0185).
+pub fn db_result(from: &str, to: &str, id: &str, secret: &str) -> String {
+    let key = DialbackSecret::from_secret(secret).key(to, from, id);
+    format!("<db:result from='{from}' to='{to}'>{key}</db:result>")
+}
+
+/// A legitimate peer and the daemon under test: a.test as a real daemon (see
+/// [`a_test_daemon`]) and b.test, both published in `dns`.
+pub struct AandB {
+    pub dns: dns_server::TestDns,
+    pub a: Daemon,
+    pub b: Daemon,
+}
+
+impl AandB {
+    /// a.test with dialback secret `secret`, and b.test on the config `b_config` writes from
+    /// the DNS server's address and a.test's s2s address.
+    pub fn start(secret: &str, b_config: impl FnOnce(SocketAddr, SocketAddr) -> String) -> AandB {
+        let dns = dns_server::TestDns::start(IpAddr::V4(next_ip()));
+        let a = a_test_daemon(&dns, secret);
+        let b = Daemon::start("b", next_ip(), &b_config(dns.addr(), a.s2s()));
+        publish(&dns, "b.test", b.s2s());
+        AandB { dns, a, b }
+    }
+}
+
+/// Open a server-to-server stream to `d` as `from` for `to`, and read the daemon's header
+/// (from `to`, with a stream id) and its features; returns the stream and its id.
+pub fn open_s2s(d: &Daemon, from: &str, to: &str) -> (XmlConn, String) {
+    let mut c = XmlConn::connect(d.s2s());
+    c.send(&s2s_header(from, to, None));
+    let id = c.our_header(to).id.unwrap_or_default();
+    let features = c.element();
+    assert_eq!(features.name, "features", "{features:?}");
+    (c, id)
+}
+
+/// Open a stream to `d` as a.test for b.test and send the db:result with the key a.test's
+/// daemon (dialback secret `secret`) mints for this stream (XEP-0185); returns the stream,
+/// waiting for the answer.
+pub fn send_db_result(d: &Daemon, secret: &str) -> XmlConn {
+    let (mut c, id) = open_s2s(d, "a.test", "b.test");
+    c.send(&db_result("a.test", "b.test", &id, secret));
+    c
+}
+
+/// The answer to the db:result on `c` is `valid`.
+pub fn expect_valid(c: &XmlConn, d: &Daemon) {
+    let r = c
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("an answer to our db:result");
+    assert_eq!(r.attr("type"), Some("valid"), "{r:?}\n{}", d.log_text());
+}
+
+/// A legitimate dialback: `d` is alive and a.test, whose real daemon (dialback secret
+/// `secret`) is its Authoritative Server, passes dialback with b.test; returns the verified
+/// stream.
+pub fn dialback_as_a(d: &Daemon, secret: &str) -> XmlConn {
+    d.assert_alive();
+    let c = send_db_result(d, secret);
+    expect_valid(&c, d);
+    c
 }
 
 /// Make `name` resolve to `addr` through an `_xmpp-server._tcp` SRV record (RFC 6120 §3.2.1).

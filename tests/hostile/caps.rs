@@ -5,31 +5,13 @@
 
 use crate::common::dns_server::TestDns;
 use crate::common::*;
-use dialbackd::xml::{Element, StreamEvent, STANZAS_NS, STREAMS_ERR_NS};
+use dialbackd::xml::{Element, StreamEvent};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-
-/// Generous bound on the daemon's peak RSS in these tests.
-const MAX_HWM_KIB: usize = 64 * 1024;
-
-/// A field of /proc/PID/status in kB (or a count, for Threads).
-fn status(pid: u32, key: &str) -> usize {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon alive");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("daemon alive")
-        .count()
-}
 
 /// Exactly one log line contains `needle` (waiting, bounded, for the first).
 fn logged_once(d: &mut Daemon, needle: &str) {
@@ -41,42 +23,31 @@ fn logged_once(d: &mut Daemon, needle: &str) {
     );
 }
 
+/// The daemon runs and its peak RSS is under [`PEAK_RSS_BOUND_KIB`].
 fn alive(d: &Daemon) {
-    assert!(
-        std::path::Path::new(&format!("/proc/{}/status", d.pid())).exists(),
-        "{} died",
-        d.name
-    );
-    let hwm = status(d.pid(), "VmHWM");
-    assert!(hwm < MAX_HWM_KIB, "peak RSS {hwm} KiB");
+    d.assert_alive();
+    d.assert_peak_rss_bounded();
 }
 
-/// The condition of a stanza error, or of a dialback error (`<db:result type='error'>`).
-fn error_condition(e: &Element) -> Option<String> {
-    e.elements()
-        .find(|c| c.name == "error")?
-        .elements()
-        .find(|c| c.ns == STANZAS_NS && c.name != "text")
-        .map(|c| c.name.clone())
+/// The daemon's threads and descriptors have grown from `before` by at most what `streams`
+/// more outbound streams cost; returns them.
+fn at_most_streams_more(d: &Daemon, before: (usize, usize), streams: usize) -> (usize, usize) {
+    let ((threads0, fds0), (threads, fds)) = (before, (d.threads(), d.open_fds()));
+    // Each outbound stream costs at most two threads and one socket; allow some slack for
+    // the DNS and verify machinery, far below one per addressed domain.
+    assert!(
+        threads <= threads0 + 2 * streams + 4,
+        "threads {threads0} → {threads}"
+    );
+    // A stream's socket is held three times (reader, writer, owner: dup'ed descriptors).
+    assert!(fds <= fds0 + 3 * streams + 8, "fds {fds0} → {fds}");
+    (threads, fds)
 }
 
 /// The condition of the next stream error on `c`, then checks the stream ends.
 fn stream_error_then_end(c: &XmlConn) -> String {
-    let e = c
-        .element_where(WAIT, |e| e.name == "error")
-        .expect("a stream error");
-    let cond = e
-        .elements()
-        .find(|x| x.ns == STREAMS_ERR_NS && x.name != "text")
-        .map(|x| x.name.clone())
-        .unwrap_or_default();
-    assert!(
-        matches!(
-            c.next(WAIT),
-            Some(Ok(StreamEvent::Close)) | Some(Err(_)) | None
-        ),
-        "the stream must end after the error"
-    );
+    let cond = c.stream_error();
+    c.assert_ends();
     cond
 }
 
@@ -236,11 +207,7 @@ fn daemon(dns: &TestDns, extra: &str) -> Daemon {
 /// Open a stream to `d` claiming `from`, and send a db:result for each of `names`; returns
 /// the connection.
 fn claim(d: &Daemon, from: &str, names: &[String]) -> XmlConn {
-    let mut c = XmlConn::connect(d.s2s());
-    c.send(&s2s_header(from, "b.test", None));
-    let _ = c.header();
-    let f = c.element();
-    assert_eq!(f.name, "features");
+    let (mut c, _) = open_s2s(d, from, "b.test");
     for n in names {
         c.send(&format!(
             "<db:result from='{n}' to='b.test'>{}</db:result>",
@@ -337,7 +304,7 @@ fn outbound_stream_cap_bounces_resource_constraint_and_bounds_threads_and_fds() 
     publish(&dns, "ok.test", fake.addr);
     let mut d = daemon(&dns, &format!("[limits]\noutbound_streams = {CAP}\n"));
     let mut comp = ComponentClient::connect(d.component_addr(), "echo.b.test", "es");
-    let (threads0, fds0) = (status(d.pid(), "Threads"), open_fds(d.pid()));
+    let (threads0, fds0) = (d.threads(), d.open_fds());
     let mut batch = String::new();
     for i in 0..DOMAINS {
         batch.push_str(&format!(
@@ -368,15 +335,7 @@ fn outbound_stream_cap_bounces_resource_constraint_and_bounds_threads_and_fds() 
         CAP,
         "no more connections"
     );
-    let (threads, fds) = (status(d.pid(), "Threads"), open_fds(d.pid()));
-    // Each outbound stream costs at most two threads and one socket; allow some slack for
-    // the DNS and verify machinery, far below one per addressed domain.
-    assert!(
-        threads <= threads0 + 2 * CAP + 4,
-        "threads {threads0} → {threads}"
-    );
-    // A stream's socket is held three times (reader, writer, owner: dup'ed descriptors).
-    assert!(fds <= fds0 + 3 * CAP + 8, "fds {fds0} → {fds}");
+    at_most_streams_more(&d, (threads0, fds0), CAP);
     logged_once(&mut d, "limits.outbound_streams");
     // The held streams end: their stanzas bounce (nothing is lost) and the slots are free.
     fake.hold.store(false, Ordering::Release);
@@ -444,7 +403,7 @@ fn verified_peer_pinging_from_many_names_opens_at_most_the_outbound_cap() {
     {
         thread::sleep(Duration::from_millis(50));
     }
-    let (threads0, fds0) = (status(d.pid(), "Threads"), open_fds(d.pid()));
+    let (threads0, fds0) = (d.threads(), d.open_fds());
     for (c, chunk) in streams.iter_mut().zip(names.chunks(8)) {
         let mut batch = String::new();
         for n in chunk {
@@ -457,18 +416,13 @@ fn verified_peer_pinging_from_many_names_opens_at_most_the_outbound_cap() {
     fake.wait_for(&fake.results, CAP);
     logged_once(&mut d, "limits.outbound_streams");
     thread::sleep(Duration::from_millis(300));
-    let (threads, fds) = (status(d.pid(), "Threads"), open_fds(d.pid()));
+    let (threads, fds) = at_most_streams_more(&d, (threads0, fds0), CAP);
     eprintln!(
         "{} names pinging: outbound streams {}, threads {threads0} -> {threads}, fds {fds0} -> {fds}",
         names.len(),
         fake.results.load(Ordering::Acquire)
     );
     assert_eq!(fake.results.load(Ordering::Acquire), CAP);
-    assert!(
-        threads <= threads0 + 2 * CAP + 4,
-        "threads {threads0} → {threads}"
-    );
-    assert!(fds <= fds0 + 3 * CAP + 8, "fds {fds0} → {fds}");
     for c in &streams {
         assert!(
             c.next(Duration::from_millis(50)).is_none(),
@@ -582,7 +536,7 @@ fn flooding_a_slow_pair_with_large_stanzas_holds_at_most_queue_bytes() {
         assert!(b.to_bytes().len() < 70_000, "{}", b.to_bytes().len());
         bounced += 1;
     }
-    let hwm = status(d.pid(), "VmHWM");
+    let hwm = d.peak_rss_kib();
     eprintln!(
         "{N} x 500 kB to a slow pair: {bounced} bounced, peak RSS {hwm} KiB, {:?}",
         started.elapsed()

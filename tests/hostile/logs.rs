@@ -3,83 +3,17 @@
 //! costs one log line with a count, not one line each. Each test ends with a legitimate
 //! dialback: the daemon is alive and still federates.
 
-use crate::common::dns_server::TestDns;
 use crate::common::*;
-use dialbackd::keys::DialbackSecret;
-use dialbackd::xml::{Element, StreamEvent, STREAMS_ERR_NS};
-use std::net::IpAddr;
 
 const A_SECRET: &str = "a-secret";
 
 /// A log line as env_logger writes it, to be smuggled in through peer-supplied text.
 const FORGED: &str = "[2026-11-26T00:00:00Z INFO  dialbackd] FORGED";
 
-/// b.test under test, a.test (a real daemon) as the Authoritative Server of the legitimate
-/// dialback at the end.
-struct Pair {
-    _dns: TestDns,
-    _a: Daemon,
-    b: Daemon,
-}
-
-fn pair(limits: &str) -> Pair {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let a = Daemon::start(
-        "a",
-        next_ip(),
-        &format!(
-            "dialback_secret = \"{A_SECRET}\"\n{}",
-            config(&["a.test"], &[], dns.addr(), "")
-        ),
-    );
-    let b = Daemon::start(
-        "b",
-        next_ip(),
-        &config(&["b.test"], &[], dns.addr(), limits),
-    );
-    publish(&dns, "a.test", a.s2s());
-    publish(&dns, "b.test", b.s2s());
-    Pair {
-        _dns: dns,
-        _a: a,
-        b,
-    }
-}
-
-/// a.test passes dialback with b.test using its real key.
-fn legitimate_dialback(b: &Daemon) {
-    let mut c = XmlConn::connect(b.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let id = c.header().id.expect("stream id");
-    let _features = c.element();
-    let key = DialbackSecret::from_secret(A_SECRET).key("b.test", "a.test", &id);
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let r = c
-        .element_where(WAIT, |e| e.name == "result")
-        .expect("an answer to our db:result");
-    assert_eq!(r.attr("type"), Some("valid"), "{r:?}");
-}
-
-/// The stream error condition in `e`.
-fn condition(e: &Element) -> String {
-    e.elements()
-        .find(|x| x.ns == STREAMS_ERR_NS && x.name != "text")
-        .map(|x| x.name.clone())
-        .unwrap_or_default()
-}
-
-/// Read our header, then the stream error; its condition.
-fn refused_with(c: &XmlConn) -> String {
-    match c.next(WAIT) {
-        Some(Ok(StreamEvent::Header(_))) => {}
-        other => panic!("expected our stream header first, got {other:?}"),
-    }
-    let e = c
-        .element_where(WAIT, |e| e.name == "error")
-        .expect("a stream error");
-    condition(&e)
+/// b.test under test with `limits`, a.test (a real daemon) as the Authoritative Server of the
+/// legitimate dialback at the end.
+fn pair(limits: &str) -> AandB {
+    AandB::start(A_SECRET, |dns, _| config(&["b.test"], &[], dns, limits))
 }
 
 /// No line of the log starts with what the peer tried to forge.
@@ -97,9 +31,7 @@ fn nothing_forged(d: &Daemon, marker: &str) {
 fn log01_peer_supplied_newlines_cannot_forge_log_lines() {
     let mut p = pair("");
     // 1. A peer's stream error text, logged at warn.
-    let mut c = XmlConn::connect(p.b.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let _ = c.header();
+    let (mut c, _) = open_s2s(&p.b, "a.test", "b.test");
     c.send(&format!(
         "<stream:error><undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
          <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>bye&#10;{FORGED}&#13;&#x202e;&#x85;</text>\
@@ -119,51 +51,45 @@ fn log01_peer_supplied_newlines_cannot_forge_log_lines() {
     // 2. The header's `to`, refused with host-unknown.
     let mut c = XmlConn::connect(p.b.s2s());
     c.send(&s2s_header("a.test", &format!("b.test&#10;{FORGED}"), None));
-    assert_eq!(refused_with(&c), "host-unknown");
+    c.our_header("b.test");
+    assert_eq!(c.stream_error(), "host-unknown");
     p.b.wait_log("refusing stream");
     drop(c);
 
     // 3. A db:verify id (the Authoritative Server role logs ids it finds wrong).
-    let mut c = XmlConn::connect(p.b.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let _ = c.header();
+    let (mut c, _) = open_s2s(&p.b, "a.test", "b.test");
     c.send(&format!(
         "<db:verify from='a.test' to='b.test' id='x&#10;{FORGED}'>k</db:verify>"
     ));
-    let e = c
-        .element_where(WAIT, |e| e.name == "error")
-        .expect("a stream error for the malformed id");
-    assert_eq!(condition(&e), "improper-addressing");
+    assert_eq!(c.stream_error(), "improper-addressing");
     drop(c);
 
     // 4. Bad XML whose error message quotes the peer's input.
-    let mut c = XmlConn::connect(p.b.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let _ = c.header();
+    let (mut c, _) = open_s2s(&p.b, "a.test", "b.test");
     c.send("<message></mess\nFORGED>");
     let _ = c.element_where(WAIT, |e| e.name == "error");
     p.b.wait_log("stream broken");
     drop(c);
 
-    legitimate_dialback(&p.b);
+    dialback_as_a(&p.b, A_SECRET);
     nothing_forged(&p.b, FORGED);
 }
 
 #[test]
 fn log02_a_burst_of_refused_connections_logs_one_line() {
     let mut p = pair("[limits]\nconnections_per_ip = 1\n");
-    let mut held = XmlConn::connect(p.b.s2s());
-    held.send(&s2s_header("a.test", "b.test", None));
-    let _ = held.header();
+    let (held, _) = open_s2s(&p.b, "a.test", "b.test");
     let burst = 30;
     for _ in 0..burst {
         let c = XmlConn::connect(p.b.s2s());
-        assert_eq!(refused_with(&c), "policy-violation");
+        // Refused at accept time: a bare header, then the error.
+        let _ = c.header();
+        assert_eq!(c.stream_error(), "policy-violation");
     }
     let lines = p.b.log_count("connections from this address");
     assert_eq!(lines, 1, "one line for the burst:\n{}", p.b.log_text());
     // The held stream goes; its address may connect again.
     drop(held);
     p.b.wait_log("stream ended");
-    legitimate_dialback(&p.b);
+    dialback_as_a(&p.b, A_SECRET);
 }

@@ -2,15 +2,8 @@
 //! by its size whatever its shape, an unauthenticated peer has a small stanza budget, and what a
 //! verified peer sends reaches a component as the same tree.
 
-use crate::common::dns_server::TestDns;
 use crate::common::*;
-use dialbackd::xml::{StreamEvent, DIALBACK_NS, STREAMS_ERR_NS};
-use std::io::Write;
-use std::net::{IpAddr, TcpStream};
-use std::thread;
-
-/// The generous bound on the daemon's peak resident memory after an attack.
-const PEAK_RSS_BOUND_KB: u64 = 64 * 1024;
+use dialbackd::xml::DIALBACK_NS;
 
 /// The secret of a.test's daemon, so that a raw peer can mint a.test's keys.
 const A_SECRET: &str = "known-secret";
@@ -18,99 +11,16 @@ const A_SECRET: &str = "known-secret";
 /// a.test (Authoritative Server for the raw peer's claims) and b.test (the target, whose
 /// component "b.test" receives what is routed to b.test users).
 struct Setup {
-    _dns: TestDns,
-    _a: Daemon,
-    b: Daemon,
+    p: AandB,
     component: ComponentClient,
 }
 
 fn setup(limits: &str) -> Setup {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let a = Daemon::start(
-        "a",
-        next_ip(),
-        &format!(
-            "dialback_secret = \"{A_SECRET}\"\n{}",
-            config(&["a.test"], &[], dns.addr(), "")
-        ),
-    );
-    let b = Daemon::start(
-        "b",
-        next_ip(),
-        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), limits),
-    );
-    publish(&dns, "a.test", a.s2s());
-    publish(&dns, "b.test", b.s2s());
-    let component = ComponentClient::connect(b.component_addr(), "b.test", "sb");
-    Setup {
-        _dns: dns,
-        _a: a,
-        b,
-        component,
-    }
-}
-
-/// Peak resident memory (VmHWM) of process `pid`, in KiB.
-fn peak_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
-/// Open a stream to b.test as a.test and pass dialback with a.test's real key; the answer must be
-/// valid (the daemon is alive and still federates).
-fn dialback_as_a(b: &Daemon) -> XmlConn {
-    let mut c = XmlConn::connect(b.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let id = c.header().id.expect("stream id");
-    let _features = c.element();
-    let key = dialbackd::keys::DialbackSecret::from_secret(A_SECRET).key("b.test", "a.test", &id);
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let r = c
-        .element_where(WAIT, |e| e.name == "result")
-        .expect("an answer to our db:result");
-    assert_eq!(r.attr("type"), Some("valid"), "{r:?}");
-    c
-}
-
-/// Send `header` and `payload` on a new connection to `b` from another thread (the daemon stops
-/// reading once it refuses), and return the connection to read its answer on.
-fn send_raw(b: &Daemon, header: String, payload: String) -> (XmlConn, thread::JoinHandle<()>) {
-    let sock = TcpStream::connect_timeout(&b.s2s(), WAIT).expect("connect");
-    let mut w = sock.try_clone().unwrap();
-    w.set_write_timeout(Some(WAIT)).unwrap();
-    let c = XmlConn::over(sock);
-    let writer = thread::spawn(move || {
-        let mut data = header.into_bytes();
-        data.extend_from_slice(payload.as_bytes());
-        for chunk in data.chunks(16 * 1024) {
-            if w.write_all(chunk).is_err() {
-                return;
-            }
-        }
+    let p = AandB::start(A_SECRET, |dns, _| {
+        config(&["b.test"], &[("b.test", "sb")], dns, limits)
     });
-    (c, writer)
-}
-
-/// Our stream header, then a stream error: its condition.
-fn header_then_stream_error(c: &XmlConn) -> String {
-    match c.next(WAIT) {
-        Some(Ok(StreamEvent::Header(h))) => assert_eq!(h.from.as_deref(), Some("b.test")),
-        other => panic!("expected our stream header first, got {other:?}"),
-    }
-    let e = c
-        .element_where(WAIT, |e| e.name == "error")
-        .expect("a stream error");
-    let condition = e
-        .elements()
-        .find(|x| x.ns == STREAMS_ERR_NS && x.name != "text")
-        .map(|x| x.name.clone());
-    condition.unwrap_or_default()
+    let component = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    Setup { p, component }
 }
 
 /// The measured attack: a 30 KB namespace URI on a stanza with 100 000 empty children.
@@ -124,19 +34,16 @@ fn namespace_bomb() -> String {
 
 fn attack_is_refused_cheaply(limits: &str, payload: String) {
     let mut s = setup(limits);
-    let pid = s.b.pid();
-    let (c, writer) = send_raw(&s.b, s2s_header("a.test", "b.test", None), payload);
-    assert_eq!(header_then_stream_error(&c), "policy-violation");
+    let (c, writer) =
+        XmlConn::connect_sending(s.p.b.s2s(), s2s_header("a.test", "b.test", None), payload);
+    c.our_header("b.test");
+    assert_eq!(c.stream_error(), "policy-violation");
     drop(c);
     writer.join().unwrap();
-    s.b.wait_log("policy");
-    let peak = peak_rss_kb(pid);
-    assert!(
-        peak < PEAK_RSS_BOUND_KB,
-        "peak RSS {peak} KiB after one stanza"
-    );
+    s.p.b.wait_log("policy");
+    s.p.b.assert_peak_rss_bounded();
     // Still alive, still federating, and a verified peer's stanza is delivered.
-    let mut c = dialback_as_a(&s.b);
+    let mut c = dialback_as_a(&s.p.b, A_SECRET);
     c.send("<message from='x@a.test' to='y@b.test' id='after'><body>still here</body></message>");
     let m = s.component.recv(WAIT).expect("delivered after the attack");
     assert_eq!(m.attr("id"), Some("after"));
@@ -193,17 +100,18 @@ fn mem04_pre_auth_budget_is_small_and_verified_peers_get_the_full_one() {
     let stanza = |id: &str, body: &str| {
         format!("<message from='x@a.test' to='y@b.test' id='{id}'><body>{body}</body></message>")
     };
-    let (c, writer) = send_raw(
-        &s.b,
+    let (c, writer) = XmlConn::connect_sending(
+        s.p.b.s2s(),
         s2s_header("a.test", "b.test", None),
         stanza("early", &body),
     );
-    assert_eq!(header_then_stream_error(&c), "policy-violation");
+    c.our_header("b.test");
+    assert_eq!(c.stream_error(), "policy-violation");
     drop(c);
     writer.join().unwrap();
-    s.b.wait_log("policy");
+    s.p.b.wait_log("policy");
 
-    let mut c = dialback_as_a(&s.b);
+    let mut c = dialback_as_a(&s.p.b, A_SECRET);
     let big = "B".repeat(300 * 1024);
     c.send(&stanza("small-after", &body));
     c.send(&stanza("big-after", &big));
@@ -219,7 +127,7 @@ fn mem04_pre_auth_budget_is_small_and_verified_peers_get_the_full_one() {
             .unwrap_or_default();
         assert_eq!(text.len(), len);
     }
-    assert!(peak_rss_kb(s.b.pid()) < PEAK_RSS_BOUND_KB);
+    s.p.b.assert_peak_rss_bounded();
 }
 
 /// Serializer fidelity on the wire: a verified peer's message holding an element in the dialback
@@ -228,7 +136,7 @@ fn mem04_pre_auth_budget_is_small_and_verified_peers_get_the_full_one() {
 #[test]
 fn mem05_dialback_namespace_child_reaches_a_component_intact() {
     let s = setup("");
-    let mut c = dialback_as_a(&s.b);
+    let mut c = dialback_as_a(&s.p.b, A_SECRET);
     c.send(
         "<message from='x@a.test' to='y@b.test' id='m1'>\
          <x xmlns='jabber:server:dialback' a='1'><db:result from='p' to='q'>k</db:result></x>\

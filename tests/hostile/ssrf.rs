@@ -13,7 +13,6 @@
 
 use crate::common::dns_server::TestDns;
 use crate::common::*;
-use dialbackd::keys::DialbackSecret;
 use dialbackd::xml::{Element, DIALBACK_NS};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -52,45 +51,29 @@ impl Recorder {
     }
 }
 
-/// A real daemon for a.test (the Authoritative Server of the legitimate peer) and the daemon
-/// under test for b.test.
-struct Net {
-    dns: TestDns,
-    auth: Daemon,
-    d: Daemon,
-}
-
 /// b.test with `allow_networks = allow`, a static route to a.test when `route`, and its config
-/// text passed through `tweak`. a.test and b.test are published in DNS.
-fn net(allow: &[&str], route: bool, tweak: impl Fn(String) -> String) -> Net {
-    let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let auth = Daemon::start(
-        "a",
-        next_ip(),
-        &format!(
-            "dialback_secret = \"{SECRET}\"\n{}",
-            config(&["a.test"], &[], dns.addr(), "")
-        ),
-    );
-    publish(&dns, "a.test", auth.s2s());
-    let extra = if route {
-        format!("[routes]\n\"a.test\" = \"{}\"\n", auth.s2s())
-    } else {
-        String::new()
-    };
-    let text = config_allowing(&["b.test"], &[("b.test", "sb")], dns.addr(), allow, &extra);
-    let d = Daemon::start("b", next_ip(), &tweak(text));
-    publish(&dns, "b.test", d.s2s());
-    Net { dns, auth, d }
+/// text passed through `tweak`; a.test is a real daemon (the Authoritative Server of the
+/// legitimate peer). Both are published in DNS.
+fn net(allow: &[&str], route: bool, tweak: impl Fn(String) -> String) -> AandB {
+    AandB::start(SECRET, |dns, a| {
+        let extra = if route {
+            format!("[routes]\n\"a.test\" = \"{a}\"\n")
+        } else {
+            String::new()
+        };
+        tweak(config_allowing(
+            &["b.test"],
+            &[("b.test", "sb")],
+            dns,
+            allow,
+            &extra,
+        ))
+    })
 }
 
 /// Open a stream to `d` as `from` and claim it with a made-up key; the daemon's answer.
 fn claim(d: &Daemon, from: &str) -> Element {
-    let mut c = XmlConn::connect(d.s2s());
-    c.send(&s2s_header(from, "b.test", None));
-    let _ = c.header();
-    let features = c.element();
-    assert_eq!(features.name, "features");
+    let (mut c, _) = open_s2s(d, from, "b.test");
     c.send(&format!(
         "<db:result from='{from}' to='b.test'>{}</db:result>",
         "ab".repeat(32)
@@ -99,39 +82,16 @@ fn claim(d: &Daemon, from: &str) -> Element {
         .unwrap_or_else(|| panic!("no dialback answer for {from}\n{}", d.log_text()))
 }
 
-/// The `<error/>` of a `type='error'` answer, as bytes (what the claimant can compare).
+/// The condition of a `type='error'` answer, and its `<error/>` as bytes (what the claimant
+/// can compare).
 fn dialback_error(r: &Element) -> (String, Vec<u8>) {
     assert_eq!(r.attr("type"), Some("error"), "{r:?}");
-    let e = r
-        .elements()
-        .find(|c| c.name == "error")
-        .unwrap_or_else(|| panic!("DB-27: no <error/> in {r:?}"));
-    let cond = e
-        .elements()
-        .find(|c| c.name != "text")
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    (cond, e.to_bytes())
+    let e = error_child(r).unwrap_or_else(|| panic!("DB-27: no <error/> in {r:?}"));
+    (error_condition(r).unwrap_or_default(), e.to_bytes())
 }
 
 fn assert_connection_failed(r: &Element) {
     assert_eq!(dialback_error(r).0, "remote-connection-failed", "{r:?}");
-}
-
-/// The daemon is alive and a legitimate peer (the real a.test's key) still authenticates.
-fn legitimate_dialback_succeeds(d: &Daemon) {
-    let mut c = XmlConn::connect(d.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let id = c.header().id.expect("a stream id");
-    let _features = c.element();
-    let key = DialbackSecret::from_secret(SECRET).key("b.test", "a.test", &id);
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let r = c
-        .element_where(WAIT, |e| e.name == "result")
-        .expect("an answer");
-    assert_eq!(r.attr("type"), Some("valid"), "{r:?}\n{}", d.log_text());
 }
 
 /// Make `name` resolve through an SRV record to `host` (port `port`) with an A and/or AAAA.
@@ -175,14 +135,14 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
         Some(ip4(rec.addr())),
         None,
     );
-    let r = claim(&n.d, "internal.test");
+    let r = claim(&n.b, "internal.test");
     assert_connection_failed(&r);
     assert_eq!(
         rec.connections(),
         0,
         "the daemon connected to the loopback target"
     );
-    let line = n.d.wait_log("verification failed");
+    let line = n.b.wait_log("verification failed");
     assert!(
         line.contains("internal.test")
             && line.contains(&format!(
@@ -191,7 +151,7 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
             )),
         "{line}"
     );
-    assert!(n.d.log_text().contains(&format!(
+    assert!(n.b.log_text().contains(&format!(
         "not dialling {} (ssh.internal.test) for internal.test: loopback",
         rec.addr()
     )));
@@ -206,10 +166,10 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
         None,
         Some(&mapped),
     );
-    assert_connection_failed(&claim(&n.d, "mapped.test"));
+    assert_connection_failed(&claim(&n.b, "mapped.test"));
     assert_eq!(rec.connections(), 0, "the daemon connected through ::ffff:");
     assert!(n
-        .d
+        .b
         .log_text()
         .contains("loopback (IPv4-mapped IPv6 address)"));
 
@@ -230,17 +190,17 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
         port,
         "ssh.internal.test",
     );
-    assert_connection_failed(&claim(&n.d, "private.test"));
+    assert_connection_failed(&claim(&n.b, "private.test"));
     assert_eq!(rec.connections(), 0);
-    let log = n.d.log_text();
+    let log = n.b.log_text();
     assert!(
         log.contains("not dialling 10.0.0.5:5269 (db.private.test) for private.test: private network (RFC 1918)"),
         "{log}"
     );
     assert!(!log.contains("connecting to 10.0.0.5"), "{log}");
 
-    legitimate_dialback_succeeds(&n.d);
-    drop(n.auth);
+    dialback_as_a(&n.b, SECRET);
+    drop(n.a);
 }
 
 /// IP-literal domains, and numeric names a resolver might read as IPv4, are never dialled nor
@@ -261,7 +221,7 @@ fn ip_literal_domains_are_not_dialled() {
         "127.1",
         "2130706433",
     ] {
-        let r = claim(&n.d, from);
+        let r = claim(&n.b, from);
         assert_connection_failed(&r);
     }
     if let Some(rec) = &rec {
@@ -276,7 +236,7 @@ fn ip_literal_domains_are_not_dialled() {
         queries,
         "IP-literal and numeric domains must not be looked up"
     );
-    let log = n.d.log_text();
+    let log = n.b.log_text();
     for needle in [
         format!("not dialling {literal}: IP-literal domain"),
         "not dialling 10.0.0.5: IP-literal domain".to_string(),
@@ -286,7 +246,7 @@ fn ip_literal_domains_are_not_dialled() {
     ] {
         assert!(log.contains(&needle), "no {needle:?} in\n{log}");
     }
-    legitimate_dialback_succeeds(&n.d);
+    dialback_as_a(&n.b, SECRET);
 }
 
 /// A refused port, a listener that never answers, one that speaks another protocol, and a
@@ -361,7 +321,7 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
         "nxdomain.test",
     ]
     .iter()
-    .map(|from| dialback_error(&claim(&n.d, from)))
+    .map(|from| dialback_error(&claim(&n.b, from)))
     .collect();
     for (i, a) in answers.iter().enumerate() {
         assert_eq!(a.0, "remote-connection-failed", "answer {i}");
@@ -381,13 +341,13 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
         "the foreign listener was really dialled and got our header"
     );
     // The log keeps the difference for the operator, naming what was dialled.
-    let log = n.d.log_text();
+    let log = n.b.log_text();
     assert!(
         log.contains(&format!("{host}:{closed} (x.refused.test)")),
         "{log}"
     );
     assert!(log.contains(&format!("[{host}:{foreign_port}]")), "{log}");
-    legitimate_dialback_succeeds(&n.d);
+    dialback_as_a(&n.b, SECRET);
 }
 
 /// allow_networks lifts the refusal for exactly the networks listed: the real a.test, found
@@ -395,35 +355,22 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
 /// address stays refused. The connection lines name the address and the SRV target.
 #[test]
 fn allow_networks_lets_dialback_reach_the_listed_networks_only() {
-    let dns_ip = next_ip();
-    let dns = TestDns::start(IpAddr::V4(dns_ip));
-    let auth = Daemon::start(
-        "a",
-        next_ip(),
-        &format!(
-            "dialback_secret = \"{SECRET}\"\n{}",
-            config(&["a.test"], &[], dns.addr(), "")
-        ),
-    );
-    publish(&dns, "a.test", auth.s2s());
-    let allow = format!("{}/32", auth.s2s().ip());
-    let d = Daemon::start(
-        "b",
-        next_ip(),
-        &config_allowing(&["b.test"], &[], dns.addr(), &[&allow], ""),
-    );
-    legitimate_dialback_succeeds(&d);
+    let n = AandB::start(SECRET, |dns, a| {
+        let allow = format!("{}/32", a.ip());
+        config_allowing(&["b.test"], &[], dns, &[&allow], "")
+    });
+    dialback_as_a(&n.b, SECRET);
     assert!(
-        d.log_text()
-            .contains(&format!("connected to {} (host.a.test)", auth.s2s())),
+        n.b.log_text()
+            .contains(&format!("connected to {} (host.a.test)", n.a.s2s())),
         "{}",
-        d.log_text()
+        n.b.log_text()
     );
     let rec = Recorder::on(next_ip());
-    publish(&dns, "other.test", rec.addr());
-    assert_connection_failed(&claim(&d, "other.test"));
+    publish(&n.dns, "other.test", rec.addr());
+    assert_connection_failed(&claim(&n.b, "other.test"));
     assert_eq!(rec.connections(), 0);
-    legitimate_dialback_succeeds(&d);
+    dialback_as_a(&n.b, SECRET);
 }
 
 /// SRV-05 and the guard: a static route to loopback is the operator's choice and works without
@@ -432,7 +379,7 @@ fn allow_networks_lets_dialback_reach_the_listed_networks_only() {
 #[test]
 fn static_route_to_loopback_needs_no_allow_networks() {
     let mut n = net(&[], true, |c| c);
-    let mut cb = ComponentClient::connect(n.d.component_addr(), "b.test", "sb");
+    let mut cb = ComponentClient::connect(n.b.component_addr(), "b.test", "sb");
     cb.send(
         "<iq type='get' id='p1' from='u@b.test/r' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>",
     );
@@ -442,13 +389,13 @@ fn static_route_to_loopback_needs_no_allow_networks() {
         (Some("result"), Some("p1"), Some("a.test")),
         "{r:?}"
     );
-    let line = n.d.wait_log(&format!("connected to {}", n.auth.s2s()));
+    let line = n.b.wait_log(&format!("connected to {}", n.a.s2s()));
     assert!(line.contains("s2s-out") && line.contains("INFO"), "{line}");
     assert!(
-        n.d.log_text()
-            .contains(&format!("[{}]: b.test→a.test authenticated", n.auth.s2s())),
+        n.b.log_text()
+            .contains(&format!("[{}]: b.test→a.test authenticated", n.a.s2s())),
         "later lines of the stream carry the address\n{}",
-        n.d.log_text()
+        n.b.log_text()
     );
-    legitimate_dialback_succeeds(&n.d);
+    dialback_as_a(&n.b, SECRET);
 }

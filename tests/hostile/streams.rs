@@ -9,9 +9,7 @@ use crate::common::*;
 use dialbackd::domain::Domain;
 use dialbackd::keys::DialbackSecret;
 use dialbackd::tls::{client_config, gen_cert, PeerCert, ServerCerts, TlsStream};
-use dialbackd::xml::{
-    Element, Limits, StreamEvent, StreamReader, STANZAS_NS, STREAMS_ERR_NS, STREAM_NS, TLS_NS,
-};
+use dialbackd::xml::{Element, Limits, StreamEvent, StreamReader, TLS_NS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::io::Write;
@@ -41,6 +39,20 @@ struct World {
     dns: TestDns,
     d: Daemon,
     a_as: FakeServer,
+}
+
+impl World {
+    /// A raw listener playing the pre-1.0 server old.test, published in DNS.
+    fn old_peer(&self) -> FakeServer {
+        let old = FakeServer::bind(next_ip());
+        publish(&self.dns, "old.test", old.addr());
+        old
+    }
+
+    /// Our component, serving b.test.
+    fn component(&self) -> ComponentClient {
+        ComponentClient::connect(self.d.component_addr(), "b.test", "sb")
+    }
 }
 
 fn world(extra: &str) -> World {
@@ -94,59 +106,21 @@ fn answer_verify(conn: &mut XmlConn, me: &str, secret: &str, legacy: bool) -> El
 /// The daemon is alive and a legitimate dialback still succeeds: a.test opens a 1.0 stream
 /// to b.test with the right key, b.test calls a.test's Authoritative Server back, valid.
 fn legit_dialback(w: &World) {
-    assert!(
-        std::path::Path::new(&format!("/proc/{}/status", w.d.pid())).exists(),
-        "daemon gone"
-    );
-    let mut c = XmlConn::connect(w.d.s2s());
-    c.send(&s2s_header("a.test", "b.test", None));
-    let id = c.header().id.expect("stream id");
-    let f = c.element();
-    assert_eq!(f.name, "features");
-    let key = DialbackSecret::from_secret(A_SECRET).key("b.test", "a.test", &id);
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let mut back = w.a_as.accept();
-    answer_verify(&mut back, "a.test", A_SECRET, false);
-    let r = c
-        .element_where(WAIT, |e| e.name == "result")
-        .expect("an answer to the db:result");
-    assert_eq!(r.attr("type"), Some("valid"), "{r:?}");
-}
-
-fn stream_condition(e: &Element) -> String {
-    assert!(e.is("error", STREAM_NS), "not a stream error: {e:?}");
-    e.elements()
-        .find(|x| x.ns == STREAMS_ERR_NS && x.name != "text")
-        .map(|x| x.name.clone())
-        .unwrap_or_default()
-}
-
-fn dialback_condition(e: &Element) -> Option<String> {
-    e.elements()
-        .find(|x| x.name == "error")?
-        .elements()
-        .find(|x| x.ns == STANZAS_NS)
-        .map(|x| x.name.clone())
+    w.d.assert_alive();
+    let c = send_db_result(&w.d, A_SECRET);
+    answer_verify(&mut w.a_as.accept(), "a.test", A_SECRET, false);
+    expect_valid(&c, &w.d);
 }
 
 /// Half a stream header: the start tag never completes.
 const HALF_HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
     xmlns:stream='http://etherx.jabber.org/streams' to='b.test' version='1.0'";
 
-/// The next event must be our stream header, then a stream error with `cond`.
+/// The next event must be our stream header, then (with nothing between) a stream error with
+/// `cond`.
 fn header_then_error(c: &XmlConn, cond: &str) {
-    match c.next(WAIT) {
-        Some(Ok(StreamEvent::Header(h))) => {
-            assert_eq!((h.name.as_str(), h.ns.as_str()), ("stream", STREAM_NS));
-            assert_eq!(h.from.as_deref(), Some("b.test"));
-            assert!(h.id.is_some());
-        }
-        other => panic!("expected our stream header before the error, got {other:?}"),
-    }
-    let e = c.element();
-    assert_eq!(stream_condition(&e), cond);
+    c.our_header("b.test");
+    assert_eq!(stream_condition(&c.element()), cond);
 }
 
 /// ERR-01 (RFC 6120 §4.9.1.1): the negotiation timeout hits while the peer's header is half
@@ -187,14 +161,9 @@ fn str01_version_2_0_is_answered_1_0_and_dialback_proceeds() {
     assert_eq!(h.version.as_deref(), Some("1.0"));
     let f = c.element();
     assert_eq!(f.name, "features");
-    let key = DialbackSecret::from_secret(A_SECRET).key("b.test", "a.test", &h.id.unwrap());
-    c.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let mut back = w.a_as.accept();
-    answer_verify(&mut back, "a.test", A_SECRET, false);
-    let r = c.element_where(WAIT, |e| e.name == "result").unwrap();
-    assert_eq!(r.attr("type"), Some("valid"));
+    c.send(&db_result("a.test", "b.test", &h.id.unwrap(), A_SECRET));
+    answer_verify(&mut w.a_as.accept(), "a.test", A_SECRET, false);
+    expect_valid(&c, &w.d);
     legit_dialback(&w);
 }
 
@@ -205,18 +174,14 @@ fn str01_version_2_0_is_answered_1_0_and_dialback_proceeds() {
 #[test]
 fn str01_db25_pre_1_0_peer_connects_to_us_and_its_stanza_is_delivered() {
     let w = world("");
-    let old = FakeServer::bind(next_ip());
-    publish(&w.dns, "old.test", old.addr());
-    let comp = ComponentClient::connect(w.d.component_addr(), "b.test", "sb");
+    let old = w.old_peer();
+    let comp = w.component();
     let mut c = XmlConn::connect(w.d.s2s());
     c.send(&legacy_header(None));
     let h = c.header();
     assert_eq!(h.version, None, "RFC 6120 §4.7.5: no version in the answer");
     let id = h.id.expect("a stream id: the key depends on it");
-    let key = DialbackSecret::from_secret(OLD_SECRET).key("b.test", "old.test", &id);
-    c.send(&format!(
-        "<db:result from='old.test' to='b.test'>{key}</db:result>"
-    ));
+    c.send(&db_result("old.test", "b.test", &id, OLD_SECRET));
     let mut back = old.accept();
     let v = answer_verify(&mut back, "old.test", OLD_SECRET, true);
     assert_eq!(v.attr("id"), Some(id.as_str()), "DB-10");
@@ -242,9 +207,8 @@ fn str01_db25_pre_1_0_peer_connects_to_us_and_its_stanza_is_delivered() {
 #[test]
 fn str01_db25_we_federate_out_to_a_pre_1_0_peer() {
     let w = world("");
-    let old = FakeServer::bind(next_ip());
-    publish(&w.dns, "old.test", old.addr());
-    let mut comp = ComponentClient::connect(w.d.component_addr(), "b.test", "sb");
+    let old = w.old_peer();
+    let mut comp = w.component();
     comp.send("<message from='someone@b.test' to='u@old.test' id='out1'><body>hi</body></message>");
     let mut out = old.accept();
     let h = out.header();
@@ -313,21 +277,17 @@ fn sec12_pre_1_0_peer_refused_both_ways_when_encryption_is_required() {
         "legacy-tls",
         "[tls.peers.\"a.test\"]\nrequire_encryption = false\n",
     );
-    let old = FakeServer::bind(next_ip());
-    publish(&w.dns, "old.test", old.addr());
+    let old = w.old_peer();
     let mut c = XmlConn::connect(w.d.s2s());
     c.send(&legacy_header(None));
     let id = c.header().id.unwrap();
-    let key = DialbackSecret::from_secret(OLD_SECRET).key("b.test", "old.test", &id);
-    c.send(&format!(
-        "<db:result from='old.test' to='b.test'>{key}</db:result>"
-    ));
+    c.send(&db_result("old.test", "b.test", &id, OLD_SECRET));
     let r = c.element();
     assert_eq!((r.name.as_str(), r.attr("type")), ("result", Some("error")));
-    assert_eq!(dialback_condition(&r).as_deref(), Some("policy-violation"));
+    assert_eq!(error_condition(&r).as_deref(), Some("policy-violation"));
     assert_eq!(stream_condition(&c.element()), "policy-violation");
 
-    let mut comp = ComponentClient::connect(w.d.component_addr(), "b.test", "sb");
+    let mut comp = w.component();
     comp.send("<message from='someone@b.test' to='u@old.test' id='enc1'/>");
     let mut out = old.accept();
     let _ = out.header();
@@ -343,10 +303,9 @@ fn sec12_pre_1_0_peer_refused_both_ways_when_encryption_is_required() {
         (b.attr("id"), b.attr("type")),
         (Some("enc1"), Some("error"))
     );
-    assert!(
-        b.elements()
-            .flat_map(|e| e.elements())
-            .any(|c| c.name == "remote-server-timeout"),
+    assert_eq!(
+        error_condition(&b).as_deref(),
+        Some("remote-server-timeout"),
         "{b:?}"
     );
     // Nobody was called back for the refused inbound db:result.
@@ -443,14 +402,10 @@ fn spki_of(cert: &std::path::Path) -> String {
 fn tls01_starttls_restart_forgets_pairs_verified_in_plaintext() {
     let (w, dir) = tls_world("restart", "require_encryption = false\n");
     let certs = a_certs(&dir);
-    let comp = ComponentClient::connect(w.d.component_addr(), "b.test", "sb");
+    let comp = w.component();
     let mut p = Plain::open(w.d.s2s(), "b.test");
-    let key = DialbackSecret::from_secret(A_SECRET).key("b.test", "a.test", &p.id);
-    p.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let mut back = w.a_as.accept();
-    answer_verify(&mut back, "a.test", A_SECRET, false);
+    p.send(&db_result("a.test", "b.test", &p.id, A_SECRET));
+    answer_verify(&mut w.a_as.accept(), "a.test", A_SECRET, false);
     let r = p.element();
     assert_eq!(
         (r.name.as_str(), r.attr("type")),
@@ -484,12 +439,8 @@ fn tls01_err01_silent_peer_after_the_restart_times_out_with_our_header_first() {
     );
     let certs = a_certs(&dir);
     let mut p = Plain::open(w.d.s2s(), "b.test");
-    let key = DialbackSecret::from_secret(A_SECRET).key("b.test", "a.test", &p.id);
-    p.send(&format!(
-        "<db:result from='a.test' to='b.test'>{key}</db:result>"
-    ));
-    let mut back = w.a_as.accept();
-    answer_verify(&mut back, "a.test", A_SECRET, false);
+    p.send(&db_result("a.test", "b.test", &p.id, A_SECRET));
+    answer_verify(&mut w.a_as.accept(), "a.test", A_SECRET, false);
     assert_eq!(p.element().attr("type"), Some("valid"));
     let (_, c) = p.tls_only("b.test", &certs);
     header_then_error(&c, "connection-timeout");
