@@ -9,17 +9,6 @@ use std::net::{IpAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const PEAK_RSS_BOUND_KB: u64 = 64 * 1024;
-
-fn peak_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 /// Read from `sock` (bounded by WAIT) until what was read contains `needle`; returns it all.
 fn read_until(sock: &mut TcpStream, seen: &mut String, needle: &str) {
     let deadline = Instant::now() + WAIT;
@@ -48,7 +37,7 @@ fn wide_stanza(n: usize) -> String {
 #[test]
 fn mem06_a_peer_that_stops_reading_cannot_make_us_hold_its_stanzas() {
     let dns = TestDns::start(IpAddr::V4(next_ip()));
-    let mut b = Daemon::start(
+    let b = Daemon::start(
         "b",
         next_ip(),
         &config(&["b.test"], &[("b.test", "sb")], dns.addr(), ""),
@@ -80,8 +69,7 @@ fn mem06_a_peer_that_stops_reading_cannot_make_us_hold_its_stanzas() {
     // From now on f.test reads nothing. 40 × 400 KB from the component fill both socket
     // buffers (what does not fit in limits.queue_bytes bounces back to the component), so
     // the worker blocks in its write; f.test's stanzas then pile up in the stream's reader.
-    let pid = b.pid();
-    let before = peak_rss_kb(pid);
+    let before = b.peak_rss_kib();
     let body = "z".repeat(400_000);
     for n in 0..40 {
         component.send(&format!(
@@ -102,13 +90,13 @@ fn mem06_a_peer_that_stops_reading_cannot_make_us_hold_its_stanzas() {
     });
     let sent = writer.join().unwrap();
     assert!(sent >= 3, "the reader took only {sent} large stanzas");
-    let peak = peak_rss_kb(pid);
+    let peak = b.peak_rss_kib();
     assert!(
-        peak < PEAK_RSS_BOUND_KB.max(before + 32 * 1024),
+        peak < PEAK_RSS_BOUND_KIB.max(before + 32 * 1024),
         "peak RSS {peak} KiB (before: {before} KiB) with {sent} large stanzas behind a blocked worker"
     );
     drop(sock);
-    b.wait_log("f.test");
+    b.assert_alive();
 
     // Alive and still federating: a fresh outbound stream to f.test passes dialback.
     component.send("<message from='b.test' to='u@f.test' id='after'><body>again</body></message>");
