@@ -20,11 +20,15 @@
 //! [`StreamReader::into_inner`] hands back unparsed bytes for the STARTTLS restart (RFC 6120 §5.3.3).
 
 pub mod element;
+pub mod framer;
 pub mod reader;
 pub mod writer;
 
 pub use element::{Element, Node, Ns};
-pub use reader::{tree_bytes, Limits, StanzaBudget, StreamEvent, StreamReader, XmlError};
+pub use framer::{Frame, FrameKind, Framer};
+pub use reader::{
+    tree_bytes, Limits, StanzaBudget, StreamEvent, StreamParser, StreamReader, XmlError,
+};
 pub use writer::{escape_attr, escape_text, write_element};
 
 /// Namespace of the stream root and of `stream:features` / `stream:error` (RFC 6120 §4.8.1).
