@@ -24,7 +24,8 @@
 //!
 //! # Modules
 //! - [`stream`]: the protocol core, no I/O: `Event` in, `Vec<Action>` out.
-//! - [`xml`]: the policy reader over the `xml` crate and our serializer.
+//! - [`xml`]: the push framer (bytes → complete first-level elements, budgets), the policy
+//!   parser over the `xml` crate (each complete element parsed from memory) and our serializer.
 //! - [`keys`], [`domain`], [`stanza`]: XEP-0185 keys, validated names, stanza helpers.
 //! - [`logsafe`]: peer-supplied strings escaped and bounded for log lines.
 //! - [`router`], [`conn`], [`mailbox`], [`net`]: routing tables, stream threads and their

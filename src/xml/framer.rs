@@ -36,6 +36,9 @@ use super::reader::{
     Limits, StanzaBudget, XmlError, MAX_ATTRIBUTES, MAX_DECLARATIONS_PER_ELEMENT, MAX_NAME_LENGTH,
 };
 
+/// Past this capacity, the buffer is shrunk once it is mostly empty.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
 /// What a [`Frame`] holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameKind {
@@ -168,9 +171,9 @@ impl Framer {
             self.scan -= self.read;
             self.lt = self.lt.saturating_sub(self.read);
             self.read = 0;
-            if self.buf.is_empty() && self.buf.capacity() > 64 * 1024 {
-                // A big element has gone: do not keep its memory for an idle stream.
-                self.buf = Vec::new();
+            if self.buf.capacity() > SHRINK_ABOVE && self.buf.len() < self.buf.capacity() / 4 {
+                // A big element has gone: do not keep its memory for the rest of the stream.
+                self.buf.shrink_to(self.buf.len());
             }
         }
         self.buf.extend_from_slice(bytes);
@@ -906,6 +909,21 @@ mod tests {
         assert!(e.contains("declarations"), "{e}");
         let e = refused_at_last_byte(&format!("{HEADER}<m{decls} xmlns:q "), l);
         assert!(e.contains("declarations"), "{e}");
+    }
+
+    #[test]
+    fn big_element_memory_is_given_back() {
+        let mut f = framer();
+        f.feed(HEADER.as_bytes());
+        f.next_frame().unwrap().unwrap();
+        f.feed(format!("<m>{}</m><n>", "x".repeat(300_000)).as_bytes());
+        assert_eq!(f.next_frame().unwrap().unwrap().kind, FrameKind::Element);
+        f.read_to_end(&mut Vec::new()).unwrap();
+        assert!(f.buf.capacity() > 300_000);
+        f.feed(b"</n>");
+        assert!(f.buf.capacity() <= SHRINK_ABOVE, "{}", f.buf.capacity());
+        assert_eq!(f.next_frame().unwrap().unwrap().kind, FrameKind::Element);
+        assert_eq!(f.buffered(), b"<n></n>".len());
     }
 
     #[test]

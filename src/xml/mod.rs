@@ -1,15 +1,21 @@
-//! XML layer of dialbackd: the stream header, the stanza tree, the incremental stream reader and the
-//! stanza serialiser.
+//! XML layer of dialbackd: the stream header, the stanza tree, the push framer, the stream parser
+//! and reader, and the stanza serialiser.
 //!
 //! In scope:
-//! - [`StreamReader`]: turns the bytes of one XML stream (RFC 6120 §4) into [`StreamEvent`]s: the
+//! - [`Framer`]: cuts the stream header, each complete first-level element and the root end tag
+//!   out of the bytes as they arrive, whatever the split, and refuses while framing what it can see
+//!   on the bytes (comments, DOCTYPE, processing instructions; the per-element byte budget, depth,
+//!   name length, attributes and namespace declarations), before an element is buffered whole.
+//! - [`StreamParser`] (push: feed bytes, take events; no I/O) and [`StreamReader`] (the same over a
+//!   blocking `Read`): turn the bytes of one XML stream (RFC 6120 §4) into [`StreamEvent`]s: the
 //!   root start tag, one complete [`Element`] per first-level child (stanzas, `db:result`,
-//!   `stream:features`, `stream:error`…), and the root end tag. It enforces the restrictions of
-//!   RFC 6120 §11 (no DTD, no comments, no processing instructions, UTF-8 only) and size/depth limits,
-//!   and maps every failure to the stream error condition of RFC 6120 §4.9.3. The memory of each
-//!   element it builds is bounded by its size whatever its shape (8× its bytes plus 16 KiB; see the
-//!   reader's "Memory" section), and its byte budget can be lowered until the peer is authenticated
-//!   ([`StanzaBudget`]).
+//!   `stream:features`, `stream:error`…), and the root end tag. Each complete frame is parsed from
+//!   memory by the `xml` crate, which therefore never sees the end of its input or a WouldBlock
+//!   inside an element. They enforce the restrictions of RFC 6120 §11 (no DTD, no comments, no
+//!   processing instructions, UTF-8 only) and size/depth limits, and map every failure to the
+//!   stream error condition of RFC 6120 §4.9.3. The memory of each element they build is bounded
+//!   by its size whatever its shape (8× its bytes plus 16 KiB; see the reader's "Memory" section),
+//!   and its byte budget can be lowered until the peer is authenticated ([`StanzaBudget`]).
 //! - [`write_element`] / [`Element::to_bytes`]: serialise an element as a first-level child of our own
 //!   stream (RFC 6120 §4.8 namespace handling) so that it parses back to the same tree on any of our
 //!   streams (see the writer's "Fidelity" section), and [`StreamHeader::to_bytes`] for our stream
@@ -17,7 +23,8 @@
 //!
 //! Out of scope: validating the header (name, namespace, version, addresses — the stream layer does
 //! that), stream negotiation, stanza semantics, TLS, and anything about sockets except that
-//! [`StreamReader::into_inner`] hands back unparsed bytes for the STARTTLS restart (RFC 6120 §5.3.3).
+//! [`StreamReader::into_inner`] and [`StreamParser::unparsed`] hand back unparsed bytes for the
+//! STARTTLS restart (RFC 6120 §5.3.3).
 
 pub mod element;
 pub mod framer;

@@ -1,20 +1,31 @@
-//! Incremental, hardened reader for one XML stream (RFC 6120 §4): header, first-level elements, close.
+//! Hardened reader for one XML stream (RFC 6120 §4): header, first-level elements, close.
 //!
 //! In scope:
-//! - Pulling bytes from a blocking `Read` (a socket or TLS stream) and emitting each first-level
-//!   child of the stream root as soon as its end tag has been read, without waiting for more input
-//!   (the `xml` crate's lexer reads one byte at a time and never looks ahead past a `>`).
+//! - [`StreamParser`], the push side: bytes in ([`StreamParser::feed`], split anywhere), events
+//!   out ([`StreamParser::next_event`], `Ok(None)` when more bytes are needed), no I/O. A
+//!   [`Framer`] cuts each complete first-level element (and the header, and the root end tag) out
+//!   of the bytes; one `xml` crate parser per stream then parses it from memory: the framer hands
+//!   the parser only complete frames, so the parser never meets the end of its input (or a
+//!   WouldBlock, which the crate would turn into a permanent error) inside an element, and an
+//!   element comes out as soon as its last byte is fed. The crate reads one byte per `read` and
+//!   never looks past the `>` that completes an event, so the bytes after a frame stay unparsed.
+//! - [`StreamReader`], the pull side over a blocking `Read` (a socket or TLS stream): reads into a
+//!   [`StreamParser`] until it has an event, without waiting for anything after it.
 //! - The XML restrictions of RFC 6120 §11.1 (no DTD, comments or processing instructions other than
 //!   the XML declaration → `restricted-xml`), UTF-8 only (§11.6; any other encoding declaration is
 //!   not-well-formed), well-formedness and namespace well-formedness (§11.2, §11.3 →
-//!   `not-well-formed`), and resource limits (→ `policy-violation`, §4.9.3.14): a per-stanza byte
-//!   budget enforced below the parser (this also bounds CDATA sections and namespace-declaration
-//!   floods, which the parser's own limits do not cover), a nesting-depth limit, a limit on in-scope
-//!   namespace bindings, and the parser's own limits on names, attributes and entity expansion (none
-//!   allowed: no DTD means no custom entities).
+//!   `not-well-formed`), and resource limits (→ `policy-violation`, §4.9.3.14). The framer enforces
+//!   the restrictions and the limits it can see on the bytes as they arrive, before an element is
+//!   buffered whole: the per-stanza byte budget (this also bounds CDATA sections and
+//!   namespace-declaration floods, which the parser's own limits do not cover), the nesting depth,
+//!   name length, attributes and namespace declarations per start tag (see [`super::framer`]). The
+//!   parser adds the limits on in-scope namespace bindings, the tree memory (below) and its own
+//!   limits on names, attributes and entity expansion (none allowed: no DTD means no custom
+//!   entities).
 //! - Memory bounded by size, whatever the shape (see "Memory" below).
-//! - Handing back unparsed bytes on [`StreamReader::into_inner`] for the STARTTLS check (RFC 6120
-//!   §5.3.3, §5.4.3.3: the stream is restarted on a new reader after the TLS handshake).
+//! - Handing back unparsed bytes ([`StreamParser::unparsed`], [`StreamReader::into_inner`]) for the
+//!   STARTTLS check (RFC 6120 §5.3.3, §5.4.3.3: the stream is restarted on a new reader after the
+//!   TLS handshake).
 //!
 //! Out of scope: validating the stream header or the elements (the stream layer does that), writing,
 //! timeouts (set them on the socket; they surface as [`XmlError::Io`]).
@@ -22,7 +33,7 @@
 //! # Memory
 //! The tree of one first-level element costs at most [`TREE_FACTOR`] (8) times its wire bytes plus
 //! [`TREE_ALLOWANCE`] (16 KiB), whatever its shape; a larger one is a policy violation, found while it
-//! is being read (the check runs after every node added, against the bytes read so far). The cost
+//! is being parsed (the check runs after every node added, against the bytes parsed so far). The cost
 //! counted ([`tree_bytes`]) is what the allocator hands out: every `String`/`Vec` capacity rounded
 //! to a glibc chunk (at least 32 bytes, 16-byte steps, 8 bytes of header), every child slot
 //! (`size_of::<Node>()`), and each namespace URI allocation once (namespaces are shared [`Ns`]
@@ -30,8 +41,8 @@
 //! - namespace URIs are shared, not copied per element (the `xml` crate copies them per event; we
 //!   keep one `Arc` per distinct URI);
 //! - at most [`MAX_ELEMENTS_PER_STANZA`] elements per first-level element, [`MAX_ATTRIBUTES`]
-//!   attributes and [`MAX_DECLARATIONS_PER_ELEMENT`] namespace declarations per element (the
-//!   declarations are counted on the bytes, before the crate stores them), namespace URIs of at most
+//!   attributes and [`MAX_DECLARATIONS_PER_ELEMENT`] namespace declarations per element (both
+//!   counted by the framer on the bytes, before the crate stores them), namespace URIs of at most
 //!   [`MAX_NAMESPACE_URI_LENGTH`] bytes and at most [`MAX_NAMESPACES_IN_SCOPE`] bindings and
 //!   [`MAX_NAMESPACE_BYTES_IN_SCOPE`] bytes of URIs in scope: the crate copies the whole in-scope
 //!   map into every start-tag event, so these bound that transient cost to a few KiB per element;
@@ -39,6 +50,9 @@
 //!   ([`StreamReader::set_max_stanza_bytes`], or a [`StanzaBudget`] shared with the thread that
 //!   knows): the stream layer starts with `limits.pre_auth_stanza_size` and raises it to
 //!   `limits.stanza_size` once the peer is authenticated.
+//!
+//! The bytes themselves: the framer holds at most the element being cut plus one feed (8 KiB per
+//! read for [`StreamReader`]), and gives back a big buffer once the element has been parsed.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -69,9 +83,8 @@ pub const MAX_NAMESPACE_BYTES_IN_SCOPE: usize = 4096;
 /// Longest namespace URI, in bytes (the longest XMPP namespaces are under 64 bytes).
 pub const MAX_NAMESPACE_URI_LENGTH: usize = 1024;
 
-/// Most namespace declarations (`xmlns` and `xmlns:p` attributes) on one start tag. Counted on the
-/// bytes before the parser sees them: any `xmlns` outside a quoted value inside a start tag counts,
-/// so an attribute *name* containing "xmlns" counts too (harmless: no XMPP attribute is so named).
+/// Most namespace declarations (`xmlns` and `xmlns:p` attributes) on one start tag. Counted by the
+/// framer on the bytes, before the parser sees them.
 pub const MAX_DECLARATIONS_PER_ELEMENT: usize = 16;
 
 /// Most elements in one first-level element, itself included.
@@ -114,11 +127,11 @@ impl Default for Limits {
     }
 }
 
-/// The per-first-level-element byte budget in force on a [`StreamReader`], which another thread may
-/// change while the reader is blocked: the stream's protocol side lowers it before the peer is
-/// authenticated and raises it after. The reader reads it on every read from the transport, so a new
-/// value applies at once (to the rest of the element being read, too). It never exceeds the reader's
-/// [`Limits::max_stanza_bytes`].
+/// The per-first-level-element byte budget in force on a [`StreamReader`] or [`StreamParser`], which
+/// another thread may change while the reader is blocked: the stream's protocol side lowers it
+/// before the peer is authenticated and raises it after. The framer reads it every time it looks
+/// for a frame (after every read from the transport), so a new value applies at once (to the rest
+/// of the element being read, too). It never exceeds the reader's [`Limits::max_stanza_bytes`].
 #[derive(Clone, Debug)]
 pub struct StanzaBudget(Arc<AtomicUsize>);
 
@@ -1426,6 +1439,70 @@ mod tests {
             assert!(buffered.is_empty());
             assert_eq!(t.pos, t.data.len());
         });
+    }
+
+    /// RFC 6120 §5.3.3, §5.4.3.3: whatever follows the STARTTLS element (injected plaintext, a
+    /// TLS record sent early, part of an element) is handed back byte for byte and never parsed,
+    /// wherever the reads split the stream.
+    #[test]
+    fn starttls_leftover_at_every_split() {
+        let st = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+        let st_long = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'></starttls>";
+        let cases: [(&str, &[u8]); 5] = [
+            (st, b"<message to='x'/>"),
+            (st_long, b" <iq type='get' id='1'><query/></iq><mess"),
+            (st, b""),
+            (st, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            (st_long, b"<!-- <?pi?> </stream:stream>"),
+        ];
+        for (starttls, after) in cases {
+            let mut input = format!("{HEADER}{starttls}").into_bytes();
+            input.extend_from_slice(after);
+            // The push side, fed in two pieces split at every byte.
+            for k in 0..=input.len() {
+                let mut p = StreamParser::new(Limits::default());
+                p.feed(&input[..k]);
+                let mut fed = k;
+                let mut events = 0;
+                let leftover = loop {
+                    match p.next_event().unwrap() {
+                        Some(StreamEvent::Header(_)) => events += 1,
+                        Some(StreamEvent::Element(e)) => {
+                            assert!(e.is("starttls", TLS_NS));
+                            events += 1;
+                            let mut rest = p.unparsed().to_vec();
+                            rest.extend_from_slice(&input[fed..]);
+                            break rest;
+                        }
+                        Some(StreamEvent::Close) => panic!("close"),
+                        None => {
+                            assert!(fed < input.len(), "starttls never came out (split {k})");
+                            p.feed(&input[fed..]);
+                            fed = input.len();
+                        }
+                    }
+                };
+                assert_eq!(events, 2);
+                assert_eq!(leftover, after, "split at {k}");
+            }
+            // The pull side over a transport returning 1, 7 or 4096 bytes per read.
+            for chunks in [&[1usize][..], &[7], &[4096]] {
+                let mut r = super::StreamReader::new(
+                    Trickle {
+                        data: input.clone(),
+                        pos: 0,
+                        chunks: chunks.to_vec(),
+                        call: 0,
+                    },
+                    Limits::default(),
+                );
+                assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
+                assert!(matches!(r.next_event(), Ok(StreamEvent::Element(_))));
+                let (t, mut leftover) = r.into_inner();
+                leftover.extend_from_slice(&t.data[t.pos..]);
+                assert_eq!(leftover, after, "{chunks:?}");
+            }
+        }
     }
 
     #[test]
