@@ -559,7 +559,11 @@ impl StreamParser {
     /// Add `cost` bytes to the current tree and check it against the bytes parsed so far.
     fn account(&mut self, cost: usize) -> Result<(), Failure> {
         self.tree = self.tree.saturating_add(cost);
-        let wire = self.parser.source().read_offset() - self.counted_from;
+        let wire = self
+            .parser
+            .source()
+            .read_offset()
+            .saturating_sub(self.counted_from);
         let allowed = wire
             .saturating_mul(TREE_FACTOR)
             .saturating_add(TREE_ALLOWANCE);
