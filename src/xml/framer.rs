@@ -227,127 +227,9 @@ impl Framer {
         // The budget: the frame being cut may use buf[released..stop].
         let stop = self.released.saturating_add(limit).min(self.buf.len());
         while self.scan < stop {
-            let i = self.scan;
-            let b = self.buf[i];
+            let b = self.buf[self.scan];
             self.scan += 1;
-            let ended = match self.lex {
-                Lex::Text => {
-                    if self.depth == 0 {
-                        self.before_root(b)?;
-                    } else if b == b'<' {
-                        self.open(i);
-                    } else if let Some(k) =
-                        self.buf[self.scan..stop].iter().position(|&c| c == b'<')
-                    {
-                        // Text or whitespace: skip to the next markup.
-                        self.scan += k + 1;
-                        self.open(self.scan - 1);
-                    } else {
-                        self.scan = stop;
-                    }
-                    None
-                }
-                Lex::Open => self.opened(b)?,
-                Lex::StartName => match b {
-                    b'>' => self.start_tag_end(false)?,
-                    b'/' => {
-                        self.lex = Lex::Slash;
-                        None
-                    }
-                    _ if is_space(b) => {
-                        self.lex = Lex::Attrs;
-                        None
-                    }
-                    _ => {
-                        self.name_byte()?;
-                        None
-                    }
-                },
-                Lex::Attrs => self.attrs_byte(b)?,
-                Lex::AttrName(m) => {
-                    if is_name_end(b) {
-                        self.attr_end(m)?;
-                        self.attrs_byte(b)?
-                    } else {
-                        self.name_byte()?;
-                        self.lex = Lex::AttrName(match m {
-                            0..=5 if b == b"xmlns:"[usize::from(m)] => m + 1,
-                            6 => 6,
-                            _ => u8::MAX,
-                        });
-                        None
-                    }
-                }
-                Lex::Quoted(q) => {
-                    match self.buf[i..stop].iter().position(|&c| c == q) {
-                        Some(k) => {
-                            self.scan = i + k + 1;
-                            self.lex = Lex::Attrs;
-                        }
-                        None => self.scan = stop,
-                    }
-                    None
-                }
-                Lex::Slash => {
-                    if b == b'>' {
-                        self.start_tag_end(true)?
-                    } else {
-                        // Not well-formed; the parser will say so. Keep framing.
-                        self.lex = Lex::Attrs;
-                        self.attrs_byte(b)?
-                    }
-                }
-                Lex::EndTag => {
-                    if b == b'>' {
-                        self.end_tag_end()
-                    } else {
-                        if !is_space(b) {
-                            self.name_byte()?;
-                        }
-                        None
-                    }
-                }
-                Lex::Bang(m) => {
-                    self.bang(m, b)?;
-                    None
-                }
-                Lex::CData(m) => {
-                    self.lex = match (m, b) {
-                        (2, b'>') => Lex::Text,
-                        (_, b']') => Lex::CData((m + 1).min(2)),
-                        _ => match self.buf[self.scan..stop].iter().position(|&c| c == b']') {
-                            Some(k) => {
-                                self.scan += k;
-                                Lex::CData(0)
-                            }
-                            None => {
-                                self.scan = stop;
-                                Lex::CData(0)
-                            }
-                        },
-                    };
-                    None
-                }
-                Lex::Pi(m) => {
-                    if m < 3 && b == b"xml"[usize::from(m)] {
-                        self.lex = Lex::Pi(m + 1);
-                    } else if m == 3 && is_space(b) {
-                        self.lex = Lex::Decl(false);
-                    } else {
-                        return Err(pi());
-                    }
-                    None
-                }
-                Lex::Decl(q) => {
-                    self.lex = match b {
-                        b'>' if q => Lex::Text,
-                        b'?' => Lex::Decl(true),
-                        _ => Lex::Decl(false),
-                    };
-                    None
-                }
-            };
-            if let Some(kind) = ended {
+            if let Some(kind) = self.step(b, stop)? {
                 let span = self.base + self.lt..self.base + self.scan;
                 self.released = self.scan;
                 return Ok(Some(Frame { kind, span }));
@@ -359,6 +241,84 @@ impl Framer {
             )));
         }
         Ok(None)
+    }
+
+    /// Take byte `b` (just before `scan`); in text, quoted values and CDATA sections, skip ahead
+    /// (up to `stop`) to the next byte that matters. Returns the kind of the frame it completes.
+    fn step(&mut self, b: u8, stop: usize) -> Result<Option<FrameKind>, XmlError> {
+        match self.lex {
+            Lex::Text if self.depth == 0 => self.before_root(b)?,
+            Lex::Text => {
+                if b == b'<' {
+                    self.open(self.scan - 1);
+                } else if self.skip_to(b'<', stop) {
+                    self.scan += 1;
+                    self.open(self.scan - 1);
+                }
+            }
+            Lex::Open => return self.opened(b),
+            Lex::StartName => match b {
+                b'>' => return self.start_tag_end(false),
+                b'/' => self.lex = Lex::Slash,
+                _ if is_space(b) => self.lex = Lex::Attrs,
+                _ => self.name_byte()?,
+            },
+            Lex::Attrs => return self.attrs_byte(b),
+            Lex::AttrName(m) if is_name_end(b) => {
+                self.attr_end(m)?;
+                return self.attrs_byte(b);
+            }
+            Lex::AttrName(m) => {
+                self.name_byte()?;
+                self.lex = Lex::AttrName(match m {
+                    0..=5 if b == b"xmlns:"[usize::from(m)] => m + 1,
+                    6 => 6,
+                    _ => u8::MAX,
+                });
+            }
+            Lex::Quoted(q) if b == q => self.lex = Lex::Attrs,
+            Lex::Quoted(q) => {
+                if self.skip_to(q, stop) {
+                    self.scan += 1;
+                    self.lex = Lex::Attrs;
+                }
+            }
+            Lex::Slash if b == b'>' => return self.start_tag_end(true),
+            Lex::Slash => {
+                // Not well-formed; the parser will say so. Keep framing.
+                return self.attrs_byte(b);
+            }
+            Lex::EndTag if b == b'>' => return Ok(self.end_tag_end()),
+            Lex::EndTag if is_space(b) => {}
+            Lex::EndTag => self.name_byte()?,
+            Lex::Bang(m) => self.bang(m, b)?,
+            Lex::CData(2) if b == b'>' => self.lex = Lex::Text,
+            Lex::CData(m) if b == b']' => self.lex = Lex::CData((m + 1).min(2)),
+            Lex::CData(_) => {
+                self.lex = Lex::CData(0);
+                self.skip_to(b']', stop);
+            }
+            Lex::Pi(m) if m < 3 && b == b"xml"[usize::from(m)] => self.lex = Lex::Pi(m + 1),
+            Lex::Pi(3) if is_space(b) => self.lex = Lex::Decl(false),
+            Lex::Pi(_) => return Err(pi()),
+            Lex::Decl(true) if b == b'>' => self.lex = Lex::Text,
+            Lex::Decl(_) => self.lex = Lex::Decl(b == b'?'),
+        }
+        Ok(None)
+    }
+
+    /// Move `scan` to the next `byte` before `stop` (true) or to `stop` (false).
+    fn skip_to(&mut self, byte: u8, stop: usize) -> bool {
+        match self.buf[self.scan..stop].iter().position(|&c| c == byte) {
+            Some(k) => {
+                self.scan += k;
+                true
+            }
+            None => {
+                self.scan = stop;
+                false
+            }
+        }
     }
 
     /// A byte before the root: whitespace, the XML declaration at the very start, or the root's `<`.
