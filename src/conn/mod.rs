@@ -514,6 +514,9 @@ impl Worker {
     fn feed(&mut self, ev: Event) {
         let actions = self.core.handle(ev);
         self.sync_budget();
+        // Count a failed component handshake before the close we write lets the peer try
+        // again (and again after: executing may have fed more events).
+        self.caps_after_feed();
         self.execute(actions);
         self.caps_after_feed();
     }
