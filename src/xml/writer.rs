@@ -115,8 +115,9 @@ fn classify_attr(key: &str) -> Option<AttrName<'_>> {
     if let Some(local) = key.strip_prefix("xml:") {
         return is_simple_name(local).then_some(AttrName::Plain(key));
     }
-    if key.starts_with("xmlns") {
-        // "xmlns" and "xmlns:*" are namespace declarations, which the writer generates itself.
+    if key == "xmlns" || key.starts_with("xmlns:") {
+        // "xmlns" and "xmlns:*" are namespace declarations, which the writer generates itself
+        // (other names that merely start with "xmlns", like "xmlnsto", are plain attributes).
         return None;
     }
     is_simple_name(key).then_some(AttrName::Plain(key))
@@ -264,6 +265,21 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&bytes)
         );
+    }
+
+    #[test]
+    fn attributes_named_like_xmlns_are_kept() {
+        // Found by the serializer_roundtrip fuzz target: `xmlnsto` was dropped as if it were a
+        // namespace declaration.
+        let el = parse_under(SERVER_NS, b"<presence xmlnsto='v@a.test' xmlns1='x'/>").remove(0);
+        assert_eq!(el.attr("xmlnsto"), Some("v@a.test"));
+        assert_eq!(s(&el), "<presence xmlnsto='v@a.test' xmlns1='x'/>");
+        round_trip(&el);
+        // Real declarations are still never copied from the tree.
+        let decl = Element::new("x", "urn:x")
+            .with_attr("xmlns", "urn:evil")
+            .with_attr("xmlns:db", "urn:evil");
+        assert_eq!(s(&decl), "<x xmlns='urn:x'/>");
     }
 
     #[test]
