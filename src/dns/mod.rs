@@ -497,12 +497,21 @@ fn srv_records(qname: &Name, records: &[Record]) -> Vec<SrvRecord> {
         .iter()
         .filter(|r| owners.contains(&r.name))
         .filter_map(|r| match &r.data {
-            RData::SRV(s) => Some(SrvRecord {
-                priority: s.priority,
-                weight: s.weight,
-                port: s.port,
-                target: name_to_string(&s.target),
-            }),
+            RData::SRV(s) => {
+                let target = name_to_string(&s.target);
+                // The target must be a host name we can look up (RFC 2782); a label holding
+                // escaped bytes ("\000", "\.") is not one.
+                if target != "." && to_name(&target).is_err() {
+                    log::debug!("dns: {qname}: skipping SRV target {target:?}: not a host name");
+                    return None;
+                }
+                Some(SrvRecord {
+                    priority: s.priority,
+                    weight: s.weight,
+                    port: s.port,
+                    target,
+                })
+            }
             _ => None,
         })
         .collect()
@@ -761,6 +770,37 @@ mod tests {
                 check(&w);
             }
         }
+    }
+
+    /// Found by the dns_message fuzz target: a target whose labels hold bytes a host name
+    /// cannot (here a 0 byte and a literal dot) came out in escaped form ("x\000y.z\.")
+    /// and was handed on as a host to connect to. Such records are skipped.
+    #[test]
+    fn srv_targets_that_are_not_host_names_are_skipped() {
+        use hickory_proto::rr::rdata::SRV;
+        let qname = Name::from_ascii("_xmpp-server._tcp.example.test.").unwrap();
+        let bad = Name::from_labels(vec![&b"x\0y"[..], &b"z."[..]]).unwrap();
+        let good = Name::from_ascii("XMPP.example.test.").unwrap();
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(qname.clone(), RecordType::SRV));
+        for target in [bad, good, Name::root()] {
+            let srv = RData::SRV(SRV::new(1, 2, 5269, target));
+            m.add_answer(Record::from_rdata(qname.clone(), 60, srv));
+        }
+        let wire = m.to_vec().unwrap();
+        let reply = read_reply(&wire, 7, "_xmpp-server._tcp.example.test", RecordType::SRV);
+        let Ok(Reply::Srv { nxdomain, records }) = reply else {
+            panic!("{reply:?}");
+        };
+        assert!(!nxdomain);
+        let targets: Vec<&str> = records.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(targets, ["xmpp.example.test", "."]);
+        // The datagram of another query is ignored; a non-ASCII name is refused.
+        assert_eq!(
+            read_reply(&wire, 8, "_xmpp-server._tcp.example.test", RecordType::SRV).unwrap(),
+            Reply::Ignored
+        );
+        assert!(read_reply(&wire, 7, "bücher.test", RecordType::SRV).is_err());
     }
 
     #[test]
