@@ -102,7 +102,8 @@ fn is_simple_name(s: &str) -> bool {
 
 fn classify_attr(key: &str) -> Option<AttrName<'_>> {
     if let Some(rest) = key.strip_prefix('{') {
-        let (ns, local) = rest.split_once('}')?;
+        // A namespace URI may contain '}', a local name (an NCName) cannot: split at the last.
+        let (ns, local) = rest.rsplit_once('}')?;
         if !is_simple_name(local) || ns.is_empty() {
             return None;
         }
@@ -280,6 +281,16 @@ mod tests {
             .with_attr("xmlns", "urn:evil")
             .with_attr("xmlns:db", "urn:evil");
         assert_eq!(s(&decl), "<x xmlns='urn:x'/>");
+    }
+
+    #[test]
+    fn attribute_namespace_with_closing_brace() {
+        // Found by the serializer_roundtrip fuzz target: the key `{ur}n:p}x` was split at the
+        // first '}' and the attribute dropped.
+        let el = parse_under(SERVER_NS, b"<message xmlns:p='ur}n:p' p:x='1'/>").remove(0);
+        assert_eq!(el.attr("{ur}n:p}x"), Some("1"));
+        assert_eq!(s(&el), "<message xmlns:ns0='ur}n:p' ns0:x='1'/>");
+        round_trip(&el);
     }
 
     #[test]
