@@ -294,6 +294,15 @@ impl<R: Read> StreamReader<R> {
                             "more than {MAX_NAMESPACES_IN_SCOPE} namespace bindings in scope"
                         )));
                     }
+                    let bad_name = std::iter::once(&name.local_name)
+                        .chain(attributes.iter().map(|a| &a.name.local_name))
+                        .find(|local| !valid_local_name(local));
+                    if let Some(local) = bad_name {
+                        return Err(Failure::NotWellFormed(format!(
+                            "invalid local name {:?}",
+                            truncate(local)
+                        )));
+                    }
                     if let State::BeforeHeader = self.state {
                         self.state = State::Open;
                         self.reset_budget();
@@ -383,6 +392,17 @@ fn truncate(s: &str) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
+}
+
+/// Whether `local`, the part of a name after its prefix, starts as a name must (Namespaces in
+/// XML 1.0 §3: an NCName). The parser checks only the first character of the whole qualified
+/// name, so it lets `p:1x`, `p:.x` or `p:-x` through, which no conforming parser accepts and
+/// which our writer would then write unprefixed as `<1x …>`.
+fn valid_local_name(local: &str) -> bool {
+    local
+        .chars()
+        .next()
+        .is_some_and(|c| c != ':' && xml::common::is_name_start_char(c))
 }
 
 fn make_header(
@@ -939,6 +959,35 @@ mod tests {
         let (t, buffered) = r.into_inner();
         assert!(buffered.is_empty());
         assert_eq!(t.pos, t.data.len());
+    }
+
+    #[test]
+    fn local_names_after_a_prefix_are_checked() {
+        // Found by the serializer_roundtrip fuzz target: `q:.x` was accepted, and the writer
+        // then dropped the attribute (for an element, wrote a name no parser accepts).
+        for body in [
+            "<p:1x xmlns:p='urn:p'/>",
+            "<p:.x xmlns:p='urn:p'/>",
+            "<message><p:-x xmlns:p='urn:p'/></message>",
+            "<message xmlns:p='urn:p' p:.x='1'/>",
+            "<message xmlns:p='urn:p' p:\u{b7}x='1'/>",
+        ] {
+            assert_eq!(
+                cond(&format!("{HEADER}{body}")),
+                Some("not-well-formed"),
+                "{body}"
+            );
+        }
+        let header = format!("<stream:.stream xmlns:stream='{STREAM_NS}'>");
+        assert_eq!(cond(&header), Some("not-well-formed"));
+        let input = format!("{HEADER}<p:x xmlns:p='urn:p' p:_a='1' p:\u{e9}b='2'/>");
+        let (evs, _) = events_after_header(&mut reader(&input));
+        let StreamEvent::Element(x) = &evs[0] else {
+            panic!("{evs:?}")
+        };
+        assert!(x.is("x", "urn:p"));
+        assert_eq!(x.attr("{urn:p}_a"), Some("1"));
+        assert_eq!(x.attr("{urn:p}\u{e9}b"), Some("2"));
     }
 
     #[test]
