@@ -28,7 +28,9 @@ fn main() {
             let after = fuzz_checks::REACHED
                 .each_ref()
                 .map(|r| r.load(Ordering::Relaxed));
-            let hit: Vec<usize> = (0..4).filter(|&i| after[i] > before[i]).collect();
+            let hit: Vec<usize> = (0..fuzz_checks::REACHED.len())
+                .filter(|&i| after[i] > before[i])
+                .collect();
             if !hit.is_empty() {
                 println!(
                     "{} {} {:?}",
