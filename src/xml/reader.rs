@@ -1000,7 +1000,11 @@ mod tests {
     fn parser_messages_are_bounded() {
         // Found by the xml_reader fuzz target: the parser quotes the input in its messages
         // (here a 2000-character XML version), which went unbounded into logs.
-        let input = format!("<?xml version='1.0_{}'?>{}", "x".repeat(2000), &HEADER[21..]);
+        let input = format!(
+            "<?xml version='1.0_{}'?>{}",
+            "x".repeat(2000),
+            &HEADER[21..]
+        );
         let e = first_error(&input);
         assert_eq!(e.condition(), Some("not-well-formed"));
         assert!(e.to_string().chars().count() < 300, "{e}");
