@@ -379,6 +379,22 @@ fn attr_domain(e: &Element, a: &str) -> Option<Domain> {
     e.attr(a).and_then(|v| Domain::parse(v).ok())
 }
 
+/// RFC 6120 §4.9.1.1: our stream header precedes our stream error, also when the error comes
+/// before the peer's header was complete (a timeout, a shutdown). Fixed on the `streams` branch
+/// (issue 8, item 5); set to true once that is merged.
+const HEADER_BEFORE_ERROR: bool = false;
+
+/// Our header (inbound and component streams) comes first in its batch, and either answers the
+/// peer's header (or a broken one), or is the header sent just before closing a stream that
+/// had none yet.
+fn header_ok(i: usize, fed: &Fed, header_sent: bool, actions: &[Action]) {
+    let answers = matches!(fed, Fed::Header(_) | Fed::Broken(_));
+    assert!(
+        i == 0 && (answers || (!header_sent && close_is_last(actions))),
+        "{fed:?} → {actions:?}"
+    );
+}
+
 /// `Close`, when present, is the last action of a batch.
 fn close_is_last(actions: &[Action]) -> bool {
     match actions.iter().position(|a| matches!(a, Action::Close(_))) {
@@ -411,6 +427,7 @@ pub fn core_incoming(data: &[u8]) {
     let mut verified: Vec<(Domain, Domain)> = Vec::new();
     let mut tls_started = false;
     let mut closed = false;
+    let mut header_sent = false;
     for _ in 0..MAX_EVENTS {
         if input.is_empty() {
             break;
@@ -448,15 +465,16 @@ pub fn core_incoming(data: &[u8]) {
         };
         for (i, a) in actions.iter().enumerate() {
             match a {
-                Action::Close(_) => {
+                Action::Close(err) => {
                     assert!(close_is_last(&actions), "{actions:?}");
+                    if HEADER_BEFORE_ERROR && err.is_some() {
+                        assert!(header_sent, "stream error before our header: {fed:?}");
+                    }
                     closed = true;
                 }
                 Action::SendHeader(_) => {
-                    assert!(
-                        i == 0 && matches!(fed, Fed::Header(_) | Fed::Broken(_)),
-                        "{fed:?} → {actions:?}"
-                    );
+                    header_ok(i, &fed, header_sent, &actions);
+                    header_sent = true;
                 }
                 Action::Send(e) if e.is("features", STREAM_NS) => {
                     assert!(matches!(fed, Fed::Header(_)));
@@ -476,6 +494,7 @@ pub fn core_incoming(data: &[u8]) {
                         matches!(actions.get(i.wrapping_sub(1)), Some(Action::Send(p)) if p.is("proceed", TLS_NS))
                     );
                     tls_started = true;
+                    header_sent = false; // a new stream begins after the handshake
                 }
                 Action::Send(e) if is_db(e, "result") => {
                     let (Some(l), Some(r)) = (attr_domain(e, "from"), attr_domain(e, "to")) else {
@@ -799,6 +818,7 @@ pub fn core_component(data: &[u8]) {
     let mut registering: Option<Domain> = None;
     let mut open = false;
     let mut closed = false;
+    let mut header_sent = false;
     for _ in 0..MAX_EVENTS {
         if input.is_empty() {
             break;
@@ -828,13 +848,17 @@ pub fn core_component(data: &[u8]) {
                 );
             }
             match a {
-                Action::Close(_) => {
+                Action::Close(err) => {
                     assert!(close_is_last(&actions), "{actions:?}");
+                    if HEADER_BEFORE_ERROR && err.is_some() {
+                        assert!(header_sent, "stream error before our header: {fed:?}");
+                    }
                     closed = true;
                 }
                 Action::SendHeader(h) => {
+                    header_ok(i, &fed, header_sent, &actions);
+                    header_sent = true;
                     let Fed::Header(fh) = &fed else {
-                        assert!(i == 0 && matches!(fed, Fed::Broken(_)), "{fed:?}");
                         continue;
                     };
                     assert_eq!(h.default_ns.as_deref(), Some(COMPONENT_NS));
