@@ -57,6 +57,14 @@ install:
 	fi
 	test -f $(DESTDIR)/etc/dialbackd/dialbackd.toml || { install -m 0640 etc/dialbackd.toml $(DESTDIR)/etc/dialbackd/dialbackd.toml && if [ -z "$(DESTDIR)" ]; then chgrp dialbackd /etc/dialbackd/dialbackd.toml; fi; }
 
+# Fuzzing (needs cargo-fuzz: `cargo install cargo-fuzz --locked`; stable toolchain, no
+# sanitizer): every target in fuzz/ for FUZZ_SECONDS each (default 60), one after another,
+# from the committed seeds; prints runs and findings and fails on any. See fuzz/run.sh.
+.PHONY: fuzz
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
 clean:
 	cargo clean
 

@@ -197,21 +197,7 @@ impl Resolver {
             Answer::NxDomain => return Ok(Vec::new()),
             Answer::Records(r) => r,
         };
-        let owners = owner_chain(&qname, &records);
-        let out = records
-            .iter()
-            .filter(|r| owners.contains(&r.name))
-            .filter_map(|r| match &r.data {
-                RData::SRV(s) => Some(SrvRecord {
-                    priority: s.priority,
-                    weight: s.weight,
-                    port: s.port,
-                    target: name_to_string(&s.target),
-                }),
-                _ => None,
-            })
-            .collect();
-        Ok(out)
+        Ok(srv_records(&qname, &records))
     }
 
     /// A and AAAA addresses of `host` (IPv4 first, then IPv6). NXDOMAIN/NODATA
@@ -250,16 +236,7 @@ impl Resolver {
             Answer::NxDomain => return Ok(Vec::new()),
             Answer::Records(r) => r,
         };
-        let owners = owner_chain(qname, &records);
-        Ok(records
-            .iter()
-            .filter(|r| owners.contains(&r.name))
-            .filter_map(|r| match (&r.data, rtype) {
-                (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
-                (RData::AAAA(a), RecordType::AAAA) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            })
-            .collect())
+        Ok(address_records(qname, &records, rtype))
     }
 
     /// Where to connect for S2S traffic to `domain`, in the order to try
@@ -296,31 +273,7 @@ impl Resolver {
                 Vec::new()
             }
         };
-        let plain_refused = plain.len() == 1 && plain[0].target == ".";
-
-        let mut set: Vec<(SrvRecord, bool)> = plain.into_iter().map(|r| (r, false)).collect();
-        set.extend(tls.into_iter().map(|r| (r, true)));
-        let ordered = order_by(set, |(r, _)| r, &mut system_rand);
-        if ordered.is_empty() {
-            if plain_refused {
-                log::debug!("dns: {domain}: SRV target \".\": no XMPP service");
-                return Err(DnsError::NoService);
-            }
-            log::debug!("dns: {domain}: no SRV records, using {domain}:{DEFAULT_S2S_PORT}");
-            return Ok(vec![Target {
-                host: domain,
-                port: DEFAULT_S2S_PORT,
-                direct_tls: false,
-            }]);
-        }
-        Ok(ordered
-            .into_iter()
-            .map(|(r, direct_tls)| Target {
-                host: r.target,
-                port: r.port,
-                direct_tls,
-            })
-            .collect())
+        s2s_targets(domain, plain, tls, &mut system_rand)
     }
 
     /// One query with retries over all nameservers and a hard deadline.
@@ -336,10 +289,9 @@ impl Resolver {
                 }
                 let deadline = (now + self.timeout).min(overall);
                 match self.exchange(ns, qname, rtype, deadline) {
-                    Ok(msg) => match msg.metadata.response_code {
-                        ResponseCode::NoError => return Ok(Answer::Records(msg.answers)),
-                        ResponseCode::NXDomain => return Ok(Answer::NxDomain),
-                        rc => {
+                    Ok(msg) => match answer_of(msg) {
+                        Ok(answer) => return Ok(answer),
+                        Err(rc) => {
                             log::debug!("dns: {ns}: {qname} {rtype}: rcode {rc}");
                             last = DnsError::ServerFailure(format!("{rc} from {ns}"));
                         }
@@ -397,27 +349,190 @@ impl Resolver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(DnsError::Io(e)),
             };
-            let data = &buf[..n];
-            match Message::from_vec(data) {
-                Ok(resp) if matches_query(&resp, id, qname, rtype) => {
-                    if resp.metadata.truncation {
-                        log::debug!("dns: {ns}: {qname} {rtype}: truncated, retrying over TCP");
-                        return tcp_exchange(ns, &wire, id, qname, rtype, deadline);
-                    }
-                    return Ok(resp);
+            match classify_datagram(&buf[..n], id, qname, rtype) {
+                Datagram::Answer(resp) => return Ok(resp),
+                Datagram::Truncated => {
+                    log::debug!("dns: {ns}: {qname} {rtype}: truncated, retrying over TCP");
+                    return tcp_exchange(ns, &wire, id, qname, rtype, deadline);
                 }
-                Ok(_) => log::debug!("dns: {ns}: ignoring non-matching answer"),
-                Err(e) => {
-                    // A truncated answer may not decode; its header still tells.
-                    if truncated_header(data, id) {
-                        log::debug!("dns: {ns}: undecodable truncated answer, retrying over TCP");
-                        return tcp_exchange(ns, &wire, id, qname, rtype, deadline);
-                    }
-                    log::debug!("dns: {ns}: ignoring undecodable datagram: {e}");
-                }
+                Datagram::Ignore(why) => log::debug!("dns: {ns}: ignoring {why}"),
             }
         }
     }
+}
+
+/// How [`Resolver::resolve_s2s`] turns the `_xmpp-server` (`plain`) and `_xmpps-server` (`tls`)
+/// records of `domain` (normalised) into the targets to try, with `rand` as in [`order_srv`]:
+/// one RFC 2782 set; a lone `"."` plain record and nothing usable gives [`DnsError::NoService`];
+/// no usable record at all gives the `domain:5269` fallback.
+pub fn s2s_targets(
+    domain: String,
+    plain: Vec<SrvRecord>,
+    tls: Vec<SrvRecord>,
+    rand: &mut dyn FnMut(u32) -> u32,
+) -> Result<Vec<Target>, DnsError> {
+    let plain_refused = plain.len() == 1 && plain[0].target == ".";
+
+    let mut set: Vec<(SrvRecord, bool)> = plain.into_iter().map(|r| (r, false)).collect();
+    set.extend(tls.into_iter().map(|r| (r, true)));
+    let ordered = order_by(set, |(r, _)| r, rand);
+    if ordered.is_empty() {
+        if plain_refused {
+            log::debug!("dns: {domain}: SRV target \".\": no XMPP service");
+            return Err(DnsError::NoService);
+        }
+        log::debug!("dns: {domain}: no SRV records, using {domain}:{DEFAULT_S2S_PORT}");
+        return Ok(vec![Target {
+            host: domain,
+            port: DEFAULT_S2S_PORT,
+            direct_tls: false,
+        }]);
+    }
+    Ok(ordered
+        .into_iter()
+        .map(|(r, direct_tls)| Target {
+            host: r.target,
+            port: r.port,
+            direct_tls,
+        })
+        .collect())
+}
+
+/// What a lookup makes of one reply datagram: the socket-free part of [`Resolver`], for tests
+/// and the `dns_message` fuzz target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Not an answer to the query (id, question, type or class differ) or undecodable and not
+    /// truncated: ignored, the resolver waits for another datagram.
+    Ignored,
+    /// Our answer, truncated: the resolver asks again over TCP.
+    Truncated,
+    /// NXDOMAIN (`nxdomain`), or NOERROR with these records of the query's type owned by the
+    /// query name or its CNAME chain (empty for NODATA).
+    Srv {
+        /// The answer was NXDOMAIN (then `records` is empty).
+        nxdomain: bool,
+        /// The SRV records, in answer order.
+        records: Vec<SrvRecord>,
+    },
+    /// As `Srv`, for an A or AAAA query.
+    Addresses {
+        /// The answer was NXDOMAIN (then `addresses` is empty).
+        nxdomain: bool,
+        /// The addresses, in answer order.
+        addresses: Vec<IpAddr>,
+    },
+    /// Another rcode (SERVFAIL, REFUSED…): the resolver tries the next server.
+    Failure(String),
+}
+
+/// Decode `data` as the reply to query `id` for `name` and `rtype` (SRV, A or AAAA) exactly as
+/// [`Resolver`] does over UDP.
+///
+/// # Errors
+/// [`DnsError::BadName`] when `name` cannot be a DNS name, or `rtype` is not SRV, A or AAAA.
+pub fn read_reply(data: &[u8], id: u16, name: &str, rtype: RecordType) -> Result<Reply, DnsError> {
+    let qname = to_name(name)?;
+    if !matches!(rtype, RecordType::SRV | RecordType::A | RecordType::AAAA) {
+        return Err(DnsError::BadName(format!("{rtype} queries are not made")));
+    }
+    let msg = match classify_datagram(data, id, &qname, rtype) {
+        Datagram::Answer(msg) => msg,
+        Datagram::Truncated => return Ok(Reply::Truncated),
+        Datagram::Ignore(_) => return Ok(Reply::Ignored),
+    };
+    let (nxdomain, records) = match answer_of(msg) {
+        Ok(Answer::NxDomain) => (true, Vec::new()),
+        Ok(Answer::Records(r)) => (false, r),
+        Err(rc) => return Ok(Reply::Failure(rc.to_string())),
+    };
+    Ok(if rtype == RecordType::SRV {
+        Reply::Srv {
+            nxdomain,
+            records: srv_records(&qname, &records),
+        }
+    } else {
+        Reply::Addresses {
+            nxdomain,
+            addresses: address_records(&qname, &records, rtype),
+        }
+    })
+}
+
+/// What to do with one datagram received for a query.
+enum Datagram {
+    /// Our answer, complete.
+    Answer(Message),
+    /// Our answer, truncated (or undecodable with our id and TC set): retry over TCP.
+    Truncated,
+    /// Someone else's, or garbage (the reason, for the log).
+    Ignore(String),
+}
+
+fn classify_datagram(data: &[u8], id: u16, qname: &Name, rtype: RecordType) -> Datagram {
+    match Message::from_vec(data) {
+        Ok(resp) if matches_query(&resp, id, qname, rtype) => {
+            if resp.metadata.truncation {
+                Datagram::Truncated
+            } else {
+                Datagram::Answer(resp)
+            }
+        }
+        Ok(_) => Datagram::Ignore("non-matching answer".into()),
+        // A truncated answer may not decode; its header still tells.
+        Err(_) if truncated_header(data, id) => Datagram::Truncated,
+        Err(e) => Datagram::Ignore(format!("undecodable datagram: {e}")),
+    }
+}
+
+/// NOERROR and NXDOMAIN are answers; any other rcode is the server's failure.
+fn answer_of(msg: Message) -> Result<Answer, ResponseCode> {
+    match msg.metadata.response_code {
+        ResponseCode::NoError => Ok(Answer::Records(msg.answers)),
+        ResponseCode::NXDomain => Ok(Answer::NxDomain),
+        rc => Err(rc),
+    }
+}
+
+/// The SRV records of the answer owned by `qname` or its CNAME chain.
+fn srv_records(qname: &Name, records: &[Record]) -> Vec<SrvRecord> {
+    let owners = owner_chain(qname, records);
+    records
+        .iter()
+        .filter(|r| owners.contains(&r.name))
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => {
+                let target = name_to_string(&s.target);
+                // The target must be a host name we can look up (RFC 2782); a label holding
+                // escaped bytes ("\000", "\.") is not one.
+                if target != "." && to_name(&target).is_err() {
+                    log::debug!("dns: {qname}: skipping SRV target {target:?}: not a host name");
+                    return None;
+                }
+                Some(SrvRecord {
+                    priority: s.priority,
+                    weight: s.weight,
+                    port: s.port,
+                    target,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The addresses of type `rtype` (A or AAAA) owned by `qname` or its CNAME chain.
+fn address_records(qname: &Name, records: &[Record], rtype: RecordType) -> Vec<IpAddr> {
+    let owners = owner_chain(qname, records);
+    records
+        .iter()
+        .filter(|r| owners.contains(&r.name))
+        .filter_map(|r| match (&r.data, rtype) {
+            (RData::A(a), RecordType::A) => Some(IpAddr::V4(a.0)),
+            (RData::AAAA(a), RecordType::AAAA) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn tcp_exchange(
@@ -659,6 +774,37 @@ mod tests {
                 check(&w);
             }
         }
+    }
+
+    /// Found by the dns_message fuzz target: a target whose labels hold bytes a host name
+    /// cannot (here a 0 byte and a literal dot) came out in escaped form ("x\000y.z\.")
+    /// and was handed on as a host to connect to. Such records are skipped.
+    #[test]
+    fn srv_targets_that_are_not_host_names_are_skipped() {
+        use hickory_proto::rr::rdata::SRV;
+        let qname = Name::from_ascii("_xmpp-server._tcp.example.test.").unwrap();
+        let bad = Name::from_labels(vec![&b"x\0y"[..], &b"z."[..]]).unwrap();
+        let good = Name::from_ascii("XMPP.example.test.").unwrap();
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(qname.clone(), RecordType::SRV));
+        for target in [bad, good, Name::root()] {
+            let srv = RData::SRV(SRV::new(1, 2, 5269, target));
+            m.add_answer(Record::from_rdata(qname.clone(), 60, srv));
+        }
+        let wire = m.to_vec().unwrap();
+        let reply = read_reply(&wire, 7, "_xmpp-server._tcp.example.test", RecordType::SRV);
+        let Ok(Reply::Srv { nxdomain, records }) = reply else {
+            panic!("{reply:?}");
+        };
+        assert!(!nxdomain);
+        let targets: Vec<&str> = records.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(targets, ["xmpp.example.test", "."]);
+        // The datagram of another query is ignored; a non-ASCII name is refused.
+        assert_eq!(
+            read_reply(&wire, 8, "_xmpp-server._tcp.example.test", RecordType::SRV).unwrap(),
+            Reply::Ignored
+        );
+        assert!(read_reply(&wire, 7, "bücher.test", RecordType::SRV).is_err());
     }
 
     #[test]

@@ -440,6 +440,16 @@ impl StreamParser {
                 Err(e) => return Err(map_parser_error(&e)),
             };
             match event {
+                XmlEvent::StartDocument {
+                    version: xml::common::XmlVersion::Version11,
+                    ..
+                } => {
+                    // XMPP is XML 1.0; 1.1 would let control characters in through character
+                    // references, which no XML 1.0 stream we write them to can carry.
+                    return Err(Failure::NotWellFormed(
+                        "XML 1.1 declaration: XMPP streams are XML 1.0".into(),
+                    ));
+                }
                 XmlEvent::StartDocument { .. } => {}
                 // The parser read all the framed bytes without completing the frame: only
                 // malformed input makes the framer and the parser disagree.
@@ -462,6 +472,15 @@ impl StreamParser {
                     namespace,
                 } => {
                     check_scope(&namespace)?;
+                    let bad_name = std::iter::once(&name.local_name)
+                        .chain(attributes.iter().map(|a| &a.name.local_name))
+                        .find(|local| !valid_local_name(local));
+                    if let Some(local) = bad_name {
+                        return Err(Failure::NotWellFormed(format!(
+                            "invalid local name {:?}",
+                            truncate(local)
+                        )));
+                    }
                     if let State::BeforeHeader = self.state {
                         self.state = State::Open;
                         self.reset_tree();
@@ -615,7 +634,8 @@ fn map_parser_error(e: &xml::reader::Error) -> Failure {
             ))
         }
         // Io (the framer never fails a read), UnexpectedEof (see parse_frame), syntax, UTF-8.
-        _ => Failure::NotWellFormed(e.to_string()),
+        // The parser's messages quote the input; they end up in logs.
+        _ => Failure::NotWellFormed(bounded(e.to_string())),
     }
 }
 
@@ -759,6 +779,25 @@ fn truncate(s: &str) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
+}
+
+/// `msg`, cut to at most 256 characters.
+fn bounded(msg: String) -> String {
+    match msg.char_indices().nth(256) {
+        Some((i, _)) => format!("{}…", &msg[..i]),
+        None => msg,
+    }
+}
+
+/// Whether `local`, the part of a name after its prefix, starts as a name must (Namespaces in
+/// XML 1.0 §3: an NCName). The parser checks only the first character of the whole qualified
+/// name, so it lets `p:1x`, `p:.x` or `p:-x` through, which no conforming parser accepts and
+/// which our writer would then write unprefixed as `<1x …>`.
+fn valid_local_name(local: &str) -> bool {
+    local
+        .chars()
+        .next()
+        .is_some_and(|c| c != ':' && xml::common::is_name_start_char(c))
 }
 
 fn make_header(
@@ -1507,6 +1546,65 @@ mod tests {
                 assert_eq!(leftover, after, "{chunks:?}");
             }
         }
+    }
+
+    #[test]
+    fn xml_1_1_is_refused() {
+        // Found by the serializer_roundtrip fuzz target: after <?xml version='1.1'?> the parser
+        // accepts &#x19; (XML 1.1 rules), which our XML 1.0 writer cannot carry.
+        let input = HEADER.replace("version='1.0'?>", "version='1.1'?>");
+        assert!(input.starts_with("<?xml version='1.1'?>"));
+        assert_eq!(
+            cond(&format!("{input}<message>&#x19;</message>")),
+            Some("not-well-formed")
+        );
+        assert_eq!(
+            cond(&format!("{HEADER}<message>&#x19;</message>")),
+            Some("not-well-formed")
+        );
+    }
+
+    #[test]
+    fn parser_messages_are_bounded() {
+        // Found by the xml_reader fuzz target: the parser quotes the input in its messages
+        // (here a 2000-character XML version), which went unbounded into logs.
+        let input = format!(
+            "<?xml version='1.0_{}'?>{}",
+            "x".repeat(2000),
+            &HEADER[21..]
+        );
+        let e = first_error(&input);
+        assert_eq!(e.condition(), Some("not-well-formed"));
+        assert!(e.to_string().chars().count() < 300, "{e}");
+    }
+
+    #[test]
+    fn local_names_after_a_prefix_are_checked() {
+        // Found by the serializer_roundtrip fuzz target: `q:.x` was accepted, and the writer
+        // then dropped the attribute (for an element, wrote a name no parser accepts).
+        for body in [
+            "<p:1x xmlns:p='urn:p'/>",
+            "<p:.x xmlns:p='urn:p'/>",
+            "<message><p:-x xmlns:p='urn:p'/></message>",
+            "<message xmlns:p='urn:p' p:.x='1'/>",
+            "<message xmlns:p='urn:p' p:\u{b7}x='1'/>",
+        ] {
+            assert_eq!(
+                cond(&format!("{HEADER}{body}")),
+                Some("not-well-formed"),
+                "{body}"
+            );
+        }
+        let header = format!("<stream:.stream xmlns:stream='{STREAM_NS}'>");
+        assert_eq!(cond(&header), Some("not-well-formed"));
+        let input = format!("{HEADER}<p:x xmlns:p='urn:p' p:_a='1' p:\u{e9}b='2'/>");
+        let (evs, _) = events_after_header(&mut reader(&input));
+        let StreamEvent::Element(x) = &evs[0] else {
+            panic!("{evs:?}")
+        };
+        assert!(x.is("x", "urn:p"));
+        assert_eq!(x.attr("{urn:p}_a"), Some("1"));
+        assert_eq!(x.attr("{urn:p}\u{e9}b"), Some("2"));
     }
 
     #[test]

@@ -177,7 +177,7 @@ fn is_simple_name(s: &str) -> bool {
 
 fn classify_attr(key: &str) -> Option<AttrName<'_>> {
     if let Some(rest) = key.strip_prefix('{') {
-        // A local name never contains '}', a URI may.
+        // A namespace URI may contain '}', a local name (an NCName) cannot: split at the last.
         let (ns, local) = rest.rsplit_once('}')?;
         if !is_simple_name(local) || ns.is_empty() || ns == XMLNS_NS {
             return None;
@@ -191,8 +191,9 @@ fn classify_attr(key: &str) -> Option<AttrName<'_>> {
     if let Some(local) = key.strip_prefix("xml:") {
         return is_simple_name(local).then_some(AttrName::Plain(key));
     }
-    if key.starts_with("xmlns") {
-        // "xmlns" and "xmlns:*" are namespace declarations, which the writer generates itself.
+    if key == "xmlns" || key.starts_with("xmlns:") {
+        // "xmlns" and "xmlns:*" are namespace declarations, which the writer generates itself
+        // (other names that merely start with "xmlns", like "xmlnsto", are plain attributes).
         return None;
     }
     is_simple_name(key).then_some(AttrName::Plain(key))
@@ -348,6 +349,31 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&bytes)
         );
+    }
+
+    #[test]
+    fn attributes_named_like_xmlns_are_kept() {
+        // Found by the serializer_roundtrip fuzz target: `xmlnsto` was dropped as if it were a
+        // namespace declaration.
+        let el = parse_under(SERVER_NS, b"<presence xmlnsto='v@a.test' xmlns1='x'/>").remove(0);
+        assert_eq!(el.attr("xmlnsto"), Some("v@a.test"));
+        assert_eq!(s(&el), "<presence xmlnsto='v@a.test' xmlns1='x'/>");
+        round_trip(&el);
+        // Real declarations are still never copied from the tree.
+        let decl = Element::new("x", "urn:x")
+            .with_attr("xmlns", "urn:evil")
+            .with_attr("xmlns:db", "urn:evil");
+        assert_eq!(s(&decl), "<x xmlns='urn:x'/>");
+    }
+
+    #[test]
+    fn attribute_namespace_with_closing_brace() {
+        // Found by the serializer_roundtrip fuzz target: the key `{ur}n:p}x` was split at the
+        // first '}' and the attribute dropped.
+        let el = parse_under(SERVER_NS, b"<message xmlns:p='ur}n:p' p:x='1'/>").remove(0);
+        assert_eq!(el.attr("{ur}n:p}x"), Some("1"));
+        assert_eq!(s(&el), "<message xmlns:ns0='ur}n:p' ns0:x='1'/>");
+        round_trip(&el);
     }
 
     #[test]
