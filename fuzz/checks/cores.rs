@@ -379,10 +379,9 @@ fn attr_domain(e: &Element, a: &str) -> Option<Domain> {
     e.attr(a).and_then(|v| Domain::parse(v).ok())
 }
 
-/// RFC 6120 §4.9.1.1: our stream header precedes our stream error, also when the error comes
-/// before the peer's header was complete (a timeout, a shutdown). Fixed on the `streams` branch
-/// (issue 8, item 5); set to true once that is merged.
-const HEADER_BEFORE_ERROR: bool = false;
+/// RFC 6120 §4.9.1.1 (ERR-01): our stream header precedes our stream error, also when the
+/// error comes before the peer's header was complete (a timeout, a shutdown).
+const HEADER_BEFORE_ERROR: bool = true;
 
 /// Our header (inbound and component streams) comes first in its batch, and either answers the
 /// peer's header (or a broken one), or is the header sent just before closing a stream that
