@@ -2,8 +2,7 @@
 
 use dialbackd::stanza::is_stanza;
 use dialbackd::xml::{
-    is_content_ns, Element, Limits, Node, StreamEvent, StreamReader, XmlError, DIALBACK_NS,
-    SERVER_NS,
+    is_content_ns, Element, Limits, Node, StreamEvent, StreamReader, XmlError, SERVER_NS,
 };
 use std::io::{self, Read};
 
@@ -15,18 +14,6 @@ pub(crate) const S2S_HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='
 /// The header of a component stream (XEP-0114): binds `stream:` only.
 pub(crate) const COMPONENT_HEADER: &str = "<stream:stream xmlns='jabber:component:accept' \
     xmlns:stream='http://etherx.jabber.org/streams' to='echo.a.test'>";
-
-/// Known serialiser issue, fixed on the `xmlmem` branch (issue 8, item 4): an element in the
-/// dialback namespace below the top level is written with the `db:` prefix, which component
-/// streams do not bind (`fuzz/regressions/serializer_roundtrip/nested-db-element-on-component`).
-/// While true, the component-stream round trip skips such trees; set it to false once that fix
-/// is merged.
-const KNOWN_NESTED_DB_PREFIX_ISSUE: bool = true;
-
-fn has_nested_db(el: &Element) -> bool {
-    el.elements()
-        .any(|c| c.ns == DIALBACK_NS || has_nested_db(c))
-}
 
 /// Small limits, so that fuzzing reaches the size and depth checks cheaply.
 const SMALL: Limits = Limits {
@@ -259,7 +246,7 @@ pub fn serializer_roundtrip(data: &[u8]) {
                 continue;
             };
             let mut headers = vec![S2S_HEADER];
-            if is_stanza(&el) && !(KNOWN_NESTED_DB_PREFIX_ISSUE && has_nested_db(&el)) {
+            if is_stanza(&el) {
                 headers.push(COMPONENT_HEADER);
             }
             for header in headers {
