@@ -425,6 +425,8 @@ pub fn core_incoming(data: &[u8]) {
     let mut outstanding: Vec<(Domain, Domain)> = Vec::new();
     let mut verified: Vec<(Domain, Domain)> = Vec::new();
     let mut tls_started = false;
+    // Between our <proceed/> and the TLS handshake's end: no XML may go out.
+    let mut awaiting_tls = false;
     let mut closed = false;
     let mut header_sent = false;
     for _ in 0..MAX_EVENTS {
@@ -453,6 +455,9 @@ pub fn core_incoming(data: &[u8]) {
             }
         }
         let actions = core.handle(fed.to_event());
+        if matches!(fed, Fed::TlsEstablished) {
+            awaiting_tls = false;
+        }
         if closed {
             assert!(actions.is_empty(), "after close, {fed:?} gave {actions:?}");
             continue;
@@ -466,6 +471,10 @@ pub fn core_incoming(data: &[u8]) {
             match a {
                 Action::Close(err) => {
                     assert!(close_is_last(&actions), "{actions:?}");
+                    assert!(
+                        !(awaiting_tls && err.is_some()),
+                        "a stream error between <proceed/> and TLS: {fed:?}"
+                    );
                     if HEADER_BEFORE_ERROR && err.is_some() {
                         assert!(header_sent, "stream error before our header: {fed:?}");
                     }
@@ -493,6 +502,7 @@ pub fn core_incoming(data: &[u8]) {
                         matches!(actions.get(i.wrapping_sub(1)), Some(Action::Send(p)) if p.is("proceed", TLS_NS))
                     );
                     tls_started = true;
+                    awaiting_tls = true;
                     header_sent = false; // a new stream begins after the handshake
                 }
                 Action::Send(e) if is_db(e, "result") => {

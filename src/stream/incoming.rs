@@ -184,7 +184,12 @@ impl Incoming {
     /// not gone out on this stream yet (the peer's header is incomplete, broken or refused, or
     /// the TLS restart's new header never came), it goes out first, so that the error is
     /// always a child of our stream.
+    ///
+    /// Between our `<proceed/>` and the end of the TLS handshake no XML can be sent: the
+    /// stream then just ends (RFC 6120 §5.4.3.3: a failed TLS negotiation closes the TCP
+    /// connection).
     fn close(&mut self, err: Option<StreamError>) -> Vec<Action> {
+        let err = err.filter(|_| self.state != State::AwaitTls);
         let mut out = Vec::with_capacity(2);
         if err.is_some() && !self.header_sent {
             self.header_sent = true;

@@ -323,6 +323,29 @@ fn err01_timeout_after_the_tls_restart_sends_a_new_header_first() {
     );
 }
 
+/// TLS-01 (RFC 6120 §5.4.3.3): between our `<proceed/>` and the end of the TLS handshake no
+/// XML can go out; a timeout, a shutdown or a broken stream there just ends the stream
+/// (found by the core_incoming fuzz target).
+#[test]
+fn tls01_nothing_is_written_between_proceed_and_the_handshake() {
+    for ev in [
+        Event::Timeout,
+        Event::Shutdown,
+        Event::Broken {
+            condition: Some("not-well-formed"),
+            reason: "x".into(),
+        },
+    ] {
+        let mut s = opened_with(tls_ctx(false));
+        let out = s.handle(Event::Element(el(
+            "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+        )));
+        assert!(matches!(out.last(), Some(Action::StartTls)), "{out:?}");
+        let out = s.handle(ev);
+        assert_eq!(out, vec![Action::Close(None)]);
+    }
+}
+
 /// TLS-01 (RFC 6120 §5.4.3.3): the STARTTLS restart discards the pairs verified and pending
 /// on the insecure stream: their stanzas are refused and a late answer authorises nothing.
 #[test]

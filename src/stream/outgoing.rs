@@ -548,6 +548,8 @@ impl Outgoing {
         reason: &str,
         err: Option<StreamError>,
     ) -> Vec<Action> {
+        // No XML between <proceed/> and the end of the TLS handshake (RFC 6120 §5.4.3.3).
+        let err = err.filter(|_| self.state != State::AwaitTls);
         let mut out = self.fail(condition, not_found, reason);
         out.push(Action::Close(err));
         out
