@@ -455,8 +455,12 @@ pub fn core_incoming(data: &[u8]) {
             }
         }
         let actions = core.handle(fed.to_event());
-        if matches!(fed, Fed::TlsEstablished) {
+        if matches!(fed, Fed::TlsEstablished) && awaiting_tls {
+            // TLS-01: the restart discards what was verified or pending in plaintext; a pair
+            // may be asked again, and a late answer for an old one authorises nothing.
             awaiting_tls = false;
+            outstanding.clear();
+            verified.clear();
         }
         if closed {
             assert!(actions.is_empty(), "after close, {fed:?} gave {actions:?}");
