@@ -102,6 +102,12 @@ pub const MAX_ATTRIBUTES: usize = 64;
 /// Longest qualified element or attribute name, in bytes.
 pub const MAX_NAME_LENGTH: usize = 256;
 
+/// Longest local name, in bytes: room is left for the prefixes our serializer writes
+/// (`stream:`, `db:`, `ns63:`), so that whatever we re-serialise still reads back within
+/// [`MAX_NAME_LENGTH`], whatever prefix the peer used (found by the serializer round-trip
+/// fuzz target).
+pub const MAX_LOCAL_NAME_LENGTH: usize = MAX_NAME_LENGTH - "stream:".len();
+
 /// Longest attribute value (also namespace URIs), in bytes, if the stanza limit is larger.
 pub const MAX_ATTRIBUTE_LENGTH: usize = 64 * 1024;
 
@@ -479,6 +485,14 @@ impl StreamParser {
                         return Err(Failure::NotWellFormed(format!(
                             "invalid local name {:?}",
                             truncate(local)
+                        )));
+                    }
+                    let long_name = std::iter::once(&name.local_name)
+                        .chain(attributes.iter().map(|a| &a.name.local_name))
+                        .any(|local| local.len() > MAX_LOCAL_NAME_LENGTH);
+                    if long_name {
+                        return Err(Failure::PolicyViolation(format!(
+                            "local name longer than {MAX_LOCAL_NAME_LENGTH} bytes"
                         )));
                     }
                     if let State::BeforeHeader = self.state {
@@ -1562,6 +1576,22 @@ mod tests {
             cond(&format!("{HEADER}<message>&#x19;</message>")),
             Some("not-well-formed")
         );
+    }
+
+    #[test]
+    fn local_names_leave_room_for_our_prefixes() {
+        // Found by the serializer_roundtrip fuzz target: `p:` + 250 bytes is a 252-byte name,
+        // which we rewrote as `ns0:` + 250 = 254… and with a longer generated prefix or
+        // `stream:`/`db:` on a top-level element, past MAX_NAME_LENGTH: our own output would
+        // not read back.
+        let local = "u".repeat(MAX_LOCAL_NAME_LENGTH);
+        let el = parse_one(&format!("<message xmlns:p='urn:p' p:{local}='1'/>")).unwrap();
+        let back = parse_one(&String::from_utf8(el.to_bytes()).unwrap()).unwrap();
+        assert_eq!(back, el);
+        let long = format!("{HEADER}<message xmlns:p='urn:p' p:{local}u='1'/>");
+        assert_eq!(cond(&long), Some("policy-violation"));
+        let long = format!("{HEADER}<d:{local}u xmlns:d='jabber:server:dialback'/>");
+        assert_eq!(cond(&long), Some("policy-violation"));
     }
 
     #[test]
