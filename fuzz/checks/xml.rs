@@ -231,7 +231,7 @@ fn reparse(header: &str, el: &Element) -> Result<Element, String> {
 /// a valid header), written with `write_element`, reads back as the same tree (namespaces and
 /// attributes included, content namespaces equivalent) on a server-to-server stream, and, for
 /// stanzas (the only elements routed to components), on a component stream; and writing the
-/// tree read back gives the same bytes.
+/// tree read back from a server-to-server stream gives the same bytes.
 pub fn serializer_roundtrip(data: &[u8]) {
     let mut with_header = S2S_HEADER.as_bytes().to_vec();
     with_header.extend_from_slice(data);
@@ -256,11 +256,17 @@ pub fn serializer_roundtrip(data: &[u8]) {
                     normalise(&back),
                     "round trip changed the tree"
                 );
-                assert_eq!(
-                    String::from_utf8_lossy(&el.to_bytes()),
-                    String::from_utf8_lossy(&back.to_bytes()),
-                    "writing is not stable"
-                );
+                // Byte stability on the stream kind the element came from. Across kinds the
+                // content namespaces are equivalent, so a child in jabber:component:accept
+                // inside a jabber:server stanza legitimately reads back as inheriting the
+                // component stream's namespace (and is then written without an xmlns).
+                if header == S2S_HEADER {
+                    assert_eq!(
+                        String::from_utf8_lossy(&el.to_bytes()),
+                        String::from_utf8_lossy(&back.to_bytes()),
+                        "writing is not stable"
+                    );
+                }
             }
         }
     }

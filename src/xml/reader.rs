@@ -1918,12 +1918,17 @@ mod tests {
     #[test]
     fn mem_long_names_and_big_text() {
         both(|| {
-            let name = "n".repeat(MAX_NAME_LENGTH);
+            let name = "n".repeat(MAX_LOCAL_NAME_LENGTH);
             let e = parse_one(&format!("<message><{name} {name}='v'/></message>")).unwrap();
-            assert_eq!(e.elements().next().unwrap().name.len(), MAX_NAME_LENGTH);
-            let long = "n".repeat(MAX_NAME_LENGTH + 1);
-            policy(parse_one(&format!("<message><{long}/></message>")));
-            policy(parse_one(&format!("<message {long}='v'/>")));
+            assert_eq!(
+                e.elements().next().unwrap().name.len(),
+                MAX_LOCAL_NAME_LENGTH
+            );
+            for len in [MAX_LOCAL_NAME_LENGTH + 1, MAX_NAME_LENGTH + 1] {
+                let long = "n".repeat(len);
+                policy(parse_one(&format!("<message><{long}/></message>")));
+                policy(parse_one(&format!("<message {long}='v'/>")));
+            }
             // Many elements with the longest names: the names are paid for by their bytes.
             let body = format!("<message>{}</message>", format!("<{name}/>").repeat(500));
             assert_eq!(parse_one(&body).unwrap().children.len(), 500);
