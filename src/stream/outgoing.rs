@@ -131,23 +131,11 @@ impl Outgoing {
                 vec![self.header()]
             }
             (State::Connecting, Event::ConnectFailed { not_found, reason }) => {
-                let cond = if not_found {
-                    "remote-server-not-found"
-                } else {
-                    "remote-server-timeout"
-                };
-                let mut out = self.fail(cond, not_found, &reason);
+                let mut out = self.fail(condition(not_found), not_found, &reason);
                 out.push(Action::Close(None));
                 out
             }
             (State::ExpectHeader, Event::Header(h)) => self.expect_header(h),
-            (State::ExpectFeatures, Event::Element(e)) if e.is("features", STREAM_NS) => {
-                self.expect_features(&e)
-            }
-            (State::ExpectProceed, Event::Element(e)) if e.is("proceed", TLS_NS) => {
-                self.state = State::AwaitTls;
-                vec![Action::StartTls]
-            }
             (State::AwaitTls, Event::TlsEstablished) => {
                 self.tls = true;
                 self.state = State::ExpectHeader;
@@ -156,48 +144,33 @@ impl Outgoing {
                 self.their_id.clear();
                 vec![self.header()]
             }
-            (State::ExpectResult, Event::Element(e))
-                if e.ns == DIALBACK_NS && e.name == "result" =>
-            {
+            (state, Event::Element(e)) => self.element(state, e),
+            (state, ev) => self.end_event(state, ev),
+        }
+    }
+
+    /// A top-level element from the peer, in `state`.
+    fn element(&mut self, state: State, e: Element) -> Vec<Action> {
+        match state {
+            State::ExpectFeatures if e.is("features", STREAM_NS) => self.expect_features(&e),
+            State::ExpectProceed if e.is("proceed", TLS_NS) => {
+                self.state = State::AwaitTls;
+                vec![Action::StartTls]
+            }
+            State::ExpectResult if e.ns == DIALBACK_NS && e.name == "result" => {
                 self.expect_result(&e)
             }
-            (State::ExpectVerify, Event::Element(e))
-                if e.ns == DIALBACK_NS && e.name == "verify" =>
-            {
+            State::ExpectVerify if e.ns == DIALBACK_NS && e.name == "verify" => {
                 self.expect_verify(&e)
             }
-            (_, Event::Element(e)) if e.is("error", STREAM_NS) => {
-                // The peer's text goes into our bounces: bounded.
-                let what = echo(&describe_stream_error(&e));
-                log::warn!(
-                    "{}: {} closed the stream with an error: {what}",
-                    self.label,
-                    self.remote
-                );
-                // XEP-0220 §2.5: host-unknown from the Authoritative Server means not found.
-                let not_found = e
-                    .child("host-unknown", crate::xml::STREAMS_ERR_NS)
-                    .is_some();
-                let cond = if not_found {
-                    "remote-server-not-found"
-                } else {
-                    "remote-server-timeout"
-                };
-                self.fail_and_close(
-                    cond,
-                    not_found,
-                    &format!("{} sent a stream error: {what}", self.remote),
-                    None,
-                )
-            }
-            (State::ExpectProceed, Event::Element(e)) if e.is("failure", TLS_NS) => self
-                .fail_and_close(
-                    "remote-server-timeout",
-                    false,
-                    &format!("{} refused STARTTLS", self.remote),
-                    None,
-                ),
-            (State::Established, Event::Element(e)) => {
+            _ if e.is("error", STREAM_NS) => self.peer_stream_error(&e),
+            State::ExpectProceed if e.is("failure", TLS_NS) => self.fail_and_close(
+                "remote-server-timeout",
+                false,
+                &format!("{} refused STARTTLS", self.remote),
+                None,
+            ),
+            State::Established => {
                 // DB-24: dialback is one-way; the peer has no business sending on our stream.
                 log::debug!(
                     "{}: ignoring <{}/> from the peer on an outbound stream",
@@ -206,7 +179,7 @@ impl Outgoing {
                 );
                 Vec::new()
             }
-            (_, Event::Element(e)) => {
+            _ => {
                 // DB-07, DB-14, SEC-01: answers that match nothing we asked on this stream.
                 log::debug!(
                     "{}: ignoring unexpected <{} xmlns='{}'/> in state {:?}",
@@ -217,6 +190,34 @@ impl Outgoing {
                 );
                 Vec::new()
             }
+        }
+    }
+
+    /// The peer's `<stream:error/>`: the attempt fails.
+    fn peer_stream_error(&mut self, e: &Element) -> Vec<Action> {
+        // The peer's text goes into our bounces: bounded.
+        let what = echo(&describe_stream_error(e));
+        log::warn!(
+            "{}: {} closed the stream with an error: {what}",
+            self.label,
+            self.remote
+        );
+        // XEP-0220 §2.5: host-unknown from the Authoritative Server means not found.
+        let not_found = e
+            .child("host-unknown", crate::xml::STREAMS_ERR_NS)
+            .is_some();
+        self.fail_and_close(
+            condition(not_found),
+            not_found,
+            &format!("{} sent a stream error: {what}", self.remote),
+            None,
+        )
+    }
+
+    /// The stream's end, a timer or a shutdown, in `state`.
+    fn end_event(&mut self, state: State, ev: Event) -> Vec<Action> {
+        let timeout = "remote-server-timeout";
+        match (state, ev) {
             (State::Established, Event::Close) => {
                 log::info!("{}: closed by the peer", self.label);
                 self.state = State::Closed;
@@ -227,30 +228,21 @@ impl Outgoing {
                     "{} closed the stream before dialback completed",
                     self.remote
                 );
-                self.fail_and_close("remote-server-timeout", false, &reason, None)
+                self.fail_and_close(timeout, false, &reason, None)
             }
             (_, Event::Broken { condition, reason }) => {
                 let reason = format!("stream to {} broke: {reason}", self.remote);
-                self.fail_and_close(
-                    "remote-server-timeout",
-                    false,
-                    &reason,
-                    condition.map(StreamError::new),
-                )
+                self.fail_and_close(timeout, false, &reason, condition.map(StreamError::new))
             }
             (State::Established, Event::Timeout) => Vec::new(),
             (_, Event::Timeout) => {
                 let reason = format!("timed out setting up the stream to {}", self.remote);
-                self.fail_and_close(
-                    "remote-server-timeout",
-                    false,
-                    &reason,
-                    Some(StreamError::new("connection-timeout")),
-                )
+                let err = Some(StreamError::new("connection-timeout"));
+                self.fail_and_close(timeout, false, &reason, err)
             }
             (_, Event::Idle) | (_, Event::Shutdown) => {
                 let reason = "the server is closing the stream".to_string();
-                self.fail_and_close("remote-server-timeout", false, &reason, None)
+                self.fail_and_close(timeout, false, &reason, None)
             }
             (state, ev) => {
                 log::debug!("{}: ignoring {ev:?} in state {state:?}", self.label);
@@ -553,6 +545,16 @@ impl Outgoing {
         let mut out = self.fail(condition, not_found, reason);
         out.push(Action::Close(err));
         out
+    }
+}
+
+/// The bounce condition when a pair cannot be set up (ROUTE-02): the domain does not resolve,
+/// or it is unreachable.
+fn condition(not_found: bool) -> &'static str {
+    if not_found {
+        "remote-server-not-found"
+    } else {
+        "remote-server-timeout"
     }
 }
 
