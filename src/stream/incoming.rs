@@ -220,37 +220,12 @@ impl Incoming {
             );
             return self.refuse_header(StreamError::text("invalid-namespace", text));
         }
-        // STR-01, RFC 6120 §4.7.5: no version means a pre-1.0 peer ("0.9"): answer without
-        // one and send no features; a higher version is answered with ours (1.0) and the
-        // initiator decides; only a version that is not major.minor is refused.
-        let (version, legacy) = match h.version.as_deref() {
-            None => (None, true),
-            Some(v) => match parse_version(v) {
-                Some(theirs) => {
-                    let (major, minor) = theirs.min(OUR_VERSION);
-                    (Some(format!("{major}.{minor}")), major < 1)
-                }
-                None => {
-                    let text = format!("version '{}' is not major.minor", echo(v));
-                    return self.refuse_header(StreamError::text("unsupported-version", text));
-                }
-            },
-        };
-        self.version = version;
-        self.legacy = legacy;
-        let local = match h.to.as_deref().map(Domain::parse) {
-            None => self
-                .local
-                .clone()
-                .unwrap_or_else(|| self.ctx.config.domains[0].clone()),
-            Some(Ok(d)) if self.ctx.config.is_local(&d) => d,
-            Some(_) => {
-                let text = format!(
-                    "This host does not serve {}",
-                    echo(&h.to.unwrap_or_default())
-                );
-                return self.refuse_header(StreamError::text("host-unknown", text));
-            }
+        if let Err(err) = self.negotiate_version(h.version.as_deref()) {
+            return self.refuse_header(err);
+        }
+        let local = match self.local_for(h.to.as_deref()) {
+            Ok(local) => local,
+            Err(err) => return self.refuse_header(err),
         };
         // STR-04: a restarted stream keeps its addresses.
         if self.local.as_ref().is_some_and(|l| *l != local) {
@@ -284,6 +259,47 @@ impl Incoming {
             );
             return vec![Action::SendHeader(header)];
         }
+        vec![Action::SendHeader(header), Action::Send(self.features())]
+    }
+
+    /// STR-01, RFC 6120 §4.7.5: no version means a pre-1.0 peer ("0.9"): answer without one
+    /// and send no features; a higher version is answered with ours (1.0) and the initiator
+    /// decides; only a version that is not major.minor is refused.
+    fn negotiate_version(&mut self, theirs: Option<&str>) -> Result<(), StreamError> {
+        let (version, legacy) = match theirs {
+            None => (None, true),
+            Some(v) => {
+                let Some(theirs) = parse_version(v) else {
+                    let text = format!("version '{}' is not major.minor", echo(v));
+                    return Err(StreamError::text("unsupported-version", text));
+                };
+                let (major, minor) = theirs.min(OUR_VERSION);
+                (Some(format!("{major}.{minor}")), major < 1)
+            }
+        };
+        self.version = version;
+        self.legacy = legacy;
+        Ok(())
+    }
+
+    /// Our domain for a header addressed `to` (none: the one of the stream before its
+    /// restart, or our first domain); ERR-03: host-unknown when we do not serve it.
+    fn local_for(&self, to: Option<&str>) -> Result<Domain, StreamError> {
+        match to.map(Domain::parse) {
+            None => Ok(self
+                .local
+                .clone()
+                .unwrap_or_else(|| self.ctx.config.domains[0].clone())),
+            Some(Ok(d)) if self.ctx.config.is_local(&d) => Ok(d),
+            Some(_) => {
+                let text = format!("This host does not serve {}", echo(to.unwrap_or_default()));
+                Err(StreamError::text("host-unknown", text))
+            }
+        }
+    }
+
+    /// Our stream features (1.0 streams): STARTTLS while it is possible, dialback always.
+    fn features(&self) -> Element {
         let mut features = Element::new("features", STREAM_NS);
         if self.ctx.tls_available && !self.tls {
             let mut starttls = Element::new("starttls", TLS_NS);
@@ -297,7 +313,7 @@ impl Incoming {
             Element::new("dialback", DIALBACK_FEATURE_NS)
                 .with_child(Element::new("errors", DIALBACK_FEATURE_NS)),
         );
-        vec![Action::SendHeader(header), Action::Send(features)]
+        features
     }
 
     fn open(&mut self, e: Element) -> Vec<Action> {
