@@ -430,60 +430,8 @@ impl Worker {
 
     fn input(&mut self, input: Input) {
         match input {
-            Input::Xml(res) => {
-                self.last_activity = Instant::now();
-                let ev = match res {
-                    Ok(StreamEvent::Header(h)) => Event::Header(h),
-                    Ok(StreamEvent::Element(e)) => Event::Element(e),
-                    Ok(StreamEvent::Close) => {
-                        self.reader_running = false;
-                        Event::Close
-                    }
-                    Err(e) => {
-                        self.reader_running = false;
-                        Event::Broken {
-                            condition: e.condition(),
-                            // XML errors quote the peer's input: escaped and bounded here,
-                            // where the peer's text enters the reason the core logs.
-                            reason: crate::logsafe::peer(&e.to_string()).to_string(),
-                        }
-                    }
-                };
-                if self.closing_until.is_some() {
-                    // We already closed; the peer's close (or EOF) ends the handshake.
-                    if !self.reader_running {
-                        self.done = true;
-                    }
-                    return;
-                }
-                self.feed(ev);
-            }
-            Input::Paused { element, leftover } => {
-                self.reader_running = false;
-                if !leftover.is_empty() {
-                    // Plaintext injection: bytes sent after <starttls/> (or <proceed/>) that
-                    // would be taken as coming from inside TLS. Refuse before answering.
-                    log::warn!(
-                        "{}: {} bytes sent after STARTTLS before the TLS handshake",
-                        self.core.label(),
-                        leftover.len()
-                    );
-                    self.feed(Event::Broken {
-                        condition: Some("policy-violation"),
-                        reason: "plaintext sent after STARTTLS before the TLS handshake".into(),
-                    });
-                    return;
-                }
-                self.leftover = Some(leftover);
-                self.feed(Event::Element(element));
-                if self.leftover.is_some() && self.closing_until.is_none() && !self.done {
-                    // The core did not start TLS: the element was out of place.
-                    self.feed(Event::Broken {
-                        condition: Some("policy-violation"),
-                        reason: "unexpected STARTTLS element".into(),
-                    });
-                }
-            }
+            Input::Xml(res) => self.xml_input(res),
+            Input::Paused { element, leftover } => self.paused(element, leftover),
             Input::Stanza(el) => {
                 self.me.taken(&el);
                 self.feed(Event::Stanza(el));
@@ -508,6 +456,65 @@ impl Worker {
                     *until = (*until).min(Instant::now() + SHUTDOWN_CLOSE_WAIT);
                 }
             }
+        }
+    }
+
+    /// What the reader parsed (or why it stopped), as an event for the core.
+    fn xml_input(&mut self, res: Result<StreamEvent, XmlError>) {
+        self.last_activity = Instant::now();
+        let ev = match res {
+            Ok(StreamEvent::Header(h)) => Event::Header(h),
+            Ok(StreamEvent::Element(e)) => Event::Element(e),
+            Ok(StreamEvent::Close) => {
+                self.reader_running = false;
+                Event::Close
+            }
+            Err(e) => {
+                self.reader_running = false;
+                Event::Broken {
+                    condition: e.condition(),
+                    // XML errors quote the peer's input: escaped and bounded here, where the
+                    // peer's text enters the reason the core logs.
+                    reason: crate::logsafe::peer(&e.to_string()).to_string(),
+                }
+            }
+        };
+        if self.closing_until.is_some() {
+            // We already closed; the peer's close (or EOF) ends the handshake.
+            if !self.reader_running {
+                self.done = true;
+            }
+            return;
+        }
+        self.feed(ev);
+    }
+
+    /// The reader stopped at a STARTTLS element (`<starttls/>` or `<proceed/>`), with the
+    /// bytes it had read beyond it.
+    fn paused(&mut self, element: Element, leftover: Vec<u8>) {
+        self.reader_running = false;
+        if !leftover.is_empty() {
+            // Plaintext injection: bytes sent after <starttls/> (or <proceed/>) that would be
+            // taken as coming from inside TLS. Refuse before answering.
+            log::warn!(
+                "{}: {} bytes sent after STARTTLS before the TLS handshake",
+                self.core.label(),
+                leftover.len()
+            );
+            self.feed(Event::Broken {
+                condition: Some("policy-violation"),
+                reason: "plaintext sent after STARTTLS before the TLS handshake".into(),
+            });
+            return;
+        }
+        self.leftover = Some(leftover);
+        self.feed(Event::Element(element));
+        if self.leftover.is_some() && self.closing_until.is_none() && !self.done {
+            // The core did not start TLS: the element was out of place.
+            self.feed(Event::Broken {
+                condition: Some("policy-violation"),
+                reason: "unexpected STARTTLS element".into(),
+            });
         }
     }
 
