@@ -88,32 +88,7 @@ impl Worker {
         let cfg = &self.router.ctx.config;
         let label = self.core.label();
         let policy = NetworkPolicy::new(&cfg.allow_networks);
-        let (targets, guarded) = match cfg.routes.get(remote) {
-            // The operator's explicit choice: never judged.
-            Some(r) => (vec![(r.host.clone(), r.port, false)], false),
-            None => match policy.check_domain(remote.as_str()) {
-                Err(refusal) => {
-                    log::debug!("{label}: not dialling {remote}: {refusal}");
-                    return Err((true, format!("not dialling {remote}: {refusal}")));
-                }
-                // An allowed IP literal: no DNS, the default port (RFC 6120 §3.2.2).
-                Ok(Some(ip)) => (vec![(ip.to_string(), DEFAULT_S2S_PORT, false)], true),
-                Ok(None) => match self.router.resolver.resolve_s2s(remote.as_str()) {
-                    Ok(t) => (
-                        t.into_iter()
-                            .map(|t| (t.host, t.port, t.direct_tls))
-                            .collect(),
-                        true,
-                    ),
-                    Err(e) => {
-                        return Err((
-                            e.is_not_found(),
-                            format!("DNS lookup for {remote} failed: {e}"),
-                        ))
-                    }
-                },
-            },
-        };
+        let (targets, guarded) = self.targets(remote, &policy)?;
         let mut any_address = false;
         let mut transient = false;
         let mut tried: Vec<String> = Vec::new();
@@ -162,15 +137,60 @@ impl Worker {
             }
         }
         let not_found = !any_address && !transient;
-        let detail = if tried.is_empty() {
-            "no address".to_string()
-        } else if tried.len() > LISTED_ADDRESSES {
-            let more = tried.len() - LISTED_ADDRESSES;
-            tried.truncate(LISTED_ADDRESSES);
-            format!("{}; and {more} more", tried.join("; "))
-        } else {
-            tried.join("; ")
-        };
+        let detail = listed(tried);
         Err((not_found, format!("cannot connect to {remote}: {detail}")))
+    }
+
+    /// Where to dial `remote`: (host, port, direct TLS) in order, and whether the
+    /// private-network guard applies (not to static routes). IP-literal domains are judged
+    /// here, before any DNS.
+    fn targets(
+        &self,
+        remote: &Domain,
+        policy: &NetworkPolicy<'_>,
+    ) -> Result<Targets, (bool, String)> {
+        let label = self.core.label();
+        Ok(match self.router.ctx.config.routes.get(remote) {
+            // The operator's explicit choice: never judged.
+            Some(r) => (vec![(r.host.clone(), r.port, false)], false),
+            None => match policy.check_domain(remote.as_str()) {
+                Err(refusal) => {
+                    log::debug!("{label}: not dialling {remote}: {refusal}");
+                    return Err((true, format!("not dialling {remote}: {refusal}")));
+                }
+                // An allowed IP literal: no DNS, the default port (RFC 6120 §3.2.2).
+                Ok(Some(ip)) => (vec![(ip.to_string(), DEFAULT_S2S_PORT, false)], true),
+                Ok(None) => match self.router.resolver.resolve_s2s(remote.as_str()) {
+                    Ok(t) => (
+                        t.into_iter()
+                            .map(|t| (t.host, t.port, t.direct_tls))
+                            .collect(),
+                        true,
+                    ),
+                    Err(e) => {
+                        return Err((
+                            e.is_not_found(),
+                            format!("DNS lookup for {remote} failed: {e}"),
+                        ))
+                    }
+                },
+            },
+        })
+    }
+}
+
+/// Dial targets: (host, port, direct TLS), and whether the private-network guard applies.
+type Targets = (Vec<(String, u16, bool)>, bool);
+
+/// The addresses tried, for the failure reason: at most `LISTED_ADDRESSES`, then a count.
+fn listed(mut tried: Vec<String>) -> String {
+    if tried.is_empty() {
+        "no address".to_string()
+    } else if tried.len() > LISTED_ADDRESSES {
+        let more = tried.len() - LISTED_ADDRESSES;
+        tried.truncate(LISTED_ADDRESSES);
+        format!("{}; and {more} more", tried.join("; "))
+    } else {
+        tried.join("; ")
     }
 }
