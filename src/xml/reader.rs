@@ -478,23 +478,7 @@ impl StreamParser {
                     namespace,
                 } => {
                     check_scope(&namespace)?;
-                    let bad_name = std::iter::once(&name.local_name)
-                        .chain(attributes.iter().map(|a| &a.name.local_name))
-                        .find(|local| !valid_local_name(local));
-                    if let Some(local) = bad_name {
-                        return Err(Failure::NotWellFormed(format!(
-                            "invalid local name {:?}",
-                            truncate(local)
-                        )));
-                    }
-                    let long_name = std::iter::once(&name.local_name)
-                        .chain(attributes.iter().map(|a| &a.name.local_name))
-                        .any(|local| local.len() > MAX_LOCAL_NAME_LENGTH);
-                    if long_name {
-                        return Err(Failure::PolicyViolation(format!(
-                            "local name longer than {MAX_LOCAL_NAME_LENGTH} bytes"
-                        )));
-                    }
+                    check_local_names(&name, &attributes)?;
                     if let State::BeforeHeader = self.state {
                         self.state = State::Open;
                         self.reset_tree();
@@ -740,6 +724,35 @@ impl<R: Read> StreamReader<R> {
 
 /// The `xml` crate's message when one of its configured limits (names, attributes, lengths) is hit.
 const CRATE_LIMIT_MESSAGE: &str = "This document is larger/more complex than allowed";
+
+/// The local names of a start tag (the element's and its attributes'): each a valid name
+/// (not-well-formed otherwise), and short enough to leave room for our own prefixes
+/// ([`MAX_LOCAL_NAME_LENGTH`]; policy-violation otherwise).
+fn check_local_names(
+    name: &xml::name::OwnedName,
+    attributes: &[xml::attribute::OwnedAttribute],
+) -> Result<(), Failure> {
+    let locals =
+        std::iter::once(&name.local_name).chain(attributes.iter().map(|a| &a.name.local_name));
+    for local in locals {
+        if !valid_local_name(local) {
+            return Err(Failure::NotWellFormed(format!(
+                "invalid local name {:?}",
+                truncate(local)
+            )));
+        }
+    }
+    let locals =
+        std::iter::once(&name.local_name).chain(attributes.iter().map(|a| &a.name.local_name));
+    for local in locals {
+        if local.len() > MAX_LOCAL_NAME_LENGTH {
+            return Err(Failure::PolicyViolation(format!(
+                "local name longer than {MAX_LOCAL_NAME_LENGTH} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Check the namespace bindings in scope at a start tag (see the module doc).
 fn check_scope(namespace: &xml::namespace::Namespace) -> Result<(), Failure> {
