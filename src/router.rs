@@ -148,11 +148,11 @@ impl Handle {
         }
     }
 
-    /// The worker took `el` out of the inbox: it no longer counts as waiting there.
-    pub fn taken(&self, el: &Element) {
+    /// The worker took a stanza of `bytes` (as charged by `send_stanza`) out of the inbox: it
+    /// no longer counts as waiting there.
+    pub fn taken(&self, bytes: usize) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
-        let n = stanza::wire_size(el);
-        self.recharge(n, 0);
+        self.recharge(bytes, 0);
     }
 
     /// The stream's id (unique in this process).
@@ -179,11 +179,11 @@ impl Handle {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(SendError::Bytes(el, cap));
         }
-        self.inbox.send(Input::Stanza(el)).map_err(|e| {
+        self.inbox.send(Input::Stanza(el, n)).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             self.recharge(n, 0);
             match e {
-                Input::Stanza(el) => SendError::Gone(el),
+                Input::Stanza(el, _) => SendError::Gone(el),
                 _ => unreachable!("we sent a stanza"),
             }
         })
@@ -706,10 +706,10 @@ mod tests {
         // The worker takes a's stanzas: their bytes are free again, for anyone.
         let taken = inbox_a.close();
         for input in &taken {
-            let Input::Stanza(el) = input else {
+            let Input::Stanza(_, bytes) = input else {
                 panic!("{input:?}")
             };
-            a.taken(el);
+            a.taken(*bytes);
         }
         assert_eq!((a.held_bytes(), total.used()), (0, 2 * one));
         assert!(b.send_stanza(stanza(1000)).is_ok());

@@ -70,8 +70,9 @@ pub enum Input {
         /// Bytes read past the element (must be empty).
         leftover: Vec<u8>,
     },
-    /// A stanza to send on this stream (outbound routes and components).
-    Stanza(Element),
+    /// A stanza to send on this stream (outbound routes and components), with the bytes it
+    /// was charged against the stream's caps ([`crate::stanza::wire_size`], measured once).
+    Stanza(Element, usize),
     /// The answer to a verification this stream asked for.
     Verified {
         /// The originating domain.
@@ -422,8 +423,8 @@ impl Worker {
     /// An input that arrived after the stream ended: stanzas go through the (closed) core,
     /// which re-routes or bounces them; anything else is moot.
     fn leftovers(&mut self, input: Input) {
-        if let Input::Stanza(el) = input {
-            self.me.taken(&el);
+        if let Input::Stanza(el, bytes) = input {
+            self.me.taken(bytes);
             self.feed(Event::Stanza(el));
         }
     }
@@ -432,8 +433,8 @@ impl Worker {
         match input {
             Input::Xml(res) => self.xml_input(res),
             Input::Paused { element, leftover } => self.paused(element, leftover),
-            Input::Stanza(el) => {
-                self.me.taken(&el);
+            Input::Stanza(el, bytes) => {
+                self.me.taken(bytes);
                 self.feed(Event::Stanza(el));
             }
             Input::Verified {
