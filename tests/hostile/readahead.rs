@@ -31,7 +31,7 @@ fn wide_stanza(n: usize) -> String {
     )
 }
 
-/// The peer is f.test, played on a raw socket: it accepts our outbound stream, says `valid`
+/// SEC-06 (bounded memory). The peer is f.test, played on a raw socket: it accepts our outbound stream, says `valid`
 /// to our key (DB-04: it need not call back), then never reads again while our component sends
 /// it enough to block the stream's worker in its write, and sends large stanzas of its own.
 #[test]

@@ -119,7 +119,8 @@ fn ip4(addr: SocketAddr) -> Ipv4Addr {
     }
 }
 
-/// The measured attack: a claimed domain whose SRV record points at a loopback service. No
+/// SEC-11 (dialback as SSRF), ERR-04. The measured attack: a claimed domain whose SRV record
+/// points at a loopback service. No
 /// connection reaches it (nor its IPv4-mapped IPv6 form, nor an RFC 1918 address); the claimant
 /// learns only `remote-connection-failed`; the one log line names the domain and the addresses.
 #[test]
@@ -203,7 +204,7 @@ fn srv_pointing_at_loopback_or_a_private_network_is_not_dialled() {
     drop(n.a);
 }
 
-/// IP-literal domains, and numeric names a resolver might read as IPv4, are never dialled nor
+/// SEC-11: IP-literal domains, and numeric names a resolver might read as IPv4, are never dialled nor
 /// even looked up; the claimant gets the same `remote-connection-failed`.
 #[test]
 fn ip_literal_domains_are_not_dialled() {
@@ -249,7 +250,7 @@ fn ip_literal_domains_are_not_dialled() {
     dialback_as_a(&n.b, SECRET);
 }
 
-/// A refused port, a listener that never answers, one that speaks another protocol, and a
+/// SEC-11, ERR-04: a refused port, a listener that never answers, one that speaks another protocol, and a
 /// domain with no DNS records give the claimant byte-identical answers (loopback allowed here,
 /// so each is really tried: the silent listener proves a connection was made).
 #[test]
@@ -350,7 +351,7 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
     dialback_as_a(&n.b, SECRET);
 }
 
-/// allow_networks lifts the refusal for exactly the networks listed: the real a.test, found
+/// SEC-11: allow_networks lifts the refusal for exactly the networks listed: the real a.test, found
 /// through DNS on loopback, authenticates (no static route here), while another loopback
 /// address stays refused. The connection lines name the address and the SRV target.
 #[test]
