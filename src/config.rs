@@ -966,90 +966,138 @@ impl Validator<'_> {
     /// The caps of the "Hostile input" issue (item 2), on top of the older limits in `l`.
     fn resource_caps(&self, raw: &RawLimits, l: Limits) -> Result<Limits, ConfigError> {
         let d = Limits::default();
-        let count = |name: &str, v: Option<i64>, default: usize, min: usize, why: &str| {
-            let Some(v) = v else { return Ok(default) };
-            match usize::try_from(v) {
-                Ok(n) if n >= min => Ok(n),
-                _ => Err(self.err(
-                    format!("limits.{name}"),
-                    format!("must be at least {min}{why}, got {v}"),
-                )),
-            }
-        };
-        let queue_bytes = count(
-            "queue_bytes",
-            raw.queue_bytes,
-            d.queue_bytes.max(l.stanza_size),
-            l.stanza_size,
-            " (limits.stanza_size: one stanza must fit)",
-        )?;
-        let queued_bytes = count(
-            "queued_bytes",
-            raw.queued_bytes,
-            d.queued_bytes.max(queue_bytes),
-            queue_bytes,
-            " (limits.queue_bytes)",
-        )?;
-        let window = count(
+        let l = self.queue_caps(raw, &d, l)?;
+        let window = self.cap(
             "component_failure_window",
             raw.component_failure_window,
             d.component_failure_window.as_secs() as usize,
             1,
             " second",
         )?;
+        let l = self.stream_caps(raw, &d, l)?;
+        let l = self.bounce_caps(raw, &d, l)?;
+        let l = self.component_caps(raw, &d, l)?;
         Ok(Limits {
-            outbound_streams: count(
+            component_failure_window: Duration::from_secs(window as u64),
+            ..l
+        })
+    }
+
+    /// `limits.{name}`: `v` as a count of at least `min`, or `default` if unset; `why` follows
+    /// the minimum in the error message.
+    fn cap(
+        &self,
+        name: &str,
+        v: Option<i64>,
+        default: usize,
+        min: usize,
+        why: &str,
+    ) -> Result<usize, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        match usize::try_from(v) {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(self.err(
+                format!("limits.{name}"),
+                format!("must be at least {min}{why}, got {v}"),
+            )),
+        }
+    }
+
+    /// `queue_bytes` (one stanza of `l.stanza_size` must fit) and `queued_bytes` (at least one
+    /// queue).
+    fn queue_caps(&self, raw: &RawLimits, d: &Limits, l: Limits) -> Result<Limits, ConfigError> {
+        let queue_bytes = self.cap(
+            "queue_bytes",
+            raw.queue_bytes,
+            d.queue_bytes.max(l.stanza_size),
+            l.stanza_size,
+            " (limits.stanza_size: one stanza must fit)",
+        )?;
+        let queued_bytes = self.cap(
+            "queued_bytes",
+            raw.queued_bytes,
+            d.queued_bytes.max(queue_bytes),
+            queue_bytes,
+            " (limits.queue_bytes)",
+        )?;
+        Ok(Limits {
+            queue_bytes,
+            queued_bytes,
+            ..l
+        })
+    }
+
+    /// `outbound_streams` and `pairs_per_stream`.
+    fn stream_caps(&self, raw: &RawLimits, d: &Limits, l: Limits) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            outbound_streams: self.cap(
                 "outbound_streams",
                 raw.outbound_streams,
                 d.outbound_streams,
                 1,
                 "",
             )?,
-            pairs_per_stream: count(
+            pairs_per_stream: self.cap(
                 "pairs_per_stream",
                 raw.pairs_per_stream,
                 d.pairs_per_stream,
                 1,
                 "",
             )?,
-            queue_bytes,
-            queued_bytes,
-            bounce_payload: count(
+            ..l
+        })
+    }
+
+    /// `bounce_payload` and `bounce_payload_component` (0 allowed).
+    fn bounce_caps(&self, raw: &RawLimits, d: &Limits, l: Limits) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            bounce_payload: self.cap(
                 "bounce_payload",
                 raw.bounce_payload,
                 d.bounce_payload,
                 0,
                 "",
             )?,
-            bounce_payload_component: count(
+            bounce_payload_component: self.cap(
                 "bounce_payload_component",
                 raw.bounce_payload_component,
                 d.bounce_payload_component,
                 0,
                 "",
             )?,
-            component_connections: count(
+            ..l
+        })
+    }
+
+    /// `component_connections`, `component_connections_per_ip` and `component_failures`.
+    fn component_caps(
+        &self,
+        raw: &RawLimits,
+        d: &Limits,
+        l: Limits,
+    ) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            component_connections: self.cap(
                 "component_connections",
                 raw.component_connections,
                 d.component_connections,
                 1,
                 "",
             )?,
-            component_connections_per_ip: count(
+            component_connections_per_ip: self.cap(
                 "component_connections_per_ip",
                 raw.component_connections_per_ip,
                 d.component_connections_per_ip,
                 1,
                 "",
             )?,
-            component_failures: count(
+            component_failures: self.cap(
                 "component_failures",
                 raw.component_failures,
                 d.component_failures,
                 1,
                 "",
             )?,
-            component_failure_window: Duration::from_secs(window as u64),
             ..l
         })
     }
