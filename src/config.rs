@@ -966,90 +966,138 @@ impl Validator<'_> {
     /// The caps of the "Hostile input" issue (item 2), on top of the older limits in `l`.
     fn resource_caps(&self, raw: &RawLimits, l: Limits) -> Result<Limits, ConfigError> {
         let d = Limits::default();
-        let count = |name: &str, v: Option<i64>, default: usize, min: usize, why: &str| {
-            let Some(v) = v else { return Ok(default) };
-            match usize::try_from(v) {
-                Ok(n) if n >= min => Ok(n),
-                _ => Err(self.err(
-                    format!("limits.{name}"),
-                    format!("must be at least {min}{why}, got {v}"),
-                )),
-            }
-        };
-        let queue_bytes = count(
-            "queue_bytes",
-            raw.queue_bytes,
-            d.queue_bytes.max(l.stanza_size),
-            l.stanza_size,
-            " (limits.stanza_size: one stanza must fit)",
-        )?;
-        let queued_bytes = count(
-            "queued_bytes",
-            raw.queued_bytes,
-            d.queued_bytes.max(queue_bytes),
-            queue_bytes,
-            " (limits.queue_bytes)",
-        )?;
-        let window = count(
+        let l = self.queue_caps(raw, &d, l)?;
+        let window = self.cap(
             "component_failure_window",
             raw.component_failure_window,
             d.component_failure_window.as_secs() as usize,
             1,
             " second",
         )?;
+        let l = self.stream_caps(raw, &d, l)?;
+        let l = self.bounce_caps(raw, &d, l)?;
+        let l = self.component_caps(raw, &d, l)?;
         Ok(Limits {
-            outbound_streams: count(
+            component_failure_window: Duration::from_secs(window as u64),
+            ..l
+        })
+    }
+
+    /// `limits.{name}`: `v` as a count of at least `min`, or `default` if unset; `why` follows
+    /// the minimum in the error message.
+    fn cap(
+        &self,
+        name: &str,
+        v: Option<i64>,
+        default: usize,
+        min: usize,
+        why: &str,
+    ) -> Result<usize, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        match usize::try_from(v) {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(self.err(
+                format!("limits.{name}"),
+                format!("must be at least {min}{why}, got {v}"),
+            )),
+        }
+    }
+
+    /// `queue_bytes` (one stanza of `l.stanza_size` must fit) and `queued_bytes` (at least one
+    /// queue).
+    fn queue_caps(&self, raw: &RawLimits, d: &Limits, l: Limits) -> Result<Limits, ConfigError> {
+        let queue_bytes = self.cap(
+            "queue_bytes",
+            raw.queue_bytes,
+            d.queue_bytes.max(l.stanza_size),
+            l.stanza_size,
+            " (limits.stanza_size: one stanza must fit)",
+        )?;
+        let queued_bytes = self.cap(
+            "queued_bytes",
+            raw.queued_bytes,
+            d.queued_bytes.max(queue_bytes),
+            queue_bytes,
+            " (limits.queue_bytes)",
+        )?;
+        Ok(Limits {
+            queue_bytes,
+            queued_bytes,
+            ..l
+        })
+    }
+
+    /// `outbound_streams` and `pairs_per_stream`.
+    fn stream_caps(&self, raw: &RawLimits, d: &Limits, l: Limits) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            outbound_streams: self.cap(
                 "outbound_streams",
                 raw.outbound_streams,
                 d.outbound_streams,
                 1,
                 "",
             )?,
-            pairs_per_stream: count(
+            pairs_per_stream: self.cap(
                 "pairs_per_stream",
                 raw.pairs_per_stream,
                 d.pairs_per_stream,
                 1,
                 "",
             )?,
-            queue_bytes,
-            queued_bytes,
-            bounce_payload: count(
+            ..l
+        })
+    }
+
+    /// `bounce_payload` and `bounce_payload_component` (0 allowed).
+    fn bounce_caps(&self, raw: &RawLimits, d: &Limits, l: Limits) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            bounce_payload: self.cap(
                 "bounce_payload",
                 raw.bounce_payload,
                 d.bounce_payload,
                 0,
                 "",
             )?,
-            bounce_payload_component: count(
+            bounce_payload_component: self.cap(
                 "bounce_payload_component",
                 raw.bounce_payload_component,
                 d.bounce_payload_component,
                 0,
                 "",
             )?,
-            component_connections: count(
+            ..l
+        })
+    }
+
+    /// `component_connections`, `component_connections_per_ip` and `component_failures`.
+    fn component_caps(
+        &self,
+        raw: &RawLimits,
+        d: &Limits,
+        l: Limits,
+    ) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            component_connections: self.cap(
                 "component_connections",
                 raw.component_connections,
                 d.component_connections,
                 1,
                 "",
             )?,
-            component_connections_per_ip: count(
+            component_connections_per_ip: self.cap(
                 "component_connections_per_ip",
                 raw.component_connections_per_ip,
                 d.component_connections_per_ip,
                 1,
                 "",
             )?,
-            component_failures: count(
+            component_failures: self.cap(
                 "component_failures",
                 raw.component_failures,
                 d.component_failures,
                 1,
                 "",
             )?,
-            component_failure_window: Duration::from_secs(window as u64),
             ..l
         })
     }
@@ -1091,24 +1139,56 @@ impl Validator<'_> {
     }
 
     fn tls(&self, raw: RawTls, local: &BTreeSet<Domain>) -> Result<TlsPolicy, ConfigError> {
-        let default_cert = match (raw.certificate, raw.key) {
-            (Some(c), Some(k)) => Some(CertPair {
+        let default_cert = self.default_cert(raw.certificate, raw.key)?;
+        let certs = self.domain_certs(raw.domains, local)?;
+        let have_cert = default_cert.is_some() || !certs.is_empty();
+        let enabled = self.tls_enabled(raw.enabled, have_cert)?;
+        let require_encryption = self.require_encryption(raw.require_encryption, enabled)?;
+        let verify = self.verify_mode(raw.verify, enabled)?;
+        let ca_file = raw
+            .ca_file
+            .map(|s| self.path("tls.ca_file", &s))
+            .transpose()?;
+        let peers = self.peer_policies(raw.peers, enabled)?;
+        Ok(TlsPolicy {
+            enabled,
+            require_encryption,
+            verify,
+            ca_file,
+            default_cert,
+            certs,
+            peers,
+        })
+    }
+
+    /// `tls.certificate` and `tls.key`: both or neither.
+    fn default_cert(
+        &self,
+        certificate: Option<String>,
+        key: Option<String>,
+    ) -> Result<Option<CertPair>, ConfigError> {
+        match (certificate, key) {
+            (Some(c), Some(k)) => Ok(Some(CertPair {
                 certificate: self.path("tls.certificate", &c)?,
                 key: self.path("tls.key", &k)?,
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(self.err("tls.key", "missing: tls.certificate needs a key"))
-            }
-            (None, Some(_)) => {
-                return Err(self.err(
-                    "tls.certificate",
-                    "missing: tls.key is set but no certificate",
-                ))
-            }
-        };
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(self.err("tls.key", "missing: tls.certificate needs a key")),
+            (None, Some(_)) => Err(self.err(
+                "tls.certificate",
+                "missing: tls.key is set but no certificate",
+            )),
+        }
+    }
+
+    /// `[tls.domains]`: per-domain certificates, each for a hosted or component domain, once.
+    fn domain_certs(
+        &self,
+        domains: BTreeMap<String, RawCertPair>,
+        local: &BTreeSet<Domain>,
+    ) -> Result<BTreeMap<Domain, CertPair>, ConfigError> {
         let mut certs = BTreeMap::new();
-        for (name, pair) in raw.domains {
+        for (name, pair) in domains {
             let key = format!("tls.domains.{}", key_segment(&name));
             let domain = self.domain(&key, &name)?;
             if !local.contains(&domain) {
@@ -1125,94 +1205,102 @@ impl Validator<'_> {
                 return Err(self.err(key, format!("{domain} is given twice")));
             }
         }
-        let have_cert = default_cert.is_some() || !certs.is_empty();
-        let enabled = match raw.enabled {
-            Some(true) if !have_cert => {
-                return Err(self.err(
-                    "tls.certificate",
-                    "missing: tls.enabled is true but no certificate is configured (set \
-                     tls.certificate and tls.key; `dialbackd gen-cert DOMAIN --out DIR` makes a \
-                     self-signed one)",
-                ))
-            }
-            Some(e) => e,
-            None => have_cert,
+        Ok(certs)
+    }
+
+    /// `tls.enabled`: defaults to whether a certificate is configured; true needs one.
+    fn tls_enabled(&self, enabled: Option<bool>, have_cert: bool) -> Result<bool, ConfigError> {
+        match enabled {
+            Some(true) if !have_cert => Err(self.err(
+                "tls.certificate",
+                "missing: tls.enabled is true but no certificate is configured (set \
+                 tls.certificate and tls.key; `dialbackd gen-cert DOMAIN --out DIR` makes a \
+                 self-signed one)",
+            )),
+            Some(e) => Ok(e),
+            None => Ok(have_cert),
+        }
+    }
+
+    /// `tls.require_encryption`: defaults to `enabled`; true needs TLS.
+    fn require_encryption(&self, r: Option<bool>, enabled: bool) -> Result<bool, ConfigError> {
+        match r {
+            Some(true) if !enabled => Err(self.err(
+                "tls.require_encryption",
+                "cannot be true while TLS is disabled (no certificate, or tls.enabled = false)",
+            )),
+            Some(r) => Ok(r),
+            None => Ok(enabled),
+        }
+    }
+
+    /// `tls.verify`: defaults to dialback; "pkix" needs TLS.
+    fn verify_mode(&self, verify: Option<String>, enabled: bool) -> Result<CertMode, ConfigError> {
+        let Some(s) = verify else {
+            return Ok(CertMode::Dialback);
         };
-        let require_encryption =
-            match raw.require_encryption {
-                Some(true) if !enabled => return Err(self.err(
-                    "tls.require_encryption",
-                    "cannot be true while TLS is disabled (no certificate, or tls.enabled = false)",
-                )),
-                Some(r) => r,
-                None => enabled,
-            };
-        let verify = match raw.verify {
-            Some(s) => {
-                let mode = self.cert_mode("tls.verify", &s)?;
-                if mode == CertMode::Pkix && !enabled {
-                    return Err(self.err(
-                        "tls.verify",
-                        "\"pkix\" needs TLS, which is disabled (no certificate, or tls.enabled = \
-                         false)",
-                    ));
-                }
-                mode
-            }
-            None => CertMode::Dialback,
-        };
-        let ca_file = raw
-            .ca_file
-            .map(|s| self.path("tls.ca_file", &s))
-            .transpose()?;
-        let mut peers = BTreeMap::new();
-        for (name, p) in raw.peers {
+        let mode = self.cert_mode("tls.verify", &s)?;
+        if mode == CertMode::Pkix && !enabled {
+            return Err(self.err(
+                "tls.verify",
+                "\"pkix\" needs TLS, which is disabled (no certificate, or tls.enabled = false)",
+            ));
+        }
+        Ok(mode)
+    }
+
+    /// `[tls.peers]`: one policy per peer domain, each given once.
+    fn peer_policies(
+        &self,
+        peers: BTreeMap<String, RawPeer>,
+        enabled: bool,
+    ) -> Result<BTreeMap<Domain, PeerPolicy>, ConfigError> {
+        let mut policies = BTreeMap::new();
+        for (name, p) in peers {
             let key = format!("tls.peers.{}", key_segment(&name));
             let domain = self.domain(&key, &name)?;
-            let verify = p
-                .verify
-                .map(|s| self.cert_mode(&format!("{key}.verify"), &s))
-                .transpose()?;
-            let fingerprints = p
-                .fingerprints
-                .iter()
-                .enumerate()
-                .map(|(i, s)| self.fingerprint(&format!("{key}.fingerprints[{i}]"), s))
-                .collect::<Result<Vec<_>, _>>()?;
-            if !enabled {
-                let problem = if p.require_encryption == Some(true) {
-                    Some("require_encryption")
-                } else if verify == Some(CertMode::Pkix) {
-                    Some("verify")
-                } else if !fingerprints.is_empty() {
-                    Some("fingerprints")
-                } else {
-                    None
-                };
-                if let Some(k) = problem {
-                    return Err(self.err(
-                        format!("{key}.{k}"),
-                        "needs TLS, which is disabled (no certificate, or tls.enabled = false)",
-                    ));
-                }
-            }
-            let policy = PeerPolicy {
-                require_encryption: p.require_encryption,
-                verify,
-                fingerprints,
-            };
-            if peers.insert(domain.clone(), policy).is_some() {
+            let policy = self.peer_policy(&key, p, enabled)?;
+            if policies.insert(domain.clone(), policy).is_some() {
                 return Err(self.err(key, format!("{domain} is given twice")));
             }
         }
-        Ok(TlsPolicy {
-            enabled,
-            require_encryption,
+        Ok(policies)
+    }
+
+    /// One `[tls.peers.DOMAIN]` table at `key`: anything but `require_encryption = false` or
+    /// `verify = "dialback"` needs TLS.
+    fn peer_policy(&self, key: &str, p: RawPeer, enabled: bool) -> Result<PeerPolicy, ConfigError> {
+        let verify = p
+            .verify
+            .map(|s| self.cert_mode(&format!("{key}.verify"), &s))
+            .transpose()?;
+        let fingerprints = p
+            .fingerprints
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.fingerprint(&format!("{key}.fingerprints[{i}]"), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !enabled {
+            let problem = if p.require_encryption == Some(true) {
+                Some("require_encryption")
+            } else if verify == Some(CertMode::Pkix) {
+                Some("verify")
+            } else if !fingerprints.is_empty() {
+                Some("fingerprints")
+            } else {
+                None
+            };
+            if let Some(k) = problem {
+                return Err(self.err(
+                    format!("{key}.{k}"),
+                    "needs TLS, which is disabled (no certificate, or tls.enabled = false)",
+                ));
+            }
+        }
+        Ok(PeerPolicy {
+            require_encryption: p.require_encryption,
             verify,
-            ca_file,
-            default_cert,
-            certs,
-            peers,
+            fingerprints,
         })
     }
 

@@ -123,63 +123,35 @@ fn gen_cert(domain: &str, dir: &std::path::Path) -> ExitCode {
 
 fn run(path: &std::path::Path) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let (router, listeners) = match start(path) {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
+    match net::serve(&router, listeners) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything before serving: the configuration, the dialback secret, the resolver, the
+/// listening sockets, TLS and the router. On failure the error has been printed already and
+/// the exit code is returned: 2 for a bad configuration, 1 otherwise.
+fn start(path: &std::path::Path) -> Result<(Arc<Router>, Listeners), ExitCode> {
     let config = match Config::load(path) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             eprintln!("dialbackd: {e}");
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
-    // SEC-03: a configured secret, or 256 bits from the OS generator; fail loudly without one.
-    let secret = match &config.dialback_secret {
-        Some(s) => DialbackSecret::from_secret(s),
-        None => match DialbackSecret::random() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("dialbackd: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    if let Err(e) = keys::new_stream_id() {
-        eprintln!("dialbackd: {e}");
-        return ExitCode::FAILURE;
-    }
-    let resolver = if config.nameservers.is_empty() {
-        match Resolver::from_system(config.timeouts.dns) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!(
-                    "dialbackd: /etc/resolv.conf: {e}; set [dns] nameservers in {}",
-                    path.display()
-                );
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        Resolver::new(config.nameservers.clone(), config.timeouts.dns)
-    };
-    let listeners = match Listeners::bind(&config) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("dialbackd: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let tls = if config.tls.enabled {
-        match TlsContext::from_config(&config) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("dialbackd: {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        log::warn!(
-            "TLS is disabled: streams are plaintext and most public servers will refuse them"
-        );
-        None
-    };
+    let secret = dialback_secret(&config)?;
+    keys::new_stream_id().map_err(fail)?;
+    let resolver = resolver(&config, path)?;
+    let listeners = Listeners::bind(&config).map_err(fail)?;
+    let tls = load_tls(&config, path)?;
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         secret,
@@ -196,11 +168,53 @@ fn run(path: &std::path::Path) -> ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    match net::serve(&router, listeners) {
-        Ok(()) => ExitCode::SUCCESS,
+    Ok((router, listeners))
+}
+
+/// Prints `e` as a start-up failure; the exit code to return.
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("dialbackd: {e}");
+    ExitCode::FAILURE
+}
+
+/// SEC-03: a configured secret, or 256 bits from the OS generator; fail loudly without one.
+fn dialback_secret(config: &Config) -> Result<DialbackSecret, ExitCode> {
+    match &config.dialback_secret {
+        Some(s) => Ok(DialbackSecret::from_secret(s)),
+        None => DialbackSecret::random().map_err(fail),
+    }
+}
+
+/// The configured nameservers, or those of /etc/resolv.conf.
+fn resolver(config: &Config, path: &std::path::Path) -> Result<Resolver, ExitCode> {
+    if !config.nameservers.is_empty() {
+        return Ok(Resolver::new(
+            config.nameservers.clone(),
+            config.timeouts.dns,
+        ));
+    }
+    Resolver::from_system(config.timeouts.dns).map_err(|e| {
+        eprintln!(
+            "dialbackd: /etc/resolv.conf: {e}; set [dns] nameservers in {}",
+            path.display()
+        );
+        ExitCode::FAILURE
+    })
+}
+
+/// The certificates when TLS is enabled; otherwise `None`, with a warning.
+fn load_tls(config: &Config, path: &std::path::Path) -> Result<Option<TlsContext>, ExitCode> {
+    if !config.tls.enabled {
+        log::warn!(
+            "TLS is disabled: streams are plaintext and most public servers will refuse them"
+        );
+        return Ok(None);
+    }
+    match TlsContext::from_config(config) {
+        Ok(t) => Ok(Some(t)),
         Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
+            eprintln!("dialbackd: {}: {e}", path.display());
+            Err(ExitCode::FAILURE)
         }
     }
 }
