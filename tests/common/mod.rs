@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,8 @@ pub struct Daemon {
     child: Child,
     pub ip: Ipv4Addr,
     pub dir: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
+    /// Every line logged so far; the condvar is notified after each line.
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
     lines: Receiver<String>,
     pub name: String,
     /// What the daemon listens on, as it logged it: ("s2s", addr), ("component", addr), …
@@ -69,12 +70,13 @@ impl Daemon {
             .spawn()
             .expect("start dialbackd");
         let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let (tx, lines) = mpsc::channel();
         let log2 = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log2.lock().unwrap().push(line.clone());
+                log2.0.lock().unwrap().push(line.clone());
+                log2.1.notify_all();
                 let _ = tx.send(line);
             }
         });
@@ -120,17 +122,47 @@ impl Daemon {
 
     /// Everything the daemon logged so far.
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.0.lock().unwrap().join("\n")
     }
 
     /// How many log lines contain `needle`.
     pub fn log_count(&self, needle: &str) -> usize {
         self.log
+            .0
             .lock()
             .unwrap()
             .iter()
             .filter(|l| l.contains(needle))
             .count()
+    }
+
+    /// Block (bounded by [`WAIT`]) until the lines logged so far satisfy `pred`; whether they
+    /// do.
+    pub fn log_satisfies(&self, pred: impl Fn(&[String]) -> bool) -> bool {
+        let (lock, cv) = &*self.log;
+        let (log, _) = cv
+            .wait_timeout_while(lock.lock().unwrap(), WAIT, |log| !pred(log))
+            .unwrap();
+        pred(&log)
+    }
+
+    /// Block (bounded by [`WAIT`]) until the lines logged so far satisfy `pred`; panics with
+    /// `what` and the log if they do not in time.
+    pub fn wait_until(&self, what: &str, pred: impl Fn(&[String]) -> bool) {
+        if !self.log_satisfies(pred) {
+            panic!(
+                "{}: {what}: not within {WAIT:?}\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+
+    /// Block (bounded by [`WAIT`]) until at least `n` log lines contain `needle`.
+    pub fn wait_log_count(&self, needle: &str, n: usize) {
+        self.wait_until(&format!("{n} log lines with {needle:?}"), |log| {
+            log.iter().filter(|l| l.contains(needle)).count() >= n
+        });
     }
 
     fn listener(&self, kind: &str) -> SocketAddr {

@@ -16,8 +16,8 @@ use crate::common::*;
 use dialbackd::xml::{Element, DIALBACK_NS};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
 
 /// The dialback secret of the real a.test, so the test can mint its keys.
 const SECRET: &str = "ssrf-known-secret";
@@ -283,28 +283,26 @@ fn refused_silent_and_foreign_listeners_give_the_same_answer() {
     let foreign = TcpListener::bind((host, 0)).unwrap();
     let foreign_port = foreign.local_addr().unwrap().port();
     let banner = thread::spawn(move || {
-        foreign.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            match foreign.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).unwrap();
-                    let _ = s.write_all(b"SSH-2.0-OpenSSH_9.6\r\n");
-                    s.set_read_timeout(Some(WAIT)).unwrap();
-                    let mut buf = [0u8; 4096];
-                    let mut got = Vec::new();
-                    while let Ok(k) = s.read(&mut buf) {
-                        if k == 0 || got.len() > 65536 {
-                            break;
-                        }
-                        got.extend_from_slice(&buf[..k]);
-                    }
-                    return got;
-                }
-                Err(_) => thread::sleep(Duration::from_millis(10)),
+        // One accept, bounded: a blocking accept on a thread of its own, waited for until
+        // `WAIT` (left blocked if nobody ever connects, like `FakeServer::accept`).
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(foreign.accept());
+        });
+        let Ok(Ok((mut s, _))) = rx.recv_timeout(WAIT) else {
+            return Vec::new();
+        };
+        let _ = s.write_all(b"SSH-2.0-OpenSSH_9.6\r\n");
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while let Ok(k) = s.read(&mut buf) {
+            if k == 0 || got.len() > 65536 {
+                break;
             }
+            got.extend_from_slice(&buf[..k]);
         }
-        Vec::new()
+        got
     });
     publish_at(
         &n.dns,
