@@ -916,14 +916,7 @@ impl Validator<'_> {
     fn older_limits(&self, raw: &RawLimits) -> Result<Limits, ConfigError> {
         let d = Limits::default();
         let count = |name: &str, v: Option<i64>, default: usize, min: usize, why: &str| {
-            let Some(v) = v else { return Ok(default) };
-            match usize::try_from(v) {
-                Ok(n) if n >= min => Ok(n),
-                _ => Err(self.err(
-                    format!("limits.{name}"),
-                    format!("must be at least {min}{why}, got {v}"),
-                )),
-            }
+            self.cap(name, v, default, min, why)
         };
         Ok(Limits {
             stanza_size: count(
