@@ -172,6 +172,10 @@ pub struct Timeouts {
     pub close: Duration,
     /// Bound on graceful shutdown after SIGTERM; default 10 s.
     pub shutdown: Duration,
+    /// After a failed attempt to reach a domain, stanzas for it bounce at once (with the
+    /// failure's condition) for this long, jittered between half and all of it, before the
+    /// next attempt; default 5 s.
+    pub retry: Duration,
 }
 
 impl Default for Timeouts {
@@ -185,6 +189,7 @@ impl Default for Timeouts {
             keepalive: Duration::from_secs(300),
             close: Duration::from_secs(5),
             shutdown: Duration::from_secs(10),
+            retry: Duration::from_secs(5),
         }
     }
 }
@@ -527,6 +532,7 @@ struct RawTimeouts {
     keepalive: Option<i64>,
     close: Option<i64>,
     shutdown: Option<i64>,
+    retry: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -894,6 +900,7 @@ impl Validator<'_> {
             keepalive: secs("keepalive", raw.keepalive, d.keepalive)?,
             close: secs("close", raw.close, d.close)?,
             shutdown: secs("shutdown", raw.shutdown, d.shutdown)?,
+            retry: secs("retry", raw.retry, d.retry)?,
         };
         if t.keepalive >= t.idle {
             return Err(self.err(

@@ -13,13 +13,13 @@
 //!
 //! # Threads and data flow
 //! ```text
-//!  acceptor (net): mio Poll over listeners + signals ──accept──► conn::spawn_*
-//!  per stream (conn):  reader thread: socket → xml::StreamReader → Input ─┐
-//!                      worker thread: Input → stream core (sans-I/O) → Actions → socket writes,
-//!                                     router calls (route, bounce, verify, register);
-//!                                     parked in the stream's mailbox while the stream is idle
-//!  router: routes (local, remote) → Handle (non-blocking, bounded outbox), components,
-//!          live streams; any thread may hand a stanza to any stream without blocking on it
+//!  acceptor (net): mio Poll over listeners + signals ──accept──► conn::start_incoming/_component
+//!  per stream (conn): ONE thread, asleep in poll(2) on its socket + its inbox's wake fd, with
+//!                     the timeout = its earliest deadline:
+//!                     socket ⇄ TLS ⇄ framer/parser ⇄ stream core (sans-I/O) ⇄ router;
+//!                     outbound streams dial (DNS, non-blocking connect, TLS) in the same loop
+//!  router: tables only — route per (local, remote) pair (a stream whose inbox is the pair's
+//!          FIFO, or a backoff window), components, live streams; returns what to start
 //! ```
 //!
 //! # Modules
@@ -28,21 +28,23 @@
 //!   parser over the `xml` crate (each complete element parsed from memory) and our serializer.
 //! - [`keys`], [`domain`], [`stanza`]: XEP-0185 keys, validated names, stanza helpers.
 //! - [`logsafe`]: peer-supplied strings escaped and bounded for log lines.
-//! - [`router`], [`conn`], [`mailbox`], [`net`]: routing tables, stream threads and their
-//!   inboxes, the accept loop; [`ratelimit`]: log lines and failures per address, rate-limited.
+//! - [`router`], [`conn`], [`inbox`], [`transport`], [`net`]: routing tables, stream threads,
+//!   their inboxes, the socket seam, the accept loop; [`ratelimit`]: log lines and failures per
+//!   address, rate-limited.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
 //!   the typed configuration.
 pub mod config;
 pub mod conn;
 pub mod dns;
 pub mod domain;
+pub mod inbox;
 pub mod keys;
 pub mod logsafe;
-pub mod mailbox;
 pub mod net;
 pub mod ratelimit;
 pub mod router;
 pub mod stanza;
 pub mod stream;
 pub mod tls;
+pub mod transport;
 pub mod xml;

@@ -1,7 +1,7 @@
 //! The accept loop: one `mio::Poll` over every listener and the signals.
 //!
-//! In scope: binding the listeners named in the config, accepting (each accepted socket
-//! becomes a blocking `std::net::TcpStream` handed to `conn`), the connection caps (in total and
+//! In scope: binding the listeners named in the config, accepting (each accepted non-blocking
+//! socket is handed to `conn`, which starts the stream's thread), the connection caps (in total and
 //! per remote IP, IPv6 grouped per /64: [`ip_group`]; for components also refusing addresses
 //! with too many failed handshakes), and SIGTERM/SIGINT → graceful shutdown (SIGHUP is logged:
 //! configuration reload is not supported; restart the daemon). Out of scope: everything after
@@ -174,11 +174,7 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
                 return true;
             }
         };
-        let sock: std::net::TcpStream = sock.into();
-        if let Err(e) = sock.set_nonblocking(false) {
-            log::warn!("{peer}: {e}");
-            continue;
-        }
+        let _ = sock.set_nodelay(true);
         if router.is_shutting_down() {
             continue;
         }
@@ -212,9 +208,9 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
             }
         }
         let res = match kind {
-            Kind::S2s => conn::spawn_incoming(router, sock, peer, false),
-            Kind::DirectTls => conn::spawn_incoming(router, sock, peer, true),
-            Kind::Component => conn::spawn_component(router, sock, peer),
+            Kind::S2s => conn::start_incoming(router, Box::new(sock), peer, false),
+            Kind::DirectTls => conn::start_incoming(router, Box::new(sock), peer, true),
+            Kind::Component => conn::start_component(router, Box::new(sock), peer),
         };
         if let Err(e) = res {
             log::error!("{peer}: cannot start the stream: {e}");
@@ -246,7 +242,7 @@ pub fn ip_group(ip: IpAddr) -> IpAddr {
 /// Refuse a component connection: one rate-limited line per reason, a header in the component
 /// namespace and a stream error, without blocking the accept loop.
 fn refuse_component(
-    mut sock: std::net::TcpStream,
+    mut sock: mio::net::TcpStream,
     peer: SocketAddr,
     why: ComponentRefusal,
     limits: &crate::config::Limits,
@@ -282,7 +278,6 @@ fn refuse_component(
             )
         }
     };
-    let _ = sock.set_nonblocking(true);
     let msg = format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>\
          <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
@@ -292,8 +287,7 @@ fn refuse_component(
 }
 
 /// Best effort: a header and a stream error, without blocking the accept loop.
-fn refuse(mut sock: std::net::TcpStream, condition: &str) {
-    let _ = sock.set_nonblocking(true);
+fn refuse(mut sock: mio::net::TcpStream, condition: &str) {
     let msg = format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>\
          <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"

@@ -1,26 +1,29 @@
-//! Who is connected, and where each stanza goes.
+//! Who is connected, and where each stanza goes: tables only.
 //!
-//! In scope: the per-(local, remote) outbound routes and their FIFO handles (one connection
-//! attempt per pair, later stanzas queue behind it: DB-02, ROUTE-01), the connected components,
+//! In scope: the route of each (local, remote) pair — a stream (starting or up) whose inbox is
+//! the pair's one FIFO (DB-02, ROUTE-01), or a backoff window after a failed attempt (stanzas
+//! bounce at once with the failure's condition until it passes) —, the connected components,
 //! local delivery (components, the built-in XEP-0199 ping answer, `service-unavailable`
 //! otherwise), bounces (never of errors or iq results: ROUTE-02), the global cap on pending
-//! dialback verifications (SEC-11), the registry of live streams for a graceful shutdown, and
-//! the per-IP connection counts (IPv6 per /64), and the resource caps of the "Hostile input"
-//! issue: outbound streams in total, bytes of stanzas held per stream and in total, bounded
-//! bounce payloads, component connections and handshake failures per address. Out of scope:
-//! the streams themselves (`conn`) and the protocol (`stream`).
+//! dialback verifications (SEC-11), the registry of live streams for a graceful shutdown, the
+//! per-IP connection counts (IPv6 per /64), and the resource caps of the "Hostile input" issue.
 //!
-//! Every table is behind its own `Mutex`, held only for map operations and non-blocking channel
-//! sends: no thread ever waits on another stream's socket while holding one.
+//! The router never starts a thread, never dials and never does I/O: when a stanza needs a new
+//! outbound stream or a key needs a verify connection, it records the route and returns a
+//! [`Start`]; the caller (`conn`) starts it, outside every lock, and reports a start that
+//! failed. A stream that ends hands its unsent stanzas back through
+//! [`Router::outbound_closing`], under the same lock the senders take, so they stay ahead of
+//! anything newer for the pair. Every table is behind its own `Mutex`, held only for map
+//! operations and non-blocking inbox sends.
 
-use crate::conn::{self, Inbox, Input};
 use crate::dns::Resolver;
 use crate::domain::{Domain, Jid};
+pub use crate::inbox::{ByteCap, ByteTotal, Handle, Inbox, Input, SendError, StreamKind};
 use crate::ratelimit::{warn_limited, FailureWindow, RateLimit, LOG_EVERY};
 use crate::stanza;
-use crate::stream::outgoing::Purpose;
 use crate::stream::{Ctx, Verdict, VerifyRequest};
 use crate::tls::TlsContext;
+use crate::transport::{Connector, Tcp};
 use crate::xml::Element;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,175 +31,54 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// What kind of stream a handle belongs to (shutdown closes server streams before components).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamKind {
-    /// A server-to-server stream, either direction, or a verify connection.
-    Server,
-    /// An XEP-0114 component.
-    Component,
+/// A stream the caller must start (outside every lock), as the router decided.
+#[derive(Debug)]
+#[must_use = "a route was recorded for this stream: start it, or report the failure"]
+pub enum Start {
+    /// The Initiating Server side of a pair; its inbox already holds the pair's first stanzas.
+    Outbound {
+        /// Our domain.
+        local: Domain,
+        /// The peer's domain.
+        remote: Domain,
+        /// The route's handle (the pair's FIFO).
+        handle: Handle,
+        /// Its place under `limits.outbound_streams`, held while the stream lives.
+        slot: OutboundSlot,
+    },
+    /// A dedicated verify connection (DB-11) asking `req.remote`'s Authoritative Server.
+    Verify {
+        /// What to ask.
+        req: VerifyRequest,
+        /// The stream waiting for the answer.
+        reply: Handle,
+        /// The verify connection's own handle.
+        handle: Handle,
+    },
 }
 
-/// A way to reach one stream's worker thread. Cheap to clone; never blocks.
-#[derive(Clone)]
-pub struct Handle {
-    id: u64,
-    kind: StreamKind,
-    inbox: Arc<Inbox>,
-    queued: Arc<AtomicUsize>,
-    cap: usize,
-    /// Bytes of stanzas held for the stream (its inbox plus its core's queue).
-    bytes: Arc<AtomicUsize>,
-    byte_cap: usize,
-    total: Arc<ByteTotal>,
-}
+/// Streams to start; usually none.
+pub type Starts = Vec<Start>;
 
-/// Bytes of stanzas held for many streams together, and their cap (`limits.queued_bytes` for
-/// the server streams).
-pub struct ByteTotal {
-    used: AtomicUsize,
-    cap: usize,
-}
-
-impl ByteTotal {
-    /// A total capped at `cap` bytes.
-    pub fn new(cap: usize) -> ByteTotal {
-        ByteTotal {
-            used: AtomicUsize::new(0),
-            cap,
-        }
-    }
-
-    /// Bytes held now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
-    }
-}
-
-/// Which byte cap refused a stanza.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ByteCap {
-    /// `limits.queue_bytes`: too much held for this stream.
-    Stream,
-    /// `limits.queued_bytes`: too much held for all streams.
-    Total,
-}
-
-/// Why a stanza could not be handed to a stream.
-pub enum SendError {
-    /// The stream's outbox is full (`resource-constraint`).
-    Full(Element),
-    /// The stream has ended.
-    Gone(Element),
-    /// Too many bytes are held for the stream or in total (`resource-constraint`).
-    Bytes(Element, ByteCap),
-}
-
-impl Handle {
-    /// A handle over `inbox`, refusing stanzas once `cap` are waiting.
-    pub fn new(id: u64, kind: StreamKind, inbox: Arc<Inbox>, cap: usize) -> Handle {
-        Handle {
-            id,
-            kind,
-            inbox,
-            queued: Arc::new(AtomicUsize::new(0)),
-            cap,
-            bytes: Arc::new(AtomicUsize::new(0)),
-            byte_cap: usize::MAX,
-            total: Arc::new(ByteTotal::new(usize::MAX)),
-        }
-    }
-
-    /// Cap the bytes of stanzas held for this stream at `per_stream`, counted into `total`.
-    pub fn with_byte_caps(mut self, per_stream: usize, total: Arc<ByteTotal>) -> Handle {
-        self.byte_cap = per_stream;
-        self.total = total;
-        self
-    }
-
-    /// Bytes of stanzas held for this stream now.
-    pub fn held_bytes(&self) -> usize {
-        self.bytes.load(Ordering::Acquire)
-    }
-
-    /// Count `n` more bytes held, unless a cap refuses them. A stream with nothing held
-    /// always takes one stanza (one stanza of any allowed size must be deliverable).
-    fn charge(&self, n: usize) -> Result<(), ByteCap> {
-        let here = self.bytes.fetch_add(n, Ordering::AcqRel);
-        if here > 0 && here.saturating_add(n) > self.byte_cap {
-            self.bytes.fetch_sub(n, Ordering::AcqRel);
-            return Err(ByteCap::Stream);
-        }
-        let total = self.total.used.fetch_add(n, Ordering::AcqRel);
-        if total.saturating_add(n) > self.total.cap {
-            self.total.used.fetch_sub(n, Ordering::AcqRel);
-            self.bytes.fetch_sub(n, Ordering::AcqRel);
-            return Err(ByteCap::Total);
-        }
-        Ok(())
-    }
-
-    /// The bytes held for this stream went from `old` to `new` (its core queued or sent
-    /// stanzas it had taken from the inbox): no cap applies, they were admitted already.
-    pub fn recharge(&self, old: usize, new: usize) {
-        if new > old {
-            self.bytes.fetch_add(new - old, Ordering::AcqRel);
-            self.total.used.fetch_add(new - old, Ordering::AcqRel);
-        } else if old > new {
-            self.bytes.fetch_sub(old - new, Ordering::AcqRel);
-            self.total.used.fetch_sub(old - new, Ordering::AcqRel);
-        }
-    }
-
-    /// The worker took a stanza of `bytes` (as charged by `send_stanza`) out of the inbox: it
-    /// no longer counts as waiting there.
-    pub fn taken(&self, bytes: usize) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        self.recharge(bytes, 0);
-    }
-
-    /// The stream's id (unique in this process).
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The counter of stanzas sent but not yet taken by the worker.
-    pub fn queued(&self) -> &Arc<AtomicUsize> {
-        &self.queued
-    }
-
-    /// Queue a stanza for the stream.
-    ///
-    /// # Errors
-    /// The stanza comes back when the outbox is full or the stream is gone.
-    pub fn send_stanza(&self, el: Element) -> Result<(), SendError> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.cap {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(SendError::Full(el));
-        }
-        let n = stanza::wire_size(&el);
-        if let Err(cap) = self.charge(n) {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(SendError::Bytes(el, cap));
-        }
-        self.inbox.send(Input::Stanza(el, n)).map_err(|e| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.recharge(n, 0);
-            match e {
-                Input::Stanza(el, _) => SendError::Gone(el),
-                _ => unreachable!("we sent a stanza"),
-            }
-        })
-    }
-
-    /// Send a control message; false when the stream is gone.
-    pub fn send(&self, input: Input) -> bool {
-        self.inbox.send(input).is_ok()
-    }
+/// What the router knows about one (local, remote) pair.
+enum Route {
+    /// A stream for the pair exists (starting, negotiating or up): its inbox is the pair's FIFO.
+    Stream {
+        handle: Handle,
+        /// Dialback said valid on it.
+        up: bool,
+    },
+    /// The last attempt failed: bounce with its condition until `until`, then try again.
+    Backoff {
+        until: Instant,
+        condition: &'static str,
+        text: String,
+    },
 }
 
 /// One outbound domain-pair stream counted against `limits.outbound_streams`; dropping it (when
 /// the stream's worker ends, on whatever path) gives the slot back.
+#[derive(Debug)]
 pub struct OutboundSlot(Arc<AtomicUsize>);
 
 impl Drop for OutboundSlot {
@@ -231,7 +113,9 @@ pub struct Router {
     pub resolver: Resolver,
     /// Certificates and TLS configurations, when TLS is enabled.
     pub tls: Option<TlsContext>,
-    routes: Mutex<HashMap<(Domain, Domain), Handle>>,
+    /// How outbound connections are made (TCP; in-memory pairs in the unit tests).
+    pub connector: Arc<dyn Connector>,
+    routes: Mutex<HashMap<(Domain, Domain), Route>>,
     components: Mutex<HashMap<Domain, Handle>>,
     streams: Mutex<HashMap<u64, Handle>>,
     streams_changed: Condvar,
@@ -253,9 +137,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A stanza to bounce: the stanza, its condition and the text for its sender.
+type Refused = (Element, &'static str, String);
+
 impl Router {
-    /// A router for this context.
+    /// A router for this context, dialling over TCP.
     pub fn new(ctx: Arc<Ctx>, resolver: Resolver, tls: Option<TlsContext>) -> Arc<Router> {
+        Router::with_connector(ctx, resolver, tls, Arc::new(Tcp))
+    }
+
+    /// A router whose outbound connections are made by `connector`.
+    pub fn with_connector(
+        ctx: Arc<Ctx>,
+        resolver: Resolver,
+        tls: Option<TlsContext>,
+        connector: Arc<dyn Connector>,
+    ) -> Arc<Router> {
         let limits = &ctx.config.limits;
         let queued_bytes = Arc::new(ByteTotal::new(limits.queued_bytes));
         let components_gate = Mutex::new(ComponentGate {
@@ -270,6 +167,7 @@ impl Router {
             ctx,
             resolver,
             tls,
+            connector,
             routes: Mutex::new(HashMap::new()),
             components: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
@@ -294,8 +192,39 @@ impl Router {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// A handle for a new stream of `kind`, with its caps: `cap` stanzas waiting, and the byte
+    /// caps (limits.queued_bytes is for server streams together; a component, local and one per
+    /// configured domain, is bounded by its own queue_bytes, so the errors we bounce to it are
+    /// not lost when remote pairs fill the total).
+    ///
+    /// # Errors
+    /// No wake descriptor could be made (out of file descriptors).
+    pub fn new_handle(&self, kind: StreamKind, cap: usize) -> std::io::Result<Handle> {
+        let l = &self.ctx.config.limits;
+        let total = match kind {
+            StreamKind::Server => self.queued_bytes.clone(),
+            StreamKind::Component => Arc::new(ByteTotal::new(usize::MAX)),
+        };
+        Ok(Handle::new(self.next_id(), kind, Inbox::new()?, cap)
+            .with_byte_caps(l.queue_bytes, total))
+    }
+
     /// Route a stanza by its `to`: to a local receiver, or out to a remote server.
-    pub fn route(self: &Arc<Self>, el: Element) {
+    pub fn route(&self, el: Element) -> Starts {
+        let mut starts = Vec::new();
+        let mut refused = Vec::new();
+        self.route_into(el, &mut starts, &mut refused);
+        // Bounces may need routes of their own (to remote senders); a bounce is an error
+        // stanza, never bounced again, so this ends.
+        while let Some((el, condition, text)) = refused.pop() {
+            if let Some(reply) = self.bounce_reply(&el, condition, &text) {
+                self.route_into(reply, &mut starts, &mut refused);
+            }
+        }
+        starts
+    }
+
+    fn route_into(&self, el: Element, starts: &mut Starts, refused: &mut Vec<Refused>) {
         let to = match el.attr("to").map(Jid::parse) {
             Some(Ok(j)) => j,
             _ => {
@@ -304,7 +233,7 @@ impl Router {
             }
         };
         if self.ctx.config.is_local(&to.domain) {
-            return self.deliver_local(el, &to);
+            return self.deliver_local(el, &to, starts, refused);
         }
         let from = match el.attr("from").map(Jid::parse) {
             Some(Ok(j)) if self.ctx.config.is_local(&j.domain) => j.domain,
@@ -317,13 +246,23 @@ impl Router {
                 return;
             }
         };
-        self.send_remote(from, to.domain, el);
+        match self.send_remote((from, to.domain), el) {
+            Ok(Some(start)) => starts.push(start),
+            Ok(None) => {}
+            Err(r) => refused.push(r),
+        }
     }
 
-    fn deliver_local(self: &Arc<Self>, el: Element, to: &Jid) {
+    fn deliver_local(
+        &self,
+        el: Element,
+        to: &Jid,
+        starts: &mut Starts,
+        refused: &mut Vec<Refused>,
+    ) {
         if to.is_domain() && stanza::is_ping(&el) {
             // XEP-0199: the daemon answers pings to its domains itself.
-            return self.route(stanza::iq_result(&el));
+            return self.route_into(stanza::iq_result(&el), starts, refused);
         }
         // Sent while holding the lock, so a component that unregisters and drains its
         // queue cannot miss a stanza (the send never blocks).
@@ -333,98 +272,102 @@ impl Router {
         };
         match sent {
             Ok(()) => {}
-            Err(SendError::Full(el)) => {
-                self.bounce(el, "resource-constraint", "the recipient's queue is full")
-            }
-            Err(SendError::Bytes(el, cap)) => self.bytes_refused(el, cap, &to.domain),
-            Err(SendError::Gone(el)) => self.bounce(
+            Err(SendError::Full(el)) => refused.push((
+                el,
+                "resource-constraint",
+                "the recipient's queue is full".into(),
+            )),
+            Err(SendError::Bytes(el, cap)) => refused.push(self.bytes_refused(el, cap, &to.domain)),
+            Err(SendError::Gone(el)) => refused.push((
                 el,
                 "service-unavailable",
-                "no service here handles this address",
-            ),
+                "no service here handles this address".into(),
+            )),
         }
     }
 
-    fn send_remote(self: &Arc<Self>, local: Domain, remote: Domain, el: Element) {
-        let key = (local, remote);
+    /// Queue `el` on the pair's route; a new route (and a [`Start`]) for the first stanza.
+    fn send_remote(&self, key: (Domain, Domain), el: Element) -> Result<Option<Start>, Refused> {
         let mut routes = lock(&self.routes);
-        let result = match routes.get(&key) {
-            Some(h) => h.send_stanza(el),
-            None => Err(SendError::Gone(el)),
+        let el = match routes.get(&key) {
+            Some(Route::Stream { handle, .. }) => match handle.send_stanza(el) {
+                Ok(()) => return Ok(None),
+                Err(SendError::Full(el)) => {
+                    let text = format!("too many stanzas queued for {}", key.1);
+                    return Err((el, "resource-constraint", text));
+                }
+                Err(SendError::Bytes(el, cap)) => {
+                    drop(routes);
+                    return Err(self.bytes_refused(el, cap, &key.1));
+                }
+                // The stream closed its inbox without handing the route back: start anew.
+                Err(SendError::Gone(el)) => el,
+            },
+            Some(Route::Backoff {
+                until,
+                condition,
+                text,
+            }) if Instant::now() < *until => return Err((el, condition, text.clone())),
+            Some(Route::Backoff { .. }) | None => el,
         };
-        let el = match result {
-            Ok(()) => return,
-            Err(SendError::Full(el)) => {
-                drop(routes);
-                return self.bounce(
-                    el,
-                    "resource-constraint",
-                    &format!("too many stanzas queued for {}", key.1),
-                );
-            }
-            Err(SendError::Bytes(el, cap)) => {
-                drop(routes);
-                return self.bytes_refused(el, cap, &key.1);
-            }
-            Err(SendError::Gone(el)) => {
-                routes.remove(&key);
-                el
-            }
-        };
+        routes.remove(&key);
         if self.is_shutting_down() {
-            drop(routes);
-            return self.bounce(el, "remote-server-timeout", "the server is shutting down");
+            return Err((
+                el,
+                "remote-server-timeout",
+                "the server is shutting down".into(),
+            ));
         }
-        // Checked under the routes lock, which every new outbound stream is started under:
-        // no two senders can both take the last slot.
+        let (start, handle) = match self.new_outbound(&key) {
+            Ok(new) => new,
+            Err(why) => return Err((el, "resource-constraint", why.into())),
+        };
+        // A fresh inbox with room: the first stanza always fits.
+        if let Err(SendError::Full(el) | SendError::Gone(el) | SendError::Bytes(el, _)) =
+            handle.send_stanza(el)
+        {
+            return Err((
+                el,
+                "resource-constraint",
+                "could not queue the stanza".into(),
+            ));
+        }
+        routes.insert(key, Route::Stream { handle, up: false });
+        Ok(Some(start))
+    }
+
+    /// A route's stream for `key` (under the routes lock), within `limits.outbound_streams`.
+    fn new_outbound(&self, key: &(Domain, Domain)) -> Result<(Start, Handle), &'static str> {
+        const NO_MORE: &str = "the server cannot open more connections";
         let cap = self.ctx.config.limits.outbound_streams;
+        // Checked under the routes lock, which every new outbound stream is made under: no two
+        // senders can both take the last slot.
         if self.outbound_streams() >= cap {
-            drop(routes);
             static LOG: RateLimit = RateLimit::new(LOG_EVERY);
             warn_limited!(LOG,
                 "not opening a stream {}→{}: {cap} outbound streams open (limits.outbound_streams); bouncing",
                 key.0, key.1
             );
-            return self.bounce(
-                el,
-                "resource-constraint",
-                "the server cannot open more connections",
-            );
+            return Err(NO_MORE);
         }
-        // DB-02: the first stanza for a pair starts the one connection attempt.
-        match conn::spawn_outgoing(self, key.0.clone(), key.1.clone(), Purpose::Pair) {
-            Ok(handle) => {
-                let sent = handle.send_stanza(el);
-                routes.insert(key, handle);
-                drop(routes);
-                if let Err(SendError::Full(el) | SendError::Gone(el) | SendError::Bytes(el, _)) =
-                    sent
-                {
-                    self.bounce(el, "remote-server-timeout", "could not queue the stanza");
-                }
-            }
-            Err(e) => {
-                drop(routes);
+        let l = &self.ctx.config.limits;
+        let handle = self
+            .new_handle(StreamKind::Server, l.outbox + l.queue)
+            .map_err(|e| {
                 log::error!("cannot start a connection to {}: {e}", key.1);
-                self.bounce(
-                    el,
-                    "resource-constraint",
-                    "the server cannot open more connections",
-                );
-            }
-        }
+                NO_MORE
+            })?;
+        let start = Start::Outbound {
+            local: key.0.clone(),
+            remote: key.1.clone(),
+            handle: handle.clone(),
+            slot: self.outbound_slot(),
+        };
+        Ok((start, handle))
     }
 
-    /// Forget the route of `key` if it is still the stream `id` (a newer one may have replaced it).
-    pub fn remove_route(&self, key: &(Domain, Domain), id: u64) {
-        let mut routes = lock(&self.routes);
-        if routes.get(key).is_some_and(|h| h.id == id) {
-            routes.remove(key);
-        }
-    }
-
-    /// A byte cap refused `el` (for `to`): bounce it, with one rate-limited line per cap.
-    fn bytes_refused(self: &Arc<Self>, el: Element, cap: ByteCap, to: &Domain) {
+    /// A byte cap refused `el` (for `to`): what to bounce, with one rate-limited line per cap.
+    fn bytes_refused(&self, el: Element, cap: ByteCap, to: &Domain) -> Refused {
         static STREAM: RateLimit = RateLimit::new(LOG_EVERY);
         static TOTAL: RateLimit = RateLimit::new(LOG_EVERY);
         let l = &self.ctx.config.limits;
@@ -445,13 +388,21 @@ impl Router {
                 "the server's queues are full".to_string()
             }
         };
-        self.bounce(el, "resource-constraint", &text);
+        (el, "resource-constraint", text)
     }
 
     /// Send the error reply for `el` back to its sender (nothing for errors and iq results).
-    /// The reply keeps at most `limits.bounce_payload` bytes of the original payload when it
-    /// goes to a remote sender, `limits.bounce_payload_component` when to a local one.
-    pub fn bounce(self: &Arc<Self>, el: Element, condition: &str, text: &str) {
+    pub fn bounce(&self, el: Element, condition: &str, text: &str) -> Starts {
+        match self.bounce_reply(&el, condition, text) {
+            Some(reply) => self.route(reply),
+            None => Vec::new(),
+        }
+    }
+
+    /// The error reply for `el`, keeping at most `limits.bounce_payload` bytes of the original
+    /// payload when it goes to a remote sender, `limits.bounce_payload_component` when to a local
+    /// one; `None` for errors and iq results (ROUTE-02).
+    fn bounce_reply(&self, el: &Element, condition: &str, text: &str) -> Option<Element> {
         let limits = &self.ctx.config.limits;
         let local_sender = el
             .attr("from")
@@ -462,24 +413,114 @@ impl Router {
         } else {
             limits.bounce_payload
         };
-        match stanza::error_reply_within(&el, condition, Some(text), payload) {
-            Some(reply) => self.route(reply),
-            None => log::debug!(
+        let reply = stanza::error_reply_within(el, condition, Some(text), payload);
+        if reply.is_none() {
+            log::debug!(
                 "not bouncing a {} of type {:?} ({condition})",
                 el.name,
                 el.attr("type")
-            ),
+            );
+        }
+        reply
+    }
+
+    /// The outbound stream `id` of `key` was authenticated (dialback said valid).
+    pub fn outbound_up(&self, key: &(Domain, Domain), id: u64) {
+        if let Some(Route::Stream { handle, up }) = lock(&self.routes).get_mut(key) {
+            if handle.id() == id {
+                *up = true;
+            }
         }
     }
 
-    /// Ask `req.remote`'s Authoritative Server about a key; the answer goes to `reply` as
-    /// [`Input::Verified`].
-    pub fn verify(self: &Arc<Self>, req: VerifyRequest, reply: Handle) {
-        let answer = |verdict| Input::Verified {
-            remote: req.remote.clone(),
-            local: req.local.clone(),
-            verdict,
+    /// The outbound stream of `key` behind `handle` is closing: close its inbox, so no stanza
+    /// reaches it any more, and take back what was waiting there, under the lock senders take.
+    ///
+    /// After a `failure` (the pair could not be set up: condition and text) the waiting stanzas
+    /// bounce with it and the pair enters its backoff window (`timeouts.retry`, jittered). After
+    /// a clean end they go, in order and ahead of anything newer, to a new stream for the pair
+    /// (returned to be started); during shutdown they bounce.
+    pub fn outbound_closing(
+        &self,
+        key: &(Domain, Domain),
+        handle: &Handle,
+        failure: Option<(&'static str, String)>,
+    ) -> Starts {
+        let mut routes = lock(&self.routes);
+        let waiting = handle.close();
+        let ours = matches!(routes.get(key), Some(Route::Stream { handle: h, .. }) if h.id() == handle.id());
+        if ours {
+            routes.remove(key);
+        }
+        let mut refused: Vec<Refused> = Vec::new();
+        let mut starts = Vec::new();
+        if let Some((condition, text)) = failure {
+            if ours {
+                let until = Instant::now() + jittered(self.ctx.config.timeouts.retry);
+                let text = text.clone();
+                routes.insert(
+                    key.clone(),
+                    Route::Backoff {
+                        until,
+                        condition,
+                        text,
+                    },
+                );
+            }
+            refused.extend(waiting.into_iter().map(|el| (el, condition, text.clone())));
+        } else if !waiting.is_empty() {
+            self.requeue(&mut routes, key, waiting, &mut starts, &mut refused);
+        }
+        drop(routes);
+        for (el, condition, text) in refused {
+            starts.extend(self.bounce(el, condition, &text));
+        }
+        starts
+    }
+
+    /// Put `waiting` (in order) at the head of `key`'s route: a new stream, since the route has
+    /// none any more (or bounce them when that cannot be).
+    fn requeue(
+        &self,
+        routes: &mut HashMap<(Domain, Domain), Route>,
+        key: &(Domain, Domain),
+        waiting: Vec<Element>,
+        starts: &mut Starts,
+        refused: &mut Vec<Refused>,
+    ) {
+        let text = "the connection closed before the stanza was sent";
+        if self.is_shutting_down() || routes.contains_key(key) {
+            let why = "the server is shutting down";
+            let cond = "remote-server-timeout";
+            refused.extend(waiting.into_iter().map(|el| (el, cond, why.to_string())));
+            return;
+        }
+        let (start, handle) = match self.new_outbound(key) {
+            Ok(new) => new,
+            Err(why) => {
+                let cond = "resource-constraint";
+                refused.extend(waiting.into_iter().map(|el| (el, cond, why.to_string())));
+                return;
+            }
         };
+        for el in waiting {
+            if let Err(SendError::Full(el) | SendError::Gone(el) | SendError::Bytes(el, _)) =
+                handle.send_stanza(el)
+            {
+                refused.push((el, "remote-server-timeout", text.to_string()));
+            }
+        }
+        routes.insert(key.clone(), Route::Stream { handle, up: false });
+        starts.push(start);
+    }
+
+    /// Ask `req.remote`'s Authoritative Server about a key on a dedicated connection (DB-11);
+    /// the answer goes to `reply` as [`Input::Verified`]. `Err` is the answer to give at once
+    /// (the cap on pending verifications, SEC-11).
+    ///
+    /// # Errors
+    /// The verdict to answer with when no verification can be started.
+    pub fn verify(&self, req: VerifyRequest, reply: &Handle) -> Result<Start, Verdict> {
         let cap = self.ctx.config.limits.pending_verifications;
         if self.verifications.fetch_add(1, Ordering::AcqRel) >= cap {
             self.verifications.fetch_sub(1, Ordering::AcqRel);
@@ -487,22 +528,39 @@ impl Router {
                 "{cap} dialback verifications already pending; refusing one for {}",
                 req.remote
             );
-            reply.send(answer(Verdict::Error("resource-constraint")));
-            return;
+            return Err(Verdict::Error("resource-constraint"));
         }
-        let (local, remote) = (req.local.clone(), req.remote.clone());
-        // XEP-0220 §2.5: we could not connect to the Authoritative Server.
-        let fail = answer(Verdict::Error("remote-connection-failed"));
-        if let Err(e) = conn::spawn_verify(self, local, remote, req, reply.clone()) {
-            self.verifications.fetch_sub(1, Ordering::AcqRel);
-            log::error!("cannot start a verify connection: {e}");
-            reply.send(fail);
+        let l = &self.ctx.config.limits;
+        match self.new_handle(StreamKind::Server, l.outbox) {
+            Ok(handle) => Ok(Start::Verify {
+                req,
+                reply: reply.clone(),
+                handle,
+            }),
+            Err(e) => {
+                self.verifications.fetch_sub(1, Ordering::AcqRel);
+                log::error!("cannot start a verify connection: {e}");
+                // XEP-0220 §2.5: we could not connect to the Authoritative Server.
+                Err(Verdict::Error("remote-connection-failed"))
+            }
         }
     }
 
     /// A verify connection ended (pairs with a successful [`Router::verify`]).
     pub fn verification_done(&self) {
         self.verifications.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The component of `domain` behind `handle` is closing: unregister it and close its inbox
+    /// under the lock senders take; returns the stanzas that were waiting, to bounce.
+    pub fn component_closing(&self, domain: Option<&Domain>, handle: &Handle) -> Vec<Element> {
+        let mut comps = lock(&self.components);
+        if let Some(d) = domain {
+            if comps.get(d).is_some_and(|h| h.id() == handle.id()) {
+                comps.remove(d);
+            }
+        }
+        handle.close()
     }
 
     /// Register a component; false when one is already connected for `domain`.
@@ -515,17 +573,9 @@ impl Router {
         true
     }
 
-    /// Forget the component of `domain` if it is still the stream `id`.
-    pub fn unregister_component(&self, domain: &Domain, id: u64) {
-        let mut comps = lock(&self.components);
-        if comps.get(domain).is_some_and(|h| h.id == id) {
-            comps.remove(domain);
-        }
-    }
-
     /// Count a live stream (for caps and shutdown).
     pub fn add_stream(&self, handle: Handle) {
-        lock(&self.streams).insert(handle.id, handle);
+        lock(&self.streams).insert(handle.id(), handle);
     }
 
     /// A stream ended.
@@ -633,7 +683,7 @@ impl Router {
         for kind in [StreamKind::Server, StreamKind::Component] {
             let handles: Vec<Handle> = lock(&self.streams)
                 .values()
-                .filter(|h| h.kind == kind)
+                .filter(|h| h.kind() == kind)
                 .cloned()
                 .collect();
             for h in &handles {
@@ -645,12 +695,12 @@ impl Router {
                 deadline
             };
             let mut streams = lock(&self.streams);
-            while streams.values().any(|h| h.kind == kind) {
+            while streams.values().any(|h| h.kind() == kind) {
                 let now = Instant::now();
                 if now >= stage_end {
                     log::warn!(
                         "{} {kind:?} streams did not close in time",
-                        streams.values().filter(|h| h.kind == kind).count()
+                        streams.values().filter(|h| h.kind() == kind).count()
                     );
                     break;
                 }
@@ -664,76 +714,17 @@ impl Router {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mailbox::Mailbox;
-
-    fn stanza(n: usize) -> Element {
-        Element::new("message", "jabber:server")
-            .with_attr("from", "a@a.test")
-            .with_attr("to", "b@b.test")
-            .with_child(Element::new("body", "jabber:server").with_text("z".repeat(n)))
-    }
-
-    fn handle(per: usize, total: &Arc<ByteTotal>) -> (Handle, Arc<Inbox>) {
-        let inbox: Arc<Inbox> = Arc::new(Mailbox::default());
-        let h = Handle::new(1, StreamKind::Server, inbox.clone(), 1000)
-            .with_byte_caps(per, total.clone());
-        (h, inbox)
-    }
-
-    #[test]
-    fn bytes_are_capped_per_stream_and_in_total_and_released_when_taken() {
-        let one = stanza::wire_size(&stanza(1000));
-        let total = Arc::new(ByteTotal::new(5 * one));
-        let (a, inbox_a) = handle(3 * one, &total);
-        let (b, _inbox_b) = handle(3 * one, &total);
-        for _ in 0..3 {
-            assert!(a.send_stanza(stanza(1000)).is_ok());
-        }
-        assert!(matches!(
-            a.send_stanza(stanza(1000)),
-            Err(SendError::Bytes(_, ByteCap::Stream))
-        ));
-        assert!(b.send_stanza(stanza(1000)).is_ok());
-        assert!(b.send_stanza(stanza(1000)).is_ok());
-        assert!(matches!(
-            b.send_stanza(stanza(1000)),
-            Err(SendError::Bytes(_, ByteCap::Total))
-        ));
-        assert_eq!(total.used(), 5 * one);
-        // The worker takes a's stanzas: their bytes are free again, for anyone.
-        let taken = inbox_a.close();
-        for input in &taken {
-            let Input::Stanza(_, bytes) = input else {
-                panic!("{input:?}")
-            };
-            a.taken(*bytes);
-        }
-        assert_eq!((a.held_bytes(), total.used()), (0, 2 * one));
-        assert!(b.send_stanza(stanza(1000)).is_ok());
-        // A send to a closed stream gives everything back.
-        assert!(matches!(
-            a.send_stanza(stanza(1000)),
-            Err(SendError::Gone(_))
-        ));
-        assert_eq!((a.held_bytes(), total.used()), (0, 3 * one));
-        // The core's queue counts too, and gives back on the way out.
-        b.recharge(0, one);
-        assert_eq!((b.held_bytes(), total.used()), (4 * one, 4 * one));
-        b.recharge(one, 0);
-        assert_eq!(total.used(), 3 * one);
-    }
-
-    #[test]
-    fn an_empty_stream_takes_one_stanza_larger_than_its_cap() {
-        let total = Arc::new(ByteTotal::new(1 << 20));
-        let (h, _inbox) = handle(100, &total);
-        assert!(h.send_stanza(stanza(5000)).is_ok());
-        assert!(matches!(
-            h.send_stanza(stanza(1)),
-            Err(SendError::Bytes(_, ByteCap::Stream))
-        ));
-    }
+/// Between half and all of `d`, at random, so that pairs which failed together do not all try
+/// again at the same moment.
+fn jittered(d: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2];
+    let r = ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_or(u16::MAX, |()| u16::from_le_bytes(b));
+    d / 2 + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

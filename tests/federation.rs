@@ -285,40 +285,38 @@ fn sigterm_bounces_queued_stanzas_and_exits_zero() {
     assert_eq!((b.attr("id"), b.attr("type")), (Some("s1"), Some("error")));
 }
 
-/// Idle streams park their worker thread; the next stanza wakes it, in both directions.
+/// One thread per stream: once the exchange settles (the verify connections have ended), each
+/// daemon runs its accept loop plus exactly one thread per live stream, and idle streams wake
+/// for the next stanza, in both directions.
 #[test]
-fn parked_streams_wake_for_the_next_stanza() {
-    let mut p = pair();
+fn one_thread_per_stream_and_idle_streams_wake_for_the_next_stanza() {
+    let p = pair();
     let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
     let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
     ca.send("<message from='bot@echo.a.test' to='u@b.test' id='w1'/>");
     assert!(cb.recv(WAIT).is_some_and(|m| m.attr("id") == Some("w1")));
-    // Wait until the streams that carried it have gone idle and parked.
-    p.a.wait_log("s2s-out echo.a.test→b.test");
-    let parked = p.a.wait_log("idle, worker parked");
-    assert!(
-        parked.contains("s2s-out") || parked.contains("component"),
-        "{parked}"
-    );
-    p.b.wait_log("idle, worker parked");
-    let before = p.a.log_count("idle, worker parked") + p.b.log_count("idle, worker parked");
+    // a: its component and its stream to b; b: its component and a's stream to it.
+    p.a.wait_threads(1 + 2);
+    p.b.wait_threads(1 + 2);
     ca.send("<message from='bot@echo.a.test' to='u@b.test' id='w2'/>");
     assert!(cb.recv(WAIT).is_some_and(|m| m.attr("id") == Some("w2")));
     cb.send("<message from='u@b.test' to='bot@echo.a.test' id='w3'/>");
     assert!(ca.recv(WAIT).is_some_and(|m| m.attr("id") == Some("w3")));
-    assert!(before >= 2);
+    // And the streams of the way back: one more on each side.
+    p.a.wait_threads(1 + 3);
+    p.b.wait_threads(1 + 3);
 }
 
-/// A parked stream's deadlines still fire: an idle verified stream is closed on time.
+/// An idle stream's deadline fires while its thread sleeps: an idle verified stream is closed
+/// on time.
 #[test]
-fn parked_idle_stream_is_closed_by_its_deadline() {
-    let mut p = AandB::start(A_SECRET, |dns, _| {
+fn idle_stream_is_closed_by_its_deadline() {
+    let p = AandB::start(A_SECRET, |dns, _| {
         config(&["b.test"], &[], dns, "")
             .replace("[timeouts]\n", "[timeouts]\nidle = 3\nkeepalive = 2\n")
     });
     let c = dialback_as_a(&p.b, A_SECRET);
-    p.b.wait_log("idle, worker parked");
-    // Nothing more is sent: the idle deadline (3 s) must still close the stream.
+    // Nothing more is sent: the idle deadline (3 s) must close the stream.
     match c.next(WAIT) {
         Some(Ok(StreamEvent::Close)) => {}
         other => panic!("expected the stream to be closed for idleness, got {other:?}"),

@@ -1,28 +1,22 @@
-//! What a stream's worker counts against the resource caps, and gives back when it ends.
+//! What a stream counts against the resource caps, and gives back when it ends.
 //!
 //! In scope: the bytes of stanzas its core holds in the pair's queue (kept in step with the
-//! stream's [`Handle`](crate::router::Handle), so `limits.queue_bytes` and
+//! stream's [`Handle`](crate::inbox::Handle), so `limits.queue_bytes` and
 //! `limits.queued_bytes` see them), the outbound-stream slot of an outbound pair stream, the
-//! component connection it was admitted as (and reporting a failed handshake from that address
-//! once), and shrinking the write buffer after a burst. The decisions themselves are made
+//! connection it was admitted as (per-IP counts; for a component, reporting a failed handshake
+//! from that address once), and shrinking the write buffer after a burst. The decisions themselves are made
 //! elsewhere: the caps in `router` and `net`, the protocol in `stream`.
 
-use super::{Core, Worker};
+use super::{Core, Role, Stream};
 use crate::router::OutboundSlot;
-use std::net::IpAddr;
-
-/// Capacity a write buffer shrinks back to once it drained after a burst.
-pub(super) const WBUF_KEEP: usize = 16 * 1024;
 
 /// A stream's holdings against the caps.
 #[derive(Default)]
 pub(super) struct StreamCaps {
     /// Bytes of stanzas the core holds, as last counted into the handle.
     core_bytes: usize,
-    /// The outbound-stream slot, for outbound pair streams; dropped with the worker.
+    /// The outbound-stream slot, for outbound pair streams; given back when the stream ends.
     pub(super) outbound: Option<OutboundSlot>,
-    /// The address a component connection was admitted from.
-    pub(super) component_ip: Option<IpAddr>,
     /// Whether a failed component handshake was reported already.
     failure_reported: bool,
 }
@@ -34,7 +28,7 @@ pub(super) fn reclaim(buf: &mut Vec<u8>, keep: usize) {
     }
 }
 
-impl Worker {
+impl Stream {
     /// After the core handled an event: count what its queue holds now, and report a failed
     /// component handshake.
     pub(super) fn caps_after_feed(&mut self) {
@@ -46,7 +40,8 @@ impl Worker {
             self.me.recharge(self.caps.core_bytes, held);
             self.caps.core_bytes = held;
         }
-        if let (Core::Comp(c), Some(ip)) = (&self.core, self.caps.component_ip) {
+        if let (Core::Comp(c), Role::Component { ip: Some(ip), .. }) = (&self.core, &self.role) {
+            let ip = *ip;
             if c.auth_failed() && !self.caps.failure_reported {
                 self.caps.failure_reported = true;
                 if self.router.component_auth_failed(ip) {
@@ -66,8 +61,18 @@ impl Worker {
     pub(super) fn caps_finish(&mut self) {
         self.me.recharge(self.caps.core_bytes, 0);
         self.caps.core_bytes = 0;
-        if let Some(ip) = self.caps.component_ip.take() {
-            self.router.release_component(ip);
+        match &mut self.role {
+            Role::Component { ip, .. } => {
+                if let Some(ip) = ip.take() {
+                    self.router.release_component(ip);
+                }
+            }
+            Role::Inbound { ip } => {
+                if let Some(ip) = ip.take() {
+                    self.router.release_ip(ip);
+                }
+            }
+            Role::Outbound { .. } | Role::Verify { .. } => {}
         }
         self.caps.outbound = None;
     }
@@ -76,6 +81,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::link::WBUF_KEEP;
 
     #[test]
     fn a_drained_buffer_shrinks_after_a_burst_only() {

@@ -1,107 +1,115 @@
-//! Outbound connections: static routes, else SRV and A/AAAA (RFC 6120 §3.2), tried in order;
-//! every address DNS gives passes the private-network guard ([`NetworkPolicy`]) first.
+//! Outbound connections: static routes, else SRV and A/AAAA (RFC 6120 §3.2), tried in order
+//! under the stream's one deadline; every address DNS gives passes the private-network guard
+//! ([`NetworkPolicy`]) first.
+//!
+//! Each connect is non-blocking and waited for in `poll(2)` together with the stream's inbox,
+//! so stanzas queue, shutdown is seen and an abandoned verification stops while we dial. At most
+//! [`MAX_ADDRESSES`] addresses are tried, each for at most `timeouts.connect`, all of them
+//! within the stream's negotiation (or verification) deadline.
 
-use super::{Core, Worker, BATCH};
+use super::link::{poll, Link};
+use super::{Core, Event, Role, Stream};
 use crate::dns::{NetworkPolicy, DEFAULT_S2S_PORT};
 use crate::domain::Domain;
-use crate::stream::Event;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use crate::transport::Transport;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+/// How many addresses one dial tries at most (targets × addresses).
+pub(super) const MAX_ADDRESSES: usize = 16;
 /// How many addresses a failed attempt's log line and bounce text list (the rest are counted).
 const LISTED_ADDRESSES: usize = 8;
 
-/// A connection made by [`Worker::dial`].
-pub(super) struct Dialled {
-    sock: TcpStream,
+/// Why a dial failed: `not_found` when DNS says there is no such service or no permitted
+/// address is left (retrying cannot help), and a reason naming what was tried.
+pub(super) struct DialError {
+    not_found: bool,
+    reason: String,
+}
+
+impl DialError {
+    fn new(not_found: bool, reason: String) -> DialError {
+        DialError { not_found, reason }
+    }
+}
+
+/// A connection made by [`Stream::dial`].
+struct Dialled {
+    sock: Box<dyn Transport>,
     addr: SocketAddr,
     /// The host name it was found under (SRV target, the domain itself, or a route's host).
     host: String,
     direct_tls: bool,
 }
 
-impl Worker {
+/// Dial targets: (host, port, direct TLS), and whether the private-network guard applies.
+type Targets = (Vec<(String, u16, bool)>, bool);
+
+impl Stream {
     /// Outbound: resolve, connect, and tell the core how it went.
     pub(super) fn connect(&mut self) {
-        let Core::Out(_) = &self.core else { return };
-        let remote = self.remote_domain();
+        let remote = self.domains().1;
         let ev = match self.dial(&remote) {
-            Ok(Dialled {
-                sock,
-                addr,
-                host,
-                direct_tls,
-            }) => {
-                let how = if direct_tls { ", direct TLS" } else { "" };
-                if self.verify.is_some() {
-                    log::debug!("{}: connected to {addr} ({host}{how})", self.core.label());
-                } else {
-                    log::info!("{}: connected to {addr} ({host}{how})", self.core.label());
-                }
-                // Every later line of this stream names the address too.
-                if let Core::Out(c) = &mut self.core {
-                    c.set_peer_address(addr);
-                }
-                if direct_tls {
-                    // Direct-TLS targets are only chosen when TLS is configured (see dial).
-                    match self.attach_tls_client(sock, &remote) {
-                        Ok(()) => Event::Connected { tls: true },
-                        Err(e) => Event::ConnectFailed {
-                            not_found: false,
-                            reason: format!("TLS with {addr} ({host}): {e}"),
-                        },
-                    }
-                } else {
-                    match self.attach(sock) {
-                        Ok(()) => Event::Connected { tls: false },
-                        Err(e) => Event::ConnectFailed {
-                            not_found: false,
-                            reason: format!("{addr} ({host}): {e}"),
-                        },
-                    }
-                }
+            Ok(d) => self.connected(d, &remote),
+            Err(DialError { not_found, reason }) => {
+                Some(Event::ConnectFailed { not_found, reason })
             }
-            Err((not_found, reason)) => Event::ConnectFailed { not_found, reason },
         };
-        if !matches!(ev, Event::Connected { .. }) {
-            // Stanzas that arrived while we dialled are still in the channel: queue them in
-            // the core first, so the failure bounces them rather than re-routing them.
-            let mut pending = Vec::new();
-            while self.inbox.recv_batch(&mut pending, BATCH, Instant::now()) > 0 {
-                for input in pending.drain(..) {
-                    self.input(input);
-                }
-            }
+        if let Some(ev) = ev {
+            self.feed(ev);
         }
-        self.feed(ev);
-        self.flush();
+    }
+
+    /// Take over a connection: the core learns of it now, or after the TLS handshake.
+    fn connected(&mut self, d: Dialled, remote: &Domain) -> Option<Event> {
+        let how = if d.direct_tls { ", direct TLS" } else { "" };
+        let (addr, host) = (d.addr, &d.host);
+        if matches!(self.role, Role::Verify { .. }) {
+            log::debug!("{}: connected to {addr} ({host}{how})", self.core.label());
+        } else {
+            log::info!("{}: connected to {addr} ({host}{how})", self.core.label());
+        }
+        // Every later line of this stream names the address too.
+        if let Core::Out(c) = &mut self.core {
+            c.set_peer_address(addr);
+        }
+        self.link = Some(Link::new(d.sock));
+        if !d.direct_tls {
+            return Some(Event::Connected { tls: false });
+        }
+        // Direct-TLS targets are only chosen when TLS is configured (see dial).
+        match self.client_session(true) {
+            Ok(s) => {
+                if let Some(link) = &mut self.link {
+                    link.start_tls(s);
+                }
+                self.tls_pending = Some(Event::Connected { tls: true });
+                None
+            }
+            Err(e) => Some(Event::ConnectFailed {
+                not_found: false,
+                reason: format!("TLS with {addr} ({host}) for {remote}: {e}"),
+            }),
+        }
     }
 
     /// Find and connect to `remote` (static route, else SRV/A per RFC 6120 §3.2). Outside static
     /// routes, IP-literal domains and every resolved address go through the private-network
     /// guard; refused addresses are skipped (logged at debug) and never connected to.
-    ///
-    /// The error is `(not_found, reason)`: `not_found` when DNS says there is no such service or
-    /// no permitted address is left (retrying cannot help); `reason` names the domain and every
-    /// address tried (the core logs it once).
-    pub(super) fn dial(&self, remote: &Domain) -> Result<Dialled, (bool, String)> {
-        let cfg = &self.router.ctx.config;
-        let label = self.core.label();
+    fn dial(&mut self, remote: &Domain) -> Result<Dialled, DialError> {
+        let router = self.router.clone();
+        let cfg = &router.ctx.config;
         let policy = NetworkPolicy::new(&cfg.allow_networks);
         let (targets, guarded) = self.targets(remote, &policy)?;
-        let mut any_address = false;
-        let mut transient = false;
         let mut tried: Vec<String> = Vec::new();
+        let (mut any_address, mut transient, mut attempts) = (false, false, 0);
         for (host, port, direct_tls) in targets {
-            if direct_tls && !self.router.ctx.tls_available {
-                log::debug!(
-                    "{label}: skipping direct-TLS target {host}:{port}, TLS is not configured"
-                );
+            if direct_tls && !router.ctx.tls_available {
                 continue;
             }
             let ips = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![ip],
-                Err(_) => match self.router.resolver.ips(&host) {
+                Err(_) => match router.resolver.ips(&host) {
                     Ok(ips) => ips,
                     Err(e) => {
                         transient |= !e.is_not_found();
@@ -114,6 +122,7 @@ impl Worker {
                 let addr = SocketAddr::new(ip, port);
                 if guarded {
                     if let Err(refusal) = policy.check(ip) {
+                        let label = self.core.label();
                         log::debug!(
                             "{label}: not dialling {addr} ({host}) for {remote}: {refusal}"
                         );
@@ -122,8 +131,21 @@ impl Worker {
                     }
                 }
                 any_address = true;
-                log::debug!("{label}: connecting to {addr} ({host})");
-                match TcpStream::connect_timeout(&addr, cfg.timeouts.connect) {
+                if attempts == super::dial::MAX_ADDRESSES {
+                    tried.push(format!(
+                        "{addr} ({host}): not tried, {MAX_ADDRESSES} addresses tried already"
+                    ));
+                    continue;
+                }
+                attempts += 1;
+                if let Some(stop) = self.dial_stopped() {
+                    tried.push(stop);
+                    return Err(DialError::new(
+                        false,
+                        format!("cannot connect to {remote}: {}", listed(tried)),
+                    ));
+                }
+                match self.try_address(addr, &host) {
                     Ok(sock) => {
                         return Ok(Dialled {
                             sock,
@@ -138,17 +160,63 @@ impl Worker {
         }
         let not_found = !any_address && !transient;
         let detail = listed(tried);
-        Err((not_found, format!("cannot connect to {remote}: {detail}")))
+        Err(DialError::new(
+            not_found,
+            format!("cannot connect to {remote}: {detail}"),
+        ))
+    }
+
+    /// Why dialling must stop now (deadline passed, shutdown, the verification abandoned), if
+    /// it must.
+    fn dial_stopped(&mut self) -> Option<String> {
+        if self.done || !matches!(&self.core, Core::Out(c) if !c.is_closed()) {
+            return Some("stopped".into());
+        }
+        if Instant::now() >= self.clock.deadline {
+            return Some("out of time".into());
+        }
+        None
+    }
+
+    /// Connect to one address: non-blocking, waited for in `poll(2)` with the inbox, for at
+    /// most `timeouts.connect` and never past the stream's deadline.
+    fn try_address(&mut self, addr: SocketAddr, host: &str) -> Result<Box<dyn Transport>, String> {
+        log::debug!("{}: connecting to {addr} ({host})", self.core.label());
+        let sock = self
+            .router
+            .connector
+            .connect(addr)
+            .map_err(|e| e.to_string())?;
+        let until =
+            (Instant::now() + self.router.ctx.config.timeouts.connect).min(self.clock.deadline);
+        let wake = self.me.inbox().fd();
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Err("connection timed out".into());
+            }
+            let fds = [(sock.as_raw_fd(), libc::POLLOUT), (wake, libc::POLLIN)];
+            let revents = poll(&fds, until - now).map_err(|e| e.to_string())?;
+            if revents[1] != 0 {
+                // Stanzas queue in the core; a shutdown or an abandoned verification ends it.
+                self.inputs();
+                if let Some(why) = self.dial_stopped() {
+                    return Err(why);
+                }
+            }
+            if revents[0] != 0 {
+                return match sock.take_error() {
+                    Ok(None) => Ok(sock),
+                    Ok(Some(e)) | Err(e) => Err(e.to_string()),
+                };
+            }
+        }
     }
 
     /// Where to dial `remote`: (host, port, direct TLS) in order, and whether the
     /// private-network guard applies (not to static routes). IP-literal domains are judged
     /// here, before any DNS.
-    fn targets(
-        &self,
-        remote: &Domain,
-        policy: &NetworkPolicy<'_>,
-    ) -> Result<Targets, (bool, String)> {
+    fn targets(&self, remote: &Domain, policy: &NetworkPolicy<'_>) -> Result<Targets, DialError> {
         let label = self.core.label();
         Ok(match self.router.ctx.config.routes.get(remote) {
             // The operator's explicit choice: never judged.
@@ -156,7 +224,10 @@ impl Worker {
             None => match policy.check_domain(remote.as_str()) {
                 Err(refusal) => {
                     log::debug!("{label}: not dialling {remote}: {refusal}");
-                    return Err((true, format!("not dialling {remote}: {refusal}")));
+                    return Err(DialError::new(
+                        true,
+                        format!("not dialling {remote}: {refusal}"),
+                    ));
                 }
                 // An allowed IP literal: no DNS, the default port (RFC 6120 §3.2.2).
                 Ok(Some(ip)) => (vec![(ip.to_string(), DEFAULT_S2S_PORT, false)], true),
@@ -168,7 +239,7 @@ impl Worker {
                         true,
                     ),
                     Err(e) => {
-                        return Err((
+                        return Err(DialError::new(
                             e.is_not_found(),
                             format!("DNS lookup for {remote} failed: {e}"),
                         ))
@@ -178,9 +249,6 @@ impl Worker {
         })
     }
 }
-
-/// Dial targets: (host, port, direct TLS), and whether the private-network guard applies.
-type Targets = (Vec<(String, u16, bool)>, bool);
 
 /// The addresses tried, for the failure reason: at most `LISTED_ADDRESSES`, then a count.
 fn listed(mut tried: Vec<String>) -> String {

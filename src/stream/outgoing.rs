@@ -62,6 +62,8 @@ pub struct Outgoing {
     queue_bytes: usize,
     /// The peer answered with a pre-1.0 header (no features, no STARTTLS).
     legacy: bool,
+    /// Why the pair could not be set up (condition, reason), once it could not.
+    failure: Option<(&'static str, String)>,
 }
 
 impl Outgoing {
@@ -87,6 +89,7 @@ impl Outgoing {
             queue: VecDeque::new(),
             queue_bytes: 0,
             legacy: false,
+            failure: None,
         }
     }
 
@@ -108,6 +111,20 @@ impl Outgoing {
     /// The bytes of the stanzas waiting for the pair to be verified ([`stanza::wire_size`]).
     pub fn queued_bytes(&self) -> usize {
         self.queue_bytes
+    }
+
+    /// Why the pair could not be set up: the bounce condition and the reason, once the stream
+    /// failed before dialback said valid (`None` for a stream that was established, or is
+    /// still trying).
+    pub fn failure(&self) -> Option<(&'static str, &str)> {
+        self.failure.as_ref().map(|(c, r)| (*c, r.as_str()))
+    }
+
+    /// Take the stanzas still queued (for a connection layer that must give up on the stream
+    /// without going through its states, after an internal error).
+    pub fn take_queue(&mut self) -> Vec<Element> {
+        self.queue_bytes = 0;
+        self.queue.drain(..).collect()
     }
 
     /// The stream's name for log lines.
@@ -504,6 +521,7 @@ impl Outgoing {
         match &self.purpose {
             Purpose::Pair if was == State::Established => Vec::new(),
             Purpose::Pair => {
+                self.failure = Some((condition, reason.to_string()));
                 log::warn!(
                     "{}: {reason}; bouncing {} stanzas ({condition})",
                     self.label,

@@ -52,7 +52,7 @@
 mod context;
 mod gencert;
 mod peer;
-mod stream;
+mod session;
 #[cfg(test)]
 mod tests;
 mod verifiers;
@@ -61,7 +61,7 @@ pub mod words;
 pub use context::{judge, CertJudgement, TlsContext};
 pub use gencert::gen_cert;
 pub use peer::PeerCert;
-pub use stream::{HandshakeInfo, TlsReader, TlsStream, TlsWriter};
+pub use session::{HandshakeInfo, ReadEnd, Session};
 use verifiers::{AcceptAnyClientCert, AcceptAnyServerCert, SniResolver};
 
 use std::collections::BTreeMap;

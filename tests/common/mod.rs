@@ -220,6 +220,19 @@ impl Daemon {
         self.proc_status("Threads")
     }
 
+    /// Wait (bounded by [`WAIT`]) until the process runs exactly `n` threads (re-checked as it
+    /// logs; a stream thread logs its end just before it exits); panics with the count if not.
+    pub fn wait_threads(&self, n: usize) {
+        if !self.log_satisfies(|_| self.threads() == n) {
+            panic!(
+                "{}: {} threads, expected {n}\n{}",
+                self.name,
+                self.threads(),
+                self.log_text()
+            );
+        }
+    }
+
     /// How many file descriptors the process holds open.
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
