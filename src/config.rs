@@ -1545,7 +1545,7 @@ mod tests {
                 }
             })
             .collect();
-        assert_eq!(changed, 27, "every timeout and limit is documented once");
+        assert_eq!(changed, 28, "every timeout and limit is documented once");
         let c = parse(&text).unwrap();
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.limits, Limits::default());

@@ -39,8 +39,6 @@ pub enum Input {
         /// The Authoritative Server's answer.
         verdict: Verdict,
     },
-    /// Close now: the daemon is shutting down.
-    Shutdown,
 }
 
 /// An eventfd: written by other threads, polled by the stream's thread.
@@ -75,6 +73,8 @@ impl WakeFd {
 struct State {
     items: VecDeque<Input>,
     closed: bool,
+    /// The daemon is shutting down: the stream must close (seen even while it takes no input).
+    shutdown: bool,
     /// The eventfd was written since the receiver last cleared it.
     poked: bool,
     /// Inboxes to wake when this one closes.
@@ -103,6 +103,7 @@ impl Inbox {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 closed: false,
+                shutdown: false,
                 poked: false,
                 watchers: Vec::new(),
             }),
@@ -140,6 +141,18 @@ impl Inbox {
     pub fn poke(&self) {
         let mut st = self.lock();
         self.poke_locked(&mut st);
+    }
+
+    /// Ask the stream to close now (the daemon is shutting down), and wake it.
+    pub fn shutdown(&self) {
+        let mut st = self.lock();
+        st.shutdown = true;
+        self.poke_locked(&mut st);
+    }
+
+    /// The receiver: whether shutdown was asked for since it last looked.
+    pub fn take_shutdown(&self) -> bool {
+        std::mem::take(&mut self.lock().shutdown)
     }
 
     /// The receiver: move up to `max` queued items into `out`. Returns true when more are
@@ -410,6 +423,10 @@ mod tests {
             .with_byte_caps(per, total.clone())
     }
 
+    fn input() -> Input {
+        Input::Stanza(stanza(1), 1)
+    }
+
     /// Whether `fd` is readable within `ms` milliseconds.
     fn readable(fd: RawFd, ms: i32) -> bool {
         let mut p = libc::pollfd {
@@ -474,7 +491,7 @@ mod tests {
         let inbox = Inbox::new().unwrap();
         assert!(!readable(inbox.fd(), 0));
         for _ in 0..3 {
-            inbox.send(Input::Shutdown).unwrap();
+            inbox.send(input()).unwrap();
         }
         assert!(readable(inbox.fd(), 0));
         let mut out = Vec::new();
@@ -484,9 +501,11 @@ mod tests {
         assert!(!readable(inbox.fd(), 0), "nothing new: no wake");
         // A send from another thread wakes a receiver sleeping in poll.
         let i2 = inbox.clone();
-        let t = std::thread::spawn(move || i2.send(Input::Shutdown).unwrap());
+        let t = std::thread::spawn(move || i2.shutdown());
         assert!(readable(inbox.fd(), 10_000));
         t.join().unwrap();
+        assert!(inbox.take_shutdown());
+        assert!(!inbox.take_shutdown(), "seen once");
     }
 
     #[test]
@@ -494,11 +513,11 @@ mod tests {
         let inbox = Inbox::new().unwrap();
         let watcher = Inbox::new().unwrap();
         inbox.watch(&watcher);
-        inbox.send(Input::Shutdown).unwrap();
+        inbox.send(input()).unwrap();
         assert!(!readable(watcher.fd(), 0));
         assert_eq!(inbox.close().len(), 1);
         assert!(inbox.is_closed());
-        assert!(matches!(inbox.send(Input::Shutdown), Err(Input::Shutdown)));
+        assert!(matches!(inbox.send(input()), Err(Input::Stanza(..))));
         assert!(readable(watcher.fd(), 0), "the watcher was woken");
         // Watching a closed inbox wakes at once.
         let late = Inbox::new().unwrap();

@@ -77,7 +77,7 @@ enum Route {
 }
 
 /// One outbound domain-pair stream counted against `limits.outbound_streams`; dropping it (when
-/// the stream's worker ends, on whatever path) gives the slot back.
+/// the stream's thread ends, on whatever path) gives the slot back.
 #[derive(Debug)]
 pub struct OutboundSlot(Arc<AtomicUsize>);
 
@@ -139,6 +139,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A stanza to bounce: the stanza, its condition and the text for its sender.
 type Refused = (Element, &'static str, String);
+
+/// What became of a stanza for a remote pair.
+enum Sent {
+    /// Queued on the pair's stream.
+    Queued,
+    /// Queued on a new stream for the pair, to be started.
+    Start(Start),
+    /// Not queued: bounce it.
+    Refused(Refused),
+}
 
 impl Router {
     /// A router for this context, dialling over TCP.
@@ -247,9 +257,9 @@ impl Router {
             }
         };
         match self.send_remote((from, to.domain), el) {
-            Ok(Some(start)) => starts.push(start),
-            Ok(None) => {}
-            Err(r) => refused.push(r),
+            Sent::Start(start) => starts.push(start),
+            Sent::Queued => {}
+            Sent::Refused(r) => refused.push(r),
         }
     }
 
@@ -287,18 +297,18 @@ impl Router {
     }
 
     /// Queue `el` on the pair's route; a new route (and a [`Start`]) for the first stanza.
-    fn send_remote(&self, key: (Domain, Domain), el: Element) -> Result<Option<Start>, Refused> {
+    fn send_remote(&self, key: (Domain, Domain), el: Element) -> Sent {
         let mut routes = lock(&self.routes);
         let el = match routes.get(&key) {
             Some(Route::Stream { handle, .. }) => match handle.send_stanza(el) {
-                Ok(()) => return Ok(None),
+                Ok(()) => return Sent::Queued,
                 Err(SendError::Full(el)) => {
                     let text = format!("too many stanzas queued for {}", key.1);
-                    return Err((el, "resource-constraint", text));
+                    return Sent::Refused((el, "resource-constraint", text));
                 }
                 Err(SendError::Bytes(el, cap)) => {
                     drop(routes);
-                    return Err(self.bytes_refused(el, cap, &key.1));
+                    return Sent::Refused(self.bytes_refused(el, cap, &key.1));
                 }
                 // The stream closed its inbox without handing the route back: start anew.
                 Err(SendError::Gone(el)) => el,
@@ -307,12 +317,12 @@ impl Router {
                 until,
                 condition,
                 text,
-            }) if Instant::now() < *until => return Err((el, condition, text.clone())),
+            }) if Instant::now() < *until => return Sent::Refused((el, condition, text.clone())),
             Some(Route::Backoff { .. }) | None => el,
         };
         routes.remove(&key);
         if self.is_shutting_down() {
-            return Err((
+            return Sent::Refused((
                 el,
                 "remote-server-timeout",
                 "the server is shutting down".into(),
@@ -320,20 +330,20 @@ impl Router {
         }
         let (start, handle) = match self.new_outbound(&key) {
             Ok(new) => new,
-            Err(why) => return Err((el, "resource-constraint", why.into())),
+            Err(why) => return Sent::Refused((el, "resource-constraint", why.into())),
         };
         // A fresh inbox with room: the first stanza always fits.
         if let Err(SendError::Full(el) | SendError::Gone(el) | SendError::Bytes(el, _)) =
             handle.send_stanza(el)
         {
-            return Err((
+            return Sent::Refused((
                 el,
                 "resource-constraint",
                 "could not queue the stanza".into(),
             ));
         }
         routes.insert(key, Route::Stream { handle, up: false });
-        Ok(Some(start))
+        Sent::Start(start)
     }
 
     /// A route's stream for `key` (under the routes lock), within `limits.outbound_streams`.
@@ -521,6 +531,9 @@ impl Router {
     /// # Errors
     /// The verdict to answer with when no verification can be started.
     pub fn verify(&self, req: VerifyRequest, reply: &Handle) -> Result<Start, Verdict> {
+        if self.is_shutting_down() {
+            return Err(Verdict::Error("remote-connection-failed"));
+        }
         let cap = self.ctx.config.limits.pending_verifications;
         if self.verifications.fetch_add(1, Ordering::AcqRel) >= cap {
             self.verifications.fetch_sub(1, Ordering::AcqRel);
@@ -575,7 +588,12 @@ impl Router {
 
     /// Count a live stream (for caps and shutdown).
     pub fn add_stream(&self, handle: Handle) {
-        lock(&self.streams).insert(handle.id(), handle);
+        let mut streams = lock(&self.streams);
+        if self.is_shutting_down() {
+            // Started while shutdown was under way: it must end too.
+            handle.inbox().shutdown();
+        }
+        streams.insert(handle.id(), handle);
     }
 
     /// A stream ended.
@@ -687,30 +705,40 @@ impl Router {
                 .cloned()
                 .collect();
             for h in &handles {
-                h.send(Input::Shutdown);
+                h.inbox().shutdown();
             }
             let stage_end = if kind == StreamKind::Server {
                 Instant::now() + bound / 2
             } else {
                 deadline
             };
-            let mut streams = lock(&self.streams);
-            while streams.values().any(|h| h.kind() == kind) {
-                let now = Instant::now();
-                if now >= stage_end {
-                    log::warn!(
-                        "{} {kind:?} streams did not close in time",
-                        streams.values().filter(|h| h.kind() == kind).count()
-                    );
-                    break;
-                }
-                streams = self
-                    .streams_changed
-                    .wait_timeout(streams, stage_end - now)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
+            if !self.wait_streams(Some(kind), stage_end) {
+                let left = lock(&self.streams)
+                    .values()
+                    .filter(|h| h.kind() == kind)
+                    .count();
+                log::warn!("{left} {kind:?} streams did not close in time");
             }
         }
+    }
+
+    /// Wait until no stream (of `kind`, if given) is left, or `until` passes; whether none is.
+    pub fn wait_streams(&self, kind: Option<StreamKind>, until: Instant) -> bool {
+        let left =
+            |s: &HashMap<u64, Handle>| s.values().any(|h| kind.is_none_or(|k| h.kind() == k));
+        let mut streams = lock(&self.streams);
+        while left(&streams) {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            streams = self
+                .streams_changed
+                .wait_timeout(streams, until - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
     }
 }
 

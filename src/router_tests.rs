@@ -1,1 +1,188 @@
+//! The router as plain data: routes, the pair FIFO across a stream's end, backoff, caps. No
+//! stream threads: the tests hold the `Start`s the router returns and play the streams.
 
+use super::*;
+use crate::dns::Resolver;
+use crate::stream::testutil;
+use std::thread;
+
+fn router() -> Arc<Router> {
+    let ctx = testutil::ctx_with(|c| {
+        c.timeouts.retry = Duration::from_secs(60);
+        c.limits.outbound_streams = 2;
+    });
+    Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None)
+}
+
+fn key(remote: &str) -> (Domain, Domain) {
+    (
+        Domain::parse("a.test").unwrap(),
+        Domain::parse(remote).unwrap(),
+    )
+}
+
+fn msg(n: usize, to: &str) -> Element {
+    Element::new("message", "jabber:server")
+        .with_attr("from", "u@a.test")
+        .with_attr("to", format!("v@{to}"))
+        .with_attr("id", format!("m{n}"))
+}
+
+/// The ids waiting in `h`'s inbox, in order (taken out).
+fn waiting(h: &Handle) -> Vec<String> {
+    h.close()
+        .iter()
+        .map(|e| e.attr("id").unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The handle of an outbound start.
+fn outbound(mut starts: Starts) -> Handle {
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    match starts.pop() {
+        Some(Start::Outbound { handle, slot, .. }) => {
+            std::mem::forget(slot);
+            handle
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_first_stanza_starts_one_stream_and_later_ones_queue_behind_it() {
+    let r = router();
+    let h = outbound(r.route(msg(0, "b.test")));
+    for n in 1..5 {
+        assert!(
+            r.route(msg(n, "b.test")).is_empty(),
+            "no second stream (DB-02)"
+        );
+    }
+    assert_eq!(waiting(&h), ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+#[test]
+fn a_stream_that_ends_hands_its_stanzas_back_ahead_of_newer_ones() {
+    let r = router();
+    let h1 = outbound(r.route(msg(0, "b.test")));
+    for n in 1..4 {
+        let _ = r.route(msg(n, "b.test"));
+    }
+    // The stream took m0 (sent it); m1..m3 wait in its inbox when it closes cleanly.
+    let mut took = Vec::new();
+    h1.inbox().take(&mut took, 1);
+    let h2 = outbound(r.outbound_closing(&key("b.test"), &h1, None));
+    // Newer stanzas go behind the handed-back ones, on the new stream.
+    for n in 4..6 {
+        assert!(r.route(msg(n, "b.test")).is_empty());
+    }
+    assert_eq!(waiting(&h2), ["m1", "m2", "m3", "m4", "m5"]);
+}
+
+#[test]
+fn no_reordering_while_senders_race_the_close() {
+    let r = router();
+    let h1 = outbound(r.route(msg(0, "b.test")));
+    let r2 = r.clone();
+    let sender = thread::spawn(move || {
+        let mut starts = Vec::new();
+        for n in 1..2000 {
+            starts.extend(r2.route(msg(n, "b.test")));
+        }
+        starts
+    });
+    // Close while the sender runs; every stanza is in h1 (before) or h2 (after), in order.
+    let h2 = outbound(r.outbound_closing(&key("b.test"), &h1, None));
+    let late = sender.join().unwrap();
+    assert!(late.is_empty(), "one route, one stream: {late:?}");
+    let ids: Vec<usize> = waiting(&h2)
+        .iter()
+        .map(|i| i[1..].parse().unwrap())
+        .collect();
+    assert_eq!(ids, (0..2000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failed_pair_backs_off_then_tries_again() {
+    let r = router();
+    let comp = r.new_handle(StreamKind::Component, 100).unwrap();
+    assert!(r.register_component(Domain::parse("echo.a.test").unwrap(), comp.clone()));
+    let from_comp = |n: usize| msg(n, "b.test").with_attr("from", "u@echo.a.test");
+    let k = (
+        Domain::parse("echo.a.test").unwrap(),
+        Domain::parse("b.test").unwrap(),
+    );
+    let h = outbound(r.route(from_comp(0)));
+    let _ = r.route(from_comp(1));
+    let failure = Some(("remote-server-not-found", "no such domain".to_string()));
+    assert!(r.outbound_closing(&k, &h, failure).is_empty());
+    // Waiting stanzas bounce with the failure's condition; so does the next one, at once,
+    // without a new attempt.
+    assert!(
+        r.route(from_comp(2)).is_empty(),
+        "no re-dial during the backoff"
+    );
+    let bounced = comp.close();
+    let conditions: Vec<&str> = bounced
+        .iter()
+        .map(|e| e.elements().find(|c| c.name == "error").unwrap())
+        .map(|e| e.elements().next().unwrap().name.as_str())
+        .collect();
+    assert_eq!(conditions, ["remote-server-not-found"; 3]);
+    // Once the window has passed, the next stanza tries again.
+    match lock(&r.routes).get_mut(&k) {
+        Some(Route::Backoff { until, .. }) => *until = Instant::now(),
+        _ => panic!("the pair is in backoff"),
+    }
+    let again = outbound(r.route(from_comp(3)));
+    assert_eq!(waiting(&again), ["m3"]);
+}
+
+#[test]
+fn the_window_is_jittered_within_half_and_all_of_the_retry_time() {
+    let d = Duration::from_secs(10);
+    let windows: Vec<Duration> = (0..50).map(|_| jittered(d)).collect();
+    assert!(
+        windows.iter().all(|w| *w >= d / 2 && *w <= d),
+        "{windows:?}"
+    );
+    assert!(
+        windows.iter().any(|w| *w != windows[0]),
+        "random: {windows:?}"
+    );
+}
+
+#[test]
+fn outbound_streams_are_capped_and_a_slot_comes_back_when_a_stream_ends() {
+    let r = router();
+    let mut starts = r.route(msg(0, "b.test"));
+    starts.extend(r.route(msg(1, "c.test")));
+    assert_eq!(r.outbound_streams(), 2);
+    // The third pair is refused (limits.outbound_streams = 2); its sender gets the bounce.
+    assert!(r.route(msg(2, "d.test")).is_empty());
+    assert_eq!(r.outbound_streams(), 2);
+    // A stream ends (its start, slot included, dropped): the slot is free again.
+    let s = starts.pop();
+    drop(s);
+    assert_eq!(r.outbound_streams(), 1);
+    assert_eq!(r.route(msg(3, "d.test")).len(), 1);
+}
+
+#[test]
+fn a_component_that_closes_hands_back_what_waited_for_it() {
+    let r = router();
+    let d = Domain::parse("echo.a.test").unwrap();
+    let comp = r.new_handle(StreamKind::Component, 100).unwrap();
+    assert!(r.register_component(d.clone(), comp.clone()));
+    let to_comp = |n: usize| {
+        Element::new("message", "jabber:server")
+            .with_attr("from", "x@b.test")
+            .with_attr("to", "bot@echo.a.test")
+            .with_attr("id", format!("c{n}"))
+    };
+    let _ = r.route(to_comp(0));
+    let back = r.component_closing(Some(&d), &comp);
+    assert_eq!(back.len(), 1);
+    // Later stanzas find no component: they bounce (to b.test: a new route is started).
+    assert_eq!(r.route(to_comp(1)).len(), 1);
+}

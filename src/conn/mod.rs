@@ -206,6 +206,12 @@ impl Stream {
     /// Take inputs from the inbox (unless the peer is not taking what we write). True when
     /// more are waiting.
     fn inputs(&mut self) -> bool {
+        if self.me.inbox().take_shutdown() {
+            self.feed(Event::Shutdown);
+            if let Some(until) = &mut self.clock.closing_until {
+                *until = (*until).min(Instant::now() + SHUTDOWN_CLOSE_WAIT);
+            }
+        }
         if self.backlogged() {
             return false;
         }
@@ -239,12 +245,6 @@ impl Stream {
                 local,
                 verdict,
             }),
-            Input::Shutdown => {
-                self.feed(Event::Shutdown);
-                if let Some(until) = &mut self.clock.closing_until {
-                    *until = (*until).min(Instant::now() + SHUTDOWN_CLOSE_WAIT);
-                }
-            }
         }
     }
 

@@ -28,6 +28,9 @@ enum State {
     ExpectHeader,
     Open,
     AwaitTls,
+    /// We closed the stream cleanly and wait for the peer's close: stanzas it still sends are
+    /// processed (RFC 6120 §4.4), nothing else.
+    Closing,
     Closed,
 }
 
@@ -117,7 +120,11 @@ impl Incoming {
     /// Feed one event; returns what to do, in order.
     pub fn handle(&mut self, ev: Event) -> Vec<Action> {
         match (self.state, ev) {
-            (State::Closed, _) => Vec::new(),
+            (State::Closing, Event::Element(e)) if stanza::is_stanza(&e) => {
+                let out = self.stanza(e);
+                super::closing_deliveries(out, &mut self.state, State::Closed)
+            }
+            (State::Closed | State::Closing, _) => Vec::new(),
             (State::ExpectHeader, Event::Header(h)) => self.expect_header(h),
             // ERR-01: answer with a header even when the header itself is what is wrong
             // (close() sends ours first).
@@ -199,7 +206,10 @@ impl Incoming {
             h.version.clone_from(&self.version);
             out.push(Action::SendHeader(h));
         }
-        self.state = State::Closed;
+        self.state = match (self.state, &err) {
+            (State::Open, None) if !self.verified.is_empty() => State::Closing,
+            _ => State::Closed,
+        };
         out.push(Action::Close(err));
         out
     }
@@ -564,7 +574,7 @@ impl Incoming {
             return Vec::new();
         };
         self.pending.swap_remove(pos);
-        if self.state == State::Closed {
+        if matches!(self.state, State::Closed | State::Closing) {
             return Vec::new();
         }
         let answer = |v: &Verdict| Action::Send(db_result(&local, &remote, DbBody::Verdict(v)));

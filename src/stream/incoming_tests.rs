@@ -890,3 +890,36 @@ fn db12_verified_traffic_flows_while_another_verification_is_pending() {
     let out = s.handle(db_verify("S9", &key));
     assert!(matches!(&out[..], [Action::Send(v)] if v.attr("type") == Some("valid")));
 }
+
+#[test]
+fn str05_stanzas_sent_while_we_close_an_idle_stream_are_still_delivered() {
+    let mut s = verified();
+    let out = s.handle(Event::Idle);
+    assert!(matches!(&out[..], [Action::Close(None)]), "{out:?}");
+    // RFC 6120 §4.4: until the peer's close, what it sends is processed.
+    let m = el("<message from='x@b.test' to='y@a.test' id='late'/>");
+    let out = s.handle(Event::Element(m));
+    assert!(
+        matches!(&out[..], [Action::Deliver(e)] if e.attr("id") == Some("late")),
+        "{out:?}"
+    );
+    // Nothing else is acted on any more, and a refused stanza does not close twice.
+    assert!(s.handle(claim("c.test", "a.test")).is_empty());
+    let bad = el("<message from='x@c.test' to='y@a.test'/>");
+    let out = s.handle(Event::Element(bad));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Close(_))),
+        "{out:?}"
+    );
+    let m = el("<message from='x@b.test' to='y@a.test' id='later'/>");
+    assert!(s.handle(Event::Element(m)).is_empty(), "closed for good");
+}
+
+#[test]
+fn str05_after_a_stream_error_nothing_more_is_processed() {
+    let mut s = verified();
+    let out = s.handle(Event::Shutdown);
+    assert!(closes_with(&out, "system-shutdown"), "{out:?}");
+    let m = el("<message from='x@b.test' to='y@a.test'/>");
+    assert!(s.handle(Event::Element(m)).is_empty());
+}

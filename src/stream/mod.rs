@@ -341,6 +341,18 @@ impl DbBody<'_> {
     }
 }
 
+/// A stanza arrived while we wait for the peer's close after closing cleanly: keep what
+/// delivers or bounces it; anything else it asked for (a second close) means the stanza was
+/// refused, and the stream is then `closed` for good.
+fn closing_deliveries<S>(out: Vec<Action>, state: &mut S, closed: S) -> Vec<Action> {
+    if out.iter().any(|a| matches!(a, Action::Close(_))) {
+        *state = closed;
+    }
+    out.into_iter()
+        .filter(|a| matches!(a, Action::Deliver(_) | Action::Bounce { .. }))
+        .collect()
+}
+
 /// Parse a domain attribute of a dialback element.
 fn domain_attr(el: &Element, name: &str) -> Option<Domain> {
     el.attr(name).and_then(|v| Domain::parse(v).ok())
