@@ -1,5 +1,5 @@
-//! TLS for server-to-server streams: rustls configurations, certificates, and a TLS connection
-//! split into a reader half and a writer half over a blocking `TcpStream`.
+//! TLS for server-to-server streams: rustls configurations, certificates, and one TLS
+//! connection per stream, driven by the thread that owns its socket.
 //!
 //! In scope:
 //! - loading our certificate chains and keys from PEM files, one pair per hosted domain plus an
@@ -13,8 +13,8 @@
 //!   with webpki, and SPKI SHA-256 pins. The judgement is taken against the domain that matters
 //!   when it matters: for inbound dialback that is the `from` of each `db:result`, not only the
 //!   stream header (CVE-2021-32919, XEP-0344 §3; standards.md SEC-04, SEC-13);
-//! - [`TlsStream`]: STARTTLS (RFC 6120 §5) and direct TLS (XEP-0368) over a blocking socket,
-//!   split so that a reader thread blocked in `read()` never stalls writers (crates.md §4);
+//! - [`Session`]: one unsplit `rustls::Connection` for STARTTLS (RFC 6120 §5) and direct TLS
+//!   (XEP-0368), stepped over a non-blocking socket by its owner (no lock, no halves);
 //! - `dialbackd gen-cert` ([`gen_cert`]).
 //!
 //! Out of scope: the STARTTLS negotiation itself (`<starttls/>`/`<proceed/>`, refusing to
@@ -36,18 +36,15 @@
 //! - At start-up: [`ServerCerts::load`], then [`server_config`] once (or [`server_config_for`]
 //!   per hosted domain) and [`client_config`] per (local domain, direct TLS or not); all cheap
 //!   to share (`Arc`). [`load_roots`] when some peer is checked in pkix mode.
-//! - Inbound: after `<proceed/>` (or at once on the direct-TLS port), [`TlsStream::accept`]; the
-//!   reader thread builds its new parser over [`TlsStream::reader`], and its first read drives
-//!   the handshake. Afterwards [`TlsReader::info`] or, from any thread, [`TlsWriter::info`] give
-//!   the [`HandshakeInfo`] with the peer's certificate, to judge at each `db:result`.
-//! - Outbound: [`TlsStream::connect`] with SNI = the peer's domain, then
-//!   [`TlsStream::handshake`] (bounded by the socket timeouts) and judge its `peer_cert`.
+//! - Inbound: after `<proceed/>` (or at once on the direct-TLS port), [`Session::accept`]; the
+//!   stream's reads and writes drive the handshake. Afterwards [`Session::info`] gives the
+//!   [`HandshakeInfo`] with the peer's certificate, to judge at each `db:result`.
+//! - Outbound: [`Session::connect`] with SNI = the peer's domain; once the handshake is done,
+//!   judge its `peer_cert`.
 //! - Judging: dialback mode needs nothing; pkix is [`PeerCert::verify_pkix`] against the domain
 //!   being authenticated; pins are [`PeerCert::matches_pin`].
 //!
-//! Every wait is bounded by the socket's timeouts, which the caller sets; [`TlsStream::accept`]
-//! and [`TlsStream::connect`] give the socket a 30 s send timeout when it has none, so a peer that
-//! stops reading cannot hold the connection's lock forever.
+//! Nothing here waits: the stream thread bounds the handshake with its negotiation deadline.
 
 mod context;
 mod gencert;
