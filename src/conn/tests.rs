@@ -390,3 +390,96 @@ fn a_verification_whose_requester_ended_is_abandoned_at_once() {
     }
     drop(starts);
 }
+
+/// Read from `r` until `needle` has arrived (bounded by the socket's timeout); what was read.
+fn read_until(r: &mut impl std::io::Read, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = r
+            .read(&mut buf)
+            .expect("the peer keeps reading within the bound");
+        assert!(
+            n > 0,
+            "EOF before {needle:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn an_outbound_stream_upgrades_to_tls_in_memory_and_delivers_in_order() {
+    let dir = std::env::temp_dir().join(format!("dialbackd-conn-tls-{}", std::process::id()));
+    let ours = crate::tls::gen_cert(&Domain::parse("echo.a.test").unwrap(), &dir).unwrap();
+    let theirs = crate::tls::gen_cert(&Domain::parse("b.test").unwrap(), &dir).unwrap();
+    let ctx = testutil::ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.certs.insert(
+            Domain::parse("echo.a.test").unwrap(),
+            crate::config::CertPair {
+                certificate: ours.0.clone(),
+                key: ours.1.clone(),
+            },
+        );
+        c.routes.insert(
+            Domain::parse("b.test").unwrap(),
+            StaticRoute {
+                host: "192.0.2.1".into(),
+                port: 5269,
+            },
+        );
+    });
+    let tls = crate::tls::TlsContext::from_config(&ctx.config).unwrap();
+    let pairs = Arc::new(Pairs::default());
+    let resolver = Resolver::new(Vec::new(), Duration::from_secs(1));
+    let router = Router::with_connector(ctx, resolver, Some(tls), pairs.clone());
+    let comp = router.new_handle(StreamKind::Component, 1000).unwrap();
+    assert!(router.register_component(Domain::parse("echo.a.test").unwrap(), comp.clone()));
+    let s = Setup {
+        router,
+        pairs,
+        comp,
+    };
+    let mut sock = s.pairs.connected();
+    s.send(0..50, 100);
+    // Plaintext: header, features offering STARTTLS (the stream must take it), proceed.
+    read_until(&mut sock, "<stream:stream");
+    sock.write_all(
+        b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+          xmlns:db='jabber:server:dialback' from='b.test' to='echo.a.test' id='p1' version='1.0'>\
+          <stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
+          <dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+    )
+    .unwrap();
+    read_until(&mut sock, "starttls");
+    sock.write_all(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .unwrap();
+    // TLS, the way rustls pairs a client and a server: the peer is a rustls server.
+    let certs = crate::tls::ServerCerts::load(
+        &[(Domain::parse("b.test").unwrap(), theirs.0, theirs.1)],
+        None,
+    )
+    .unwrap();
+    let server = rustls::ServerConnection::new(crate::tls::server_config(&certs).unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(server, sock);
+    read_until(&mut tls, "<stream:stream");
+    tls.write_all(
+        b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+          xmlns:db='jabber:server:dialback' from='b.test' to='echo.a.test' id='p2' version='1.0'>\
+          <stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+    )
+    .unwrap();
+    read_until(&mut tls, "</db:result>");
+    tls.write_all(b"<db:result from='b.test' to='echo.a.test' type='valid'/>")
+        .unwrap();
+    let text = read_until(&mut tls, "id='m49'");
+    let ids: Vec<usize> = text
+        .split("<message ")
+        .skip(1)
+        .filter_map(|m| m.split("id='m").nth(1)?.split('\'').next()?.parse().ok())
+        .collect();
+    assert_eq!(ids, (0..50).collect::<Vec<_>>(), "all, in order, over TLS");
+    let _ = std::fs::remove_dir_all(&dir);
+}
