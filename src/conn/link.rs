@@ -99,6 +99,16 @@ impl Link {
             || self.tls.as_ref().is_some_and(Session::wants_write)
     }
 
+    /// Give back the write buffer's memory when nothing waits in it (an idle stream).
+    pub(super) fn trim(&mut self) {
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
+        if self.stanzas.is_empty() {
+            self.stanzas = VecDeque::new();
+        }
+    }
+
     /// The stanzas not known written, in order (for bouncing when the link failed).
     pub(super) fn take_unsent(&mut self) -> Vec<Element> {
         self.stanzas.drain(..).map(|(_, el)| el).collect()

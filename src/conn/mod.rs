@@ -52,6 +52,8 @@ const STACK_SIZE: usize = 256 * 1024;
 const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Inputs (inbox items, parsed elements) handled per turn of the loop before writing.
 const BATCH: usize = 64;
+/// A sleep at least this long gives buffer memory back first.
+const IDLE_TRIM: Duration = Duration::from_secs(1);
 /// Longest sleep when no deadline is nearer.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
@@ -647,6 +649,13 @@ impl Stream {
         } else {
             self.next_wakeup().saturating_duration_since(Instant::now())
         };
+        if timeout >= IDLE_TRIM {
+            // Going to sleep for a while: hold no buffer memory meanwhile.
+            self.parser.trim();
+            if let Some(link) = &mut self.link {
+                link.trim();
+            }
+        }
         let wake = self.me.inbox().fd();
         let res = match &self.link {
             Some(link) => link.wait(wake, !self.eof && !self.backlogged(), timeout),

@@ -179,6 +179,15 @@ impl Framer {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Give back the memory of bytes the parser has read (an idle stream keeps only what it
+    /// has not parsed yet).
+    pub fn trim(&mut self) {
+        if self.read > 0 {
+            self.feed(&[]);
+        }
+        self.buf.shrink_to_fit();
+    }
+
     /// How many bytes the framer holds (for tests and accounting).
     pub fn buffered(&self) -> usize {
         self.buf.len()

@@ -388,6 +388,12 @@ impl StreamParser {
         self.parser.source().budget().set(bytes);
     }
 
+    /// Give back buffer memory an idle stream does not need (see [`Framer::trim`]).
+    pub fn trim(&mut self) {
+        self.parser.source_mut().trim();
+        self.stack.shrink_to_fit();
+    }
+
     /// The budget in force, as a handle another thread can change (see [`StanzaBudget`]).
     pub fn budget(&self) -> StanzaBudget {
         self.parser.source().budget().clone()
