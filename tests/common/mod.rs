@@ -267,6 +267,13 @@ impl Daemon {
         self.wait_exit(WAIT)
     }
 
+    /// Kill the process with SIGKILL and reap it: a crash (no stream closed, nothing bounced,
+    /// every socket reset by the kernel).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Wait (bounded) for the process to exit. The log channel's timeout paces the checks,
     /// so a daemon that exits is noticed within 50 ms.
     fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
@@ -338,6 +345,12 @@ impl XmlConn {
         let mut c = XmlConn::over_halves(Box::new(rd), Box::new(sock.try_clone().unwrap()));
         c.sock = Some(sock);
         c
+    }
+
+    /// A second handle on the socket (None over a TLS stream's halves), to write from another
+    /// thread while this connection's events are read.
+    pub fn socket(&self) -> Option<TcpStream> {
+        self.sock.as_ref().and_then(|s| s.try_clone().ok())
     }
 
     /// Over any transport (a TLS stream's halves).
