@@ -388,6 +388,26 @@ impl Handle {
         })
     }
 
+    /// Queue a bounce the router made for a stanza it had already accepted (and counted
+    /// elsewhere, where it is released now): no cap refuses it, since refusing it would lose
+    /// it — an error stanza is never bounced again — and it costs no more than the stanza did.
+    ///
+    /// # Errors
+    /// The stanza comes back when the stream is gone.
+    pub fn send_bounce(&self, el: Element) -> Result<(), SendError> {
+        let n = stanza::wire_size(&el);
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.recharge(0, n);
+        self.inbox.send(Input::Stanza(el, n)).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.recharge(n, 0);
+            match e {
+                Input::Stanza(el, _) => SendError::Gone(el),
+                _ => unreachable!("we sent a stanza"),
+            }
+        })
+    }
+
     /// Send a control message; false when the stream is gone.
     pub fn send(&self, input: Input) -> bool {
         self.inbox.send(input).is_ok()

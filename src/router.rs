@@ -221,20 +221,31 @@ impl Router {
 
     /// Route a stanza by its `to`: to a local receiver, or out to a remote server.
     pub fn route(&self, el: Element) -> Starts {
+        self.route_as(el, false)
+    }
+
+    /// Route `el`; `bounce` when it is a bounce we made (see [`Handle::send_bounce`]).
+    fn route_as(&self, el: Element, bounce: bool) -> Starts {
         let mut starts = Vec::new();
         let mut refused = Vec::new();
-        self.route_into(el, &mut starts, &mut refused);
+        self.route_into(el, bounce, &mut starts, &mut refused);
         // Bounces may need routes of their own (to remote senders); a bounce is an error
         // stanza, never bounced again, so this ends.
         while let Some((el, condition, text)) = refused.pop() {
             if let Some(reply) = self.bounce_reply(&el, condition, &text) {
-                self.route_into(reply, &mut starts, &mut refused);
+                self.route_into(reply, true, &mut starts, &mut refused);
             }
         }
         starts
     }
 
-    fn route_into(&self, el: Element, starts: &mut Starts, refused: &mut Vec<Refused>) {
+    fn route_into(
+        &self,
+        el: Element,
+        bounce: bool,
+        starts: &mut Starts,
+        refused: &mut Vec<Refused>,
+    ) {
         let to = match el.attr("to").map(Jid::parse) {
             Some(Ok(j)) => j,
             _ => {
@@ -243,7 +254,7 @@ impl Router {
             }
         };
         if self.ctx.config.is_local(&to.domain) {
-            return self.deliver_local(el, &to, starts, refused);
+            return self.deliver_local(el, &to, bounce, starts, refused);
         }
         let from = match el.attr("from").map(Jid::parse) {
             Some(Ok(j)) if self.ctx.config.is_local(&j.domain) => j.domain,
@@ -256,7 +267,7 @@ impl Router {
                 return;
             }
         };
-        match self.send_remote((from, to.domain), el) {
+        match self.send_remote((from, to.domain), el, bounce) {
             Sent::Start(start) => starts.push(start),
             Sent::Queued => {}
             Sent::Refused(r) => refused.push(r),
@@ -267,17 +278,18 @@ impl Router {
         &self,
         el: Element,
         to: &Jid,
+        bounce: bool,
         starts: &mut Starts,
         refused: &mut Vec<Refused>,
     ) {
         if to.is_domain() && stanza::is_ping(&el) {
             // XEP-0199: the daemon answers pings to its domains itself.
-            return self.route_into(stanza::iq_result(&el), starts, refused);
+            return self.route_into(stanza::iq_result(&el), false, starts, refused);
         }
         // Sent while holding the lock, so a component that unregisters and drains its
         // queue cannot miss a stanza (the send never blocks).
         let sent = match lock(&self.components).get(&to.domain) {
-            Some(h) => h.send_stanza(el),
+            Some(h) => send(h, el, bounce),
             None => Err(SendError::Gone(el)),
         };
         match sent {
@@ -297,10 +309,10 @@ impl Router {
     }
 
     /// Queue `el` on the pair's route; a new route (and a [`Start`]) for the first stanza.
-    fn send_remote(&self, key: (Domain, Domain), el: Element) -> Sent {
+    fn send_remote(&self, key: (Domain, Domain), el: Element, bounce: bool) -> Sent {
         let mut routes = lock(&self.routes);
         let el = match routes.get(&key) {
-            Some(Route::Stream { handle, .. }) => match handle.send_stanza(el) {
+            Some(Route::Stream { handle, .. }) => match send(handle, el, bounce) {
                 Ok(()) => return Sent::Queued,
                 Err(SendError::Full(el)) => {
                     let text = format!("too many stanzas queued for {}", key.1);
@@ -334,7 +346,7 @@ impl Router {
         };
         // A fresh inbox with room: the first stanza always fits.
         if let Err(SendError::Full(el) | SendError::Gone(el) | SendError::Bytes(el, _)) =
-            handle.send_stanza(el)
+            send(&handle, el, bounce)
         {
             return Sent::Refused((
                 el,
@@ -404,7 +416,7 @@ impl Router {
     /// Send the error reply for `el` back to its sender (nothing for errors and iq results).
     pub fn bounce(&self, el: Element, condition: &str, text: &str) -> Starts {
         match self.bounce_reply(&el, condition, text) {
-            Some(reply) => self.route(reply),
+            Some(reply) => self.route_as(reply, true),
             None => Vec::new(),
         }
     }
@@ -739,6 +751,15 @@ impl Router {
                 .unwrap_or_else(|p| p.into_inner().0);
         }
         true
+    }
+}
+
+/// Queue `el` on `h`: under its caps, or as a bounce (see [`Handle::send_bounce`]).
+fn send(h: &Handle, el: Element, bounce: bool) -> Result<(), SendError> {
+    if bounce {
+        h.send_bounce(el)
+    } else {
+        h.send_stanza(el)
     }
 }
 

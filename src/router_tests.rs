@@ -186,3 +186,30 @@ fn a_component_that_closes_hands_back_what_waited_for_it() {
     // Later stanzas find no component: they bounce (to b.test: a new route is started).
     assert_eq!(r.route(to_comp(1)).len(), 1);
 }
+
+#[test]
+fn bounces_reach_a_component_whose_queue_is_full() {
+    let ctx = testutil::ctx_with(|c| c.limits.outbox = 2);
+    let r = Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None);
+    let d = Domain::parse("echo.a.test").unwrap();
+    let comp = r.new_handle(StreamKind::Component, 2).unwrap();
+    assert!(r.register_component(d, comp.clone()));
+    let to_comp = |n: usize| {
+        Element::new("message", "jabber:server")
+            .with_attr("from", "x@echo.a.test")
+            .with_attr("to", "bot@echo.a.test")
+            .with_attr("id", format!("c{n}"))
+    };
+    for n in 0..2 {
+        assert!(r.route(to_comp(n)).is_empty());
+    }
+    // The queue is full: a third stanza would be refused; a bounce of a stanza the component
+    // sent (already accepted, e.g. from a failed pair) must not be, or it would be lost (an
+    // error is never bounced again).
+    let mine = msg(7, "b.test").with_attr("from", "u@echo.a.test");
+    assert!(r.bounce(mine, "remote-server-timeout", "test").is_empty());
+    let got = comp.close();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2].attr("type"), Some("error"));
+    assert_eq!(got[2].attr("id"), Some("m7"));
+}

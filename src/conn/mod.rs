@@ -146,6 +146,8 @@ struct Stream {
     done: bool,
     /// Outbound: the TLS handshake is under way; on completion the core gets this event.
     tls_pending: Option<Event>,
+    /// Shutdown was asked for; it happens once the inbox is empty.
+    shutdown_pending: bool,
     /// What the stream holds against the resource caps (see `caps`).
     caps: caps::StreamCaps,
 }
@@ -183,6 +185,7 @@ impl Stream {
             eof: false,
             done: false,
             tls_pending: None,
+            shutdown_pending: false,
             caps: caps::StreamCaps::default(),
         }
     }
@@ -207,14 +210,16 @@ impl Stream {
 
     /// Take inputs from the inbox (unless the peer is not taking what we write). True when
     /// more are waiting.
+    ///
+    /// Shutdown: what was queued before it still goes out first (a component gets the bounces
+    /// the server streams just made); a stream whose peer takes nothing closes at once, and
+    /// what waits for it is handed back.
     fn inputs(&mut self) -> bool {
         if self.me.inbox().take_shutdown() {
-            self.feed(Event::Shutdown);
-            if let Some(until) = &mut self.clock.closing_until {
-                *until = (*until).min(Instant::now() + SHUTDOWN_CLOSE_WAIT);
-            }
+            self.shutdown_pending = true;
         }
         if self.backlogged() {
+            self.shutdown_now();
             return false;
         }
         let mut batch = Vec::new();
@@ -223,7 +228,21 @@ impl Stream {
             self.input(input);
         }
         self.check_abandoned();
+        if !more {
+            self.shutdown_now();
+        }
         more
+    }
+
+    /// Carry out a pending shutdown.
+    fn shutdown_now(&mut self) {
+        if !std::mem::take(&mut self.shutdown_pending) {
+            return;
+        }
+        self.feed(Event::Shutdown);
+        if let Some(until) = &mut self.clock.closing_until {
+            *until = (*until).min(Instant::now() + SHUTDOWN_CLOSE_WAIT);
+        }
     }
 
     /// True when so much waits to be written that we take no more work until the peer reads.
