@@ -6,21 +6,26 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BIN := target/release/dialbackd
 
-.PHONY: all build test interop run run-peer check-config lint doc install clean bench
+.PHONY: all build setup test interop run run-peer check-config lint doc install clean bench
 
 all: build
 
 build:
 	cargo build --release --locked
 
+# The Debian packages the tests need (list in tests/setup.sh): as root, installs the missing ones;
+# as another user, prints the `sudo apt-get install ...` line and fails. Instant when all present.
+setup:
+	@tests/setup.sh
+
 # Everything: the Rust unit and integration tests, then the real-Prosody interop suite.
-test:
+test: setup
 	cargo test --all-targets --locked
 	$(MAKE) interop
 
-# Real-Prosody interop suite alone (root; needs prosody lua-unbound dnsmasq-base
-# python3-slixmpp python3-pytest, which .ci/run installs). See tests/interop/README.md.
-interop:
+# Real-Prosody interop suite alone (root; needs the packages `make setup` installs).
+# See tests/interop/README.md.
+interop: setup
 	cargo build --locked
 	DIALBACKD_BIN=target/debug/dialbackd INTEROP_REQUIRE_DIALBACKD=1 tests/interop/run.sh
 
@@ -68,5 +73,5 @@ fuzz:
 clean:
 	cargo clean
 
-bench:
+bench: setup
 	benches/run.sh
