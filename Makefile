@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BIN := target/release/dialbackd
 
-.PHONY: all build setup test interop run run-peer check-config lint doc install clean bench
+.PHONY: all build setup test interop run run-peer demo check-config lint doc install clean bench
 
 all: build
 
@@ -35,6 +35,14 @@ run: build
 
 run-peer: build
 	RUST_LOG=$${RUST_LOG:-info} ./$(BIN) --config etc/peer.toml
+
+# Federation in one command: both loopback instances, the example component
+# (examples/echo_component.rs) as echo.b.test, one message a.test -> b.test and its echo back;
+# then everything is stopped. Fails (non-zero) if the echo does not come back. Needs ports 5269
+# and 5347 on 127.0.0.1 and 127.0.0.2 free (stop `make run`/`make run-peer` first).
+demo: build
+	cargo build --release --locked --example echo_component
+	examples/demo.sh
 
 check-config: build
 	./$(BIN) --check-config etc/dialbackd.toml
