@@ -6,21 +6,26 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BIN := target/release/dialbackd
 
-.PHONY: all build test interop run run-peer check-config lint doc install clean bench
+.PHONY: all build setup test interop run run-peer demo check-config lint doc install clean bench
 
 all: build
 
 build:
 	cargo build --release --locked
 
+# The Debian packages the tests need (list in tests/setup.sh): as root, installs the missing ones;
+# as another user, prints the `sudo apt-get install ...` line and fails. Instant when all present.
+setup:
+	@tests/setup.sh
+
 # Everything: the Rust unit and integration tests, then the real-Prosody interop suite.
-test:
+test: setup
 	cargo test --all-targets --locked
 	$(MAKE) interop
 
-# Real-Prosody interop suite alone (root; needs prosody lua-unbound dnsmasq-base
-# python3-slixmpp python3-pytest, which .ci/run installs). See tests/interop/README.md.
-interop:
+# Real-Prosody interop suite alone (root; needs the packages `make setup` installs).
+# See tests/interop/README.md.
+interop: setup
 	cargo build --locked
 	DIALBACKD_BIN=target/debug/dialbackd INTEROP_REQUIRE_DIALBACKD=1 tests/interop/run.sh
 
@@ -30,6 +35,14 @@ run: build
 
 run-peer: build
 	RUST_LOG=$${RUST_LOG:-info} ./$(BIN) --config etc/peer.toml
+
+# Federation in one command: both loopback instances, the example component
+# (examples/echo_component.rs) as echo.b.test, one message a.test -> b.test and its echo back;
+# then everything is stopped. Fails (non-zero) if the echo does not come back. Needs ports 5269
+# and 5347 on 127.0.0.1 and 127.0.0.2 free (stop `make run`/`make run-peer` first).
+demo: build
+	cargo build --release --locked --example echo_component
+	examples/demo.sh
 
 check-config: build
 	./$(BIN) --check-config etc/dialbackd.toml
@@ -68,5 +81,5 @@ fuzz:
 clean:
 	cargo clean
 
-bench:
+bench: setup
 	benches/run.sh

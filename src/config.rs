@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::dns::Cidr;
+use crate::dns::{CacheLimits, Cidr};
 use crate::domain::Domain;
 
 /// The smallest stanza size limit we accept: RFC 6120 §13.12 says servers must allow at least
@@ -37,6 +37,8 @@ pub const MIN_PRE_AUTH_STANZA_SIZE: usize = 4096;
 /// The longest timeout we accept, in seconds (a week); longer values are almost certainly typos
 /// and would risk `Instant` overflow.
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// The most answers `[dns] cache_entries` may ask the DNS cache to hold.
+pub const MAX_CACHE_ENTRIES: u64 = 1_000_000;
 /// The XMPP server-to-server port (RFC 6120 §14.7), used when a route gives no port.
 pub const DEFAULT_S2S_PORT: u16 = 5269;
 /// The DNS port, used when a nameserver gives no port.
@@ -62,6 +64,9 @@ pub struct Config {
     /// private-network guard refuses them by default (loopback, RFC 1918, link-local, …; see
     /// [`crate::dns::NetworkPolicy`]). Default empty. Static routes never need it.
     pub allow_networks: Vec<Cidr>,
+    /// `[dns] cache_entries`, `cache_min_ttl`, `cache_max_ttl`: the answer cache shared by
+    /// every stream (default [`CacheLimits::default`]).
+    pub dns_cache: CacheLimits,
     /// Static routes: remote domains reached at a fixed host and port instead of via DNS SRV.
     pub routes: BTreeMap<Domain, StaticRoute>,
     /// How long each kind of wait may last.
@@ -85,6 +90,7 @@ impl fmt::Debug for Config {
             .field("components", &self.components)
             .field("nameservers", &self.nameservers)
             .field("allow_networks", &self.allow_networks)
+            .field("dns_cache", &self.dns_cache)
             .field("routes", &self.routes)
             .field("timeouts", &self.timeouts)
             .field("limits", &self.limits)
@@ -519,6 +525,9 @@ struct RawDns {
     nameservers: Vec<String>,
     #[serde(default)]
     allow_networks: Vec<String>,
+    cache_entries: Option<i64>,
+    cache_min_ttl: Option<i64>,
+    cache_max_ttl: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -645,6 +654,7 @@ impl Validator<'_> {
             .map(|(i, s)| self.nameserver(&format!("dns.nameservers[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
         let allow_networks = self.allow_networks(&raw.dns.allow_networks)?;
+        let dns_cache = self.dns_cache(&raw.dns)?;
         let routes = self.routes(raw.routes, &local)?;
         let timeouts = self.timeouts(raw.timeouts)?;
         let limits = self.limits(raw.limits)?;
@@ -656,6 +666,7 @@ impl Validator<'_> {
             components,
             nameservers,
             allow_networks,
+            dns_cache,
             routes,
             timeouts,
             limits,
@@ -794,6 +805,51 @@ impl Validator<'_> {
             return Err(self.err(key, "port must not be 0"));
         }
         Ok(addr)
+    }
+
+    /// `[dns] cache_*`: at most `MAX_CACHE_ENTRIES` answers (0: none kept); TTL bounds in
+    /// seconds, the floor 0 to the ceiling, the ceiling 1 to a week.
+    fn dns_cache(&self, raw: &RawDns) -> Result<CacheLimits, ConfigError> {
+        let d = CacheLimits::default();
+        let bounded = |name: &str, v: Option<i64>, default: u64, min: u64, max: u64, unit: &str| {
+            let Some(v) = v else { return Ok(default) };
+            match u64::try_from(v) {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(self.err(
+                    format!("dns.{name}"),
+                    format!("must be {min} to {max}{unit}, got {v}"),
+                )),
+            }
+        };
+        let entries = bounded(
+            "cache_entries",
+            raw.cache_entries,
+            d.entries as u64,
+            0,
+            MAX_CACHE_ENTRIES,
+            " (0 keeps no answer)",
+        )?;
+        let max_ttl = bounded(
+            "cache_max_ttl",
+            raw.cache_max_ttl,
+            d.max_ttl.as_secs(),
+            1,
+            MAX_TIMEOUT_SECS,
+            " (seconds)",
+        )?;
+        let min_ttl = bounded(
+            "cache_min_ttl",
+            raw.cache_min_ttl,
+            d.min_ttl.as_secs().min(max_ttl),
+            0,
+            max_ttl,
+            " (seconds, at most dns.cache_max_ttl)",
+        )?;
+        Ok(CacheLimits {
+            entries: entries as usize,
+            min_ttl: Duration::from_secs(min_ttl),
+            max_ttl: Duration::from_secs(max_ttl),
+        })
     }
 
     fn allow_networks(&self, raw: &[String]) -> Result<Vec<Cidr>, ConfigError> {
@@ -1510,6 +1566,7 @@ mod tests {
         // The example documents every default: it must not change them.
         assert_eq!(a.timeouts, Timeouts::default());
         assert_eq!(a.limits, Limits::default());
+        assert_eq!(a.dns_cache, CacheLimits::default());
 
         let b = parse(include_str!("../etc/peer.toml")).unwrap();
         assert_eq!(b.domains, vec![d("b.test")]);
@@ -1521,8 +1578,9 @@ mod tests {
 
     #[test]
     fn example_documents_the_real_defaults() {
-        // Uncomment every `# key = value` line of [timeouts] and [limits] in the example: the
-        // result must still be exactly the defaults, so the comments cannot drift from the code.
+        // Uncomment every `# key = value` line of [timeouts] and [limits], and the cache keys of
+        // [dns], in the example: the result must still be exactly the defaults, so the
+        // comments cannot drift from the code.
         let mut section = "";
         let mut changed = 0;
         let text: String = include_str!("../etc/dialbackd.toml")
@@ -1541,14 +1599,63 @@ mod tests {
                         changed += 1;
                         format!("{kv}\n")
                     }
+                    Some(kv) if section == "[dns]" && kv.starts_with("cache_") => {
+                        changed += 1;
+                        format!("{kv}\n")
+                    }
                     _ => format!("{line}\n"),
                 }
             })
             .collect();
-        assert_eq!(changed, 28, "every timeout and limit is documented once");
+        assert_eq!(
+            changed, 31,
+            "every timeout, limit and cache key is documented once"
+        );
         let c = parse(&text).unwrap();
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.dns_cache, CacheLimits::default());
+    }
+
+    #[test]
+    fn dns_cache_keys_are_validated_and_named() {
+        let c = parse(&format!(
+            "{MIN}[dns]\ncache_entries = 0\ncache_min_ttl = 0\ncache_max_ttl = 60\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.dns_cache,
+            CacheLimits {
+                entries: 0,
+                min_ttl: Duration::ZERO,
+                max_ttl: Duration::from_secs(60)
+            }
+        );
+        // A ceiling below the default floor lowers the floor with it.
+        let c = parse(&format!("{MIN}[dns]\ncache_max_ttl = 10\n")).unwrap();
+        assert_eq!(c.dns_cache.min_ttl, Duration::from_secs(10));
+        for (text, want) in [
+            (
+                "cache_entries = -1",
+                "dns.cache_entries: must be 0 to 1000000 (0 keeps no answer), got -1",
+            ),
+            (
+                "cache_entries = 1000001",
+                "dns.cache_entries: must be 0 to 1000000",
+            ),
+            (
+                "cache_max_ttl = 0",
+                "dns.cache_max_ttl: must be 1 to 604800 (seconds), got 0",
+            ),
+            (
+                "cache_min_ttl = 120\ncache_max_ttl = 60",
+                "dns.cache_min_ttl: must be 0 to 60 (seconds, at most dns.cache_max_ttl), got 120",
+            ),
+            ("cache_min_ttl = \"5\"", "dns.cache_min_ttl"),
+        ] {
+            let e = err(&format!("{MIN}[dns]\n{text}\n"));
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -185,21 +185,21 @@ fn dialback_secret(config: &Config) -> Result<DialbackSecret, ExitCode> {
     }
 }
 
-/// The configured nameservers, or those of /etc/resolv.conf.
+/// The configured nameservers, or those of /etc/resolv.conf, with the configured answer cache
+/// (one for the whole process: the router shares this resolver with every stream).
 fn resolver(config: &Config, path: &std::path::Path) -> Result<Resolver, ExitCode> {
-    if !config.nameservers.is_empty() {
-        return Ok(Resolver::new(
-            config.nameservers.clone(),
-            config.timeouts.dns,
-        ));
-    }
-    Resolver::from_system(config.timeouts.dns).map_err(|e| {
-        eprintln!(
-            "dialbackd: /etc/resolv.conf: {e}; set [dns] nameservers in {}",
-            path.display()
-        );
-        ExitCode::FAILURE
-    })
+    let resolver = if !config.nameservers.is_empty() {
+        Resolver::new(config.nameservers.clone(), config.timeouts.dns)
+    } else {
+        Resolver::from_system(config.timeouts.dns).map_err(|e| {
+            eprintln!(
+                "dialbackd: /etc/resolv.conf: {e}; set [dns] nameservers in {}",
+                path.display()
+            );
+            ExitCode::FAILURE
+        })?
+    };
+    Ok(resolver.with_cache(config.dns_cache))
 }
 
 /// The certificates when TLS is enabled; otherwise `None`, with a warning.

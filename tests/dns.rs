@@ -9,10 +9,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::dns_server::TestDns;
-use dialbackd::dns::{DnsError, Resolver, SrvRecord, Target};
+use common::{config, next_ip, publish, ComponentClient, Daemon, WAIT};
+use dialbackd::dns::{CacheLimits, DnsError, Resolver, SrvRecord, Target};
 use hickory_proto::op::{Message, MessageType, OpCode};
 use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, Record};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -372,4 +373,148 @@ fn srv02_dot_with_xmpps_records_uses_direct_tls() {
         r.resolve_s2s("example.test").unwrap(),
         vec![t("tls.example.test", 5223, true)]
     );
+}
+
+// --- The answer cache ([dns] cache_*) ---------------------------------------------------------
+
+fn cached(dns: &TestDns, limits: CacheLimits) -> Resolver {
+    Resolver::new(vec![dns.addr()], Duration::from_millis(500)).with_cache(limits)
+}
+
+/// The second and later lookups of a name are answered from the cache: SRV (both services),
+/// A, AAAA, NXDOMAIN and NODATA each reach the server once, and a clone of the resolver (the
+/// router hands clones to every stream) shares the cache. A negative answer is kept for the
+/// SOA's TTL (RFC 2308 §5): a name published meanwhile is not seen before it expires.
+#[test]
+fn cache_second_lookup_does_not_reach_the_server() {
+    let dns = TestDns::start(LOCAL);
+    dns.set_negative_ttl(600);
+    dns.add_srv(
+        "_xmpp-server._tcp.example.test",
+        10,
+        0,
+        5270,
+        "xmpp.example.test",
+    );
+    dns.add_a("xmpp.example.test", Ipv4Addr::new(127, 0, 0, 2)); // and no AAAA: NODATA
+    let r = cached(&dns, CacheLimits::default());
+    let stream = r.clone();
+    for lookup in [&r, &stream, &r] {
+        assert_eq!(
+            lookup.resolve_s2s("example.test").unwrap(),
+            vec![t("xmpp.example.test", 5270, false)]
+        );
+        assert_eq!(
+            lookup.ips("xmpp.example.test").unwrap(),
+            vec![IpAddr::from([127, 0, 0, 2])]
+        );
+        assert!(lookup.ips("nx.example.test").unwrap().is_empty());
+    }
+    for (name, rtype) in [
+        ("_xmpp-server._tcp.example.test", RecordType::SRV),
+        ("_xmpps-server._tcp.example.test", RecordType::SRV),
+        ("xmpp.example.test", RecordType::A),
+        ("xmpp.example.test", RecordType::AAAA),
+        ("nx.example.test", RecordType::A),
+        ("nx.example.test", RecordType::AAAA),
+    ] {
+        assert_eq!(dns.queries_for(name, rtype), 1, "{name} {rtype}");
+    }
+    assert_eq!(dns.query_count(), 6);
+    let st = r.cache_stats();
+    assert_eq!((st.queries, st.hits, st.entries), (6, 12, 6), "{st:?}");
+
+    dns.add_a("nx.example.test", Ipv4Addr::new(127, 0, 0, 3));
+    assert!(
+        r.ips("nx.example.test").unwrap().is_empty(),
+        "negative answer kept"
+    );
+    assert_eq!(dns.query_count(), 6);
+}
+
+/// With no floor, a TTL of 0 and a negative answer without an SOA record keep nothing: a
+/// name published or changed between two lookups is seen at once.
+#[test]
+fn cache_keeps_nothing_for_ttl_zero_without_a_floor() {
+    let dns = TestDns::start(LOCAL);
+    dns.set_ttl(0);
+    let r = cached(
+        &dns,
+        CacheLimits {
+            min_ttl: Duration::ZERO,
+            ..CacheLimits::default()
+        },
+    );
+    assert!(r.ips("late.test").unwrap().is_empty());
+    dns.add_a("late.test", Ipv4Addr::new(127, 0, 0, 4));
+    assert_eq!(
+        r.ips("late.test").unwrap(),
+        vec![IpAddr::from([127, 0, 0, 4])]
+    );
+    dns.add_a("late.test", Ipv4Addr::new(127, 0, 0, 5));
+    assert_eq!(r.ips("late.test").unwrap().len(), 2);
+    assert_eq!(dns.queries_for("late.test", RecordType::A), 3);
+    assert_eq!(r.cache_stats().entries, 0);
+}
+
+/// A failure is never kept: SERVFAIL reaches the server again on the next lookup.
+#[test]
+fn cache_does_not_keep_failures() {
+    let dns = TestDns::start(LOCAL);
+    dns.servfail("_xmpp-server._tcp.broken.test");
+    let r = cached(&dns, CacheLimits::default());
+    for _ in 0..2 {
+        assert!(matches!(
+            r.srv("_xmpp-server._tcp.broken.test"),
+            Err(DnsError::ServerFailure(_))
+        ));
+    }
+    // Two attempts per lookup (one nameserver), for each of the two lookups.
+    assert_eq!(
+        dns.queries_for("_xmpp-server._tcp.broken.test", RecordType::SRV),
+        4
+    );
+}
+
+/// The daemon's cache is shared by every stream: two outbound streams to b.test (one per
+/// domain pair) make one SRV query and one A query for it.
+#[test]
+fn daemon_streams_share_one_cache() {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let comps = [("c1.a.test", "s1"), ("c2.a.test", "s2")];
+    let a = Daemon::start("a", next_ip(), &config(&["a.test"], &comps, dns.addr(), ""));
+    let b = Daemon::start(
+        "b",
+        next_ip(),
+        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), ""),
+    );
+    for (name, addr) in [
+        ("c1.a.test", a.s2s()),
+        ("c2.a.test", a.s2s()),
+        ("b.test", b.s2s()),
+    ] {
+        publish(&dns, name, addr);
+    }
+    let cb = ComponentClient::connect(b.component_addr(), "b.test", "sb");
+    for (domain, secret) in comps {
+        let mut c = ComponentClient::connect(a.component_addr(), domain, secret);
+        c.send(&format!(
+            "<message from='x@{domain}' to='y@b.test'><body>hi</body></message>"
+        ));
+        let m = cb
+            .recv(WAIT)
+            .unwrap_or_else(|| panic!("{}\n{}", a.log_text(), b.log_text()));
+        assert_eq!(m.attr("from"), Some(format!("x@{domain}").as_str()));
+    }
+    assert_eq!(
+        b.log_count("→b.test verified by dialback"),
+        2,
+        "{}",
+        b.log_text()
+    );
+    assert_eq!(
+        dns.queries_for("_xmpp-server._tcp.b.test", RecordType::SRV),
+        1
+    );
+    assert_eq!(dns.queries_for("host.b.test", RecordType::A), 1);
 }

@@ -11,7 +11,11 @@
 //!   records (RFC 6120 §3.2.2);
 //! * A and AAAA lookups of the chosen targets ([`Resolver::ips`]);
 //! * the private-network guard ([`NetworkPolicy`]): which resolved addresses and which
-//!   IP-literal domains may be dialled (`[dns] allow_networks`).
+//!   IP-literal domains may be dialled (`[dns] allow_networks`);
+//! * a cache of answers ([`Cache`], `[dns] cache_*`), shared by every clone of a
+//!   [`Resolver`]: SRV, A and AAAA answers, positive and negative, kept for their TTL (the
+//!   negative TTL from the SOA record per RFC 2308 §5) clamped to a floor and a ceiling, in a
+//!   bounded table; concurrent lookups of one (name, type) send one query and share its result.
 //!
 //! It is a small stub resolver: `hickory-proto` encodes and decodes the
 //! messages, and `std::net` sockets carry them (UDP, with a TCP retry when the
@@ -21,7 +25,7 @@
 //! Every query has a hard overall deadline, so a lookup never blocks longer
 //! than `timeout * attempts * nameservers`.
 //!
-//! Out of scope: caching, `/etc/hosts`, `search`/`ndots` handling (all names
+//! Out of scope: `/etc/hosts`, `search`/`ndots` handling (all names
 //! are queried as fully qualified), DNSSEC, and non-ASCII (IDNA) names, which
 //! are rejected with [`DnsError::BadName`]. Connecting to the targets, and
 //! trying every address of a target before the next one, is the caller's job.
@@ -29,14 +33,17 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ring::rand::{SecureRandom, SystemRandom};
 
+mod cache;
 mod policy;
 mod srv;
+pub use cache::{Cache, CacheLimits, CacheStats, Clock, WaitTimedOut};
 pub use policy::{special, Cidr, NetworkPolicy, Refusal, SPECIAL};
 pub use srv::order_srv;
 use srv::{order_by, system_rand};
@@ -114,6 +121,26 @@ impl From<io::Error> for DnsError {
     }
 }
 
+/// A caller that waited for another caller's query of the same name timed out.
+impl From<WaitTimedOut> for DnsError {
+    fn from(_: WaitTimedOut) -> Self {
+        DnsError::Timeout
+    }
+}
+
+/// A copy, for every caller that waited for one query (an I/O error keeps its kind and text).
+impl Clone for DnsError {
+    fn clone(&self) -> Self {
+        match self {
+            DnsError::NoService => DnsError::NoService,
+            DnsError::Timeout => DnsError::Timeout,
+            DnsError::ServerFailure(s) => DnsError::ServerFailure(s.clone()),
+            DnsError::BadName(s) => DnsError::BadName(s.clone()),
+            DnsError::Io(e) => DnsError::Io(io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
 impl DnsError {
     /// True when the failure means "the domain does not exist / has no XMPP
     /// service" (bounce `remote-server-not-found`) rather than a transient
@@ -126,28 +153,69 @@ impl DnsError {
 
 /// Result of one successful exchange.
 enum Answer {
-    /// NOERROR: the answer section (possibly empty = NODATA).
-    Records(Vec<Record>),
-    /// NXDOMAIN.
-    NxDomain,
+    /// NOERROR: the answer section (possibly empty = NODATA), and the negative TTL the
+    /// authority section gives (for NODATA).
+    Records(Vec<Record>, u32),
+    /// NXDOMAIN, with the negative TTL the authority section gives.
+    NxDomain(u32),
 }
 
-/// A blocking stub resolver (see the module documentation).
-#[derive(Clone, Debug)]
+/// What the cache keeps for one (name, type): the SRV records of an SRV query, or the
+/// addresses of an A or AAAA query (empty: NXDOMAIN or no records).
+#[derive(Clone, Debug, Default)]
+struct Records {
+    srv: Vec<SrvRecord>,
+    ips: Vec<IpAddr>,
+}
+
+/// The resolver's cache: by lowercase name without the trailing dot, and type.
+type AnswerCache = Cache<(String, RecordType), Records, DnsError>;
+
+/// A blocking stub resolver (see the module documentation). Clones share one cache.
+#[derive(Clone)]
 pub struct Resolver {
     nameservers: Vec<SocketAddr>,
     timeout: Duration,
     attempts: usize,
+    cache: Arc<AnswerCache>,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("nameservers", &self.nameservers)
+            .field("timeout", &self.timeout)
+            .field("attempts", &self.attempts)
+            .field("cache", &self.cache.limits())
+            .finish()
+    }
 }
 
 impl Resolver {
-    /// Use these nameservers (ip:port). `timeout` bounds each query attempt.
+    /// Use these nameservers (ip:port). `timeout` bounds each query attempt. No answer is
+    /// kept ([`Resolver::with_cache`] turns the cache on); concurrent lookups of one name
+    /// are coalesced all the same.
     pub fn new(nameservers: Vec<SocketAddr>, timeout: Duration) -> Resolver {
         Resolver {
             nameservers,
             timeout,
             attempts: ATTEMPTS,
+            cache: Arc::new(Cache::new(CacheLimits::OFF)),
         }
+    }
+
+    /// This resolver with a new, empty cache of answers with these limits (shared by its
+    /// clones from then on).
+    pub fn with_cache(self, limits: CacheLimits) -> Resolver {
+        Resolver {
+            cache: Arc::new(Cache::new(limits)),
+            ..self
+        }
+    }
+
+    /// The cache's counters (hits, queries sent, coalesced lookups, answers held).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// Nameservers from `nameserver` lines of /etc/resolv.conf (port 53).
@@ -193,11 +261,7 @@ impl Resolver {
     /// answer order. NXDOMAIN or NODATA give `Ok(empty)`.
     pub fn srv(&self, name: &str) -> Result<Vec<SrvRecord>, DnsError> {
         let qname = to_name(name)?;
-        let records = match self.query(&qname, RecordType::SRV)? {
-            Answer::NxDomain => return Ok(Vec::new()),
-            Answer::Records(r) => r,
-        };
-        Ok(srv_records(&qname, &records))
+        Ok(self.cached(&qname, RecordType::SRV)?.srv)
     }
 
     /// A and AAAA addresses of `host` (IPv4 first, then IPv6). NXDOMAIN/NODATA
@@ -232,11 +296,42 @@ impl Resolver {
     }
 
     fn addresses(&self, qname: &Name, rtype: RecordType) -> Result<Vec<IpAddr>, DnsError> {
-        let records = match self.query(qname, rtype)? {
-            Answer::NxDomain => return Ok(Vec::new()),
-            Answer::Records(r) => r,
-        };
-        Ok(address_records(qname, &records, rtype))
+        Ok(self.cached(qname, rtype)?.ips)
+    }
+
+    /// The SRV records or addresses of `qname`: from the cache, from a concurrent lookup of
+    /// the same, or from a query whose answer the cache then keeps for its TTL.
+    fn cached(&self, qname: &Name, rtype: RecordType) -> Result<Records, DnsError> {
+        let key = (name_to_string(qname), rtype);
+        let bound = self.timeout * (self.attempts.max(1) * self.nameservers.len().max(1)) as u32;
+        let mut hit = true;
+        let records = self.cache.get(&key, bound, || {
+            hit = false;
+            let (records, negative_ttl) = match self.query(qname, rtype)? {
+                Answer::NxDomain(ttl) => return Ok((Records::default(), ttl)),
+                Answer::Records(r, ttl) => (r, ttl),
+            };
+            let found = if rtype == RecordType::SRV {
+                Records {
+                    srv: srv_records(qname, &records),
+                    ips: Vec::new(),
+                }
+            } else {
+                Records {
+                    srv: Vec::new(),
+                    ips: address_records(qname, &records, rtype),
+                }
+            };
+            let ttl = match answer_ttl(qname, &records, rtype) {
+                Some(ttl) if !(found.srv.is_empty() && found.ips.is_empty()) => ttl,
+                _ => negative_ttl,
+            };
+            Ok((found, ttl))
+        })?;
+        if hit {
+            log::debug!("dns: {qname} {rtype}: answered from the cache (or a lookup under way)");
+        }
+        Ok(records)
     }
 
     /// Where to connect for S2S traffic to `domain`, in the order to try
@@ -442,8 +537,8 @@ pub fn read_reply(data: &[u8], id: u16, name: &str, rtype: RecordType) -> Result
         Datagram::Ignore(_) => return Ok(Reply::Ignored),
     };
     let (nxdomain, records) = match answer_of(msg) {
-        Ok(Answer::NxDomain) => (true, Vec::new()),
-        Ok(Answer::Records(r)) => (false, r),
+        Ok(Answer::NxDomain(_)) => (true, Vec::new()),
+        Ok(Answer::Records(r, _)) => (false, r),
         Err(rc) => return Ok(Reply::Failure(rc.to_string())),
     };
     Ok(if rtype == RecordType::SRV {
@@ -487,11 +582,39 @@ fn classify_datagram(data: &[u8], id: u16, qname: &Name, rtype: RecordType) -> D
 
 /// NOERROR and NXDOMAIN are answers; any other rcode is the server's failure.
 fn answer_of(msg: Message) -> Result<Answer, ResponseCode> {
+    let negative_ttl = negative_ttl(&msg.authorities);
     match msg.metadata.response_code {
-        ResponseCode::NoError => Ok(Answer::Records(msg.answers)),
-        ResponseCode::NXDomain => Ok(Answer::NxDomain),
+        ResponseCode::NoError => Ok(Answer::Records(msg.answers, negative_ttl)),
+        ResponseCode::NXDomain => Ok(Answer::NxDomain(negative_ttl)),
         rc => Err(rc),
     }
+}
+
+/// How long a negative answer (NXDOMAIN, or no record of the type) may be kept: the smaller of
+/// the SOA record's TTL and its MINIMUM field (RFC 2308 §5), or 0 when the authority section
+/// holds no SOA (RFC 2308 §5: such answers SHOULD NOT be cached; the cache's floor still
+/// applies).
+fn negative_ttl(authorities: &[Record]) -> u32 {
+    authorities
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// The TTL of a positive answer: the smallest TTL of the records of type `rtype` owned by
+/// `qname` or its CNAME chain, and of the CNAME records of that chain; `None` when there are
+/// none.
+fn answer_ttl(qname: &Name, records: &[Record], rtype: RecordType) -> Option<u32> {
+    let owners = owner_chain(qname, records);
+    records
+        .iter()
+        .filter(|r| owners.contains(&r.name))
+        .filter(|r| r.record_type() == rtype || r.record_type() == RecordType::CNAME)
+        .map(|r| r.ttl)
+        .min()
 }
 
 /// The SRV records of the answer owned by `qname` or its CNAME chain.
@@ -805,6 +928,35 @@ mod tests {
             Reply::Ignored
         );
         assert!(read_reply(&wire, 7, "bücher.test", RecordType::SRV).is_err());
+    }
+
+    /// RFC 2308 §5: a negative answer is kept for the smaller of the SOA record's TTL and
+    /// its MINIMUM; without an SOA, 0. A positive answer for the smallest TTL of the records
+    /// used, the CNAMEs leading to them included.
+    #[test]
+    fn answer_and_negative_ttls() {
+        use hickory_proto::rr::rdata::{A, CNAME, SOA};
+        let zone = Name::from_ascii("example.test.").unwrap();
+        let soa = |ttl, minimum| {
+            let ns = Name::from_ascii("ns.example.test.").unwrap();
+            let soa = SOA::new(ns.clone(), ns, 1, 3600, 600, 86400, minimum);
+            Record::from_rdata(zone.clone(), ttl, RData::SOA(soa))
+        };
+        assert_eq!(negative_ttl(&[soa(900, 60)]), 60);
+        assert_eq!(negative_ttl(&[soa(30, 600)]), 30);
+        assert_eq!(negative_ttl(&[]), 0);
+
+        let q = Name::from_ascii("alias.example.test.").unwrap();
+        let host = Name::from_ascii("host.example.test.").unwrap();
+        let records = vec![
+            Record::from_rdata(q.clone(), 120, RData::CNAME(CNAME(host.clone()))),
+            Record::from_rdata(host.clone(), 300, RData::A(A::new(192, 0, 2, 1))),
+            Record::from_rdata(host.clone(), 200, RData::A(A::new(192, 0, 2, 2))),
+            Record::from_rdata(zone.clone(), 5, RData::A(A::new(192, 0, 2, 3))),
+        ];
+        assert_eq!(answer_ttl(&q, &records, RecordType::A), Some(120));
+        assert_eq!(answer_ttl(&host, &records, RecordType::A), Some(200));
+        assert_eq!(answer_ttl(&host, &records, RecordType::AAAA), None);
     }
 
     #[test]

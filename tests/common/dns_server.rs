@@ -3,19 +3,21 @@
 //! Serves UDP and TCP on the same port of a loopback address. Records live in
 //! a shared table and can be added while the server runs. A name with no
 //! records gets NXDOMAIN; a name with records of other types gets NOERROR
-//! with an empty answer (NODATA). Per-name fault injection: truncated UDP
-//! answers, SERVFAIL, or no answer at all.
+//! with an empty answer (NODATA). Answers carry TTL 300 unless [`TestDns::set_ttl`] says
+//! otherwise; negative answers carry no SOA record unless [`TestDns::set_negative_ttl`] asks
+//! for one. Per-name fault injection: truncated UDP answers, SERVFAIL, or no answer at all.
+//! Queries are counted, in total and per (name, type).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// How often the server threads look at the stop flag.
@@ -27,11 +29,16 @@ struct Zone {
     truncate: HashSet<String>,
     servfail: HashSet<String>,
     drop: HashSet<String>,
+    /// Queries received per (name, type).
+    asked: HashMap<(String, RecordType), usize>,
+    /// The SOA TTL (and MINIMUM) of negative answers; `None`: no SOA.
+    negative_ttl: Option<u32>,
 }
 
 struct Shared {
     zone: Mutex<Zone>,
     queries: AtomicUsize,
+    ttl: AtomicU32,
     stop: AtomicBool,
 }
 
@@ -70,6 +77,7 @@ impl TestDns {
         let shared = Arc::new(Shared {
             zone: Mutex::new(Zone::default()),
             queries: AtomicUsize::new(0),
+            ttl: AtomicU32::new(300),
             stop: AtomicBool::new(false),
         });
         let s1 = shared.clone();
@@ -132,6 +140,23 @@ impl TestDns {
     pub fn query_count(&self) -> usize {
         self.shared.queries.load(Ordering::SeqCst)
     }
+
+    /// How many queries for `name` and `rtype` were received (as [`TestDns::query_count`]).
+    pub fn queries_for(&self, name: &str, rtype: RecordType) -> usize {
+        let z = self.shared.zone.lock().unwrap();
+        z.asked.get(&(key(name), rtype)).copied().unwrap_or(0)
+    }
+
+    /// The TTL of the records in later answers (default 300).
+    pub fn set_ttl(&self, secs: u32) {
+        self.shared.ttl.store(secs, Ordering::SeqCst);
+    }
+
+    /// Later negative answers (NXDOMAIN, NODATA) carry an SOA record with this TTL and
+    /// MINIMUM, which makes them cacheable for that long (RFC 2308 §5).
+    pub fn set_negative_ttl(&self, secs: u32) {
+        self.shared.zone.lock().unwrap().negative_ttl = Some(secs);
+    }
 }
 
 impl Drop for TestDns {
@@ -162,10 +187,12 @@ fn answer(shared: &Shared, query: &[u8], udp: bool) -> Option<Vec<u8>> {
     };
     let k = key(&q.name().to_ascii());
     resp.add_query(q.clone());
-    let zone = shared.zone.lock().unwrap();
+    let mut zone = shared.zone.lock().unwrap();
+    *zone.asked.entry((k.clone(), q.query_type())).or_default() += 1;
     if zone.drop.contains(&k) {
         return None;
     }
+    let ttl = shared.ttl.load(Ordering::SeqCst);
     if zone.servfail.contains(&k) {
         resp.metadata.response_code = ResponseCode::ServFail;
     } else if udp && zone.truncate.contains(&k) {
@@ -173,13 +200,33 @@ fn answer(shared: &Shared, query: &[u8], udp: bool) -> Option<Vec<u8>> {
     } else if let Some(rdatas) = zone.records.get(&k) {
         for rd in rdatas {
             if rd.record_type() == q.query_type() || q.query_type() == RecordType::ANY {
-                resp.add_answer(Record::from_rdata(q.name().clone(), 300, rd.clone()));
+                resp.add_answer(Record::from_rdata(q.name().clone(), ttl, rd.clone()));
             }
         }
     } else {
         resp.metadata.response_code = ResponseCode::NXDomain;
     }
+    let negative = resp.answers.is_empty() && !resp.metadata.truncation;
+    if negative && resp.metadata.response_code != ResponseCode::ServFail {
+        if let Some(neg) = zone.negative_ttl {
+            resp.add_authority(soa_record(neg));
+        }
+    }
     resp.to_vec().ok()
+}
+
+/// The SOA record of the `test.` zone, with TTL and MINIMUM `ttl`.
+fn soa_record(ttl: u32) -> Record {
+    let soa = SOA::new(
+        fqdn("ns.test"),
+        fqdn("hostmaster.test"),
+        1,
+        3600,
+        600,
+        86400,
+        ttl,
+    );
+    Record::from_rdata(fqdn("test"), ttl, RData::SOA(soa))
 }
 
 fn udp_loop(sock: UdpSocket, shared: Arc<Shared>) {

@@ -23,7 +23,7 @@ done
     || missing="$missing lua-unbound"
 if [ -n "$missing" ]; then
     echo "interop: missing:$missing" >&2
-    echo "interop: apt-get install -y --no-install-recommends prosody lua-unbound dnsmasq-base python3-slixmpp python3-pytest" >&2
+    echo "interop: tests/setup.sh (make setup) installs what the suite needs, as root" >&2
     exit 2
 fi
 
