@@ -50,7 +50,7 @@ mod context;
 mod gencert;
 mod peer;
 mod session;
-#[cfg(any())]
+#[cfg(test)]
 mod tests;
 mod verifiers;
 pub mod words;
