@@ -22,6 +22,13 @@
 use dialbackd::keys::DialbackSecret;
 use dialbackd::stream::component::handshake_digest;
 use dialbackd::xml::{Limits, StreamEvent, StreamReader};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring as ring_provider, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection,
+    SignatureScheme, StreamOwned,
+};
 use std::collections::HashMap;
 use std::io::{self, Cursor, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -230,8 +237,56 @@ fn text_of(el: &[u8]) -> String {
     String::from_utf8_lossy(&el[a..b]).trim().to_string()
 }
 
+/// A connection's byte stream: plain TCP, or TLS after STARTTLS (we are the client towards the
+/// SUT, the server when the SUT dials our gen servers).
+enum Sock {
+    Plain(TcpStream),
+    Client(Box<StreamOwned<ClientConnection, TcpStream>>),
+    Server(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl Sock {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Sock::Plain(s) => s,
+            Sock::Client(t) => t.get_ref(),
+            Sock::Server(t) => t.get_ref(),
+        }
+    }
+    fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(d)
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Plain(s) => s.read(buf),
+            Sock::Client(t) => t.read(buf),
+            Sock::Server(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Plain(s) => s.write(buf),
+            Sock::Client(t) => t.write(buf),
+            Sock::Server(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sock::Plain(s) => s.flush(),
+            Sock::Client(t) => t.flush(),
+            Sock::Server(t) => t.flush(),
+        }
+    }
+}
+
 struct Conn {
-    s: TcpStream,
+    s: Sock,
     sc: Scanner,
 }
 
@@ -239,9 +294,51 @@ impl Conn {
     fn new(s: TcpStream) -> Conn {
         let _ = s.set_nodelay(true);
         Conn {
-            s,
+            s: Sock::Plain(s),
             sc: Scanner::new(),
         }
+    }
+
+    /// The plain TCP stream, for STARTTLS; bytes after `<proceed/>` would be lost, so there
+    /// must be none (the peer waits for our handshake).
+    fn into_tcp(self) -> io::Result<TcpStream> {
+        if self.sc.pos < self.sc.buf.len() {
+            return Err(io::Error::other("bytes after the STARTTLS answer"));
+        }
+        match self.s {
+            Sock::Plain(s) => Ok(s),
+            _ => Err(io::Error::other("STARTTLS on a TLS stream")),
+        }
+    }
+
+    /// STARTTLS as the client (after `<proceed/>`): the TLS handshake, then a fresh scanner for
+    /// the restarted stream.
+    fn tls_client(self, cfg: &Arc<ClientConfig>, name: &str) -> io::Result<Conn> {
+        let mut tcp = self.into_tcp()?;
+        let name = ServerName::try_from(name.to_string()).map_err(io::Error::other)?;
+        let mut tls = ClientConnection::new(cfg.clone(), name).map_err(io::Error::other)?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp)?;
+        }
+        Ok(Conn {
+            s: Sock::Client(Box::new(StreamOwned::new(tls, tcp))),
+            sc: Scanner::new(),
+        })
+    }
+
+    /// STARTTLS as the server (after we sent `<proceed/>`).
+    fn tls_server(self, cfg: &Arc<ServerConfig>) -> io::Result<Conn> {
+        let mut tcp = self.into_tcp()?;
+        let mut tls = ServerConnection::new(cfg.clone()).map_err(io::Error::other)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp)?;
+        }
+        tcp.set_read_timeout(None)?;
+        Ok(Conn {
+            s: Sock::Server(Box::new(StreamOwned::new(tls, tcp))),
+            sc: Scanner::new(),
+        })
     }
 
     fn fill(&mut self) -> io::Result<usize> {
@@ -313,6 +410,132 @@ fn err_text(el: &[u8]) -> String {
 }
 
 // ------------------------------------------------------------------------------------------
+// TLS (`--tls 1`): STARTTLS towards the SUT and on our gen servers
+
+const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+
+/// Accepts the SUT's certificate without checking it (a test certificate on loopback; the SUT
+/// is authenticated by dialback), but still checks the handshake signatures, so the SUT does
+/// the same work as with a peer that verifies.
+#[derive(Debug)]
+struct AnyServerCert(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The gen servers' certificate: self-signed, ECDSA P-256, for `gen.test` and `*.gen.test`,
+/// made at start. It does not verify, so both SUTs authenticate us by dialback.
+fn gen_cert() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["gen.test".into(), "*.gen.test".into()])
+        .unwrap_or_else(|e| die(&format!("gen certificate: {e}")));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    (ck.cert.der().clone(), key)
+}
+
+/// TLS client and server configurations for `--tls 1`. Client: any server certificate, our
+/// certificate presented (servers present theirs on s2s, and both SUTs ask for it), no session
+/// resumption (every handshake is a full one, as between distinct servers). Server (our gen
+/// servers): the same certificate, no client certificate asked for, no session tickets.
+fn tls_configs() -> (Arc<ClientConfig>, Arc<ServerConfig>) {
+    let (cert, key) = gen_cert();
+    let provider = Arc::new(ring_provider::default_provider());
+    let mut client = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| die(&format!("TLS client: {e}")))
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider.clone())))
+        .with_client_auth_cert(vec![cert.clone()], key.clone_key())
+        .unwrap_or_else(|e| die(&format!("TLS client: {e}")));
+    client.resumption = rustls::client::Resumption::disabled();
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| die(&format!("TLS server: {e}")))
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap_or_else(|e| die(&format!("TLS server: {e}")));
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
+    (Arc::new(client), Arc::new(server))
+}
+
+/// Client side of STARTTLS on a stream whose features `feats` were just read: ask, wait for
+/// `<proceed/>`, handshake with `name`, restart the stream; returns the new stream's id.
+fn starttls(
+    c: Conn,
+    feats: &[u8],
+    cfg: &Arc<ClientConfig>,
+    hdr: &str,
+    name: &str,
+) -> io::Result<(Conn, String)> {
+    if !feats.windows(NS_TLS.len()).any(|w| w == NS_TLS.as_bytes()) {
+        return Err(io::Error::other(format!(
+            "no STARTTLS offered: {}",
+            err_text(feats)
+        )));
+    }
+    let mut c = c;
+    write!(c.s, "<starttls xmlns='{NS_TLS}'/>")?;
+    let el = c.expect("STARTTLS answer")?;
+    if name_of(&el) != b"proceed" {
+        return Err(io::Error::other(format!(
+            "STARTTLS refused: {}",
+            err_text(&el)
+        )));
+    }
+    let mut c = c.tls_client(cfg, name)?;
+    c.s.write_all(hdr.as_bytes())?;
+    let hdr = c.expect("stream header after TLS")?;
+    let id = attr(&hdr, "id").ok_or_else(|| io::Error::other("no stream id after TLS"))?;
+    let feats = c.expect("stream features after TLS")?;
+    if name_of(&feats) != b"stream:features" {
+        return Err(io::Error::other(format!(
+            "expected features after TLS, got {}",
+            err_text(&feats)
+        )));
+    }
+    Ok((c, id))
+}
+
+// ------------------------------------------------------------------------------------------
 // Shared state between the generator's roles
 
 #[derive(Default)]
@@ -325,7 +548,13 @@ struct Shared {
     verifies: AtomicU64,
     verify_bad: AtomicU64,
     inbound: AtomicUsize,
+    /// Streams the SUT opened to our gen servers (callbacks, outbound), and how many of them
+    /// it encrypted with STARTTLS.
+    streams_in: AtomicU64,
+    tls_in: AtomicU64,
     stop: AtomicBool,
+    /// `--tls 1`: the gen servers offer (and require) STARTTLS with this configuration.
+    tls: Option<Arc<ServerConfig>>,
 }
 
 fn secret() -> DialbackSecret {
@@ -358,17 +587,33 @@ fn start_gen_listener(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<()> {
     Ok(())
 }
 
-fn serve_gen(mut c: Conn, sh: &Shared) -> io::Result<()> {
-    let sec = secret();
+/// Read the peer's stream header and answer it: our header and features (only STARTTLS,
+/// required, when `offer_tls`; dialback otherwise). Returns the peer's domain.
+fn gen_open(c: &mut Conn, offer_tls: bool) -> io::Result<String> {
     let hdr = c.expect("stream header")?;
     let peer = attr(&hdr, "from").unwrap_or_default();
     let me = attr(&hdr, "to").unwrap_or_else(|| "gen.test".into());
     let id = format!("gen-{:x}", nanos());
     let mut out = s2s_header(&me, &peer, Some(&id)).into_bytes();
-    out.extend_from_slice(
-        b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>",
-    );
+    if offer_tls {
+        write!(
+            out,
+            "<stream:features><starttls xmlns='{NS_TLS}'><required/></starttls></stream:features>"
+        )?;
+    } else {
+        out.extend_from_slice(
+            b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>",
+        );
+    }
     c.s.write_all(&out)?;
+    Ok(peer)
+}
+
+fn serve_gen(c: Conn, sh: &Shared) -> io::Result<()> {
+    let sec = secret();
+    let mut c = c;
+    let mut peer = gen_open(&mut c, sh.tls.is_some())?;
+    sh.streams_in.fetch_add(1, Ordering::Relaxed);
     let mut reply = Vec::with_capacity(4096);
     loop {
         let (a, b) = match c.next()? {
@@ -379,6 +624,16 @@ fn serve_gen(mut c: Conn, sh: &Shared) -> io::Result<()> {
             Item::Header(..) => continue,
             Item::Elem(a, b) => (a, b),
         };
+        if name_of(&c.sc.buf[a..b]) == b"starttls" {
+            let Some(cfg) = &sh.tls else {
+                return Err(io::Error::other("STARTTLS asked but not offered"));
+            };
+            write!(c.s, "<proceed xmlns='{NS_TLS}'/>")?;
+            c = c.tls_server(cfg)?;
+            sh.tls_in.fetch_add(1, Ordering::Relaxed);
+            peer = gen_open(&mut c, false)?;
+            continue;
+        }
         let el = &c.sc.buf[a..b];
         let name = name_of(el);
         reply.clear();
@@ -433,14 +688,15 @@ fn serve_gen(mut c: Conn, sh: &Shared) -> io::Result<()> {
     }
 }
 
-/// Initiating Server: open a stream `from` → `to`, run dialback for every domain in `tos`
-/// (the first is the stream's `to`). Returns the connection and the time from each
-/// `<db:result/>` to its `type='valid'`.
+/// Initiating Server: open a stream `from` → `to` (with STARTTLS first when `tls` is given),
+/// run dialback for every domain in `tos` (the first is the stream's `to`). Returns the
+/// connection and the time from each `<db:result/>` to its `type='valid'`.
 fn initiate(
     sut: SocketAddr,
     from: &str,
     tos: &[&str],
     deadline: Instant,
+    tls: Option<&Arc<ClientConfig>>,
 ) -> io::Result<(Conn, Duration)> {
     let s = TcpStream::connect_timeout(&sut, Duration::from_secs(10))?;
     let left = deadline
@@ -448,7 +704,8 @@ fn initiate(
         .max(Duration::from_millis(10));
     s.set_read_timeout(Some(left))?;
     let mut c = Conn::new(s);
-    c.s.write_all(s2s_header(from, tos[0], None).as_bytes())?;
+    let header = s2s_header(from, tos[0], None);
+    c.s.write_all(header.as_bytes())?;
     let hdr = c.expect("stream header")?;
     let id = attr(&hdr, "id").ok_or_else(|| io::Error::other("no stream id"))?;
     let feats = c.expect("stream features")?;
@@ -458,6 +715,10 @@ fn initiate(
             err_text(&feats)
         )));
     }
+    let (mut c, id) = match tls {
+        Some(cfg) => starttls(c, &feats, cfg, &header, tos[0])?,
+        None => (c, id),
+    };
     let sec = secret();
     let t0 = Instant::now();
     let mut req = String::new();
@@ -600,12 +861,42 @@ struct Env {
     sut_pid: String,
     shared: Arc<Shared>,
     deadline: Instant,
+    /// `--tls 1`: our streams to the SUT start with STARTTLS.
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl Env {
+    /// `tls=0|1 gen_streams_in=N gen_tls_in=M`: the TLS mode, and how many streams the SUT
+    /// opened to our gen servers and encrypted (all of them in TLS mode).
+    fn tls_summary(&self) -> String {
+        format!(
+            "tls={} gen_streams_in={} gen_tls_in={}",
+            u8::from(self.tls.is_some()),
+            self.shared.streams_in.load(Ordering::Relaxed),
+            self.shared.tls_in.load(Ordering::Relaxed)
+        )
+    }
+
+    /// `initiate` towards the SUT with this run's TLS mode.
+    fn initiate(&self, from: &str, tos: &[&str]) -> io::Result<(Conn, Duration)> {
+        initiate(self.sut, from, tos, self.deadline, self.tls.as_ref())
+    }
 }
 
 fn setup(o: &Opts) -> Env {
     let sut = o.addr("sut", "127.0.50.1:5269");
     let comp = o.addr("component", &format!("{}:5347", sut.ip()));
-    let shared = Arc::new(Shared::default());
+    let (client, server) = match o.n("tls", 0) {
+        0 => (None, None),
+        _ => {
+            let (c, s) = tls_configs();
+            (Some(c), Some(s))
+        }
+    };
+    let shared = Arc::new(Shared {
+        tls: server,
+        ..Shared::default()
+    });
     let gen = o.addr("gen", "127.0.50.2:5269");
     if let Err(e) = start_gen_listener(gen, shared.clone()) {
         die(&format!("cannot listen on {gen}: {e}"));
@@ -616,6 +907,7 @@ fn setup(o: &Opts) -> Env {
         sut_pid: o.s("sut-pid", "0"),
         shared,
         deadline: Instant::now() + Duration::from_secs(o.n("timeout", 60)),
+        tls: client,
     }
 }
 
@@ -699,7 +991,8 @@ fn tput_setup(o: &Opts) -> (Env, Conn, Conn) {
         &o.s("component-secret", "sinksecret"),
     )
     .unwrap_or_else(|e| die(&format!("component: {e}")));
-    let (stream, _) = initiate(env.sut, "gen.test", &["sink.sut.test"], env.deadline)
+    let (stream, _) = env
+        .initiate("gen.test", &["sink.sut.test"])
         .unwrap_or_else(|e| die(&format!("dialback gen.test→sink.sut.test: {e}")));
     (env, sink, stream)
 }
@@ -749,9 +1042,10 @@ fn tput(o: &Opts) {
     let bounced = env.shared.bounced.load(Ordering::Relaxed);
     println!(
         "RESULT tput size={size} n={n} sent={sent} received={count} bounced={bounced} sink_errors={errs} \
-         secs={secs:.3} send_secs={:.3} msgs_per_s={rate:.0} mb_per_s={mb:.2} stanza_bytes={} {cpu}",
+         secs={secs:.3} send_secs={:.3} msgs_per_s={rate:.0} mb_per_s={mb:.2} stanza_bytes={} {cpu} {}",
         t_sent.as_secs_f64(),
-        msg.len()
+        msg.len(),
+        env.tls_summary()
     );
     let _ = stream.s.write_all(b"</stream:stream>");
 }
@@ -800,7 +1094,8 @@ fn latency(o: &Opts) {
 /// SUT's own outbound stream to gen.test (our listener).
 fn ping(o: &Opts) {
     let env = setup(o);
-    let (mut stream, _) = initiate(env.sut, "gen.test", &["sut.test"], env.deadline)
+    let (mut stream, _) = env
+        .initiate("gen.test", &["sut.test"])
         .unwrap_or_else(|e| die(&format!("dialback gen.test→sut.test: {e}")));
     let window = o.n("window", 500);
     let n = o.n("n", 20000);
@@ -855,30 +1150,35 @@ fn ping(o: &Opts) {
     let (done, secs) = run(n, warm, &mut stream);
     let cpu = cpu.stop();
     println!(
-        "RESULT ping window={window} n={n} replies={done} errors={} secs={secs:.3} rtt_per_s={:.0} {cpu}",
+        "RESULT ping window={window} n={n} replies={done} errors={} secs={secs:.3} rtt_per_s={:.0} {cpu} {}",
         env.shared.iq_errors.load(Ordering::Relaxed),
-        done as f64 / secs
+        done as f64 / secs,
+        env.tls_summary()
     );
     let _ = stream.s.write_all(b"</stream:stream>");
 }
 
+/// What `open_many` opened.
+#[derive(Default)]
+struct Opened {
+    conns: Vec<Conn>,
+    /// ms from our `<db:result/>` to `type='valid'`, sorted.
+    times: Vec<f64>,
+    /// ms from TCP connect to `type='valid'` (the whole handshake, STARTTLS included), sorted.
+    totals: Vec<f64>,
+    failed: u64,
+}
+
 /// Open `count` verified streams from distinct domains `{prefix}{i}.gen.test`, `conc` at a
-/// time. Returns the streams, the handshake times (ms) and failures.
-fn open_many(
-    env: &Env,
-    prefix: &str,
-    from: u64,
-    count: u64,
-    conc: u64,
-) -> (Vec<Conn>, Vec<f64>, u64) {
+/// time.
+fn open_many(env: &Env, prefix: &str, from: u64, count: u64, conc: u64) -> Opened {
     let next = Arc::new(AtomicU64::new(from));
-    let out = Arc::new(Mutex::new((Vec::new(), Vec::new(), 0u64, Vec::new())));
+    let out = Arc::new(Mutex::new(Opened::default()));
     let mut hs = Vec::new();
     for _ in 0..conc {
         let next = next.clone();
         let out = out.clone();
-        let sut = env.sut;
-        let deadline = env.deadline;
+        let (sut, deadline, tls) = (env.sut, env.deadline, env.tls.clone());
         let prefix = prefix.to_string();
         hs.push(
             thread::Builder::new()
@@ -890,20 +1190,20 @@ fn open_many(
                     }
                     let dom = format!("{prefix}{i}.gen.test");
                     let t_open = Instant::now();
-                    match initiate(sut, &dom, &["sut.test"], deadline) {
+                    match initiate(sut, &dom, &["sut.test"], deadline, tls.as_ref()) {
                         Ok((c, t)) => {
                             let total = t_open.elapsed();
                             let mut g = out.lock().unwrap();
-                            g.0.push(c);
-                            g.1.push(t.as_secs_f64() * 1e3);
-                            g.3.push(total.as_secs_f64() * 1e3);
+                            g.conns.push(c);
+                            g.times.push(t.as_secs_f64() * 1e3);
+                            g.totals.push(total.as_secs_f64() * 1e3);
                         }
                         Err(e) => {
                             let mut g = out.lock().unwrap();
-                            if g.2 < 3 {
+                            if g.failed < 3 {
                                 eprintln!("load: {dom}: {e}");
                             }
-                            g.2 += 1;
+                            g.failed += 1;
                         }
                     }
                 })
@@ -913,18 +1213,10 @@ fn open_many(
     for h in hs {
         let _ = h.join();
     }
-    let mut g = out.lock().unwrap();
-    let mut total = std::mem::take(&mut g.3);
-    total.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if !total.is_empty() {
-        eprintln!(
-            "load: connect to valid, whole handshake: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            pct(&total, 0.5),
-            pct(&total, 0.99),
-            total.last().copied().unwrap_or(0.0)
-        );
-    }
-    (std::mem::take(&mut g.0), std::mem::take(&mut g.1), g.2)
+    let mut g = std::mem::take(&mut *out.lock().unwrap());
+    g.times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    g.totals.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    g
 }
 
 /// Dialback handshakes from `--domains` distinct domains, `--concurrency` at a time.
@@ -935,20 +1227,26 @@ fn handshake(o: &Opts) {
     let prefix = o.s("prefix", "h");
     let cpu = CpuMeter::start(&env.sut_pid);
     let t0 = Instant::now();
-    let (conns, mut times, failed) = open_many(&env, &prefix, 0, d, conc);
+    let got = open_many(&env, &prefix, 0, d, conc);
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu.stop();
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (times, totals) = (&got.times, &got.totals);
     println!(
-        "RESULT handshake domains={d} concurrency={conc} ok={} failed={failed} secs={secs:.3} hs_per_s={:.0} p50_ms={:.2} p99_ms={:.2} verifies={} bad_verifies={} {cpu}",
+        "RESULT handshake domains={d} concurrency={conc} ok={} failed={} secs={secs:.3} hs_per_s={:.0} \
+         p50_ms={:.2} p99_ms={:.2} total_p50_ms={:.2} total_p99_ms={:.2} total_max_ms={:.2} verifies={} bad_verifies={} {cpu} {}",
         times.len(),
+        got.failed,
         times.len() as f64 / secs,
-        pct(&times, 0.5),
-        pct(&times, 0.99),
+        pct(times, 0.5),
+        pct(times, 0.99),
+        pct(totals, 0.5),
+        pct(totals, 0.99),
+        totals.last().copied().unwrap_or(f64::NAN),
         env.shared.verifies.load(Ordering::Relaxed),
         env.shared.verify_bad.load(Ordering::Relaxed),
+        env.tls_summary()
     );
-    for mut c in conns {
+    for mut c in got.conns {
         let _ = c.s.write_all(b"</stream:stream>");
     }
 }
@@ -965,24 +1263,29 @@ fn memory(o: &Opts) {
     let settle = Duration::from_millis(o.n("settle-ms", 2000));
     thread::sleep(settle);
     let rss0 = status_kib(&pid, "VmRSS:");
-    let mut line = format!("RESULT memory rss0_kib={rss0}");
+    let thr0 = status_kib(&pid, "Threads:");
+    let mut line = format!("RESULT memory rss0_kib={rss0} threads0={thr0}");
     let mut all = Vec::new();
     let mut have = 0;
     for &n in &steps {
-        let (conns, _, failed) = open_many(&env, "m", have, n - have, 50);
+        let got = open_many(&env, "m", have, n - have, 50);
         have = n;
-        all.extend(conns);
+        all.extend(got.conns);
         thread::sleep(settle);
         let rss = status_kib(&pid, "VmRSS:");
         let thr = status_kib(&pid, "Threads:");
-        let per = (rss as f64 - rss0 as f64) / all.len().max(1) as f64;
+        let open = all.len().max(1) as f64;
+        let per = (rss as f64 - rss0 as f64) / open;
+        let thr_per = (thr as f64 - thr0 as f64) / open;
         line.push_str(&format!(
-            " n{n}_open={} n{n}_failed={failed} n{n}_rss_kib={rss} n{n}_threads={thr} n{n}_kib_per_stream={per:.1} n{n}_sut_outbound={}",
+            " n{n}_open={} n{n}_failed={} n{n}_rss_kib={rss} n{n}_threads={thr} n{n}_kib_per_stream={per:.1} \
+             n{n}_threads_per_stream={thr_per:.3} n{n}_sut_outbound={}",
             all.len(),
+            got.failed,
             env.shared.inbound.load(Ordering::Relaxed)
         ));
     }
-    println!("{line}");
+    println!("{line} {}", env.tls_summary());
     // Keep the streams open for outside inspection (pmap, perf), bounded.
     let hold = o.n("hold-secs", 0).min(600);
     if hold > 0 {
@@ -1164,7 +1467,45 @@ fn offline_check() {
     assert_eq!(items[4], b"CLOSE");
     let k = secret().key("sut.test", "gen.test", "id1");
     assert!(secret().verify("sut.test", "gen.test", "id1", &k));
+    tls_offline_check();
     eprintln!("load: offline check passed (run workloads through benches/run.sh)");
+}
+
+/// The TLS pass's configurations complete a handshake with each other in memory (our client
+/// accepts a self-signed server certificate and presents its own), and application data
+/// written by the client reaches the server.
+fn tls_offline_check() {
+    let (client_cfg, server_cfg) = tls_configs();
+    let name = ServerName::try_from("r1t1.gen.test").unwrap();
+    let mut client = ClientConnection::new(client_cfg, name).unwrap();
+    let mut server = ServerConnection::new(server_cfg).unwrap();
+    let mut flights = 0;
+    while client.is_handshaking() || server.is_handshaking() {
+        flights += 1;
+        assert!(flights < 10, "TLS handshake does not complete");
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        server.read_tls(&mut &wire[..]).unwrap();
+        server.process_new_packets().unwrap();
+        wire.clear();
+        while server.wants_write() {
+            server.write_tls(&mut wire).unwrap();
+        }
+        client.read_tls(&mut &wire[..]).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    client.writer().write_all(b"<stream:stream>").unwrap();
+    let mut wire = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut wire).unwrap();
+    }
+    server.read_tls(&mut &wire[..]).unwrap();
+    server.process_new_packets().unwrap();
+    let mut got = [0u8; 15];
+    server.reader().read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"<stream:stream>");
 }
 
 fn main() {

@@ -8,7 +8,9 @@
 # once):
 #   1. perf record -g of dialbackd (pinned to core 1) during a 200-byte single-stream run
 #   2. the RSS breakdown (/proc/PID/smaps: thread stacks, malloc arenas, heap, files) with
-#      1,000 idle verified inbound streams, with glibc's default arenas and MALLOC_ARENA_MAX=1
+#      1,000 idle verified inbound streams, with glibc's default arenas, MALLOC_ARENA_MAX=1, and
+#      with STARTTLS on both sides (the TLS mode of `make bench`)
+#   3. heaptrack's peak heap consumers with 200 idle verified streams, plain and TLS
 # Every process started here is stopped by PID on exit.
 set -u
 main() {
@@ -69,10 +71,19 @@ connections = 16000
 connections_per_ip = 16000
 pending_verifications = 4096
 EOF
+# The TLS mode: a test certificate, STARTTLS required (the generator runs with --tls 1).
+[ -f "$out/certs/sut.test.crt" ] || "$BIN" gen-cert sut.test --out "$out/certs" >&2 || exit 1
+cat "$out/dialbackd.toml" - >"$out/dialbackd-tls.toml" <<EOF
+[tls]
+certificate = "$out/certs/sut.test.crt"
+key = "$out/certs/sut.test.key"
+require_encryption = true
+EOF
 
 SUT=""
-start_db() { # extra env assignments...
-    env RUST_LOG=warn "$@" taskset -c 1 "$BIN" --config "$out/dialbackd.toml" >>"$out/dialbackd.log" 2>&1 &
+CFG=$out/dialbackd.toml
+start_db() { # extra env assignments...; the configuration is $CFG
+    env RUST_LOG=warn "$@" taskset -c 1 "$BIN" --config "$CFG" >>"$out/dialbackd.log" 2>&1 &
     SUT=$!
     PIDS+=("$SUT")
     timeout 20 "$LOAD" waitport $IP_DB:5347 --timeout 15 >/dev/null || { log "dialbackd did not start"; exit 1; }
@@ -135,10 +146,12 @@ else
 fi
 
 # 2. Memory breakdown with 1,000 idle verified inbound streams.
-for variant in default arena1; do
+for variant in default arena1 tls; do
+    CFG=$out/dialbackd.toml tls=()
+    [ $variant = tls ] && { CFG=$out/dialbackd-tls.toml; tls=(--tls 1); }
     if [ $variant = arena1 ]; then start_db MALLOC_ARENA_MAX=1; else start_db; fi
     timeout 120 taskset -c 0 "$LOAD" memory --sut $IP_DB:5269 --sut-pid "$SUT" --gen $IP_GEN:5269 \
-        --steps 1000 --hold-secs 4 --timeout 90 >"$out/memory-$variant.txt" &
+        "${tls[@]}" --steps 1000 --hold-secs 4 --timeout 90 >"$out/memory-$variant.txt" &
     G=$!
     PIDS+=("$G")
     n=0
@@ -151,16 +164,18 @@ for variant in default arena1; do
     wait "$G" 2>/dev/null
     stop_db
 done
-# 3. Heap by call site with 200 idle verified streams (heaptrack, if installed).
-if command -v heaptrack >/dev/null 2>&1; then
-    rm -f "$out"/heaptrack.dialbackd.*
-    RUST_LOG=warn taskset -c 1 heaptrack -o "$out/heaptrack.dialbackd" "$BIN" --config "$out/dialbackd.toml" \
+# 3. Heap by call site with 200 idle verified streams (heaptrack, if installed), plain and TLS.
+heap_profile() { # plain|tls
+    local mode=$1 cfg=$out/dialbackd.toml tls=() hp=$out/heaptrack-$1 DB="" HT todo lvl next p n
+    [ "$mode" = tls ] && { cfg=$out/dialbackd-tls.toml; tls=(--tls 1); }
+    rm -f "$hp".dialbackd.*
+    RUST_LOG=warn taskset -c 1 heaptrack -o "$hp.dialbackd" "$BIN" --config "$cfg" \
         >>"$out/heaptrack.log" 2>&1 &
     HT=$!
     PIDS+=("$HT")
     timeout 30 "$LOAD" waitport $IP_DB:5347 --timeout 25 >/dev/null || { log "dialbackd under heaptrack did not start"; exit 1; }
     # heaptrack (a shell script) runs dialbackd as a descendant: find it among HT's descendants.
-    DB="" todo="$HT" lvl=0
+    todo="$HT" lvl=0
     while [ -z "$DB" ] && [ -n "$todo" ] && [ $lvl -lt 4 ]; do
         next=""
         for p in $todo; do
@@ -172,14 +187,18 @@ if command -v heaptrack >/dev/null 2>&1; then
     [ -n "$DB" ] || { log "cannot find dialbackd under heaptrack (pid $HT)"; exit 1; }
     PIDS+=("$DB")
     timeout 120 taskset -c 0 "$LOAD" memory --sut $IP_DB:5269 --sut-pid "$DB" --gen $IP_GEN:5269 \
-        --steps 200 --timeout 90 >"$out/memory-heaptrack.txt"
+        "${tls[@]}" --steps 200 --timeout 90 >"$hp-memory.txt"
     stop_pid "$DB"
     n=0; while kill -0 "$HT" 2>/dev/null && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
-    heaptrack_print "$out"/heaptrack.dialbackd.* >"$out/heaptrack.txt" 2>/dev/null
-    grep -E "^peak heap" "$out/heaptrack.txt" >&2
-    awk '/PEAK MEMORY CONSUMERS/{f=1} /PEAK TEMPORARY|MOST TEMPORARY/{if(f)exit} f' "$out/heaptrack.txt" \
-        | grep -E "consumed over|^ +at src/" | head -40 >"$out/heaptrack-peak.txt"
-    log "heaptrack: peak consumers in $out/heaptrack-peak.txt"
+    heaptrack_print "$hp".dialbackd.* >"$hp.txt" 2>/dev/null
+    echo "$mode: $(grep -E "^peak heap" "$hp.txt")" >&2
+    awk '/PEAK MEMORY CONSUMERS/{f=1} /PEAK TEMPORARY|MOST TEMPORARY/{if(f)exit} f' "$hp.txt" \
+        | grep -E "consumed over|^ +at src/" | head -40 >"$hp-peak.txt"
+    log "heaptrack ($mode): peak consumers in $hp-peak.txt"
+}
+if command -v heaptrack >/dev/null 2>&1; then
+    heap_profile plain
+    heap_profile tls
 fi
 log "results in $out"
 }
