@@ -378,6 +378,12 @@ impl Handle {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(SendError::Bytes(el, cap));
         }
+        self.enqueue(el, n)
+    }
+
+    /// Put a stanza already counted (one more queued, `n` bytes) in the inbox; undo the counts
+    /// when the stream is gone.
+    fn enqueue(&self, el: Element, n: usize) -> Result<(), SendError> {
         self.inbox.send(Input::Stanza(el, n)).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             self.recharge(n, 0);
@@ -398,14 +404,7 @@ impl Handle {
         let n = stanza::wire_size(&el);
         self.queued.fetch_add(1, Ordering::AcqRel);
         self.recharge(0, n);
-        self.inbox.send(Input::Stanza(el, n)).map_err(|e| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.recharge(n, 0);
-            match e {
-                Input::Stanza(el, _) => SendError::Gone(el),
-                _ => unreachable!("we sent a stanza"),
-            }
-        })
+        self.enqueue(el, n)
     }
 
     /// Send a control message; false when the stream is gone.
