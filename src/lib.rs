@@ -26,13 +26,15 @@
 //! - [`stream`]: the protocol core, no I/O: `Event` in, `Vec<Action>` out.
 //! - [`xml`]: the push framer (bytes → complete first-level elements, budgets), the policy
 //!   parser over the `xml` crate (each complete element parsed from memory) and our serializer.
-//! - [`keys`], [`domain`], [`stanza`]: XEP-0185 keys, validated names, stanza helpers.
+//! - [`keys`], [`domain`], [`stanza`]: XEP-0185 keys, validated names, stanza helpers;
+//!   [`condition`]: the stream and stanza error conditions as enums.
 //! - [`logsafe`]: peer-supplied strings escaped and bounded for log lines.
 //! - [`router`], [`conn`], [`inbox`], [`transport`], [`net`]: routing tables, stream threads,
 //!   their inboxes, the socket seam, the accept loop; [`ratelimit`]: log lines and failures per
 //!   address, rate-limited.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
 //!   the typed configuration.
+pub mod condition;
 pub mod config;
 pub mod conn;
 pub mod dns;

@@ -7,6 +7,7 @@
 //! configuration reload is not supported; restart the daemon). Out of scope: everything after
 //! accept.
 
+use crate::condition::StreamCondition;
 use crate::config::Config;
 use crate::conn;
 use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
@@ -193,7 +194,7 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
                     "{peer}: refused, {} connections open (limits.connections)",
                     limits.connections
                 );
-                refuse(sock, "resource-constraint");
+                refuse(sock, StreamCondition::ResourceConstraint);
                 continue;
             }
             if !router.admit_ip(peer.ip()) {
@@ -203,7 +204,7 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
                     "{peer}: refused, {} connections from this address (limits.connections_per_ip)",
                     limits.connections_per_ip
                 );
-                refuse(sock, "policy-violation");
+                refuse(sock, StreamCondition::PolicyViolation);
                 continue;
             }
         }
@@ -256,7 +257,10 @@ fn refuse_component(
                 "component {peer}: refused, {} component connections open (limits.component_connections)",
                 limits.component_connections
             );
-            ("resource-constraint", "too many component connections")
+            (
+                StreamCondition::ResourceConstraint,
+                "too many component connections",
+            )
         }
         ComponentRefusal::PerIp => {
             warn_limited!(PER_IP,
@@ -264,7 +268,7 @@ fn refuse_component(
                 limits.component_connections_per_ip
             );
             (
-                "policy-violation",
+                StreamCondition::PolicyViolation,
                 "too many component connections from this address",
             )
         }
@@ -273,7 +277,7 @@ fn refuse_component(
                 "component {peer}: refused, too many failed handshakes from this address (limits.component_failures)"
             );
             (
-                "policy-violation",
+                StreamCondition::PolicyViolation,
                 "too many failed handshakes from this address",
             )
         }
@@ -287,7 +291,7 @@ fn refuse_component(
 }
 
 /// Best effort: a header and a stream error, without blocking the accept loop.
-fn refuse(mut sock: mio::net::TcpStream, condition: &str) {
+fn refuse(mut sock: mio::net::TcpStream, condition: StreamCondition) {
     let msg = format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>\
          <stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"

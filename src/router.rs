@@ -20,8 +20,8 @@ use crate::dns::Resolver;
 use crate::domain::{Domain, Jid};
 pub use crate::inbox::{ByteCap, ByteTotal, Handle, Inbox, Input, SendError, StreamKind};
 use crate::ratelimit::{warn_limited, FailureWindow, RateLimit, LOG_EVERY};
-use crate::stanza;
-use crate::stream::{Ctx, Verdict, VerifyRequest};
+use crate::stanza::{self, Bounce};
+use crate::stream::{Ctx, StanzaCondition, Verdict, VerifyRequest};
 use crate::tls::TlsContext;
 use crate::transport::{Connector, Tcp};
 use crate::xml::Element;
@@ -68,12 +68,8 @@ enum Route {
         /// Dialback said valid on it.
         up: bool,
     },
-    /// The last attempt failed: bounce with its condition until `until`, then try again.
-    Backoff {
-        until: Instant,
-        condition: &'static str,
-        text: String,
-    },
+    /// The last attempt failed: bounce as it did until `until`, then try again.
+    Backoff { until: Instant, bounce: Bounce },
 }
 
 /// One outbound domain-pair stream counted against `limits.outbound_streams`; dropping it (when
@@ -137,8 +133,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A stanza to bounce: the stanza, its condition and the text for its sender.
-type Refused = (Element, &'static str, String);
+/// A stanza to bounce, and what it bounces with.
+type Refused = (Element, Bounce);
 
 /// What became of a stanza for a remote pair.
 enum Sent {
@@ -231,8 +227,8 @@ impl Router {
         self.route_into(el, bounce, &mut starts, &mut refused);
         // Bounces may need routes of their own (to remote senders); a bounce is an error
         // stanza, never bounced again, so this ends.
-        while let Some((el, condition, text)) = refused.pop() {
-            if let Some(reply) = self.bounce_reply(&el, condition, &text) {
+        while let Some((el, why)) = refused.pop() {
+            if let Some(reply) = self.bounce_reply(&el, why.condition, &why.text) {
                 self.route_into(reply, true, &mut starts, &mut refused);
             }
         }
@@ -296,14 +292,18 @@ impl Router {
             Ok(()) => {}
             Err(SendError::Full(el)) => refused.push((
                 el,
-                "resource-constraint",
-                "the recipient's queue is full".into(),
+                Bounce::new(
+                    StanzaCondition::ResourceConstraint,
+                    "the recipient's queue is full",
+                ),
             )),
             Err(SendError::Bytes(el, cap)) => refused.push(self.bytes_refused(el, cap, &to.domain)),
             Err(SendError::Gone(el)) => refused.push((
                 el,
-                "service-unavailable",
-                "no service here handles this address".into(),
+                Bounce::new(
+                    StanzaCondition::ServiceUnavailable,
+                    "no service here handles this address",
+                ),
             )),
         }
     }
@@ -316,7 +316,8 @@ impl Router {
                 Ok(()) => return Sent::Queued,
                 Err(SendError::Full(el)) => {
                     let text = format!("too many stanzas queued for {}", key.1);
-                    return Sent::Refused((el, "resource-constraint", text));
+                    let why = Bounce::new(StanzaCondition::ResourceConstraint, text);
+                    return Sent::Refused((el, why));
                 }
                 Err(SendError::Bytes(el, cap)) => {
                     drop(routes);
@@ -325,34 +326,35 @@ impl Router {
                 // The stream closed its inbox without handing the route back: start anew.
                 Err(SendError::Gone(el)) => el,
             },
-            Some(Route::Backoff {
-                until,
-                condition,
-                text,
-            }) if Instant::now() < *until => return Sent::Refused((el, condition, text.clone())),
+            Some(Route::Backoff { until, bounce }) if Instant::now() < *until => {
+                return Sent::Refused((el, bounce.clone()))
+            }
             Some(Route::Backoff { .. }) | None => el,
         };
         routes.remove(&key);
         if self.is_shutting_down() {
-            return Sent::Refused((
-                el,
-                "remote-server-timeout",
-                "the server is shutting down".into(),
-            ));
+            let why = Bounce::new(
+                StanzaCondition::RemoteServerTimeout,
+                "the server is shutting down",
+            );
+            return Sent::Refused((el, why));
         }
         let (start, handle) = match self.new_outbound(&key) {
             Ok(new) => new,
-            Err(why) => return Sent::Refused((el, "resource-constraint", why.into())),
+            Err(why) => {
+                let why = Bounce::new(StanzaCondition::ResourceConstraint, why);
+                return Sent::Refused((el, why));
+            }
         };
         // A fresh inbox with room: the first stanza always fits.
         if let Err(SendError::Full(el) | SendError::Gone(el) | SendError::Bytes(el, _)) =
             send(&handle, el, bounce)
         {
-            return Sent::Refused((
-                el,
-                "resource-constraint",
-                "could not queue the stanza".into(),
-            ));
+            let why = Bounce::new(
+                StanzaCondition::ResourceConstraint,
+                "could not queue the stanza",
+            );
+            return Sent::Refused((el, why));
         }
         routes.insert(key, Route::Stream { handle, up: false });
         Sent::Start(start)
@@ -410,11 +412,11 @@ impl Router {
                 "the server's queues are full".to_string()
             }
         };
-        (el, "resource-constraint", text)
+        (el, Bounce::new(StanzaCondition::ResourceConstraint, text))
     }
 
     /// Send the error reply for `el` back to its sender (nothing for errors and iq results).
-    pub fn bounce(&self, el: Element, condition: &str, text: &str) -> Starts {
+    pub fn bounce(&self, el: Element, condition: StanzaCondition, text: &str) -> Starts {
         match self.bounce_reply(&el, condition, text) {
             Some(reply) => self.route_as(reply, true),
             None => Vec::new(),
@@ -424,7 +426,12 @@ impl Router {
     /// The error reply for `el`, keeping at most `limits.bounce_payload` bytes of the original
     /// payload when it goes to a remote sender, `limits.bounce_payload_component` when to a local
     /// one; `None` for errors and iq results (ROUTE-02).
-    fn bounce_reply(&self, el: &Element, condition: &str, text: &str) -> Option<Element> {
+    fn bounce_reply(
+        &self,
+        el: &Element,
+        condition: StanzaCondition,
+        text: &str,
+    ) -> Option<Element> {
         let limits = &self.ctx.config.limits;
         let local_sender = el
             .attr("from")
@@ -458,15 +465,15 @@ impl Router {
     /// The outbound stream of `key` behind `handle` is closing: close its inbox, so no stanza
     /// reaches it any more, and take back what was waiting there, under the lock senders take.
     ///
-    /// After a `failure` (the pair could not be set up: condition and text) the waiting stanzas
-    /// bounce with it and the pair enters its backoff window (`timeouts.retry`, jittered). After
-    /// a clean end they go, in order and ahead of anything newer, to a new stream for the pair
-    /// (returned to be started); during shutdown they bounce.
+    /// After a `failure` (the pair could not be set up) the waiting stanzas bounce with it and
+    /// the pair enters its backoff window (`timeouts.retry`, jittered). After a clean end they
+    /// go, in order and ahead of anything newer, to a new stream for the pair (returned to be
+    /// started); during shutdown they bounce.
     pub fn outbound_closing(
         &self,
         key: &(Domain, Domain),
         handle: &Handle,
-        failure: Option<(&'static str, String)>,
+        failure: Option<Bounce>,
     ) -> Starts {
         let mut routes = lock(&self.routes);
         let waiting = handle.close();
@@ -476,26 +483,18 @@ impl Router {
         }
         let mut refused: Vec<Refused> = Vec::new();
         let mut starts = Vec::new();
-        if let Some((condition, text)) = failure {
+        if let Some(bounce) = failure {
+            refused.extend(waiting.into_iter().map(|el| (el, bounce.clone())));
             if ours {
                 let until = Instant::now() + jittered(self.ctx.config.timeouts.retry);
-                let text = text.clone();
-                routes.insert(
-                    key.clone(),
-                    Route::Backoff {
-                        until,
-                        condition,
-                        text,
-                    },
-                );
+                routes.insert(key.clone(), Route::Backoff { until, bounce });
             }
-            refused.extend(waiting.into_iter().map(|el| (el, condition, text.clone())));
         } else if !waiting.is_empty() {
             self.requeue(&mut routes, key, waiting, &mut starts, &mut refused);
         }
         drop(routes);
-        for (el, condition, text) in refused {
-            starts.extend(self.bounce(el, condition, &text));
+        for (el, why) in refused {
+            starts.extend(self.bounce(el, why.condition, &why.text));
         }
         starts
     }
@@ -513,15 +512,15 @@ impl Router {
         let text = "the connection closed before the stanza was sent";
         if self.is_shutting_down() || routes.contains_key(key) {
             let why = "the server is shutting down";
-            let cond = "remote-server-timeout";
-            refused.extend(waiting.into_iter().map(|el| (el, cond, why.to_string())));
+            let why = Bounce::new(StanzaCondition::RemoteServerTimeout, why);
+            refused.extend(waiting.into_iter().map(|el| (el, why.clone())));
             return;
         }
         let (start, handle) = match self.new_outbound(key) {
             Ok(new) => new,
             Err(why) => {
-                let cond = "resource-constraint";
-                refused.extend(waiting.into_iter().map(|el| (el, cond, why.to_string())));
+                let why = Bounce::new(StanzaCondition::ResourceConstraint, why);
+                refused.extend(waiting.into_iter().map(|el| (el, why.clone())));
                 return;
             }
         };
@@ -529,7 +528,8 @@ impl Router {
             if let Err(SendError::Full(el) | SendError::Gone(el) | SendError::Bytes(el, _)) =
                 handle.send_stanza(el)
             {
-                refused.push((el, "remote-server-timeout", text.to_string()));
+                let why = Bounce::new(StanzaCondition::RemoteServerTimeout, text);
+                refused.push((el, why));
             }
         }
         routes.insert(key.clone(), Route::Stream { handle, up: false });
@@ -544,7 +544,7 @@ impl Router {
     /// The verdict to answer with when no verification can be started.
     pub fn verify(&self, req: VerifyRequest, reply: &Handle) -> Result<Start, Verdict> {
         if self.is_shutting_down() {
-            return Err(Verdict::Error("remote-connection-failed"));
+            return Err(Verdict::Error(StanzaCondition::RemoteConnectionFailed));
         }
         let cap = self.ctx.config.limits.pending_verifications;
         if self.verifications.fetch_add(1, Ordering::AcqRel) >= cap {
@@ -553,7 +553,7 @@ impl Router {
                 "{cap} dialback verifications already pending; refusing one for {}",
                 req.remote
             );
-            return Err(Verdict::Error("resource-constraint"));
+            return Err(Verdict::Error(StanzaCondition::ResourceConstraint));
         }
         let l = &self.ctx.config.limits;
         match self.new_handle(StreamKind::Server, l.outbox) {
@@ -566,7 +566,7 @@ impl Router {
                 self.verifications.fetch_sub(1, Ordering::AcqRel);
                 log::error!("cannot start a verify connection: {e}");
                 // XEP-0220 §2.5: we could not connect to the Authoritative Server.
-                Err(Verdict::Error("remote-connection-failed"))
+                Err(Verdict::Error(StanzaCondition::RemoteConnectionFailed))
             }
         }
     }

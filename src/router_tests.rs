@@ -114,7 +114,10 @@ fn a_failed_pair_backs_off_then_tries_again() {
     );
     let h = outbound(r.route(from_comp(0)));
     let _ = r.route(from_comp(1));
-    let failure = Some(("remote-server-not-found", "no such domain".to_string()));
+    let failure = Some(Bounce::new(
+        StanzaCondition::RemoteServerNotFound,
+        "no such domain",
+    ));
     assert!(r.outbound_closing(&k, &h, failure).is_empty());
     // Waiting stanzas bounce with the failure's condition; so does the next one, at once,
     // without a new attempt.

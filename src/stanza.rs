@@ -4,6 +4,7 @@
 //! namespace, reading their addresses, and building the error reply or bounce for one. Out of
 //! scope: routing (see `router`) and stream-level errors (see `stream`).
 
+use crate::condition::StanzaCondition;
 use crate::domain::{DomainError, Jid};
 use crate::xml::{is_content_ns, Element, Node, STANZAS_NS};
 
@@ -58,18 +59,28 @@ pub fn addresses(el: &Element) -> Result<Addresses, AddressError> {
     })
 }
 
-/// The stanza error type RFC 6120 §8.3.3 gives for a defined condition.
-pub fn error_type(condition: &str) -> &'static str {
-    match condition {
-        "remote-server-timeout"
-        | "resource-constraint"
-        | "recipient-unavailable"
-        | "unexpected-request" => "wait",
-        "bad-request" | "jid-malformed" | "not-acceptable" | "policy-violation" | "not-allowed" => {
-            "modify"
+/// Why stanzas go back to their senders: the condition of the error and a text for them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bounce {
+    /// The stanza error condition (RFC 6120 §8.3.3).
+    pub condition: StanzaCondition,
+    /// Human-readable text for the sender (and the log).
+    pub text: String,
+}
+
+impl Bounce {
+    /// A bounce with `condition` and `text`.
+    pub fn new(condition: StanzaCondition, text: impl Into<String>) -> Bounce {
+        Bounce {
+            condition,
+            text: text.into(),
         }
-        "not-authorized" => "auth",
-        _ => "cancel",
+    }
+}
+
+impl std::fmt::Display for Bounce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.condition, self.text)
     }
 }
 
@@ -112,10 +123,10 @@ pub fn echo(s: &str) -> String {
 
 /// The `<error/>` child for `condition`, with an optional human-readable text (bounded to
 /// [`TEXT_MAX`] characters, whoever wrote it).
-pub fn error_element(condition: &str, text: Option<&str>) -> Element {
+pub fn error_element(condition: StanzaCondition, text: Option<&str>) -> Element {
     let mut err = Element::new("error", "jabber:server")
-        .with_attr("type", error_type(condition))
-        .with_child(Element::new(condition, STANZAS_NS));
+        .with_attr("type", condition.error_type().as_str())
+        .with_child(Element::new(condition.as_str(), STANZAS_NS));
     if let Some(t) = text {
         err.push_child(
             Element::new("text", STANZAS_NS)
@@ -129,7 +140,11 @@ pub fn error_element(condition: &str, text: Option<&str>) -> Element {
 /// The error reply to `el`: addresses swapped, `type='error'`, the original payload kept (RFC
 /// 6120 §8.3.1 allows it and it helps the sender see what failed), and an `<error/>` with
 /// `condition`. `None` when `el` must not be answered with an error.
-pub fn error_reply(el: &Element, condition: &str, text: Option<&str>) -> Option<Element> {
+pub fn error_reply(
+    el: &Element,
+    condition: StanzaCondition,
+    text: Option<&str>,
+) -> Option<Element> {
     error_reply_within(el, condition, text, usize::MAX)
 }
 
@@ -139,7 +154,7 @@ pub fn error_reply(el: &Element, condition: &str, text: Option<&str>) -> Option<
 /// the budget is copied.
 pub fn error_reply_within(
     el: &Element,
-    condition: &str,
+    condition: StanzaCondition,
     text: Option<&str>,
     payload: usize,
 ) -> Option<Element> {
@@ -229,6 +244,7 @@ pub fn iq_result(iq: &Element) -> Element {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use StanzaCondition as C;
 
     fn msg(ty: Option<&str>) -> Element {
         let mut m = Element::new("message", "jabber:component:accept")
@@ -244,7 +260,7 @@ mod tests {
 
     #[test]
     fn error_reply_swaps_addresses_and_keeps_payload() {
-        let r = error_reply(&msg(Some("chat")), "remote-server-timeout", Some("gone")).unwrap();
+        let r = error_reply(&msg(Some("chat")), C::RemoteServerTimeout, Some("gone")).unwrap();
         assert_eq!(r.attr("from"), Some("x@b.test"));
         assert_eq!(r.attr("to"), Some("bot@echo.a.test"));
         assert_eq!(r.attr("id"), Some("m1"));
@@ -293,12 +309,12 @@ mod tests {
         let big = "x".repeat(100_000);
         m.push_child(Element::new("big", "urn:example:big").with_text(big.as_str()));
         m.push_child(Element::new("after", "urn:example:big"));
-        let full = error_reply(&m, "resource-constraint", None).unwrap();
+        let full = error_reply(&m, C::ResourceConstraint, None).unwrap();
         assert!(
             full.to_bytes().len() > 100_000,
             "the unbounded reply keeps it all"
         );
-        let r = error_reply_within(&m, "resource-constraint", Some("t"), 1024).unwrap();
+        let r = error_reply_within(&m, C::ResourceConstraint, Some("t"), 1024).unwrap();
         let names: Vec<&str> = r.elements().map(|e| e.name.as_str()).collect();
         // body (small) fits; big does not, and nothing after it is taken (order kept).
         assert_eq!(names, ["body", "error"]);
@@ -312,19 +328,19 @@ mod tests {
                 Some("error")
             )
         );
-        let none = error_reply_within(&m, "resource-constraint", None, 0).unwrap();
+        let none = error_reply_within(&m, C::ResourceConstraint, None, 0).unwrap();
         let names: Vec<&str> = none.elements().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["error"], "a zero budget keeps only the error");
-        assert!(error_reply_within(&msg(Some("error")), "x", None, 0).is_none());
+        assert!(error_reply_within(&msg(Some("error")), C::BadRequest, None, 0).is_none());
     }
 
     #[test]
     fn errors_and_iq_results_are_never_bounced() {
-        assert!(error_reply(&msg(Some("error")), "service-unavailable", None).is_none());
+        assert!(error_reply(&msg(Some("error")), C::ServiceUnavailable, None).is_none());
         let iq = Element::new("iq", "jabber:server").with_attr("type", "result");
-        assert!(error_reply(&iq, "service-unavailable", None).is_none());
+        assert!(error_reply(&iq, C::ServiceUnavailable, None).is_none());
         let db = Element::new("result", crate::xml::DIALBACK_NS);
-        assert!(error_reply(&db, "service-unavailable", None).is_none());
+        assert!(error_reply(&db, C::ServiceUnavailable, None).is_none());
     }
 
     #[test]
@@ -347,7 +363,7 @@ mod tests {
         assert_eq!(echo("short"), "short");
         assert_eq!(bounded(&"é".repeat(10), 10), "é".repeat(10));
         // A stanza error's text is bounded whatever its origin.
-        let err = error_element("remote-server-timeout", Some(&long));
+        let err = error_element(C::RemoteServerTimeout, Some(&long));
         let text = err.child("text", STANZAS_NS).unwrap().text();
         assert_eq!(text.chars().count(), TEXT_MAX);
     }

@@ -10,7 +10,9 @@ use dialbackd::stanza;
 use dialbackd::stream::component::{handshake_digest, Component};
 use dialbackd::stream::incoming::Incoming;
 use dialbackd::stream::outgoing::{Outgoing, Purpose};
-use dialbackd::stream::{Action, Ctx, Event, Verdict, VerifyRequest};
+use dialbackd::stream::{
+    Action, ConnectError, Ctx, Event, StanzaCondition, StreamCondition, Verdict, VerifyRequest,
+};
 use dialbackd::xml::{
     Element, StreamHeader, CLIENT_NS, COMPONENT_NS, DIALBACK_NS, SERVER_NS, STANZAS_NS,
     STREAMS_ERR_NS, STREAM_NS, TLS_NS,
@@ -78,8 +80,8 @@ const NAMES: [&str; 13] = [
 const VERDICTS: [Verdict; 4] = [
     Verdict::Valid,
     Verdict::Invalid,
-    Verdict::Error("remote-server-not-found"),
-    Verdict::Error("item-not-found"),
+    Verdict::Error(StanzaCondition::RemoteServerNotFound),
+    Verdict::Error(StanzaCondition::ItemNotFound),
 ];
 
 fn ctx(tls_available: bool) -> Arc<Ctx> {
@@ -106,7 +108,7 @@ enum Fed {
     Header(StreamHeader),
     Element(Element),
     Close,
-    Broken(Option<&'static str>),
+    Broken(Option<StreamCondition>),
     TlsEstablished,
     Connected(bool),
     ConnectFailed(bool),
@@ -130,10 +132,10 @@ impl Fed {
             },
             Fed::TlsEstablished => Event::TlsEstablished,
             Fed::Connected(tls) => Event::Connected { tls },
-            Fed::ConnectFailed(not_found) => Event::ConnectFailed {
-                not_found,
-                reason: "fuzz".into(),
-            },
+            Fed::ConnectFailed(true) => Event::ConnectFailed(ConnectError::NotFound("fuzz".into())),
+            Fed::ConnectFailed(false) => {
+                Event::ConnectFailed(ConnectError::Unreachable("fuzz".into()))
+            }
             Fed::Stanza(e) => Event::Stanza(e),
             Fed::Verified(remote, local, verdict) => Event::Verified {
                 remote,
@@ -347,9 +349,11 @@ impl Vocab {
             0..=1 => Fed::Header(self.header(input)),
             2..=8 => Fed::Element(self.element(input)),
             9 => Fed::Close,
-            10 => {
-                Fed::Broken(input.pick(&[None, Some("not-well-formed"), Some("policy-violation")]))
-            }
+            10 => Fed::Broken(input.pick(&[
+                None,
+                Some(StreamCondition::NotWellFormed),
+                Some(StreamCondition::PolicyViolation),
+            ])),
             11 => Fed::TlsEstablished,
             12 => {
                 if input.flag() {

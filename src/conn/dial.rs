@@ -9,8 +9,9 @@
 
 use super::link::{poll, Link};
 use super::{Core, Event, Role, Stream};
-use crate::dns::{NetworkPolicy, DEFAULT_S2S_PORT};
+use crate::dns::{NetworkPolicy, Target, DEFAULT_S2S_PORT};
 use crate::domain::Domain;
+use crate::stream::ConnectError;
 use crate::transport::Transport;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -20,16 +21,13 @@ pub(super) const MAX_ADDRESSES: usize = 16;
 /// How many addresses a failed attempt's log line and bounce text list (the rest are counted).
 const LISTED_ADDRESSES: usize = 8;
 
-/// Why a dial failed: `not_found` when DNS says there is no such service or no permitted
-/// address is left (retrying cannot help), and a reason naming what was tried.
-pub(super) struct DialError {
-    not_found: bool,
-    reason: String,
-}
-
-impl DialError {
-    fn new(not_found: bool, reason: String) -> DialError {
-        DialError { not_found, reason }
+/// Why a dial failed: not found when DNS says there is no such service or no permitted
+/// address is left (retrying cannot help), else unreachable; and a reason naming what was tried.
+fn dial_error(not_found: bool, reason: String) -> ConnectError {
+    if not_found {
+        ConnectError::NotFound(reason)
+    } else {
+        ConnectError::Unreachable(reason)
     }
 }
 
@@ -42,8 +40,12 @@ struct Dialled {
     direct_tls: bool,
 }
 
-/// Dial targets: (host, port, direct TLS), and whether the private-network guard applies.
-type Targets = (Vec<(String, u16, bool)>, bool);
+/// Where to dial, in order, and whether the private-network guard applies.
+struct Targets {
+    list: Vec<Target>,
+    /// False for static routes: the operator's explicit choice is never judged.
+    guarded: bool,
+}
 
 impl Stream {
     /// Outbound: resolve, connect, and tell the core how it went.
@@ -51,9 +53,7 @@ impl Stream {
         let remote = self.domains().1;
         let ev = match self.dial(&remote) {
             Ok(d) => self.connected(d, &remote),
-            Err(DialError { not_found, reason }) => {
-                Some(Event::ConnectFailed { not_found, reason })
-            }
+            Err(why) => Some(Event::ConnectFailed(why)),
         };
         if let Some(ev) = ev {
             self.feed(ev);
@@ -86,24 +86,28 @@ impl Stream {
                 self.tls_pending = Some(Event::Connected { tls: true });
                 None
             }
-            Err(e) => Some(Event::ConnectFailed {
-                not_found: false,
-                reason: format!("TLS with {addr} ({host}) for {remote}: {e}"),
-            }),
+            Err(e) => Some(Event::ConnectFailed(ConnectError::Unreachable(format!(
+                "TLS with {addr} ({host}) for {remote}: {e}"
+            )))),
         }
     }
 
     /// Find and connect to `remote` (static route, else SRV/A per RFC 6120 §3.2). Outside static
     /// routes, IP-literal domains and every resolved address go through the private-network
     /// guard; refused addresses are skipped (logged at debug) and never connected to.
-    fn dial(&mut self, remote: &Domain) -> Result<Dialled, DialError> {
+    fn dial(&mut self, remote: &Domain) -> Result<Dialled, ConnectError> {
         let router = self.router.clone();
         let cfg = &router.ctx.config;
         let policy = NetworkPolicy::new(&cfg.allow_networks);
-        let (targets, guarded) = self.targets(remote, &policy)?;
+        let Targets { list, guarded } = self.targets(remote, &policy)?;
         let mut tried: Vec<String> = Vec::new();
         let (mut any_address, mut transient, mut attempts) = (false, false, 0);
-        for (host, port, direct_tls) in targets {
+        for Target {
+            host,
+            port,
+            direct_tls,
+        } in list
+        {
             if direct_tls && !router.ctx.tls_available {
                 continue;
             }
@@ -140,10 +144,10 @@ impl Stream {
                 attempts += 1;
                 if let Some(stop) = self.dial_stopped() {
                     tried.push(stop);
-                    return Err(DialError::new(
-                        false,
-                        format!("cannot connect to {remote}: {}", listed(tried)),
-                    ));
+                    return Err(ConnectError::Unreachable(format!(
+                        "cannot connect to {remote}: {}",
+                        listed(tried)
+                    )));
                 }
                 match self.try_address(addr, &host) {
                     Ok(sock) => {
@@ -160,7 +164,7 @@ impl Stream {
         }
         let not_found = !any_address && !transient;
         let detail = listed(tried);
-        Err(DialError::new(
+        Err(dial_error(
             not_found,
             format!("cannot connect to {remote}: {detail}"),
         ))
@@ -213,40 +217,43 @@ impl Stream {
         }
     }
 
-    /// Where to dial `remote`: (host, port, direct TLS) in order, and whether the
-    /// private-network guard applies (not to static routes). IP-literal domains are judged
-    /// here, before any DNS.
-    fn targets(&self, remote: &Domain, policy: &NetworkPolicy<'_>) -> Result<Targets, DialError> {
+    /// Where to dial `remote`, in order, and whether the private-network guard applies (not to
+    /// static routes). IP-literal domains are judged here, before any DNS.
+    fn targets(
+        &self,
+        remote: &Domain,
+        policy: &NetworkPolicy<'_>,
+    ) -> Result<Targets, ConnectError> {
         let label = self.core.label();
-        Ok(match self.router.ctx.config.routes.get(remote) {
+        let target = |host: String, port: u16| Target {
+            host,
+            port,
+            direct_tls: false,
+        };
+        let (list, guarded) = match self.router.ctx.config.routes.get(remote) {
             // The operator's explicit choice: never judged.
-            Some(r) => (vec![(r.host.clone(), r.port, false)], false),
+            Some(r) => (vec![target(r.host.clone(), r.port)], false),
             None => match policy.check_domain(remote.as_str()) {
                 Err(refusal) => {
                     log::debug!("{label}: not dialling {remote}: {refusal}");
-                    return Err(DialError::new(
-                        true,
-                        format!("not dialling {remote}: {refusal}"),
-                    ));
+                    return Err(ConnectError::NotFound(format!(
+                        "not dialling {remote}: {refusal}"
+                    )));
                 }
                 // An allowed IP literal: no DNS, the default port (RFC 6120 §3.2.2).
-                Ok(Some(ip)) => (vec![(ip.to_string(), DEFAULT_S2S_PORT, false)], true),
+                Ok(Some(ip)) => (vec![target(ip.to_string(), DEFAULT_S2S_PORT)], true),
                 Ok(None) => match self.router.resolver.resolve_s2s(remote.as_str()) {
-                    Ok(t) => (
-                        t.into_iter()
-                            .map(|t| (t.host, t.port, t.direct_tls))
-                            .collect(),
-                        true,
-                    ),
+                    Ok(list) => (list, true),
                     Err(e) => {
-                        return Err(DialError::new(
+                        return Err(dial_error(
                             e.is_not_found(),
                             format!("DNS lookup for {remote} failed: {e}"),
                         ))
                     }
                 },
             },
-        })
+        };
+        Ok(Targets { list, guarded })
     }
 }
 

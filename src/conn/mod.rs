@@ -2,7 +2,7 @@
 //! router.
 //!
 //! Each stream (s2s in, s2s out, verify, component) is one thread that owns its non-blocking
-//! socket ([`Link`]: the [`Transport`](crate::transport::Transport), one unsplit TLS session,
+//! socket (`Link`: the [`Transport`](crate::transport::Transport), one unsplit TLS session,
 //! what waits to be written), its [`StreamParser`] and its protocol core, and sleeps in `poll(2)`
 //! on the socket and its inbox's wake descriptor with the timeout = its earliest deadline
 //! (negotiation, idle, keepalive, close handshake, a write the peer does not take). Other
@@ -24,11 +24,11 @@ use crate::domain::Domain;
 use crate::inbox::{Handle, Input};
 use crate::keys;
 use crate::router::{Router, Starts};
-use crate::stanza;
+use crate::stanza::{self, Bounce};
 use crate::stream::component::Component;
 use crate::stream::incoming::Incoming;
 use crate::stream::outgoing::Outgoing;
-use crate::stream::{Action, Event, StreamError, Verdict};
+use crate::stream::{Action, Event, StanzaCondition, StreamCondition, StreamError, Verdict};
 use crate::xml::{Limits, StreamEvent, StreamParser, XmlError, STREAM_CLOSE};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -366,7 +366,7 @@ impl Stream {
     }
 
     /// The stream broke (bad XML with `condition` to send, or the transport failed).
-    fn broken(&mut self, condition: Option<&'static str>, reason: String) {
+    fn broken(&mut self, condition: Option<StreamCondition>, reason: String) {
         if self.clock.closing_until.is_some() {
             self.done = true;
             return;
@@ -442,7 +442,10 @@ impl Stream {
             // No transport (never connected, or gone): a stanza cannot be sent.
             if stanza::is_stanza(&el) {
                 let why = "the connection failed before the stanza was sent";
-                self.start(self.router.bounce(el, "remote-server-timeout", why));
+                self.start(
+                    self.router
+                        .bounce(el, StanzaCondition::RemoteServerTimeout, why),
+                );
             }
             return;
         };
@@ -519,7 +522,10 @@ impl Stream {
         };
         for s in link.take_unsent() {
             let text = "the connection failed while sending";
-            self.start(self.router.bounce(s, "remote-server-timeout", text));
+            self.start(
+                self.router
+                    .bounce(s, StanzaCondition::RemoteServerTimeout, text),
+            );
         }
         self.eof = true;
         if !self.done && self.clock.closing_until.is_none() {
@@ -560,7 +566,7 @@ impl Stream {
             Role::Outbound { key, routed } if *routed => {
                 *routed = false;
                 let failure = match &self.core {
-                    Core::Out(c) => c.failure().map(|(c, t)| (c, t.to_string())),
+                    Core::Out(c) => c.failure().cloned(),
                     _ => None,
                 };
                 let starts = self.router.outbound_closing(key, &self.me, failure);
@@ -571,7 +577,10 @@ impl Stream {
                 *domain = None;
                 for el in waiting {
                     let why = "the service is not connected";
-                    self.start(self.router.bounce(el, "service-unavailable", why));
+                    self.start(
+                        self.router
+                            .bounce(el, StanzaCondition::ServiceUnavailable, why),
+                    );
                 }
             }
             _ => {}
@@ -697,11 +706,9 @@ impl Stream {
 
     /// Give back everything the stream holds; idempotent. `failure` replaces the core's own
     /// for an outbound pair (after a panic).
-    fn release(&mut self, failure: Option<(&'static str, String)>) {
-        if let (Some((cond, text)), Role::Outbound { key, routed: true }) = (&failure, &self.role) {
-            let starts = self
-                .router
-                .outbound_closing(key, &self.me, Some((cond, text.clone())));
+    fn release(&mut self, failure: Option<Bounce>) {
+        if let (Some(failure), Role::Outbound { key, routed: true }) = (failure, &self.role) {
+            let starts = self.router.outbound_closing(key, &self.me, Some(failure));
             self.start(starts);
             if let Role::Outbound { routed, .. } = &mut self.role {
                 *routed = false;
@@ -711,7 +718,10 @@ impl Stream {
         if let Some(mut link) = self.link.take() {
             for s in link.take_unsent() {
                 let text = "the connection closed before the stanza was sent";
-                self.start(self.router.bounce(s, "remote-server-timeout", text));
+                self.start(
+                    self.router
+                        .bounce(s, StanzaCondition::RemoteServerTimeout, text),
+                );
             }
         }
         if matches!(self.role, Role::Verify { reply: Some(_), .. }) {

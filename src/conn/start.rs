@@ -9,10 +9,11 @@ use super::link::Link;
 use super::{fresh_id, Core, Role, Stream, STACK_SIZE};
 use crate::inbox::{Handle, Input, StreamKind};
 use crate::router::{Router, Start, Starts};
+use crate::stanza::Bounce;
 use crate::stream::component::Component;
 use crate::stream::incoming::Incoming;
 use crate::stream::outgoing::{Outgoing, Purpose};
-use crate::stream::Verdict;
+use crate::stream::{StanzaCondition, Verdict};
 use crate::transport::Transport;
 use std::io;
 use std::net::SocketAddr;
@@ -105,9 +106,11 @@ pub fn start(router: &Arc<Router>, starts: Starts) {
                 let mut s = s;
                 s.caps.outbound = Some(slot);
                 if spawn(s).is_err() {
-                    let why = "the server cannot open more connections".to_string();
-                    let more =
-                        router.outbound_closing(&key, &handle, Some(("resource-constraint", why)));
+                    let why = Bounce::new(
+                        StanzaCondition::ResourceConstraint,
+                        "the server cannot open more connections",
+                    );
+                    let more = router.outbound_closing(&key, &handle, Some(why));
                     start(router, more);
                 }
             }
@@ -124,7 +127,7 @@ pub fn start(router: &Arc<Router>, starts: Starts) {
                     reply.send(Input::Verified {
                         remote: key.1,
                         local: key.0,
-                        verdict: Verdict::Error("resource-constraint"),
+                        verdict: Verdict::Error(StanzaCondition::ResourceConstraint),
                     });
                 }
             }
@@ -217,13 +220,17 @@ fn contained(mut s: Stream) {
         for el in queued {
             super::start::start(
                 &s.router,
-                s.router.bounce(el, "internal-server-error", text),
+                s.router
+                    .bounce(el, StanzaCondition::InternalServerError, text),
             );
         }
         if let Some(link) = &mut s.link {
             link.shutdown();
         }
-        s.release(Some(("internal-server-error", text.to_string())));
+        s.release(Some(Bounce::new(
+            StanzaCondition::InternalServerError,
+            text,
+        )));
     }));
     if released.is_err() {
         log::error!("a stream could not be released after an internal error");

@@ -7,7 +7,7 @@
 
 use super::{new_parser, Core, Event, Role, Stream};
 use crate::domain::Domain;
-use crate::stream::{Verdict, VerifyRequest};
+use crate::stream::{ConnectError, StanzaCondition, StreamCondition, Verdict, VerifyRequest};
 use crate::tls::{CertJudgement, Session};
 use std::io;
 use std::time::Instant;
@@ -24,7 +24,7 @@ impl Stream {
                 self.parser.unparsed().len()
             );
             return self.feed(Event::Broken {
-                condition: Some("policy-violation"),
+                condition: Some(StreamCondition::PolicyViolation),
                 reason: "plaintext sent after STARTTLS before the TLS handshake".into(),
             });
         }
@@ -147,10 +147,9 @@ impl Stream {
     /// for `ev`.
     pub(super) fn tls_failed(&mut self, ev: Event, reason: String) {
         match ev {
-            Event::Connected { .. } => self.feed(Event::ConnectFailed {
-                not_found: false,
-                reason,
-            }),
+            Event::Connected { .. } => {
+                self.feed(Event::ConnectFailed(ConnectError::Unreachable(reason)))
+            }
             _ => self.feed(Event::Broken {
                 condition: None,
                 reason,
@@ -175,7 +174,7 @@ impl Stream {
             }
             CertJudgement::Refused(why) => {
                 log::warn!("{}: {why}", self.core.label());
-                Some(Verdict::Error("not-authorized"))
+                Some(Verdict::Error(StanzaCondition::NotAuthorized))
             }
             CertJudgement::Accepted(what) => {
                 log::debug!("{}: {what}", self.core.label());

@@ -8,7 +8,7 @@
 //! (the connection layer counts failures per address). Out of scope: routing.
 
 use super::incoming::describe_stream_error;
-use super::{Action, Ctx, Event, StreamError};
+use super::{Action, Ctx, Event, StanzaCondition, StreamCondition, StreamError};
 use crate::domain::{Domain, Jid};
 use crate::stanza::{self, echo};
 use crate::xml::{Element, StreamHeader, COMPONENT_NS, STREAM_NS};
@@ -86,7 +86,7 @@ impl Component {
             (State::Open, Event::Stanza(el)) => vec![Action::Send(el)],
             (_, Event::Stanza(el)) => vec![Action::Bounce {
                 stanzas: vec![el],
-                condition: "service-unavailable",
+                condition: StanzaCondition::ServiceUnavailable,
                 text: "the component is not connected".into(),
             }],
             (State::Closed, _) => Vec::new(),
@@ -109,9 +109,12 @@ impl Component {
                 );
                 vec![Action::Send(Element::new("handshake", COMPONENT_NS))]
             }
-            (State::AwaitRegistration, Event::Registered(false)) => self.close(Some(
-                StreamError::text("conflict", "this component is already connected"),
-            )),
+            (State::AwaitRegistration, Event::Registered(false)) => {
+                self.close(Some(StreamError::text(
+                    StreamCondition::Conflict,
+                    "this component is already connected",
+                )))
+            }
             (State::Open, Event::Element(e)) if stanza::is_stanza(&e) => self.stanza(e),
             (_, Event::Element(e)) if e.is("error", STREAM_NS) => {
                 log::warn!(
@@ -122,20 +125,25 @@ impl Component {
                 self.close(None)
             }
             (State::Open, Event::Element(e)) => self.close(Some(StreamError::text(
-                "unsupported-stanza-type",
+                StreamCondition::UnsupportedStanzaType,
                 format!("unexpected <{}/>", echo(&e.name)),
             ))),
-            (_, Event::Element(_)) => {
-                self.close(Some(StreamError::text("not-authorized", "handshake first")))
-            }
+            (_, Event::Element(_)) => self.close(Some(StreamError::text(
+                StreamCondition::NotAuthorized,
+                "handshake first",
+            ))),
             (_, Event::Close) => self.close(None),
             (_, Event::Broken { condition, reason }) => {
                 log::info!("{}: stream broken: {reason}", self.label);
                 self.close(condition.map(StreamError::new))
             }
             (State::Open, Event::Timeout) => Vec::new(),
-            (_, Event::Timeout) => self.close(Some(StreamError::new("connection-timeout"))),
-            (_, Event::Shutdown) => self.close(Some(StreamError::new("system-shutdown"))),
+            (_, Event::Timeout) => {
+                self.close(Some(StreamError::new(StreamCondition::ConnectionTimeout)))
+            }
+            (_, Event::Shutdown) => {
+                self.close(Some(StreamError::new(StreamCondition::SystemShutdown)))
+            }
             (state, ev) => {
                 log::debug!("{}: ignoring {ev:?} in state {state:?}", self.label);
                 Vec::new()
@@ -171,7 +179,7 @@ impl Component {
     fn expect_header(&mut self, h: StreamHeader) -> Vec<Action> {
         if h.name != "stream" || h.ns != STREAM_NS || h.default_ns.as_deref() != Some(COMPONENT_NS)
         {
-            return self.close(Some(StreamError::new("invalid-namespace")));
+            return self.close(Some(StreamError::new(StreamCondition::InvalidNamespace)));
         }
         let domain = h.to.as_deref().and_then(|t| Domain::parse(t).ok());
         let known = domain
@@ -183,7 +191,7 @@ impl Component {
                 "no component is configured for {}",
                 echo(&h.to.unwrap_or_default())
             );
-            return self.close(Some(StreamError::text("host-unknown", text)));
+            return self.close(Some(StreamError::text(StreamCondition::HostUnknown, text)));
         }
         self.domain = domain;
         self.state = State::ExpectHandshake;
@@ -210,7 +218,10 @@ impl Component {
             log::warn!("{}: component {domain} sent a wrong handshake", self.label);
             self.auth_failed = true;
             self.domain = None;
-            return self.close(Some(StreamError::text("not-authorized", "wrong handshake")));
+            return self.close(Some(StreamError::text(
+                StreamCondition::NotAuthorized,
+                "wrong handshake",
+            )));
         }
         self.state = State::AwaitRegistration;
         vec![Action::Register(domain)]
@@ -229,11 +240,11 @@ impl Component {
                 "stanzas from this component must come from {}",
                 echo(domain.as_str())
             );
-            return self.close(Some(StreamError::text("invalid-from", text)));
+            return self.close(Some(StreamError::text(StreamCondition::InvalidFrom, text)));
         }
         if let Err(err) = stanza::addresses(&e) {
             return self.close(Some(StreamError::text(
-                "improper-addressing",
+                StreamCondition::ImproperAddressing,
                 err.to_string(),
             )));
         }
@@ -289,7 +300,9 @@ mod tests {
         let hs =
             Element::new("handshake", COMPONENT_NS).with_text(handshake_digest("cid", "wrong"));
         let out = c.handle(Event::Element(hs));
-        assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "not-authorized"));
+        assert!(
+            matches!(&out[..], [Action::Close(Some(e))] if e.condition == StreamCondition::NotAuthorized)
+        );
         assert!(c.auth_failed(), "reported for the per-address count");
         // The stream is over: a second guess on it is not even looked at.
         let again = Element::new("handshake", COMPONENT_NS)
@@ -306,7 +319,9 @@ mod tests {
             .with_text(handshake_digest("cid", "echosecret"));
         c.handle(Event::Element(hs));
         let out = c.handle(Event::Registered(false));
-        assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "conflict"));
+        assert!(
+            matches!(&out[..], [Action::Close(Some(e))] if e.condition == StreamCondition::Conflict)
+        );
     }
 
     #[test]
@@ -319,7 +334,9 @@ mod tests {
         c.handle(Event::Registered(true));
         let m = el("<message xmlns='jabber:component:accept' from='bot@a.test' to='x@b.test'/>");
         let out = c.handle(Event::Element(m));
-        assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "invalid-from"));
+        assert!(
+            matches!(&out[..], [Action::Close(Some(e))] if e.condition == StreamCondition::InvalidFrom)
+        );
     }
 
     #[test]
@@ -334,7 +351,7 @@ mod tests {
         };
         let out = c.handle(Event::Header(h));
         assert!(
-            matches!(&out[..], [Action::SendHeader(_), Action::Close(Some(e))] if e.condition == "host-unknown")
+            matches!(&out[..], [Action::SendHeader(_), Action::Close(Some(e))] if e.condition == StreamCondition::HostUnknown)
         );
         assert!(c.auth_failed(), "guessing domains counts as a failure");
     }
@@ -346,7 +363,9 @@ mod tests {
         let m =
             el("<message xmlns='jabber:component:accept' from='bot@echo.a.test' to='x@b.test'/>");
         let out = c.handle(Event::Element(m));
-        assert!(matches!(&out[..], [Action::Close(Some(e))] if e.condition == "not-authorized"));
+        assert!(
+            matches!(&out[..], [Action::Close(Some(e))] if e.condition == StreamCondition::NotAuthorized)
+        );
     }
 
     /// ERR-01 (RFC 6120 §4.9.1.1): a timeout or shutdown before the component's header is
@@ -354,8 +373,8 @@ mod tests {
     #[test]
     fn err01_timeout_and_shutdown_before_the_header_send_ours_first() {
         for (ev, cond) in [
-            (Event::Timeout, "connection-timeout"),
-            (Event::Shutdown, "system-shutdown"),
+            (Event::Timeout, StreamCondition::ConnectionTimeout),
+            (Event::Shutdown, StreamCondition::SystemShutdown),
         ] {
             let mut c = Component::new(ctx(), "t".into(), "cid".into());
             let out = c.handle(ev);

@@ -13,7 +13,7 @@
 
 use super::{
     db_result, db_verify, domain_attr, parse_version, s2s_header, Action, Ctx, DbBody, Event,
-    StreamError, Verdict, VerifyRequest, OUR_VERSION,
+    StanzaCondition, StreamCondition, StreamError, Verdict, VerifyRequest, OUR_VERSION,
 };
 use crate::domain::Domain;
 use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
@@ -173,13 +173,15 @@ impl Incoming {
             }
             (_, Event::Timeout) if self.verified.is_empty() => {
                 log::info!("{}: not authenticated in time, closing", self.label);
-                self.close(Some(StreamError::new("connection-timeout")))
+                self.close(Some(StreamError::new(StreamCondition::ConnectionTimeout)))
             }
             (_, Event::Idle) => {
                 log::info!("{}: idle, closing", self.label);
                 self.close(None)
             }
-            (_, Event::Shutdown) => self.close(Some(StreamError::new("system-shutdown"))),
+            (_, Event::Shutdown) => {
+                self.close(Some(StreamError::new(StreamCondition::SystemShutdown)))
+            }
             (state, ev) => {
                 log::debug!("{}: ignoring {ev:?} in state {state:?}", self.label);
                 Vec::new()
@@ -221,14 +223,14 @@ impl Incoming {
 
     fn expect_header(&mut self, h: StreamHeader) -> Vec<Action> {
         if h.name != "stream" || h.ns != STREAM_NS {
-            return self.refuse_header(StreamError::new("invalid-namespace"));
+            return self.refuse_header(StreamError::new(StreamCondition::InvalidNamespace));
         }
         if h.default_ns.as_deref() != Some(SERVER_NS) {
             let text = format!(
                 "expected the jabber:server namespace, got {:?}",
                 echo(&h.default_ns.unwrap_or_default())
             );
-            return self.refuse_header(StreamError::text("invalid-namespace", text));
+            return self.refuse_header(StreamError::text(StreamCondition::InvalidNamespace, text));
         }
         if let Err(err) = self.negotiate_version(h.version.as_deref()) {
             return self.refuse_header(err);
@@ -239,7 +241,7 @@ impl Incoming {
         };
         // STR-04: a restarted stream keeps its addresses.
         if self.local.as_ref().is_some_and(|l| *l != local) {
-            return self.refuse_header(StreamError::new("improper-addressing"));
+            return self.refuse_header(StreamError::new(StreamCondition::ImproperAddressing));
         }
         if self.local.is_none() {
             self.to_given = h.to.is_some();
@@ -281,7 +283,7 @@ impl Incoming {
             Some(v) => {
                 let Some(theirs) = parse_version(v) else {
                     let text = format!("version '{}' is not major.minor", echo(v));
-                    return Err(StreamError::text("unsupported-version", text));
+                    return Err(StreamError::text(StreamCondition::UnsupportedVersion, text));
                 };
                 let (major, minor) = theirs.min(OUR_VERSION);
                 (Some(format!("{major}.{minor}")), major < 1)
@@ -303,7 +305,7 @@ impl Incoming {
             Some(Ok(d)) if self.ctx.config.is_local(&d) => Ok(d),
             Some(_) => {
                 let text = format!("This host does not serve {}", echo(to.unwrap_or_default()));
-                Err(StreamError::text("host-unknown", text))
+                Err(StreamError::text(StreamCondition::HostUnknown, text))
             }
         }
     }
@@ -360,7 +362,10 @@ impl Incoming {
             return self.stanza(e);
         }
         let text = format!("unexpected <{}/> in {}", echo(&e.name), echo(&e.ns));
-        self.close(Some(StreamError::text("unsupported-stanza-type", text)))
+        self.close(Some(StreamError::text(
+            StreamCondition::UnsupportedStanzaType,
+            text,
+        )))
     }
 
     /// XEP-0220 §2.2.1: the peer claims a domain; ask that domain's Authoritative Server.
@@ -375,7 +380,7 @@ impl Incoming {
         }
         let (Some(remote), Some(local)) = (domain_attr(&e, "from"), domain_attr(&e, "to")) else {
             return self.close(Some(StreamError::text(
-                "improper-addressing",
+                StreamCondition::ImproperAddressing,
                 "db:result needs valid 'from' and 'to'",
             )));
         };
@@ -388,7 +393,7 @@ impl Incoming {
         };
         if !self.ctx.config.is_local(&local) {
             // DB-19: a dialback error, not a stream error.
-            return answer(Verdict::Error("item-not-found"));
+            return answer(Verdict::Error(StanzaCondition::ItemNotFound));
         }
         if self.ctx.config.tls.require_encryption_for(&remote) && !self.tls {
             log::info!(
@@ -396,13 +401,13 @@ impl Incoming {
                 self.label
             );
             // XEP-0220 §2.5: policy-violation, TLS is required before dialback.
-            let mut out = answer(Verdict::Error("policy-violation"));
+            let mut out = answer(Verdict::Error(StanzaCondition::PolicyViolation));
             out.extend(self.close_if_never_encrypted());
             return out;
         }
         if self.ctx.config.is_local(&remote) {
             log::warn!("{}: peer claims to be our own domain {remote}", self.label);
-            return answer(Verdict::Error("not-acceptable"));
+            return answer(Verdict::Error(StanzaCondition::NotAcceptable));
         }
         let pair = (remote.clone(), local.clone());
         if self.verified.contains(&pair) {
@@ -421,11 +426,11 @@ impl Incoming {
                 "{}: refusing {remote}→{local}: {cap} domain pairs on this stream (limits.pairs_per_stream)",
                 self.label
             );
-            return answer(Verdict::Error("resource-constraint"));
+            return answer(Verdict::Error(StanzaCondition::ResourceConstraint));
         }
         if self.pending.len() >= self.ctx.config.limits.pending_verifications_per_stream {
             // SEC-11: bound the callbacks one stream can make us do.
-            return answer(Verdict::Error("resource-constraint"));
+            return answer(Verdict::Error(StanzaCondition::ResourceConstraint));
         }
         self.pending.push(pair);
         log::debug!("{}: verifying {remote}→{local}", self.label);
@@ -448,7 +453,7 @@ impl Incoming {
         }
         let (Some(from), Some(to), Some(id)) = (e.attr("from"), e.attr("to"), e.attr("id")) else {
             return self.close(Some(StreamError::text(
-                "improper-addressing",
+                StreamCondition::ImproperAddressing,
                 "db:verify needs 'from', 'to' and 'id'",
             )));
         };
@@ -456,13 +461,13 @@ impl Incoming {
         // domains and a stream id) before anything of them goes back on the wire.
         let (Ok(to_domain), Ok(remote)) = (Domain::parse(to), Domain::parse(from)) else {
             return self.close(Some(StreamError::text(
-                "improper-addressing",
+                StreamCondition::ImproperAddressing,
                 "db:verify needs valid 'from' and 'to' domains",
             )));
         };
         if !is_stream_id(id) {
             return self.close(Some(StreamError::text(
-                "improper-addressing",
+                StreamCondition::ImproperAddressing,
                 "db:verify 'id' is not a stream id",
             )));
         }
@@ -470,14 +475,14 @@ impl Incoming {
         let mut refused_for_tls = false;
         let verdict = match (&local, &remote) {
             // DB-22, XEP-0220 §2.5: item-not-found, the stream stays.
-            (None, _) => Verdict::Error("item-not-found"),
+            (None, _) => Verdict::Error(StanzaCondition::ItemNotFound),
             (Some(_), r) if self.ctx.config.tls.require_encryption_for(r) && !self.tls => {
                 log::info!(
                     "{}: {r} asked db:verify without TLS and require_encryption is on",
                     self.label
                 );
                 refused_for_tls = true;
-                Verdict::Error("policy-violation")
+                Verdict::Error(StanzaCondition::PolicyViolation)
             }
             (Some(l), r) => {
                 if self
@@ -520,7 +525,7 @@ impl Incoming {
             return Vec::new();
         }
         self.close(Some(StreamError::text(
-            "policy-violation",
+            StreamCondition::PolicyViolation,
             "encryption is required, and a stream without version='1.0' cannot negotiate TLS",
         )))
     }
@@ -530,7 +535,7 @@ impl Incoming {
             Ok(a) => a,
             Err(err) => {
                 return self.close(Some(StreamError::text(
-                    "improper-addressing",
+                    StreamCondition::ImproperAddressing,
                     err.to_string(),
                 )))
             }
@@ -543,19 +548,19 @@ impl Incoming {
         if self.verified.is_empty() {
             // DB-17: nothing is authorised yet.
             return self.close(Some(StreamError::text(
-                "not-authorized",
+                StreamCondition::NotAuthorized,
                 "dialback is not complete",
             )));
         }
         if !self.verified.iter().any(|(r, _)| *r == remote) {
             // SEC-10: a verified peer speaking for a domain it did not prove.
             return self.close(Some(StreamError::text(
-                "invalid-from",
+                StreamCondition::InvalidFrom,
                 format!("{} is not verified on this stream", echo(remote.as_str())),
             )));
         }
         self.close(Some(StreamError::text(
-            "host-unknown",
+            StreamCondition::HostUnknown,
             format!(
                 "{} is not verified for {} on this stream",
                 echo(local.as_str()),
@@ -599,7 +604,7 @@ impl Incoming {
                     // DB-15, DB-21, XEP-0220 §2.1.2 and §2.5: `invalid` would have to close
                     // the stream and lose the pairs already negotiated on it; the dialback
                     // error `forbidden` refuses this pair alone.
-                    out.push(answer(&Verdict::Error("forbidden")));
+                    out.push(answer(&Verdict::Error(StanzaCondition::Forbidden)));
                 }
             }
             Verdict::Error(cond) => {
@@ -626,7 +631,7 @@ pub(crate) fn describe_stream_error(e: &Element) -> String {
         .elements()
         .find(|c| c.name != "text")
         .map(|c| crate::logsafe::peer(&c.name).to_string())
-        .unwrap_or_else(|| "undefined-condition".into());
+        .unwrap_or_else(|| StreamCondition::UndefinedCondition.to_string());
     match e.elements().find(|c| c.name == "text") {
         Some(t) => format!("{cond} ({})", crate::logsafe::peer(&t.text())),
         None => cond,

@@ -68,7 +68,7 @@ fn verified() -> Incoming {
 }
 
 /// The one element `out` sends, checked to be a dialback error (DB-27) with `condition`.
-fn sent_dialback_error<'a>(out: &'a [Action], condition: &str) -> &'a Element {
+fn sent_dialback_error(out: &[Action], condition: StanzaCondition) -> &Element {
     let [Action::Send(r)] = out else {
         panic!("{out:?}")
     };
@@ -110,7 +110,7 @@ fn err03_header_for_unhosted_domain_is_host_unknown() {
         matches!(&out[0], Action::SendHeader(_)),
         "ERR-01: header first"
     );
-    assert!(closes_with(&out, "host-unknown"));
+    assert!(closes_with(&out, StreamCondition::HostUnknown));
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn str07_wrong_content_namespace_is_invalid_namespace() {
     h.default_ns = Some("jabber:client".into());
     let out = s.handle(Event::Header(h));
     assert!(matches!(&out[0], Action::SendHeader(_)));
-    assert!(closes_with(&out, "invalid-namespace"));
+    assert!(closes_with(&out, StreamCondition::InvalidNamespace));
 }
 
 /// A peer header with `version` set to `v` (`None`: no attribute).
@@ -164,7 +164,7 @@ fn str01_unparsable_version_is_unsupported_version_after_our_header() {
         let out = s.handle(Event::Header(header_version(Some(v))));
         assert!(
             matches!(&out[..], [Action::SendHeader(_), Action::Close(Some(e))]
-                if e.condition == "unsupported-version"
+                if e.condition == StreamCondition::UnsupportedVersion
                     && e.text.as_ref().unwrap().chars().count() < 128),
             "{v:?}: {out:?}"
         );
@@ -263,16 +263,22 @@ fn sec12_pre_1_0_stream_refused_when_encryption_required_unless_the_peer_is_exem
         !out.iter().any(|a| matches!(a, Action::Verify(_))),
         "{out:?}"
     );
-    sent_dialback_error(&out[..1], "policy-violation");
-    assert!(closes_with(&out, "policy-violation"), "{out:?}");
+    sent_dialback_error(&out[..1], StanzaCondition::PolicyViolation);
+    assert!(
+        closes_with(&out, StreamCondition::PolicyViolation),
+        "{out:?}"
+    );
     // The Authoritative role is refused the same way.
     let mut s = incoming_with(ctx.clone());
     s.handle(Event::Header(header_version(None)));
     let out = s.handle(Event::Element(el(
         "<db:verify from='b.test' to='a.test' id='S1'>k</db:verify>",
     )));
-    sent_dialback_error(&out[..1], "policy-violation");
-    assert!(closes_with(&out, "policy-violation"), "{out:?}");
+    sent_dialback_error(&out[..1], StanzaCondition::PolicyViolation);
+    assert!(
+        closes_with(&out, StreamCondition::PolicyViolation),
+        "{out:?}"
+    );
     // The exempt peer: dialback in the clear, as configured.
     let mut s = incoming_with(ctx);
     s.handle(Event::Header(header_version(None)));
@@ -285,8 +291,8 @@ fn sec12_pre_1_0_stream_refused_when_encryption_required_unless_the_peer_is_exem
 #[test]
 fn err01_timeout_and_shutdown_before_the_header_send_ours_first() {
     for (ev, cond) in [
-        (Event::Timeout, "connection-timeout"),
-        (Event::Shutdown, "system-shutdown"),
+        (Event::Timeout, StreamCondition::ConnectionTimeout),
+        (Event::Shutdown, StreamCondition::SystemShutdown),
     ] {
         let mut s = incoming();
         let out = s.handle(ev);
@@ -300,7 +306,7 @@ fn err01_timeout_and_shutdown_before_the_header_send_ours_first() {
     let mut s = opened();
     assert!(matches!(
         &s.handle(Event::Shutdown)[..],
-        [Action::Close(Some(e))] if e.condition == "system-shutdown"
+        [Action::Close(Some(e))] if e.condition == StreamCondition::SystemShutdown
     ));
 }
 
@@ -318,7 +324,7 @@ fn err01_timeout_after_the_tls_restart_sends_a_new_header_first() {
     assert!(
         matches!(&out[..], [Action::SendHeader(h), Action::Close(Some(e))]
             if h.id.as_deref() == Some("id2") && h.from.as_deref() == Some("a.test")
-                && e.condition == "connection-timeout"),
+                && e.condition == StreamCondition::ConnectionTimeout),
         "{out:?}"
     );
 }
@@ -332,7 +338,7 @@ fn tls01_nothing_is_written_between_proceed_and_the_handshake() {
         Event::Timeout,
         Event::Shutdown,
         Event::Broken {
-            condition: Some("not-well-formed"),
+            condition: Some(StreamCondition::NotWellFormed),
             reason: "x".into(),
         },
     ] {
@@ -368,18 +374,21 @@ fn tls01_restart_discards_pairs_verified_and_pending_before_tls() {
     let out = s.handle(Event::Element(el(
         "<message from='u@b.test' to='v@a.test'/>",
     )));
-    assert!(closes_with(&out, "not-authorized"), "DB-17: {out:?}");
+    assert!(
+        closes_with(&out, StreamCondition::NotAuthorized),
+        "DB-17: {out:?}"
+    );
 }
 
 #[test]
 fn err01_broken_header_is_still_answered_with_a_header() {
     let mut s = incoming();
     let out = s.handle(Event::Broken {
-        condition: Some("not-well-formed"),
+        condition: Some(StreamCondition::NotWellFormed),
         reason: "junk".into(),
     });
     assert!(matches!(&out[0], Action::SendHeader(_)));
-    assert!(closes_with(&out, "not-well-formed"));
+    assert!(closes_with(&out, StreamCondition::NotWellFormed));
 }
 
 #[test]
@@ -450,7 +459,7 @@ fn db21_invalid_for_a_second_pair_keeps_the_first() {
     let out = s.handle(verified_as("c.test", "a.test", Verdict::Invalid));
     // DB-15, XEP-0220 §2.1.2/§2.5: `invalid` would have to close the stream (DB-21); the
     // dialback error <forbidden/> refuses c.test alone.
-    let r = sent_dialback_error(&out, "forbidden");
+    let r = sent_dialback_error(&out, StanzaCondition::Forbidden);
     assert_eq!(
         (r.attr("from"), r.attr("to")),
         (Some("a.test"), Some("c.test"))
@@ -464,7 +473,7 @@ fn db21_invalid_for_a_second_pair_keeps_the_first() {
     let out = s.handle(Event::Element(el(
         "<message from='u@c.test' to='v@a.test'/>",
     )));
-    assert!(closes_with(&out, "invalid-from"));
+    assert!(closes_with(&out, StreamCondition::InvalidFrom));
 }
 
 #[test]
@@ -474,9 +483,9 @@ fn db27_verification_error_is_a_dialback_error_and_the_stream_stays() {
     let out = s.handle(verified_as(
         "b.test",
         "a.test",
-        Verdict::Error("remote-server-not-found"),
+        Verdict::Error(StanzaCondition::RemoteServerNotFound),
     ));
-    sent_dialback_error(&out, "remote-server-not-found");
+    sent_dialback_error(&out, StanzaCondition::RemoteServerNotFound);
     // The stream is still open: a new db:result is processed.
     let out = s.handle(claim("b.test", "a.test"));
     assert!(matches!(&out[..], [Action::Verify(_)]));
@@ -488,7 +497,7 @@ fn db17_stanza_before_verification_is_not_authorized() {
     let out = s.handle(Event::Element(el(
         "<message from='u@b.test' to='v@a.test'/>",
     )));
-    assert!(closes_with(&out, "not-authorized"));
+    assert!(closes_with(&out, StreamCondition::NotAuthorized));
 }
 
 #[test]
@@ -497,7 +506,7 @@ fn sec10_stanza_from_unverified_domain_is_invalid_from() {
     let out = s.handle(Event::Element(el(
         "<message from='mallory@c.test' to='v@a.test'/>",
     )));
-    assert!(closes_with(&out, "invalid-from"));
+    assert!(closes_with(&out, StreamCondition::InvalidFrom));
 }
 
 #[test]
@@ -506,7 +515,7 @@ fn addr01_stanza_to_a_pair_not_verified_is_host_unknown() {
     let out = s.handle(Event::Element(el(
         "<message from='u@b.test' to='v@conference.a.test'/>",
     )));
-    assert!(closes_with(&out, "host-unknown"));
+    assert!(closes_with(&out, StreamCondition::HostUnknown));
 }
 
 #[test]
@@ -519,7 +528,10 @@ fn addr01_addr02_missing_or_bad_addresses_are_improper_addressing() {
     ] {
         let mut s = verified();
         let out = s.handle(Event::Element(el(m)));
-        assert!(closes_with(&out, "improper-addressing"), "{m}: {out:?}");
+        assert!(
+            closes_with(&out, StreamCondition::ImproperAddressing),
+            "{m}: {out:?}"
+        );
     }
 }
 
@@ -527,7 +539,7 @@ fn addr01_addr02_missing_or_bad_addresses_are_improper_addressing() {
 fn db19_db_result_for_unhosted_domain_is_item_not_found_and_stream_stays() {
     let mut s = opened();
     let out = s.handle(claim("b.test", "nosuch.test"));
-    let r = sent_dialback_error(&out, "item-not-found");
+    let r = sent_dialback_error(&out, StanzaCondition::ItemNotFound);
     assert_eq!(r.attr("from"), Some("nosuch.test"));
     assert_eq!(r.attr("to"), Some("b.test"));
     let out = s.handle(claim("b.test", "a.test"));
@@ -538,7 +550,7 @@ fn db19_db_result_for_unhosted_domain_is_item_not_found_and_stream_stays() {
 fn db32_db_result_without_from_is_improper_addressing() {
     let mut s = opened();
     let out = s.handle(Event::Element(el("<db:result to='a.test'>k</db:result>")));
-    assert!(closes_with(&out, "improper-addressing"));
+    assert!(closes_with(&out, StreamCondition::ImproperAddressing));
 }
 
 #[test]
@@ -557,7 +569,7 @@ fn db16_sec01_typed_dialback_on_inbound_authorises_nothing() {
     let out = s.handle(Event::Element(el(
         "<message from='u@b.test' to='v@a.test'/>",
     )));
-    assert!(closes_with(&out, "not-authorized"));
+    assert!(closes_with(&out, StreamCondition::NotAuthorized));
 }
 
 #[test]
@@ -598,7 +610,7 @@ fn db22_db_verify_for_unhosted_domain_is_item_not_found() {
     let out = s.handle(Event::Element(el(
         "<db:verify from='b.test' to='nosuch.test' id='S1'>k</db:verify>",
     )));
-    let r = sent_dialback_error(&out, "item-not-found");
+    let r = sent_dialback_error(&out, StanzaCondition::ItemNotFound);
     assert_eq!(
         (r.attr("from"), r.attr("to"), r.attr("id")),
         (Some("nosuch.test"), Some("b.test"), Some("S1"))
@@ -631,7 +643,7 @@ fn sec11_pending_verifications_per_stream_are_capped() {
         assert!(matches!(&out[..], [Action::Verify(_)]));
     }
     let out = s.handle(claim("x9.test", "a.test"));
-    sent_dialback_error(&out, "resource-constraint");
+    sent_dialback_error(&out, StanzaCondition::ResourceConstraint);
 }
 
 /// XEP-0220 §2.5 (standards.md, dialback error conditions: resource-constraint, "RS cannot
@@ -652,7 +664,7 @@ fn db28_pairs_per_stream_are_capped_with_resource_constraint() {
     }
     assert_eq!(s.verified_pairs().len(), 2);
     let out = s.handle(claim("x9.test", "a.test"));
-    let r = sent_dialback_error(&out, "resource-constraint");
+    let r = sent_dialback_error(&out, StanzaCondition::ResourceConstraint);
     assert_eq!(
         (r.attr("from"), r.attr("to")),
         (Some("a.test"), Some("x9.test"))
@@ -692,7 +704,7 @@ fn sec12_dialback_without_tls_when_required_is_policy_violation() {
         "DB-26 before TLS too"
     );
     let out = s.handle(claim("b.test", "a.test"));
-    sent_dialback_error(&out, "policy-violation");
+    sent_dialback_error(&out, StanzaCondition::PolicyViolation);
 }
 
 #[test]
@@ -740,7 +752,7 @@ fn str04_restart_may_not_change_the_target() {
         Some("b.test"),
         Some("conference.a.test"),
     )));
-    assert!(closes_with(&out, "improper-addressing"));
+    assert!(closes_with(&out, StreamCondition::ImproperAddressing));
 }
 
 #[test]
@@ -761,7 +773,10 @@ fn starttls_without_tls_configured_fails() {
 #[test]
 fn negotiation_timeout_closes_unauthenticated_streams_only() {
     let mut s = opened();
-    assert!(closes_with(&s.handle(Event::Timeout), "connection-timeout"));
+    assert!(closes_with(
+        &s.handle(Event::Timeout),
+        StreamCondition::ConnectionTimeout
+    ));
     let mut s = verified();
     assert!(s.handle(Event::Timeout).is_empty());
 }
@@ -770,7 +785,7 @@ fn negotiation_timeout_closes_unauthenticated_streams_only() {
 fn unknown_top_level_element_is_unsupported_stanza_type() {
     let mut s = verified();
     let out = s.handle(Event::Element(el("<foo xmlns='urn:example'/>")));
-    assert!(closes_with(&out, "unsupported-stanza-type"));
+    assert!(closes_with(&out, StreamCondition::UnsupportedStanzaType));
 }
 
 /// Bounded echo: a 30 KB namespace URI is not repeated in the `unsupported-stanza-type` text
@@ -785,7 +800,7 @@ fn peer_strings_in_stream_errors_are_bounded() {
     let Some(Action::Close(Some(e))) = out.last() else {
         panic!("{out:?}")
     };
-    assert_eq!(e.condition, "unsupported-stanza-type");
+    assert_eq!(e.condition, StreamCondition::UnsupportedStanzaType);
     let text = e.text.as_deref().unwrap();
     assert!(text.chars().count() <= 128, "{} chars", text.len());
     assert!(text.contains("urn:xxx"), "still says what it was: {text}");
@@ -795,18 +810,18 @@ fn peer_strings_in_stream_errors_are_bounded() {
     let long_to = format!("{}.test", "a".repeat(5000));
     let out = incoming().handle(Event::Header(header(Some("b.test"), Some(&long_to))));
     assert!(matches!(out.last(), Some(Action::Close(Some(e)))
-        if e.condition == "host-unknown" && e.text.as_ref().unwrap().chars().count() <= 128));
+        if e.condition == StreamCondition::HostUnknown && e.text.as_ref().unwrap().chars().count() <= 128));
     let mut h = header(Some("b.test"), Some("a.test"));
     h.default_ns = Some(ns.clone());
     let out = incoming().handle(Event::Header(h));
     assert!(matches!(out.last(), Some(Action::Close(Some(e)))
-        if e.condition == "invalid-namespace" && e.text.as_ref().unwrap().chars().count() <= 128));
+        if e.condition == StreamCondition::InvalidNamespace && e.text.as_ref().unwrap().chars().count() <= 128));
     let out = s_verified_stanza(&format!(
         "<message from='u@b.test' to='{}@a.test'/>",
         "v".repeat(3000)
     ));
     assert!(matches!(out.last(), Some(Action::Close(Some(e)))
-        if e.condition == "improper-addressing" && e.text.as_ref().unwrap().chars().count() <= 256));
+        if e.condition == StreamCondition::ImproperAddressing && e.text.as_ref().unwrap().chars().count() <= 256));
 }
 
 fn s_verified_stanza(xml: &str) -> Vec<Action> {
@@ -826,7 +841,10 @@ fn db32_db_verify_with_bad_addresses_or_id_is_improper_addressing() {
         format!("<db:verify from='b.test' to='a.test' id='{long_id}'>k</db:verify>"),
     ] {
         let out = opened().handle(Event::Element(el(&xml)));
-        assert!(closes_with(&out, "improper-addressing"), "{xml}: {out:?}");
+        assert!(
+            closes_with(&out, StreamCondition::ImproperAddressing),
+            "{xml}: {out:?}"
+        );
         assert!(!out.iter().any(|a| matches!(a, Action::Send(_))), "{out:?}");
     }
 }
@@ -835,30 +853,31 @@ fn db32_db_verify_with_bad_addresses_or_id_is_improper_addressing() {
 /// own carries a condition the table defines for that situation.
 #[test]
 fn db27_dialback_errors_we_send_use_xep0220_conditions() {
-    const TABLE: [&str; 9] = [
-        "item-not-found",
-        "remote-connection-failed",
-        "remote-server-not-found",
-        "remote-server-timeout",
-        "policy-violation",
-        "not-authorized",
-        "forbidden",
-        "not-acceptable",
+    use StanzaCondition as C;
+    const TABLE: [C; 9] = [
+        C::ItemNotFound,
+        C::RemoteConnectionFailed,
+        C::RemoteServerNotFound,
+        C::RemoteServerTimeout,
+        C::PolicyViolation,
+        C::NotAuthorized,
+        C::Forbidden,
+        C::NotAcceptable,
         // Added in XEP-0220 v1.1 (2014): the pair cannot be added to this stream (SEC-11).
-        "resource-constraint",
+        C::ResourceConstraint,
     ];
     let cases = [
         (
             "<db:result from='b.test' to='nosuch.test'>k</db:result>",
-            "item-not-found",
+            C::ItemNotFound,
         ),
         (
             "<db:verify from='b.test' to='nosuch.test' id='S1'>k</db:verify>",
-            "item-not-found",
+            C::ItemNotFound,
         ),
         (
             "<db:result from='a.test' to='conference.a.test'>k</db:result>",
-            "not-acceptable",
+            C::NotAcceptable,
         ),
     ];
     for (xml, cond) in cases {
@@ -872,7 +891,7 @@ fn db27_dialback_errors_we_send_use_xep0220_conditions() {
 fn peer_claiming_our_own_domain_is_refused() {
     let mut s = opened();
     let out = s.handle(claim("a.test", "a.test"));
-    sent_dialback_error(&out, "not-acceptable");
+    sent_dialback_error(&out, StanzaCondition::NotAcceptable);
 }
 
 #[test]
@@ -919,7 +938,10 @@ fn str05_stanzas_sent_while_we_close_an_idle_stream_are_still_delivered() {
 fn str05_after_a_stream_error_nothing_more_is_processed() {
     let mut s = verified();
     let out = s.handle(Event::Shutdown);
-    assert!(closes_with(&out, "system-shutdown"), "{out:?}");
+    assert!(
+        closes_with(&out, StreamCondition::SystemShutdown),
+        "{out:?}"
+    );
     let m = el("<message from='x@b.test' to='y@a.test'/>");
     assert!(s.handle(Event::Element(m)).is_empty());
 }

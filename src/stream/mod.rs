@@ -27,6 +27,8 @@ pub mod component;
 pub mod incoming;
 pub mod outgoing;
 
+pub use crate::condition::{StanzaCondition, StreamCondition};
+
 use crate::config::Config;
 use crate::domain::Domain;
 use crate::keys::DialbackSecret;
@@ -49,14 +51,14 @@ pub struct Ctx {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamError {
     /// The defined condition (RFC 6120 §4.9.3), e.g. `host-unknown`.
-    pub condition: &'static str,
+    pub condition: StreamCondition,
     /// Human-readable text for the peer's operator.
     pub text: Option<String>,
 }
 
 impl StreamError {
     /// An error with a condition and no text.
-    pub fn new(condition: &'static str) -> StreamError {
+    pub fn new(condition: StreamCondition) -> StreamError {
         StreamError {
             condition,
             text: None,
@@ -66,7 +68,7 @@ impl StreamError {
     /// An error with a condition and explanatory text, bounded to
     /// [`stanza::TEXT_MAX`](crate::stanza::TEXT_MAX) characters without control characters
     /// (peer-supplied parts should also go through [`crate::stanza::echo`]).
-    pub fn text(condition: &'static str, text: impl Into<String>) -> StreamError {
+    pub fn text(condition: StreamCondition, text: impl Into<String>) -> StreamError {
         let text: String = text.into();
         StreamError {
             condition,
@@ -77,7 +79,7 @@ impl StreamError {
     /// `<stream:error><condition xmlns='…streams'/><text>…</text></stream:error>`.
     pub fn to_element(&self) -> Element {
         let mut e = Element::new("error", STREAM_NS)
-            .with_child(Element::new(self.condition, STREAMS_ERR_NS));
+            .with_child(Element::new(self.condition.as_str(), STREAMS_ERR_NS));
         if let Some(t) = &self.text {
             e.push_child(
                 Element::new("text", STREAMS_ERR_NS)
@@ -93,7 +95,7 @@ impl std::fmt::Display for StreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.text {
             Some(t) => write!(f, "{} ({t})", self.condition),
-            None => f.write_str(self.condition),
+            None => write!(f, "{}", self.condition),
         }
     }
 }
@@ -106,7 +108,7 @@ pub enum Verdict {
     /// The key is wrong: the sender is not who it claims to be.
     Invalid,
     /// Verification could not be done; the condition is one of XEP-0220 §2.5.
-    Error(&'static str),
+    Error(StanzaCondition),
 }
 
 impl Verdict {
@@ -132,29 +134,50 @@ impl Verdict {
 }
 
 /// The condition inside a dialback error (`undefined-condition` when there is none we know).
-fn dialback_error_condition(el: &Element) -> &'static str {
-    const KNOWN: [&str; 12] = [
-        "item-not-found",
-        "remote-connection-failed",
-        "remote-server-not-found",
-        "remote-server-timeout",
-        "policy-violation",
-        "not-authorized",
-        "forbidden",
-        "not-acceptable",
-        "resource-constraint",
-        "internal-server-error",
-        "not-allowed",
-        "service-unavailable",
-    ];
+fn dialback_error_condition(el: &Element) -> StanzaCondition {
     el.elements()
         .find(|e| e.name == "error")
         .and_then(|e| {
             e.elements()
                 .find(|c| c.ns == STANZAS_NS && c.name != "text")
         })
-        .and_then(|c| KNOWN.iter().find(|k| **k == c.name).copied())
-        .unwrap_or("undefined-condition")
+        .map_or(StanzaCondition::UndefinedCondition, |c| {
+            StanzaCondition::of_peer(&c.name)
+        })
+}
+
+/// Why an outgoing connection could not be made; each kind has its bounce condition (ROUTE-02).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// DNS says the domain has no XMPP service, or no address we may dial is left: retrying
+    /// soon cannot help (`remote-server-not-found`). The reason, for the log and the bounce.
+    NotFound(String),
+    /// The domain has addresses, but no connection could be made or used (refused, timed out,
+    /// TLS failed, DNS failed for now): `remote-server-timeout`. The reason, as above.
+    Unreachable(String),
+}
+
+impl ConnectError {
+    /// The condition stanzas for the pair bounce with.
+    pub fn condition(&self) -> StanzaCondition {
+        match self {
+            ConnectError::NotFound(_) => StanzaCondition::RemoteServerNotFound,
+            ConnectError::Unreachable(_) => StanzaCondition::RemoteServerTimeout,
+        }
+    }
+
+    /// Why, naming what was tried.
+    pub fn reason(&self) -> &str {
+        match self {
+            ConnectError::NotFound(r) | ConnectError::Unreachable(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
 }
 
 /// One `<db:verify/>` to ask an Authoritative Server (XEP-0220 §2.1.2).
@@ -183,7 +206,7 @@ pub enum Event {
     /// transport failed or hit EOF (`condition` is `None`).
     Broken {
         /// The stream error condition to send, when the peer sent something invalid.
-        condition: Option<&'static str>,
+        condition: Option<StreamCondition>,
         /// What went wrong, for the log.
         reason: String,
     },
@@ -194,14 +217,8 @@ pub enum Event {
         /// True when the transport is already TLS (never STARTTLS then, DTLS-02).
         tls: bool,
     },
-    /// Outgoing: no connection could be made. `not_found` when the domain does not resolve
-    /// (`remote-server-not-found`) rather than being unreachable (`remote-server-timeout`).
-    ConnectFailed {
-        /// True when DNS said the domain has no XMPP service, or no address we may dial is left.
-        not_found: bool,
-        /// Why, for the log and the bounce text.
-        reason: String,
-    },
+    /// Outgoing: no connection could be made.
+    ConnectFailed(ConnectError),
     /// Outgoing: a stanza from the router for this stream's domain pair.
     Stanza(Element),
     /// Incoming: the Authoritative Server's answer for a key this stream asked about.
@@ -249,7 +266,7 @@ pub enum Action {
         /// The stanzas (errors and iq results among them are dropped by the router).
         stanzas: Vec<Element>,
         /// The stanza error condition.
-        condition: &'static str,
+        condition: StanzaCondition,
         /// Why, for the sender and the log.
         text: String,
     },
@@ -331,8 +348,8 @@ impl DbBody<'_> {
                 match v {
                     Verdict::Error(cond) => el.with_child(
                         Element::new("error", SERVER_NS)
-                            .with_attr("type", crate::stanza::error_type(cond))
-                            .with_child(Element::new(cond, STANZAS_NS)),
+                            .with_attr("type", cond.error_type().as_str())
+                            .with_child(Element::new(cond.as_str(), STANZAS_NS)),
                     ),
                     _ => el,
                 }

@@ -11,19 +11,19 @@
 
 use super::incoming::describe_stream_error;
 use super::{
-    db_result, db_verify, parse_version, s2s_header, Action, Ctx, DbBody, Event, StreamError,
-    Verdict, VerifyRequest,
+    db_result, db_verify, parse_version, s2s_header, Action, Ctx, DbBody, Event, StanzaCondition,
+    StreamCondition, StreamError, Verdict, VerifyRequest,
 };
 use crate::domain::Domain;
 use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
-use crate::stanza::{self, echo};
+use crate::stanza::{self, echo, Bounce};
 use crate::xml::{Element, StreamHeader, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// The dialback error we give the claimant when its Authoritative Server could not be asked
 /// (XEP-0220 §2.5: the Receiving Server could not connect to the Authoritative Server).
-pub const VERIFY_FAILED: &str = "remote-connection-failed";
+pub const VERIFY_FAILED: StanzaCondition = StanzaCondition::RemoteConnectionFailed;
 
 /// Why we opened the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,8 +62,8 @@ pub struct Outgoing {
     queue_bytes: usize,
     /// The peer answered with a pre-1.0 header (no features, no STARTTLS).
     legacy: bool,
-    /// Why the pair could not be set up (condition, reason), once it could not.
-    failure: Option<(&'static str, String)>,
+    /// Why the pair could not be set up, once it could not: what its stanzas bounce with.
+    failure: Option<Bounce>,
 }
 
 impl Outgoing {
@@ -116,8 +116,8 @@ impl Outgoing {
     /// Why the pair could not be set up: the bounce condition and the reason, once the stream
     /// failed before dialback said valid (`None` for a stream that was established, or is
     /// still trying).
-    pub fn failure(&self) -> Option<(&'static str, &str)> {
-        self.failure.as_ref().map(|(c, r)| (*c, r.as_str()))
+    pub fn failure(&self) -> Option<&Bounce> {
+        self.failure.as_ref()
     }
 
     /// Take the stanzas still queued (for a connection layer that must give up on the stream
@@ -147,8 +147,8 @@ impl Outgoing {
                 self.state = State::ExpectHeader;
                 vec![self.header()]
             }
-            (State::Connecting, Event::ConnectFailed { not_found, reason }) => {
-                let mut out = self.fail(condition(not_found), not_found, &reason);
+            (State::Connecting, Event::ConnectFailed(why)) => {
+                let mut out = self.fail(why.condition(), why.reason());
                 out.push(Action::Close(None));
                 out
             }
@@ -182,8 +182,7 @@ impl Outgoing {
             }
             _ if e.is("error", STREAM_NS) => self.peer_stream_error(&e),
             State::ExpectProceed if e.is("failure", TLS_NS) => self.fail_and_close(
-                "remote-server-timeout",
-                false,
+                StanzaCondition::RemoteServerTimeout,
                 &format!("{} refused STARTTLS", self.remote),
                 None,
             ),
@@ -220,12 +219,14 @@ impl Outgoing {
             self.remote
         );
         // XEP-0220 §2.5: host-unknown from the Authoritative Server means not found.
-        let not_found = e
-            .child("host-unknown", crate::xml::STREAMS_ERR_NS)
-            .is_some();
+        let host_unknown = StreamCondition::HostUnknown.as_str();
+        let condition = if e.child(host_unknown, crate::xml::STREAMS_ERR_NS).is_some() {
+            StanzaCondition::RemoteServerNotFound
+        } else {
+            StanzaCondition::RemoteServerTimeout
+        };
         self.fail_and_close(
-            condition(not_found),
-            not_found,
+            condition,
             &format!("{} sent a stream error: {what}", self.remote),
             None,
         )
@@ -233,7 +234,7 @@ impl Outgoing {
 
     /// The stream's end, a timer or a shutdown, in `state`.
     fn end_event(&mut self, state: State, ev: Event) -> Vec<Action> {
-        let timeout = "remote-server-timeout";
+        let timeout = StanzaCondition::RemoteServerTimeout;
         match (state, ev) {
             (State::Established, Event::Close) => {
                 log::info!("{}: closed by the peer", self.label);
@@ -245,21 +246,21 @@ impl Outgoing {
                     "{} closed the stream before dialback completed",
                     self.remote
                 );
-                self.fail_and_close(timeout, false, &reason, None)
+                self.fail_and_close(timeout, &reason, None)
             }
             (_, Event::Broken { condition, reason }) => {
                 let reason = format!("stream to {} broke: {reason}", self.remote);
-                self.fail_and_close(timeout, false, &reason, condition.map(StreamError::new))
+                self.fail_and_close(timeout, &reason, condition.map(StreamError::new))
             }
             (State::Established, Event::Timeout) => Vec::new(),
             (_, Event::Timeout) => {
                 let reason = format!("timed out setting up the stream to {}", self.remote);
-                let err = Some(StreamError::new("connection-timeout"));
-                self.fail_and_close(timeout, false, &reason, err)
+                let err = Some(StreamError::new(StreamCondition::ConnectionTimeout));
+                self.fail_and_close(timeout, &reason, err)
             }
             (_, Event::Idle) | (_, Event::Shutdown) => {
                 let reason = "the server is closing the stream".to_string();
-                self.fail_and_close(timeout, false, &reason, None)
+                self.fail_and_close(timeout, &reason, None)
             }
             (state, ev) => {
                 log::debug!("{}: ignoring {ev:?} in state {state:?}", self.label);
@@ -283,7 +284,7 @@ impl Outgoing {
             State::Closed => vec![Action::Deliver(el)],
             _ if self.queue.len() >= self.ctx.config.limits.queue => vec![Action::Bounce {
                 stanzas: vec![el],
-                condition: "resource-constraint",
+                condition: StanzaCondition::ResourceConstraint,
                 text: format!("too many stanzas queued for {}", self.remote),
             }],
             _ => {
@@ -301,7 +302,7 @@ impl Outgoing {
                     );
                     return vec![Action::Bounce {
                         stanzas: vec![el],
-                        condition: "resource-constraint",
+                        condition: StanzaCondition::ResourceConstraint,
                         text: format!("too much is queued for {}", self.remote),
                     }];
                 }
@@ -319,10 +320,9 @@ impl Outgoing {
                 self.remote
             );
             return self.fail_and_close(
-                "remote-server-timeout",
-                false,
+                StanzaCondition::RemoteServerTimeout,
                 &reason,
-                Some(StreamError::new("invalid-namespace")),
+                Some(StreamError::new(StreamCondition::InvalidNamespace)),
             );
         }
         match h.id {
@@ -331,10 +331,9 @@ impl Outgoing {
                 // STR-03: the key depends on the id; without one there is no dialback.
                 let reason = format!("{} sent no usable stream id", self.remote);
                 return self.fail_and_close(
-                    "remote-server-timeout",
-                    false,
+                    StanzaCondition::RemoteServerTimeout,
                     &reason,
-                    Some(StreamError::new("undefined-condition")),
+                    Some(StreamError::new(StreamCondition::UndefinedCondition)),
                 );
             }
         }
@@ -362,10 +361,9 @@ impl Outgoing {
                     echo(h.version.as_deref().unwrap_or_default())
                 );
                 self.fail_and_close(
-                    "remote-server-timeout",
-                    false,
+                    StanzaCondition::RemoteServerTimeout,
                     &reason,
-                    Some(StreamError::new("unsupported-version")),
+                    Some(StreamError::new(StreamCondition::UnsupportedVersion)),
                 )
             }
         }
@@ -397,10 +395,9 @@ impl Outgoing {
             };
             log::warn!("{}: {reason}", self.label);
             return self.fail_and_close(
-                "remote-server-timeout",
-                false,
+                StanzaCondition::RemoteServerTimeout,
                 &reason,
-                Some(StreamError::new("policy-violation")),
+                Some(StreamError::new(StreamCondition::PolicyViolation)),
             );
         }
         match &self.purpose {
@@ -472,12 +469,12 @@ impl Outgoing {
             Verdict::Invalid => {
                 // DB-08: our key was refused.
                 let reason = format!("{} refused our dialback key", self.remote);
-                self.fail_and_close("internal-server-error", false, &reason, None)
+                self.fail_and_close(StanzaCondition::InternalServerError, &reason, None)
             }
             Verdict::Error(cond) => {
                 // DB-09.
                 let reason = format!("{} answered dialback with an error: {cond}", self.remote);
-                self.fail_and_close("remote-server-timeout", false, &reason, None)
+                self.fail_and_close(StanzaCondition::RemoteServerTimeout, &reason, None)
             }
         }
     }
@@ -504,7 +501,7 @@ impl Outgoing {
                     "{}: Authoritative Server answered with an error: {c}",
                     self.label
                 );
-                Verdict::Error("remote-server-not-found")
+                Verdict::Error(StanzaCondition::RemoteServerNotFound)
             }
             v => v,
         };
@@ -514,14 +511,13 @@ impl Outgoing {
     }
 
     /// Give up: bounce the queue with `condition` (pair) or report [`VERIFY_FAILED`] (verify).
-    /// `_not_found` no longer changes the verify answer (see there).
-    fn fail(&mut self, condition: &'static str, _not_found: bool, reason: &str) -> Vec<Action> {
+    fn fail(&mut self, condition: StanzaCondition, reason: &str) -> Vec<Action> {
         let was = self.state;
         self.state = State::Closed;
         match &self.purpose {
             Purpose::Pair if was == State::Established => Vec::new(),
             Purpose::Pair => {
-                self.failure = Some((condition, reason.to_string()));
+                self.failure = Some(Bounce::new(condition, reason));
                 log::warn!(
                     "{}: {reason}; bouncing {} stanzas ({condition})",
                     self.label,
@@ -553,26 +549,15 @@ impl Outgoing {
 
     fn fail_and_close(
         &mut self,
-        condition: &'static str,
-        not_found: bool,
+        condition: StanzaCondition,
         reason: &str,
         err: Option<StreamError>,
     ) -> Vec<Action> {
         // No XML between <proceed/> and the end of the TLS handshake (RFC 6120 §5.4.3.3).
         let err = err.filter(|_| self.state != State::AwaitTls);
-        let mut out = self.fail(condition, not_found, reason);
+        let mut out = self.fail(condition, reason);
         out.push(Action::Close(err));
         out
-    }
-}
-
-/// The bounce condition when a pair cannot be set up (ROUTE-02): the domain does not resolve,
-/// or it is unreachable.
-fn condition(not_found: bool) -> &'static str {
-    if not_found {
-        "remote-server-not-found"
-    } else {
-        "remote-server-timeout"
     }
 }
 

@@ -3,6 +3,7 @@
 use super::*;
 use crate::keys::DialbackSecret;
 use crate::stream::testutil::{closes_with, ctx, ctx_with, el, header, tls_ctx, SECRET};
+use crate::stream::ConnectError;
 use crate::xml::STANZAS_NS;
 use std::sync::Arc;
 
@@ -97,7 +98,7 @@ fn awaiting_result() -> (Outgoing, Vec<Action>) {
     (s, out)
 }
 
-fn bounced(out: &[Action]) -> Option<(usize, &'static str)> {
+fn bounced(out: &[Action]) -> Option<(usize, StanzaCondition)> {
     out.iter().find_map(|a| match a {
         Action::Bounce {
             stanzas, condition, ..
@@ -114,8 +115,14 @@ fn refused_in_the_clear(out: &[Action]) {
         !out.iter().any(|a| matches!(a, Action::Send(_))),
         "no key in the clear: {out:?}"
     );
-    assert_eq!(bounced(out), Some((1, "remote-server-timeout")));
-    assert!(closes_with(out, "policy-violation"), "{out:?}");
+    assert_eq!(
+        bounced(out),
+        Some((1, StanzaCondition::RemoteServerTimeout))
+    );
+    assert!(
+        closes_with(out, StreamCondition::PolicyViolation),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -189,7 +196,10 @@ fn db08_invalid_bounces_queue_with_internal_server_error() {
     let out = s.handle(Event::Element(el(
         "<db:result from='b.test' to='a.test' type='invalid'/>",
     )));
-    assert_eq!(bounced(&out), Some((2, "internal-server-error")));
+    assert_eq!(
+        bounced(&out),
+        Some((2, StanzaCondition::InternalServerError))
+    );
     assert_eq!(out.last(), Some(&Action::Close(None)));
 }
 
@@ -200,7 +210,10 @@ fn db09_error_bounces_queue_with_remote_server_timeout() {
     let out = s.handle(Event::Element(el(
         "<db:result from='b.test' to='a.test' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
     )));
-    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+    assert_eq!(
+        bounced(&out),
+        Some((1, StanzaCondition::RemoteServerTimeout))
+    );
 }
 
 #[test]
@@ -216,7 +229,10 @@ fn db06_peer_closing_mid_dialback_bounces() {
         let (mut s, _) = awaiting_result();
         s.handle(Event::Stanza(msg(1)));
         let out = s.handle(ev);
-        assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+        assert_eq!(
+            bounced(&out),
+            Some((1, StanzaCondition::RemoteServerTimeout))
+        );
         assert!(s.is_closed());
     }
 }
@@ -232,18 +248,22 @@ fn route02_resolution_failure_is_remote_server_not_found() {
         false,
     );
     s.handle(Event::Stanza(msg(1)));
-    let out = s.handle(Event::ConnectFailed {
-        not_found: true,
-        reason: "NXDOMAIN".into(),
-    });
-    assert_eq!(bounced(&out), Some((1, "remote-server-not-found")));
+    let out = s.handle(Event::ConnectFailed(ConnectError::NotFound(
+        "NXDOMAIN".into(),
+    )));
+    assert_eq!(
+        bounced(&out),
+        Some((1, StanzaCondition::RemoteServerNotFound))
+    );
     let mut s = new_pair(ctx());
     s.handle(Event::Stanza(msg(1)));
-    let out = s.handle(Event::ConnectFailed {
-        not_found: false,
-        reason: "refused".into(),
-    });
-    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+    let out = s.handle(Event::ConnectFailed(ConnectError::Unreachable(
+        "refused".into(),
+    )));
+    assert_eq!(
+        bounced(&out),
+        Some((1, StanzaCondition::RemoteServerTimeout))
+    );
 }
 
 #[test]
@@ -266,7 +286,10 @@ fn queue_cap_bounces_resource_constraint() {
     s.handle(Event::Stanza(msg(1)));
     s.handle(Event::Stanza(msg(2)));
     let out = s.handle(Event::Stanza(msg(3)));
-    assert_eq!(bounced(&out), Some((1, "resource-constraint")));
+    assert_eq!(
+        bounced(&out),
+        Some((1, StanzaCondition::ResourceConstraint))
+    );
     assert_eq!(s.queued(), 2);
 }
 
@@ -275,7 +298,10 @@ fn str03_header_without_id_fails() {
     let mut s = pair_stream(ctx());
     s.handle(Event::Stanza(msg(1)));
     let out = s.handle(Event::Header(their_header(None)));
-    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
+    assert_eq!(
+        bounced(&out),
+        Some((1, StanzaCondition::RemoteServerTimeout))
+    );
 }
 
 #[test]
@@ -352,7 +378,7 @@ fn db27_authoritative_error_becomes_remote_server_not_found() {
     )));
     assert_eq!(
         out[0],
-        Action::VerifyDone(Verdict::Error("remote-server-not-found"))
+        Action::VerifyDone(Verdict::Error(StanzaCondition::RemoteServerNotFound))
     );
 }
 
@@ -363,13 +389,14 @@ fn db27_authoritative_error_becomes_remote_server_not_found() {
 fn db13_every_verify_connection_failure_is_remote_connection_failed() {
     let req = verify_request("k");
     let mk = || new_verify(req.clone());
-    let failed = Action::VerifyDone(Verdict::Error("remote-connection-failed"));
-    for not_found in [true, false] {
-        let out = mk().handle(Event::ConnectFailed {
-            not_found,
-            reason: "NXDOMAIN, refused or not dialled".into(),
-        });
-        assert_eq!(out[0], failed, "not_found={not_found}");
+    let failed = Action::VerifyDone(Verdict::Error(StanzaCondition::RemoteConnectionFailed));
+    let reason = "NXDOMAIN, refused or not dialled".to_string();
+    for why in [
+        ConnectError::NotFound(reason.clone()),
+        ConnectError::Unreachable(reason),
+    ] {
+        let out = mk().handle(Event::ConnectFailed(why.clone()));
+        assert_eq!(out[0], failed, "{why:?}");
     }
     let after_connect: Vec<Event> = vec![
         Event::Close,
@@ -381,7 +408,7 @@ fn db13_every_verify_connection_failure_is_remote_connection_failed() {
         )),
         Event::Timeout,
         Event::Broken {
-            condition: Some("not-well-formed"),
+            condition: Some(StreamCondition::NotWellFormed),
             reason: "an SSH banner".into(),
         },
         Event::Broken {
@@ -409,7 +436,7 @@ fn dialback_error_condition_is_read() {
     let e = el("<db:result from='b.test' to='a.test' type='error'><error type='cancel'><remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>");
     assert_eq!(
         Verdict::of(&e),
-        Some(Verdict::Error("remote-connection-failed"))
+        Some(Verdict::Error(StanzaCondition::RemoteConnectionFailed))
     );
     let _ = STANZAS_NS;
 }
@@ -451,7 +478,10 @@ fn db05_queue_is_capped_in_bytes_and_released_on_flush_and_failure() {
     }
     assert_eq!(s.queued_bytes(), 3 * one);
     let out = s.handle(Event::Stanza(big(3)));
-    assert_eq!(bounced(&out), Some((1, "resource-constraint")));
+    assert_eq!(
+        bounced(&out),
+        Some((1, StanzaCondition::ResourceConstraint))
+    );
     assert_eq!((s.queued(), s.queued_bytes()), (3, 3 * one));
     // Valid: everything goes out and nothing is held any more.
     s.handle(Event::Connected { tls: false });
@@ -471,11 +501,13 @@ fn db05_queue_is_capped_in_bytes_and_released_on_flush_and_failure() {
     let mut s = new();
     s.handle(Event::Stanza(big(0)));
     s.handle(Event::Stanza(big(1)));
-    let out = s.handle(Event::ConnectFailed {
-        not_found: false,
-        reason: "refused".into(),
-    });
-    assert_eq!(bounced(&out), Some((2, "remote-server-timeout")));
+    let out = s.handle(Event::ConnectFailed(ConnectError::Unreachable(
+        "refused".into(),
+    )));
+    assert_eq!(
+        bounced(&out),
+        Some((2, StanzaCondition::RemoteServerTimeout))
+    );
     assert_eq!(s.queued_bytes(), 0);
     // One stanza larger than the whole cap is still taken when nothing is queued.
     let ctx = ctx_with(|c| c.limits.queue_bytes = 10);
@@ -483,7 +515,7 @@ fn db05_queue_is_capped_in_bytes_and_released_on_flush_and_failure() {
     assert!(s.handle(Event::Stanza(big(0))).is_empty());
     assert_eq!(
         bounced(&s.handle(Event::Stanza(msg(1)))),
-        Some((1, "resource-constraint"))
+        Some((1, StanzaCondition::ResourceConstraint))
     );
 }
 
@@ -561,8 +593,14 @@ fn str01_unparsable_version_in_the_answer_is_unsupported_version() {
     let mut h = their_header(Some("ID-B"));
     h.version = Some("one".into());
     let out = s.handle(Event::Header(h));
-    assert_eq!(bounced(&out), Some((1, "remote-server-timeout")));
-    assert!(closes_with(&out, "unsupported-version"), "{out:?}");
+    assert_eq!(
+        bounced(&out),
+        Some((1, StanzaCondition::RemoteServerTimeout))
+    );
+    assert!(
+        closes_with(&out, StreamCondition::UnsupportedVersion),
+        "{out:?}"
+    );
 }
 
 /// Bounded echo: the text of a peer's stream error reaches our bounces cut short.

@@ -1,7 +1,7 @@
 //! Helpers for the core's unit tests: a context from a literal config, and elements parsed
 //! from literal XML through the real reader.
 
-use super::{Action, Ctx};
+use super::{Action, Ctx, StreamCondition};
 use crate::config::Config;
 use crate::keys::DialbackSecret;
 use crate::xml::{Element, Limits, StreamEvent, StreamHeader, StreamReader, SERVER_NS, STREAM_NS};
@@ -72,7 +72,7 @@ pub fn header(from: Option<&str>, to: Option<&str>) -> StreamHeader {
 }
 
 /// `out` ends by closing the stream with the stream error `cond`.
-pub fn closes_with(out: &[Action], cond: &str) -> bool {
+pub fn closes_with(out: &[Action], cond: StreamCondition) -> bool {
     matches!(out.last(), Some(Action::Close(Some(e))) if e.condition == cond)
 }
 

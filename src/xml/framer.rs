@@ -798,7 +798,10 @@ mod tests {
         assert_eq!(f.next_frame().unwrap(), None);
         f.feed(b"x");
         let e = f.next_frame().unwrap_err();
-        assert_eq!(e.condition(), Some("policy-violation"));
+        assert_eq!(
+            e.condition(),
+            Some(crate::condition::StreamCondition::PolicyViolation)
+        );
         assert!(e.to_string().contains("100 bytes"), "{e}");
         // Whitespace keepalives count; the header is bounded from the stream's first byte.
         let (n, e) = first_error(&format!("{HEADER}{}", " ".repeat(HEADER.len() + 1)), big);

@@ -67,6 +67,7 @@ use xml::Encoding;
 use super::element::{Element, Node, Ns};
 use super::framer::Framer;
 use super::{StreamHeader, DIALBACK_NS};
+use crate::condition::StreamCondition;
 
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
@@ -190,13 +191,13 @@ pub enum XmlError {
 
 impl XmlError {
     /// The RFC 6120 §4.9.3 stream error condition to send for this error:
-    /// `"restricted-xml" | "not-well-formed" | "policy-violation"`, or `None` for EOF and I/O errors
-    /// (the transport is gone or unusable; just close).
-    pub fn condition(&self) -> Option<&'static str> {
+    /// `restricted-xml`, `not-well-formed` or `policy-violation`, or `None` for EOF and I/O
+    /// errors (the transport is gone or unusable; just close).
+    pub fn condition(&self) -> Option<StreamCondition> {
         match self {
-            XmlError::Restricted(_) => Some("restricted-xml"),
-            XmlError::NotWellFormed(_) => Some("not-well-formed"),
-            XmlError::PolicyViolation(_) => Some("policy-violation"),
+            XmlError::Restricted(_) => Some(StreamCondition::RestrictedXml),
+            XmlError::NotWellFormed(_) => Some(StreamCondition::NotWellFormed),
+            XmlError::PolicyViolation(_) => Some(StreamCondition::PolicyViolation),
             XmlError::Eof | XmlError::Io(_) => None,
         }
     }
@@ -1004,7 +1005,7 @@ mod tests {
     }
 
     fn cond(input: &str) -> Option<&'static str> {
-        first_error(input).condition()
+        first_error(input).condition().map(StreamCondition::as_str)
     }
 
     fn full_stream() -> String {
@@ -1623,7 +1624,7 @@ mod tests {
             &HEADER[21..]
         );
         let e = first_error(&input);
-        assert_eq!(e.condition(), Some("not-well-formed"));
+        assert_eq!(e.condition(), Some(StreamCondition::NotWellFormed));
         assert!(e.to_string().chars().count() < 300, "{e}");
     }
 
