@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 mod caps;
 mod dial;
 mod link;
+mod stack;
 mod start;
 #[cfg(test)]
 mod tests;
@@ -678,11 +679,13 @@ impl Stream {
             self.next_wakeup().saturating_duration_since(Instant::now())
         };
         if timeout >= IDLE_TRIM {
-            // Going to sleep for a while: hold no buffer memory meanwhile.
+            // Going to sleep for a while: hold no buffer memory meanwhile, and only the
+            // stack frames we sleep in.
             self.parser.trim();
             if let Some(link) = &mut self.link {
                 link.trim();
             }
+            stack::release();
         }
         let wake = self.me.inbox().fd();
         let res = match &self.link {

@@ -198,6 +198,7 @@ fn spawn(s: Stream) -> io::Result<()> {
 
 /// The thread boundary: run the stream; after a panic, release what it holds.
 fn contained(mut s: Stream) {
+    super::stack::block_signals();
     let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| s.run())) else {
         return;
     };
