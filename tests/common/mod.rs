@@ -6,11 +6,15 @@
 pub mod dns_server;
 
 use dialbackd::keys::DialbackSecret;
+use dialbackd::tls::PeerCert;
 use dialbackd::xml::{
     Element, Limits, StreamEvent, StreamReader, STANZAS_NS, STREAMS_ERR_NS, STREAM_NS,
 };
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use rustls::pki_types::ServerName;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -321,14 +325,17 @@ impl Drop for Daemon {
 pub struct XmlConn {
     w: Box<dyn Write + Send>,
     events: Receiver<Result<StreamEvent, String>>,
+    /// Shuts the transport down (the reader thread holds a clone of it).
+    shutdown: Option<Box<dyn Fn() + Send>>,
+    /// The TCP socket, for a plain TCP connection.
     sock: Option<TcpStream>,
 }
 
 impl Drop for XmlConn {
-    /// Dropping the connection closes it (the reader thread holds a clone of the socket).
+    /// Dropping the connection closes it.
     fn drop(&mut self) {
-        if let Some(s) = &self.sock {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        if let Some(shutdown) = &self.shutdown {
+            shutdown();
         }
     }
 }
@@ -343,14 +350,54 @@ impl XmlConn {
         sock.set_nodelay(true).unwrap();
         let rd = sock.try_clone().unwrap();
         let mut c = XmlConn::over_halves(Box::new(rd), Box::new(sock.try_clone().unwrap()));
-        c.sock = Some(sock);
+        c.sock = sock.try_clone().ok();
+        c.shutdown = Some(Box::new(move || {
+            let _ = sock.shutdown(Shutdown::Both);
+        }));
         c
     }
 
-    /// A second handle on the socket (None over a TLS stream's halves), to write from another
-    /// thread while this connection's events are read.
+    /// A second handle on the socket (None over TLS), to write from another thread while this
+    /// connection's events are read.
     pub fn socket(&self) -> Option<TcpStream> {
         self.sock.as_ref().and_then(|s| s.try_clone().ok())
+    }
+
+    /// TLS as a client over `sock`, from where TLS starts (after `<proceed/>`, or at once for
+    /// direct TLS): `cfg`, TLS name `sni` (an IP literal in brackets sends no SNI). Returns the
+    /// server's certificate and the connection over TLS; panics when the handshake fails. A
+    /// relay thread owns the TLS connection and passes the plaintext over a socket pair.
+    pub fn over_tls(
+        mut sock: TcpStream,
+        cfg: Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> (Option<PeerCert>, XmlConn) {
+        let name = match sni.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            Some(ip) => ServerName::try_from(ip.to_owned()),
+            None => ServerName::try_from(sni.to_owned()),
+        };
+        let mut tls = rustls::ClientConnection::new(cfg, name.expect("a TLS name")).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        sock.set_write_timeout(Some(WAIT)).unwrap();
+        for _ in 0..64 {
+            if !tls.is_handshaking() {
+                break;
+            }
+            tls.complete_io(&mut sock).expect("TLS handshake");
+        }
+        assert!(!tls.is_handshaking(), "TLS handshake unfinished");
+        let cert = tls
+            .peer_certificates()
+            .and_then(|c| PeerCert::from_chain(c.to_vec()));
+        let (ours, relay_end) = UnixStream::pair().unwrap();
+        relay_end.set_write_timeout(Some(WAIT)).unwrap();
+        thread::spawn(move || relay(tls, sock, relay_end));
+        let rd = ours.try_clone().unwrap();
+        let mut c = XmlConn::over_halves(Box::new(rd), Box::new(ours.try_clone().unwrap()));
+        c.shutdown = Some(Box::new(move || {
+            let _ = ours.shutdown(Shutdown::Both);
+        }));
+        (cert, c)
     }
 
     /// Over any transport (a TLS stream's halves).
@@ -369,6 +416,7 @@ impl XmlConn {
         XmlConn {
             w,
             events,
+            shutdown: None,
             sock: None,
         }
     }
@@ -471,6 +519,97 @@ impl XmlConn {
             }
         });
         (c, writer)
+    }
+}
+
+/// How long a TLS relay of [`XmlConn::over_tls`] lives at most, and its bound on steps.
+const RELAY_BOUND: Duration = Duration::from_secs(300);
+const RELAY_STEPS: usize = 10_000_000;
+
+/// Relay plaintext between `plain` (an [`XmlConn`]'s side of a socket pair) and `tls` over
+/// `net` until either side ends (or [`RELAY_BOUND`] passes), then close both: the end of the
+/// TLS stream is EOF for the `XmlConn`, and its EOF sends close_notify.
+fn relay(mut tls: rustls::ClientConnection, mut net: TcpStream, mut plain: UnixStream) {
+    let deadline = Instant::now() + RELAY_BOUND;
+    let mut buf = vec![0u8; 16 * 1024];
+    for _ in 0..RELAY_STEPS {
+        match relay_step(&mut tls, &mut net, &mut plain, &mut buf, deadline) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => break,
+        }
+    }
+    // What is left (close_notify, an alert): each write moves bytes or ends the loop.
+    while tls.wants_write() && tls.write_tls(&mut net).is_ok_and(|n| n > 0) {}
+    let _ = net.shutdown(Shutdown::Both);
+    let _ = plain.shutdown(Shutdown::Both);
+}
+
+/// One step of [`relay`]; `Ok(false)` when the relay is over.
+fn relay_step(
+    tls: &mut rustls::ClientConnection,
+    net: &mut TcpStream,
+    plain: &mut UnixStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> std::io::Result<bool> {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(0) => return Ok(false),
+            Ok(n) => plain.write_all(&buf[..n])?,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    while tls.wants_write() {
+        tls.write_tls(net)?;
+    }
+    let Some([net_ready, plain_ready]) =
+        poll_readable([net.as_raw_fd(), plain.as_raw_fd()], deadline)
+    else {
+        return Ok(false);
+    };
+    if net_ready {
+        if tls.read_tls(net)? == 0 {
+            return Ok(false);
+        }
+        if let Err(e) = tls.process_new_packets() {
+            // The alert rustls queued goes out after the loop.
+            return Err(std::io::Error::other(e));
+        }
+    }
+    if plain_ready {
+        let n = plain.read(buf)?;
+        if n == 0 {
+            tls.send_close_notify();
+            return Ok(false);
+        }
+        tls.writer().write_all(&buf[..n])?;
+    }
+    Ok(true)
+}
+
+/// Wait in poll(2) until one of `fds` is readable (or closed); which ones are, or `None` when
+/// `deadline` passes first.
+fn poll_readable<const N: usize>(fds: [RawFd; N], deadline: Instant) -> Option<[bool; N]> {
+    let mut p = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: `p` is a valid array of N pollfd structures for the whole call.
+        let rc = unsafe { libc::poll(p.as_mut_ptr(), N as libc::nfds_t, ms) };
+        if rc > 0 {
+            return Some(p.map(|p| p.revents != 0));
+        }
+        if rc < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+            return None;
+        }
     }
 }
 

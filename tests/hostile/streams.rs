@@ -8,7 +8,7 @@ use crate::common::dns_server::TestDns;
 use crate::common::*;
 use dialbackd::domain::Domain;
 use dialbackd::keys::DialbackSecret;
-use dialbackd::tls::{client_config, gen_cert, PeerCert, ServerCerts, TlsStream};
+use dialbackd::tls::{client_config, gen_cert, PeerCert, ServerCerts};
 use dialbackd::xml::{Element, Limits, StreamEvent, StreamReader, TLS_NS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -373,10 +373,7 @@ impl Plain {
         let (_, leftover) = self.reader.into_inner();
         assert!(leftover.is_empty());
         let cfg = client_config(certs, &Domain::parse("a.test").unwrap(), false).unwrap();
-        let mut tls = TlsStream::connect(self.sock, cfg, &Domain::parse(sni).unwrap()).unwrap();
-        let info = tls.handshake().unwrap();
-        let conn = XmlConn::over_halves(Box::new(tls.reader), Box::new(tls.writer));
-        (info.peer_cert, conn)
+        XmlConn::over_tls(self.sock, cfg, sni)
     }
 }
 
