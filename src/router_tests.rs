@@ -210,7 +210,9 @@ fn bounces_reach_a_component_whose_queue_is_full() {
     // sent (already accepted, e.g. from a failed pair) must not be, or it would be lost (an
     // error is never bounced again).
     let mine = msg(7, "b.test").with_attr("from", "u@echo.a.test");
-    assert!(r.bounce(mine, StanzaCondition::RemoteServerTimeout, "test").is_empty());
+    assert!(r
+        .bounce(mine, StanzaCondition::RemoteServerTimeout, "test")
+        .is_empty());
     let got = comp.close();
     assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(got[2].attr("type"), Some("error"));

@@ -337,6 +337,9 @@ impl Stream {
                         StreamEvent::Element(e) => Event::Element(e),
                         StreamEvent::Close => Event::Close,
                     };
+                    if self.injected_after_starttls(&ev) {
+                        return false;
+                    }
                     if self.clock.closing_until.is_some() && matches!(ev, Event::Close) {
                         // The peer's close ends our close handshake.
                         self.done = true;
@@ -354,6 +357,32 @@ impl Stream {
                 }
             }
         }
+        true
+    }
+
+    /// RFC 6120 §5.3.3: bytes sent after `<starttls/>` (inbound) or `<proceed/>` (outbound)
+    /// and before the TLS handshake would be taken as coming from inside TLS: plaintext
+    /// injection. Checked before the core sees the element, so we never answer `<proceed/>`.
+    fn injected_after_starttls(&mut self, ev: &Event) -> bool {
+        let Event::Element(e) = ev else { return false };
+        let starts_tls = match self.core {
+            Core::In(_) => e.is("starttls", crate::xml::TLS_NS),
+            Core::Out(_) => e.is("proceed", crate::xml::TLS_NS),
+            Core::Comp(_) => false,
+        };
+        let extra = self.parser.unparsed().len();
+        if !starts_tls || extra == 0 {
+            return false;
+        }
+        log::warn!(
+            "{}: {extra} bytes sent after STARTTLS before the TLS handshake",
+            self.core.label()
+        );
+        self.eof = true;
+        self.feed(Event::Broken {
+            condition: Some(StreamCondition::PolicyViolation),
+            reason: "plaintext sent after STARTTLS before the TLS handshake".into(),
+        });
         true
     }
 

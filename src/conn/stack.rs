@@ -146,7 +146,10 @@ mod tests {
             })
             .unwrap();
         let (before, after) = t.join().unwrap();
-        assert!(before >= 200, "the deep call touched its stack: {before} KiB");
+        assert!(
+            before >= 200,
+            "the deep call touched its stack: {before} KiB"
+        );
         assert!(after <= 64, "given back: {before} KiB → {after} KiB");
     }
 }

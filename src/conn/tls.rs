@@ -7,7 +7,7 @@
 
 use super::{new_parser, Core, Event, Role, Stream};
 use crate::domain::Domain;
-use crate::stream::{ConnectError, StanzaCondition, StreamCondition, Verdict, VerifyRequest};
+use crate::stream::{ConnectError, StanzaCondition, Verdict, VerifyRequest};
 use crate::tls::{CertJudgement, Session};
 use std::io;
 use std::time::Instant;
@@ -15,19 +15,6 @@ use std::time::Instant;
 impl Stream {
     /// STARTTLS: after our `<proceed/>` (inbound) or the peer's (outbound).
     pub(super) fn start_tls(&mut self) {
-        if !self.parser.unparsed().is_empty() {
-            // Plaintext injection: bytes sent after <starttls/> (or <proceed/>) that would be
-            // taken as coming from inside TLS (RFC 6120 §5.3.3). Refuse before answering.
-            log::warn!(
-                "{}: {} bytes sent after STARTTLS before the TLS handshake",
-                self.core.label(),
-                self.parser.unparsed().len()
-            );
-            return self.feed(Event::Broken {
-                condition: Some(StreamCondition::PolicyViolation),
-                reason: "plaintext sent after STARTTLS before the TLS handshake".into(),
-            });
-        }
         let session = match &self.core {
             Core::In(c) => self.server_session(c.named_local()),
             Core::Out(_) => self.client_session(false),
