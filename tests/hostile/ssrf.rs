@@ -359,12 +359,12 @@ fn allow_networks_lets_dialback_reach_the_listed_networks_only() {
         config_allowing(&["b.test"], &[], dns, &[&allow], "")
     });
     dialback_as_a(&n.b, SECRET);
-    assert!(
-        n.b.log_text()
-            .contains(&format!("connected to {} (host.a.test)", n.a.s2s())),
-        "{}",
-        n.b.log_text()
-    );
+    // The line is written before the answer, but read from the daemon's stderr by another
+    // thread: wait for it (bounded).
+    let line = format!("connected to {} (host.a.test)", n.a.s2s());
+    n.b.wait_until("the verify connection's line", |log| {
+        log.iter().any(|l| l.contains(&line))
+    });
     let rec = Recorder::on(next_ip());
     publish(&n.dns, "other.test", rec.addr());
     assert_connection_failed(&claim(&n.b, "other.test"));
