@@ -2,6 +2,7 @@
 # Where dialbackd's time and memory go, for BENCHMARKS.md (not part of `make bench`).
 #
 #   benches/profile.sh [OUTDIR]      (default /tmp/dialbackd-profile)
+#   PROFILE_PARTS="cpu memory heap"  (the default: all three; name a subset to run only those)
 #
 # Builds dialbackd and the load generator with line tables (CARGO_PROFILE_RELEASE_DEBUG), in a
 # separate target dir, then on 127.0.50.x (the addresses of benches/run.sh; do not run both at
@@ -123,8 +124,13 @@ print(f"  {total:>8} KiB  total")
 PY
 }
 
+PARTS=" ${PROFILE_PARTS:-cpu memory heap} "
+part() { [[ $PARTS == *" $1 "* ]]; }
+
 # 1. CPU profile of the single-stream throughput run.
-if perf stat -e instructions true >/dev/null 2>&1; then
+if ! part cpu; then
+    log "skipping the CPU profile (PROFILE_PARTS)"
+elif perf stat -e instructions true >/dev/null 2>&1; then
     start_db
     common=(--sut $IP_DB:5269 --component $IP_DB:5347 --sut-pid "$SUT" --gen $IP_GEN:5269)
     taskset -c 0 "$LOAD" tput "${common[@]}" --size 200 --n 20000 >/dev/null # warm
@@ -146,7 +152,7 @@ else
 fi
 
 # 2. Memory breakdown with 1,000 idle verified inbound streams.
-for variant in default arena1 tls; do
+part memory && for variant in default arena1 tls; do
     CFG=$out/dialbackd.toml tls=()
     [ $variant = tls ] && { CFG=$out/dialbackd-tls.toml; tls=(--tls 1); }
     if [ $variant = arena1 ]; then start_db MALLOC_ARENA_MAX=1; else start_db; fi
@@ -196,7 +202,7 @@ heap_profile() { # plain|tls
         | grep -E "consumed over|^ +at src/" | head -40 >"$hp-peak.txt"
     log "heaptrack ($mode): peak consumers in $hp-peak.txt"
 }
-if command -v heaptrack >/dev/null 2>&1; then
+if part heap && command -v heaptrack >/dev/null 2>&1; then
     heap_profile plain
     heap_profile tls
 fi

@@ -171,6 +171,14 @@ impl Inbox {
         !st.items.is_empty()
     }
 
+    /// Give back the queue's memory when it is empty (an idle stream).
+    pub fn trim(&self) {
+        let mut st = self.lock();
+        if st.items.is_empty() {
+            st.items = VecDeque::new();
+        }
+    }
+
     /// The descriptor to poll for readability: readable after a send or a poke.
     pub fn fd(&self) -> RawFd {
         self.wake.0.as_raw_fd()

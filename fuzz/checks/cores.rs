@@ -413,7 +413,8 @@ fn close_is_last(actions: &[Action]) -> bool {
 /// verified (a `Verified` valid answer for a pair this stream asked about); a `valid` db:result
 /// is sent only for such pairs; a db:verify is answered valid/invalid only for our domains, and
 /// valid only for the right key; verify requests are for our domains, not duplicated and within
-/// the per-stream limit; nothing at all after `Close`.
+/// the per-stream limit; after a `Close` with an error nothing at all, after a clean one only
+/// deliveries for verified pairs (RFC 6120 §4.4: the peer may still send until it closes).
 pub fn core_incoming(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = input.byte();
@@ -432,6 +433,8 @@ pub fn core_incoming(data: &[u8]) {
     // Between our <proceed/> and the TLS handshake's end: no XML may go out.
     let mut awaiting_tls = false;
     let mut closed = false;
+    // We closed without an error: stanzas the peer still sends are processed (RFC 6120 §4.4).
+    let mut clean_close = false;
     let mut header_sent = false;
     for _ in 0..MAX_EVENTS {
         if input.is_empty() {
@@ -467,7 +470,18 @@ pub fn core_incoming(data: &[u8]) {
             verified.clear();
         }
         if closed {
-            assert!(actions.is_empty(), "after close, {fed:?} gave {actions:?}");
+            for a in &actions {
+                match a {
+                    Action::Deliver(e) if clean_close => {
+                        assert!(matches!(&fed, Fed::Element(f) if f == e));
+                        let a = stanza::addresses(e).expect("a delivered stanza has addresses");
+                        let pair = (a.from.domain, a.to.domain);
+                        assert!(verified.contains(&pair), "closing: delivered for {pair:?}");
+                    }
+                    Action::Bounce { .. } if clean_close => {}
+                    other => panic!("after close, {fed:?} gave {other:?}"),
+                }
+            }
             continue;
         }
         let answer_ok = |verified: &[(Domain, Domain)], r: &Domain, l: &Domain| {
@@ -487,6 +501,7 @@ pub fn core_incoming(data: &[u8]) {
                         assert!(header_sent, "stream error before our header: {fed:?}");
                     }
                     closed = true;
+                    clean_close = err.is_none();
                 }
                 Action::SendHeader(_) => {
                     header_ok(i, &fed, header_sent, &actions);

@@ -49,6 +49,7 @@ struct Targets {
 
 impl Stream {
     /// Outbound: resolve, connect, and tell the core how it went.
+    #[inline(never)] // (see `run`)
     pub(super) fn connect(&mut self) {
         let remote = self.domains().1;
         let ev = match self.dial(&remote) {

@@ -27,9 +27,9 @@ pub(super) const WBUF_KEEP: usize = 16 * 1024;
 /// See the module documentation.
 pub(super) struct Link {
     sock: Box<dyn Transport>,
-    tls: Option<Session>,
+    tls: Option<Box<Session>>,
     /// TLS to switch to once everything queued before it (`<proceed/>`) is written.
-    tls_next: Option<Session>,
+    tls_next: Option<Box<Session>>,
     /// Plaintext queued and not yet handed to TLS or the socket: `out[sent..]`.
     out: Vec<u8>,
     sent: usize,
@@ -57,13 +57,13 @@ impl Link {
 
     /// The TLS session, once TLS is in use.
     pub(super) fn tls(&self) -> Option<&Session> {
-        self.tls.as_ref().or(self.tls_next.as_ref())
+        self.tls.as_deref().or(self.tls_next.as_deref())
     }
 
     /// Switch to TLS once everything queued so far is written (our `<proceed/>` goes out in
     /// plaintext first). Client side, the ClientHello is queued at once.
     pub(super) fn start_tls(&mut self, session: Session) {
-        self.tls_next = Some(session);
+        self.tls_next = Some(Box::new(session));
     }
 
     /// Queue bytes to send.
@@ -96,7 +96,7 @@ impl Link {
     pub(super) fn wants_write(&self) -> bool {
         self.backlog() > 0
             || self.tls_next.is_some()
-            || self.tls.as_ref().is_some_and(Session::wants_write)
+            || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Give back the write buffer's memory when nothing waits in it (an idle stream).
@@ -130,15 +130,18 @@ impl Link {
                 end => Ok(Some(end)),
             };
         }
+        // On the stack, not the heap: the heap then only holds what was read, and the stack
+        // pages go back to the kernel when the thread sleeps (see `stack`).
+        let mut buf = [0u8; READ_SIZE];
         for _ in 0..READS_PER_STEP {
-            let len = plain.len();
-            plain.resize(len + READ_SIZE, 0);
-            let res = self.sock.read(&mut plain[len..]);
-            plain.truncate(len + *res.as_ref().unwrap_or(&0));
-            match res {
+            match self.sock.read(&mut buf) {
                 Ok(0) => return Ok(Some(ReadEnd::Eof)),
-                Ok(n) if n < READ_SIZE => return Ok(None),
-                Ok(_) => {}
+                Ok(n) => {
+                    plain.extend_from_slice(&buf[..n]);
+                    if n < READ_SIZE {
+                        return Ok(None);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

@@ -163,12 +163,13 @@ impl Stream {
         role: Role,
         negotiation: Duration,
         core: impl FnOnce(String) -> Core,
-    ) -> Stream {
+    ) -> Box<Stream> {
         let label = format!("{label} #{}", me.id());
         let core = core(label);
         let now = Instant::now();
         let parser = new_parser(router);
-        Stream {
+        // On the heap: the thread's stack then holds only its frames (see `stack`).
+        Box::new(Stream {
             router: router.clone(),
             core,
             me,
@@ -188,10 +189,14 @@ impl Stream {
             tls_pending: None,
             shutdown_pending: false,
             caps: caps::StreamCaps::default(),
-        }
+        })
     }
 
     /// Run until the stream ends, then give back what it holds.
+    ///
+    /// The steps of the loop are never inlined into it: their locals (read buffers, parsed
+    /// trees) then live only while they run, and the frame the thread sleeps in stays small
+    /// (see `stack`).
     fn run(&mut self) {
         if matches!(self.role, Role::Outbound { .. } | Role::Verify { .. }) {
             self.connect();
@@ -215,6 +220,7 @@ impl Stream {
     /// Shutdown: what was queued before it still goes out first (a component gets the bounces
     /// the server streams just made); a stream whose peer takes nothing closes at once, and
     /// what waits for it is handed back.
+    #[inline(never)] // (see `run`)
     fn inputs(&mut self) -> bool {
         if self.me.inbox().take_shutdown() {
             self.shutdown_pending = true;
@@ -291,6 +297,7 @@ impl Stream {
 
     /// Read what arrived and feed the parser's events to the core. True when more may be
     /// waiting (the batch was full).
+    #[inline(never)] // (see `run`)
     fn read(&mut self) -> bool {
         if self.done || self.eof || self.backlogged() {
             return false;
@@ -526,6 +533,7 @@ impl Stream {
 
     /// Push what waits to the socket, as far as it takes it now. A failure bounces the stanzas
     /// not known written and tells the core the stream broke.
+    #[inline(never)] // (see `run`)
     fn flush(&mut self) {
         let Some(link) = &mut self.link else { return };
         let had = link.wants_write();
@@ -664,6 +672,7 @@ impl Stream {
         t
     }
 
+    #[inline(never)] // (see `run`)
     fn timers(&mut self) {
         if self.done {
             return;
@@ -714,6 +723,7 @@ impl Stream {
             if let Some(link) = &mut self.link {
                 link.trim();
             }
+            self.me.inbox().trim();
             stack::release();
         }
         let wake = self.me.inbox().fd();
@@ -728,6 +738,7 @@ impl Stream {
     }
 
     /// The stream is over: a last write, and everything it holds given back.
+    #[inline(never)] // (see `run`)
     fn finish(&mut self) {
         if let Some(link) = &mut self.link {
             link.shutdown();

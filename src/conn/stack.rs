@@ -15,7 +15,7 @@
 use std::cell::Cell;
 
 /// Left untouched below [`release`]'s own frame: room for the `madvise` call it makes.
-const MARGIN: usize = 4 * 1024;
+const MARGIN: usize = 1024;
 
 thread_local! {
     /// The lowest address of this thread's stack (0: not known).

@@ -102,8 +102,7 @@ pub fn start(router: &Arc<Router>, starts: Starts) {
                 slot,
             } => {
                 let key = (local, remote);
-                let s = outbound(router, handle.clone(), Purpose::Pair, &key, false);
-                let mut s = s;
+                let mut s = outbound(router, handle.clone(), Purpose::Pair, &key, false);
                 s.caps.outbound = Some(slot);
                 if spawn(s).is_err() {
                     let why = Bounce::new(
@@ -116,8 +115,7 @@ pub fn start(router: &Arc<Router>, starts: Starts) {
             }
             Start::Verify { req, reply, handle } => {
                 let key = (req.local.clone(), req.remote.clone());
-                let s = outbound(router, handle, Purpose::Verify(req), &key, true);
-                let mut s = s;
+                let mut s = outbound(router, handle, Purpose::Verify(req), &key, true);
                 if let Role::Verify { reply: r, .. } = &mut s.role {
                     *r = Some(reply.clone());
                 }
@@ -142,7 +140,7 @@ fn outbound(
     purpose: Purpose,
     key: &(crate::domain::Domain, crate::domain::Domain),
     verify: bool,
-) -> Stream {
+) -> Box<Stream> {
     let t = &router.ctx.config.timeouts;
     let (kind, deadline, role) = if verify {
         let role = Role::Verify {
@@ -181,7 +179,7 @@ fn outbound(
 ///
 /// # Errors
 /// The thread could not be started (the stream is dropped, unregistered).
-fn spawn(s: Stream) -> io::Result<()> {
+fn spawn(s: Box<Stream>) -> io::Result<()> {
     let router = s.router.clone();
     let id = s.me.id();
     router.add_stream(s.me.clone());
@@ -197,7 +195,7 @@ fn spawn(s: Stream) -> io::Result<()> {
 }
 
 /// The thread boundary: run the stream; after a panic, release what it holds.
-fn contained(mut s: Stream) {
+fn contained(mut s: Box<Stream>) {
     super::stack::block_signals();
     let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| s.run())) else {
         return;

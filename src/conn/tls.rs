@@ -87,6 +87,7 @@ impl Stream {
     }
 
     /// Client side: once the handshake is complete, judge the certificate and tell the core.
+    #[inline(never)] // (see `run`)
     pub(super) fn tls_progress(&mut self) {
         let Some(session) = self.link.as_ref().and_then(|l| l.tls()) else {
             return;
