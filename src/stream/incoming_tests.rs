@@ -945,3 +945,61 @@ fn str05_after_a_stream_error_nothing_more_is_processed() {
     let m = el("<message from='x@b.test' to='y@a.test'/>");
     assert!(s.handle(Event::Element(m)).is_empty());
 }
+
+/// The stream header the monitoring plugin check_xmppng (`--s2s`) sends, before and after
+/// STARTTLS: an XML declaration, `to` but no `from` (legal for s2s: RFC 6120 §4.7.1, STR-02),
+/// and no `xmlns:db` (the peer offers no dialback).
+const PROBE_HEADER: &[u8] = b"<?xml version='1.0' ?><stream:stream to='a.test' \
+    xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+/// [`PROBE_HEADER`] through the real push parser, as the connection layer hands it to the core.
+fn probe_header() -> StreamHeader {
+    let mut p = crate::xml::StreamParser::new(crate::xml::Limits::default());
+    p.feed(PROBE_HEADER);
+    match p.next_event() {
+        Ok(Some(crate::xml::StreamEvent::Header(h))) => h,
+        other => panic!("the probe's header does not parse: {other:?}"),
+    }
+}
+
+/// A header without `from` and without `xmlns:db` is answered with our header (from our
+/// domain, to nobody, xmlns:db declared: DB-01) and features (STR-04), on the first stream and
+/// on the one restarted after STARTTLS (TLS-01), and the peer's close is answered with ours
+/// and no stream error (STR-05). This is the whole conversation of check_xmppng
+/// `--s2s --starttls`.
+#[test]
+fn str02_a_header_without_from_or_xmlns_db_gets_features_before_and_after_tls() {
+    let h = probe_header();
+    assert_eq!((h.from.as_deref(), h.db_ns), (None, false), "{h:?}");
+    let mut s = incoming_with(tls_ctx(true));
+    let answer = |out: &[Action], id: &str| -> Element {
+        let [Action::SendHeader(ours), Action::Send(f)] = out else {
+            panic!("header and features expected: {out:?}")
+        };
+        assert_eq!(ours.from.as_deref(), Some("a.test"));
+        assert_eq!(ours.to, None, "the peer named no domain");
+        assert!(ours.db_ns, "DB-01");
+        assert_eq!(ours.id.as_deref(), Some(id), "STR-03");
+        assert_eq!(ours.version.as_deref(), Some("1.0"));
+        assert!(f.is("features", STREAM_NS), "{f:?}");
+        assert!(f.child("dialback", DIALBACK_FEATURE_NS).is_some(), "DB-26");
+        f.clone()
+    };
+    let f = answer(&s.handle(Event::Header(h)), "id1");
+    let starttls = f.child("starttls", TLS_NS).expect("STARTTLS offered");
+    assert!(starttls.child("required", TLS_NS).is_some());
+    let out = s.handle(Event::Element(el(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    assert_eq!(
+        out,
+        [
+            Action::Send(Element::new("proceed", TLS_NS)),
+            Action::StartTls
+        ]
+    );
+    assert!(s.handle(Event::TlsEstablished).is_empty());
+    let f = answer(&s.handle(Event::Header(probe_header())), "id2");
+    assert!(f.child("starttls", TLS_NS).is_none(), "TLS is on already");
+    assert_eq!(s.handle(Event::Close), [Action::Close(None)]);
+}
