@@ -4,9 +4,11 @@
 //! the pair's one FIFO (DB-02, ROUTE-01), or a backoff window after a failed attempt (stanzas
 //! bounce at once with the failure's condition until it passes) —, the connected components,
 //! local delivery (components, the built-in XEP-0199 ping answer, `service-unavailable`
-//! otherwise), bounces (never of errors or iq results: ROUTE-02), the global cap on pending
-//! dialback verifications (SEC-11), the registry of live streams for a graceful shutdown, the
-//! per-IP connection counts (IPv6 per /64), and the resource caps of the "Hostile input" issue.
+//! otherwise), the `[federation]` lists for outbound stanzas (a refused domain bounces with
+//! `not-allowed`, nothing dialled), bounces (never of errors or iq results: ROUTE-02), the
+//! global cap on pending dialback verifications (SEC-11), the registry of live streams for a
+//! graceful shutdown, the per-IP connection counts (IPv6 per /64), and the resource caps of the
+//! "Hostile input" issue.
 //!
 //! The router never starts a thread, never dials and never does I/O: when a stanza needs a new
 //! outbound stream or a key needs a verify connection, it records the route and returns a
@@ -263,6 +265,17 @@ impl Router {
                 return;
             }
         };
+        if let Err(why) = self.ctx.config.federation.check(&to.domain) {
+            // RFC 6120 §8.3.3.10: not-allowed ("e.g., sending to entities at a blacklisted
+            // domain"), type cancel, rather than service-unavailable (§8.3.3.19, a service not
+            // offered): the sender learns that our policy refuses the domain. Nothing is
+            // dialled; as Prosody's s2s blocklist modules answer.
+            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+            warn_limited!(LOG, "bouncing a stanza for {}: {why}", to.domain);
+            let text = format!("communication with {} is not allowed here", to.domain);
+            refused.push((el, Bounce::new(StanzaCondition::NotAllowed, text)));
+            return;
+        }
         match self.send_remote((from, to.domain), el, bounce) {
             Sent::Start(start) => starts.push(start),
             Sent::Queued => {}

@@ -218,3 +218,94 @@ fn bounces_reach_a_component_whose_queue_is_full() {
     assert_eq!(got[2].attr("type"), Some("error"));
     assert_eq!(got[2].attr("id"), Some("m7"));
 }
+
+/// A router whose `[federation]` lists are `allow` and `deny`, with the component echo.a.test
+/// connected (the sender of the stanzas, which receives their bounces).
+fn router_with_lists(allow: &[&str], deny: &[&str]) -> (Arc<Router>, Handle) {
+    let list = |l: &[&str]| {
+        l.iter()
+            .map(|s| crate::policy::DomainPattern::parse(s).unwrap())
+            .collect()
+    };
+    let ctx = testutil::ctx_with(|c| {
+        c.federation.allow = list(allow);
+        c.federation.deny = list(deny);
+    });
+    let r = Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None);
+    let comp = r.new_handle(StreamKind::Component, 100).unwrap();
+    assert!(r.register_component(Domain::parse("echo.a.test").unwrap(), comp.clone()));
+    (r, comp)
+}
+
+/// `(condition, error type)` of each bounce in `bounced`.
+fn bounce_conditions(bounced: &[Element]) -> Vec<(String, String)> {
+    bounced
+        .iter()
+        .map(|b| {
+            let e = b.elements().find(|c| c.name == "error").expect("an error");
+            let cond = e.elements().next().expect("a condition").name.clone();
+            (cond, e.attr("type").unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+/// RFC 6120 §8.3.3.10: a stanza for a domain the `[federation]` lists refuse bounces at once
+/// with `not-allowed` (type cancel) and starts no stream: nothing is dialled.
+#[test]
+fn stanzas_for_a_refused_domain_bounce_not_allowed_without_dialling() {
+    let (r, comp) = router_with_lists(&[], &["spam.test", "*.spam.test"]);
+    let from_comp = |n: usize, to: &str| msg(n, to).with_attr("from", "u@echo.a.test");
+    for (n, to) in ["spam.test", "x.spam.test", "a.b.spam.test"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            r.route(from_comp(n, to)).is_empty(),
+            "{to}: nothing dialled"
+        );
+    }
+    assert_eq!(r.outbound_streams(), 0);
+    let bounced = comp.close();
+    assert_eq!(
+        bounce_conditions(&bounced),
+        vec![("not-allowed".to_string(), "cancel".to_string()); 3]
+    );
+    assert_eq!(bounced[1].attr("to"), Some("u@echo.a.test"));
+    assert_eq!(bounced[1].attr("from"), Some("v@x.spam.test"));
+    // A domain the lists do not refuse is dialled as usual.
+    let (r, _comp) = router_with_lists(&[], &["spam.test", "*.spam.test"]);
+    let h = outbound(r.route(from_comp(9, "notspam.test")));
+    assert_eq!(waiting(&h), ["m9"]);
+}
+
+/// With an allow list, only the domains it covers are dialled; a denied one stays refused even
+/// when the allow list covers it, and our own domains are never subject to the lists.
+#[test]
+fn an_allow_list_refuses_every_other_domain() {
+    let (r, comp) = router_with_lists(&["b.test", "*.corp.test"], &["bad.corp.test"]);
+    let from_comp = |n: usize, to: &str| msg(n, to).with_attr("from", "u@echo.a.test");
+    let mut allowed = r.route(from_comp(0, "b.test"));
+    allowed.extend(r.route(from_comp(1, "x.corp.test")));
+    assert_eq!(allowed.len(), 2, "{allowed:?}");
+    for (n, to) in [(2, "c.test"), (3, "corp.test"), (4, "bad.corp.test")] {
+        assert!(r.route(from_comp(n, to)).is_empty(), "{to}");
+    }
+    // A ping to our own domain is answered (a.test is hosted, not judged by the lists).
+    let ping = crate::xml::Element::new("iq", "jabber:server")
+        .with_attr("type", "get")
+        .with_attr("id", "p1")
+        .with_attr("from", "u@echo.a.test")
+        .with_attr("to", "a.test")
+        .with_child(Element::new("ping", stanza::PING_NS));
+    assert!(r.route(ping).is_empty());
+    let got = comp.close();
+    let (pong, bounced): (Vec<_>, Vec<_>) = got
+        .into_iter()
+        .partition(|e| e.attr("type") == Some("result"));
+    assert_eq!(pong.len(), 1, "the ping is answered");
+    assert_eq!(
+        bounce_conditions(&bounced),
+        vec![("not-allowed".to_string(), "cancel".to_string()); 3]
+    );
+    drop(allowed);
+}

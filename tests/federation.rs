@@ -350,3 +350,79 @@ fn srv05_static_route_replaces_dns() {
         Some("r1")
     );
 }
+
+/// The stanza error condition and type of the error `r` carries.
+fn error_of(r: &dialbackd::xml::Element) -> (String, String) {
+    let err = error_child(r).unwrap_or_else(|| panic!("no <error/> in {r:?}"));
+    let cond = err
+        .elements()
+        .find(|c| c.name != "text")
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    (cond, err.attr("type").unwrap_or_default().to_string())
+}
+
+/// `[federation] deny` on b.test's daemon. Inbound: a db:result claiming a denied domain gets
+/// the dialback error `forbidden` (XEP-0220 §2.5) with no verification asked (SEC-11), while a
+/// domain that is not denied is verified on the same stream (DB-18, DB-28). Outbound: stanzas
+/// for denied domains bounce `not-allowed`, type cancel (RFC 6120 §8.3.3.10), and nothing is
+/// dialled.
+#[test]
+fn federation_deny_refuses_dialback_and_stanzas_without_connecting() {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let a = Daemon::start(
+        "a",
+        next_ip(),
+        &format!(
+            "dialback_secret = \"{A_SECRET}\"\n{}",
+            config(&["a.test", "c.test"], &[], dns.addr(), "")
+        ),
+    );
+    let deny = "[federation]\ndeny = [\"c.test\", \"*.spam.test\"]\n";
+    let b = Daemon::start(
+        "b",
+        next_ip(),
+        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), deny),
+    );
+    for (name, addr) in [
+        ("a.test", a.s2s()),
+        ("c.test", a.s2s()),
+        ("b.test", b.s2s()),
+    ] {
+        publish(&dns, name, addr);
+    }
+    let (mut s, id) = open_s2s(&b, "c.test", "b.test");
+    s.send(&db_result("c.test", "b.test", &id, A_SECRET));
+    let r = s
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("an answer");
+    assert_eq!(r.attr("type"), Some("error"), "{r:?}");
+    assert_eq!(error_of(&r).0, "forbidden", "{r:?}");
+    s.send(&db_result("a.test", "b.test", &id, A_SECRET));
+    expect_valid(&s, &b);
+    b.wait_log_count(
+        "refusing dialback from c.test: it is listed in federation.deny",
+        1,
+    );
+    assert_eq!(b.log_count("verifying c.test"), 0, "{}", b.log_text());
+
+    let mut cb = ComponentClient::connect(b.component_addr(), "b.test", "sb");
+    for (id, to) in [("d1", "u@c.test"), ("d2", "u@x.spam.test")] {
+        cb.send(&format!(
+            "<message from='v@b.test' to='{to}' id='{id}'><body>spam?</body></message>"
+        ));
+        let r = cb.recv(WAIT).expect("a bounce");
+        assert_eq!((r.attr("type"), r.attr("id")), (Some("error"), Some(id)));
+        assert_eq!(
+            error_of(&r),
+            ("not-allowed".into(), "cancel".into()),
+            "{r:?}"
+        );
+    }
+    // The bounces are the router's refusal, made before any route or stream exists: no
+    // outbound or verify stream of b's ever named a denied domain.
+    for denied in ["→c.test", "→x.spam.test"] {
+        assert_eq!(b.log_count(denied), 0, "{denied}\n{}", b.log_text());
+    }
+    drop(dns);
+}

@@ -1003,3 +1003,47 @@ fn str02_a_header_without_from_or_xmlns_db_gets_features_before_and_after_tls() 
     assert!(f.child("starttls", TLS_NS).is_none(), "TLS is on already");
     assert_eq!(s.handle(Event::Close), [Action::Close(None)]);
 }
+
+/// Inbound streams in a context whose `[federation]` lists are `allow` and `deny`.
+fn opened_with_lists(allow: &[&str], deny: &[&str]) -> Incoming {
+    let list = |l: &[&str]| {
+        l.iter()
+            .map(|s| crate::policy::DomainPattern::parse(s).unwrap())
+            .collect()
+    };
+    opened_with(ctx_with(|c| {
+        c.federation.allow = list(allow);
+        c.federation.deny = list(deny);
+    }))
+}
+
+/// A db:result claiming a domain the `[federation]` lists refuse gets the dialback error
+/// `forbidden` (XEP-0220 §2.5, as DB-15/DB-21 refuse a pair without closing the stream) and no
+/// verification is asked for (SEC-11: no connection to the claimed domain); the stream goes on,
+/// so a pair the lists allow is still verified on it (DB-18, DB-28).
+#[test]
+fn db15_a_db_result_from_a_refused_domain_gets_forbidden_and_no_verification() {
+    let mut s = opened_with_lists(&[], &["*.spam.test"]);
+    let out = s.handle(claim("x.spam.test", "a.test"));
+    let r = sent_dialback_error(&out, StanzaCondition::Forbidden);
+    assert_eq!(
+        (r.attr("from"), r.attr("to")),
+        (Some("a.test"), Some("x.spam.test"))
+    );
+    let out = s.handle(claim("b.test", "a.test"));
+    assert!(
+        matches!(&out[..], [Action::Verify(v)] if v.remote == d("b.test")),
+        "{out:?}"
+    );
+    // An allow list refuses every domain it does not cover, the same way.
+    let mut s = opened_with_lists(&["c.test"], &[]);
+    let out = s.handle(claim("b.test", "a.test"));
+    sent_dialback_error(&out, StanzaCondition::Forbidden);
+    let out = s.handle(claim("c.test", "a.test"));
+    assert!(matches!(&out[..], [Action::Verify(_)]), "{out:?}");
+    // A peer claiming one of our own domains is refused as before (not-acceptable), whatever
+    // the lists say: they are about remote domains.
+    let mut s = opened_with_lists(&["c.test"], &[]);
+    let out = s.handle(claim("conference.a.test", "a.test"));
+    sent_dialback_error(&out, StanzaCondition::NotAcceptable);
+}
