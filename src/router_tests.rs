@@ -309,3 +309,98 @@ fn an_allow_list_refuses_every_other_domain() {
     );
     drop(allowed);
 }
+
+/// An iq get of disco#info from the component echo.a.test to `to`, with `query` attributes.
+fn disco(id: &str, to: &str, node: Option<&str>) -> Element {
+    let mut query = Element::new("query", stanza::DISCO_INFO_NS);
+    if let Some(n) = node {
+        query.set_attr("node", n);
+    }
+    Element::new("iq", "jabber:server")
+        .with_attr("type", "get")
+        .with_attr("id", id)
+        .with_attr("from", "u@echo.a.test/r")
+        .with_attr("to", to)
+        .with_child(query)
+}
+
+/// XEP-0030 §3.1: disco#info to a hosted domain is answered by the daemon (server/im and the
+/// features it answers); to a JID of that domain with a node or resource, and to a component's
+/// domain, it is not (service-unavailable, or the component gets it); a node gets
+/// item-not-found (§3.2).
+#[test]
+fn disco_info_to_a_hosted_domain_is_answered_by_the_daemon() {
+    let (r, comp) = router_with_lists(&[], &[]);
+    for (id, to, node) in [
+        ("d1", "a.test", None),
+        ("d2", "conference.a.test", None),
+        ("d3", "x@a.test", None),
+        ("d4", "a.test/r", None),
+        ("d5", "a.test", Some("n")),
+        ("d6", "echo.a.test", None),
+    ] {
+        assert!(
+            r.route(disco(id, to, node)).is_empty(),
+            "{id}: nothing dialled"
+        );
+    }
+    let got = comp.close();
+    let by_id = |id: &str| got.iter().find(|e| e.attr("id") == Some(id)).unwrap();
+    for (id, from) in [("d1", "a.test"), ("d2", "conference.a.test")] {
+        let a = by_id(id);
+        assert_eq!(
+            (a.attr("type"), a.attr("from")),
+            (Some("result"), Some(from))
+        );
+        let q = a.child("query", stanza::DISCO_INFO_NS).expect("the answer");
+        let identity = q.child("identity", stanza::DISCO_INFO_NS).unwrap();
+        assert_eq!(
+            (identity.attr("category"), identity.attr("type")),
+            (Some("server"), Some("im"))
+        );
+        let vars: Vec<_> = q.elements().filter_map(|f| f.attr("var")).collect();
+        assert_eq!(vars, stanza::SERVER_FEATURES);
+    }
+    for (id, cond) in [
+        ("d3", "service-unavailable"),
+        ("d4", "service-unavailable"),
+        ("d5", "item-not-found"),
+    ] {
+        assert_eq!(bounce_conditions(&[by_id(id).clone()])[0].0, cond, "{id}");
+    }
+    // echo.a.test is the component's domain: the component itself gets the query.
+    let d6 = by_id("d6");
+    assert_eq!(d6.attr("type"), Some("get"));
+    assert_eq!(got.len(), 6, "{got:?}");
+}
+
+/// A hosted domain that a component serves: the component answers its disco#info, not the
+/// daemon (no component connected: service-unavailable). Pings are still the daemon's.
+#[test]
+fn disco_info_to_a_hosted_domain_with_its_own_component_is_the_component_s() {
+    let ctx = testutil::ctx_with(|c| {
+        c.components.push(crate::config::ComponentConfig {
+            domain: Domain::parse("a.test").unwrap(),
+            secret: "s".into(),
+        });
+    });
+    let r = Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None);
+    let comp = r.new_handle(StreamKind::Component, 100).unwrap();
+    assert!(r.register_component(Domain::parse("echo.a.test").unwrap(), comp.clone()));
+    assert!(r.route(disco("d1", "a.test", None)).is_empty());
+    let mut ping = disco("p1", "a.test", None);
+    ping.children.clear();
+    ping.push_child(Element::new("ping", stanza::PING_NS));
+    assert!(r.route(ping).is_empty());
+    let got = comp.close();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        bounce_conditions(&got[..1])[0].0,
+        "service-unavailable",
+        "{got:?}"
+    );
+    assert_eq!(
+        (got[1].attr("id"), got[1].attr("type")),
+        (Some("p1"), Some("result"))
+    );
+}

@@ -82,6 +82,61 @@ fn ping_to_a_hosted_domain_is_answered_by_the_daemon() {
     );
 }
 
+/// XEP-0030 §3.1 across federation: b.test's component asks a.test (hosted, no component of
+/// its own) for disco#info and a.test's daemon answers with server/im and the features it
+/// answers; a JID of a.test with a node or resource gets service-unavailable. a.test's
+/// component asking b.test, which its own component serves, reaches that component instead.
+#[test]
+fn disco_info_to_a_hosted_domain_is_answered_by_the_daemon() {
+    let p = pair();
+    let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    let query = "<query xmlns='http://jabber.org/protocol/disco#info'/>";
+    cb.send(&format!(
+        "<iq type='get' id='i1' from='u@b.test/r' to='a.test'>{query}</iq>"
+    ));
+    let r = cb.recv(WAIT).expect("the disco#info answer");
+    assert_eq!(
+        (r.attr("type"), r.attr("id"), r.attr("from"), r.attr("to")),
+        (
+            Some("result"),
+            Some("i1"),
+            Some("a.test"),
+            Some("u@b.test/r")
+        ),
+        "{r:?}"
+    );
+    let disco = "http://jabber.org/protocol/disco#info";
+    let q = r.child("query", disco).expect("<query/>");
+    let identity = q.child("identity", disco).expect("<identity/>");
+    assert_eq!(
+        (
+            identity.attr("category"),
+            identity.attr("type"),
+            identity.attr("name")
+        ),
+        (Some("server"), Some("im"), Some("dialbackd"))
+    );
+    let vars: Vec<&str> = q.elements().filter_map(|f| f.attr("var")).collect();
+    assert_eq!(vars, [disco, "urn:xmpp:ping"]);
+    for (id, to) in [("i2", "someone@a.test"), ("i3", "a.test/res")] {
+        cb.send(&format!(
+            "<iq type='get' id='{id}' from='u@b.test/r' to='{to}'>{query}</iq>"
+        ));
+        let r = cb.recv(WAIT).expect("an error");
+        assert_eq!((r.attr("type"), r.attr("id")), (Some("error"), Some(id)));
+        assert_eq!(error_condition(&r).as_deref(), Some("service-unavailable"));
+    }
+    let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
+    ca.send(&format!(
+        "<iq type='get' id='i4' from='bot@echo.a.test' to='b.test'>{query}</iq>"
+    ));
+    let got = cb.recv(WAIT).expect("b.test's component gets the query");
+    assert_eq!(
+        (got.attr("type"), got.attr("id")),
+        (Some("get"), Some("i4"))
+    );
+}
+
 #[test]
 fn stanza_to_an_address_nobody_serves_gets_service_unavailable() {
     let p = pair();
