@@ -132,7 +132,8 @@ conditions! {
         JidMalformed = "jid-malformed",
         /// §8.3.3.9: the request does not meet the recipient's criteria.
         NotAcceptable = "not-acceptable",
-        /// §8.3.3.10: the recipient does not allow this action.
+        /// §8.3.3.10: the recipient or server does not allow this action ("e.g., sending to
+        /// entities at a blacklisted domain"; type `cancel`).
         NotAllowed = "not-allowed",
         /// §8.3.3.11: authentication is needed first (XEP-0220: no acceptable certificate).
         NotAuthorized = "not-authorized",
@@ -209,11 +210,9 @@ impl StanzaCondition {
             | C::ResourceConstraint
             | C::RecipientUnavailable
             | C::UnexpectedRequest => ErrorType::Wait,
-            C::BadRequest
-            | C::JidMalformed
-            | C::NotAcceptable
-            | C::PolicyViolation
-            | C::NotAllowed => ErrorType::Modify,
+            C::BadRequest | C::JidMalformed | C::NotAcceptable | C::PolicyViolation => {
+                ErrorType::Modify
+            }
             C::NotAuthorized => ErrorType::Auth,
             _ => ErrorType::Cancel,
         }
@@ -345,7 +344,6 @@ mod tests {
                 "bad-request",
                 "jid-malformed",
                 "not-acceptable",
-                "not-allowed",
                 "policy-violation"
             ]
         );
@@ -359,6 +357,8 @@ mod tests {
             (StanzaCondition::ItemNotFound, "cancel"),
             (StanzaCondition::RemoteConnectionFailed, "cancel"),
             (StanzaCondition::Forbidden, "cancel"),
+            // RFC 6120 §8.3.3.10: SHOULD be "cancel" (a domain we refuse stays refused).
+            (StanzaCondition::NotAllowed, "cancel"),
             (StanzaCondition::UndefinedCondition, "cancel"),
         ] {
             assert_eq!(c.error_type().as_str(), t, "{c}");

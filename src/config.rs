@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use crate::dns::{CacheLimits, Cidr};
 use crate::domain::Domain;
+use crate::policy::{DomainPattern, FederationPolicy};
 
 /// The smallest stanza size limit we accept: RFC 6120 §13.12 says servers must allow at least
 /// 10 000 bytes.
@@ -75,6 +76,9 @@ pub struct Config {
     pub limits: Limits,
     /// TLS certificates and per-peer encryption and verification policy.
     pub tls: TlsPolicy,
+    /// `[federation] allow` / `deny`: the remote domains we exchange stanzas with (default:
+    /// every one).
+    pub federation: FederationPolicy,
 }
 
 impl fmt::Debug for Config {
@@ -95,6 +99,7 @@ impl fmt::Debug for Config {
             .field("timeouts", &self.timeouts)
             .field("limits", &self.limits)
             .field("tls", &self.tls)
+            .field("federation", &self.federation)
             .finish()
     }
 }
@@ -501,6 +506,17 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     tls: RawTls,
+    #[serde(default)]
+    federation: RawFederation,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -658,6 +674,7 @@ impl Validator<'_> {
         let routes = self.routes(raw.routes, &local)?;
         let timeouts = self.timeouts(raw.timeouts)?;
         let limits = self.limits(raw.limits)?;
+        let federation = self.federation(&raw.federation, &local)?;
         Ok(Config {
             path: self.file.to_path_buf(),
             domains,
@@ -671,6 +688,7 @@ impl Validator<'_> {
             timeouts,
             limits,
             tls,
+            federation,
         })
     }
 
@@ -863,6 +881,42 @@ impl Validator<'_> {
             out.push(net);
         }
         Ok(out)
+    }
+
+    /// `[federation]`: each list's entries valid and distinct, no entry in both lists, and no
+    /// entry naming one of our own domains (the lists are about remote domains only).
+    fn federation(
+        &self,
+        raw: &RawFederation,
+        local: &BTreeSet<Domain>,
+    ) -> Result<FederationPolicy, ConfigError> {
+        let list = |name: &str, raw: &[String]| -> Result<Vec<DomainPattern>, ConfigError> {
+            let mut out: Vec<DomainPattern> = Vec::with_capacity(raw.len());
+            for (i, s) in raw.iter().enumerate() {
+                let key = format!("federation.{name}[{i}]");
+                let p = DomainPattern::parse(s).map_err(|e| self.err(&key, e))?;
+                if out.contains(&p) {
+                    return Err(self.err(key, format!("{p} is listed twice")));
+                }
+                if let DomainPattern::Exact(d) = &p {
+                    if local.contains(d) {
+                        let why = "is one of our domains; these lists are for remote domains";
+                        return Err(self.err(key, format!("{d} {why}")));
+                    }
+                }
+                out.push(p);
+            }
+            Ok(out)
+        };
+        let allow = list("allow", &raw.allow)?;
+        let deny = list("deny", &raw.deny)?;
+        if let Some((i, p)) = deny.iter().enumerate().find(|(_, p)| allow.contains(p)) {
+            return Err(self.err(
+                format!("federation.deny[{i}]"),
+                format!("{p} is in federation.allow too"),
+            ));
+        }
+        Ok(FederationPolicy { allow, deny })
     }
 
     fn routes(
@@ -1544,6 +1598,10 @@ mod tests {
         assert_eq!(c.tls, TlsPolicy::default());
         assert!(!c.tls.enabled && !c.tls.require_encryption);
         assert_eq!(c.tls.verify, CertMode::Dialback);
+        assert!(
+            c.federation.is_open(),
+            "federation with everyone by default"
+        );
     }
 
     #[test]
@@ -1615,6 +1673,56 @@ mod tests {
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.dns_cache, CacheLimits::default());
+    }
+
+    #[test]
+    fn federation_lists_are_validated_and_named() {
+        let c = parse(&format!(
+            "{MIN}[federation]\nallow = [\"Friend.example\", \"*.corp.example\"]\ndeny = [\"x.corp.example\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.federation.allow,
+            [
+                DomainPattern::Exact(d("friend.example")),
+                DomainPattern::Subdomains(d("corp.example"))
+            ]
+        );
+        assert_eq!(
+            c.federation.deny,
+            [DomainPattern::Exact(d("x.corp.example"))]
+        );
+        for (text, want) in [
+            (
+                "deny = [\"a.*\"]",
+                "federation.deny[0]: \"a.*\": a wildcard is only allowed",
+            ),
+            (
+                "allow = [\"x\", \"*.\"]",
+                "federation.allow[1]: invalid domain \"\": empty",
+            ),
+            (
+                "deny = [\"*.[::1]\"]",
+                "federation.deny[0]: \"*.[::1]\": an IP address has no subdomains",
+            ),
+            (
+                "deny = [\"b.example\", \"B.example.\"]",
+                "federation.deny[1]: b.example is listed twice",
+            ),
+            (
+                "deny = [\"a.test\"]",
+                "federation.deny[0]: a.test is one of our domains",
+            ),
+            (
+                "allow = [\"*.x\"]\ndeny = [\"y\", \"*.x\"]",
+                "federation.deny[1]: *.x is in federation.allow too",
+            ),
+            ("deny = \"spam.example\"", "federation.deny"),
+            ("block = []", "block"),
+        ] {
+            let e = err(&format!("{MIN}[federation]\n{text}\n"));
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@
 //!   their inboxes, the socket seam, the accept loop; [`ratelimit`]: log lines and failures per
 //!   address, rate-limited.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
-//!   the typed configuration.
+//!   the typed configuration; [`policy`]: the `[federation]` allow and deny lists.
 pub mod condition;
 pub mod config;
 pub mod conn;
@@ -43,6 +43,7 @@ pub mod inbox;
 pub mod keys;
 pub mod logsafe;
 pub mod net;
+pub mod policy;
 pub mod ratelimit;
 pub mod router;
 pub mod stanza;

@@ -3,10 +3,12 @@
 //! In scope: the route of each (local, remote) pair — a stream (starting or up) whose inbox is
 //! the pair's one FIFO (DB-02, ROUTE-01), or a backoff window after a failed attempt (stanzas
 //! bounce at once with the failure's condition until it passes) —, the connected components,
-//! local delivery (components, the built-in XEP-0199 ping answer, `service-unavailable`
-//! otherwise), bounces (never of errors or iq results: ROUTE-02), the global cap on pending
-//! dialback verifications (SEC-11), the registry of live streams for a graceful shutdown, the
-//! per-IP connection counts (IPv6 per /64), and the resource caps of the "Hostile input" issue.
+//! local delivery (components, the built-in XEP-0199 ping and XEP-0030 disco#info answers,
+//! `service-unavailable` otherwise), the `[federation]` lists for outbound stanzas (a refused
+//! domain bounces with `not-allowed`, nothing dialled), bounces (never of errors or iq results:
+//! ROUTE-02), the global cap on pending dialback verifications (SEC-11), the registry of live
+//! streams for a graceful shutdown, the per-IP connection counts (IPv6 per /64), and the
+//! resource caps of the "Hostile input" issue.
 //!
 //! The router never starts a thread, never dials and never does I/O: when a stanza needs a new
 //! outbound stream or a key needs a verify connection, it records the route and returns a
@@ -263,6 +265,17 @@ impl Router {
                 return;
             }
         };
+        if let Err(why) = self.ctx.config.federation.check(&to.domain) {
+            // RFC 6120 §8.3.3.10: not-allowed ("e.g., sending to entities at a blacklisted
+            // domain"), type cancel, rather than service-unavailable (§8.3.3.19, a service not
+            // offered): the sender learns that our policy refuses the domain. Nothing is
+            // dialled; as Prosody's s2s blocklist modules answer.
+            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+            warn_limited!(LOG, "bouncing a stanza for {}: {why}", to.domain);
+            let text = format!("communication with {} is not allowed here", to.domain);
+            refused.push((el, Bounce::new(StanzaCondition::NotAllowed, text)));
+            return;
+        }
         match self.send_remote((from, to.domain), el, bounce) {
             Sent::Start(start) => starts.push(start),
             Sent::Queued => {}
@@ -278,9 +291,10 @@ impl Router {
         starts: &mut Starts,
         refused: &mut Vec<Refused>,
     ) {
-        if to.is_domain() && stanza::is_ping(&el) {
-            // XEP-0199: the daemon answers pings to its domains itself.
-            return self.route_into(stanza::iq_result(&el), false, starts, refused);
+        match self.builtin(&el, to) {
+            Some(Ok(answer)) => return self.route_into(answer, false, starts, refused),
+            Some(Err(why)) => return refused.push((el, why)),
+            None => {}
         }
         // Sent while holding the lock, so a component that unregisters and drains its
         // queue cannot miss a stanza (the send never blocks).
@@ -306,6 +320,34 @@ impl Router {
                 ),
             )),
         }
+    }
+
+    /// The daemon's own answer to `el`, sent to one of our domains `to`: the reply to route,
+    /// or the error to bounce it with; `None` when `el` is not one we answer ourselves.
+    ///
+    /// XEP-0199: pings to any of our domains. XEP-0030 §3.1: disco#info to a hosted domain
+    /// without a component of its own (a component serving a domain answers for it), with
+    /// `item-not-found` for any node (§3.2: we have none). Anything else to a bare domain,
+    /// and everything to a JID with a node or resource, goes to the domain's component or
+    /// bounces `service-unavailable`.
+    fn builtin(&self, el: &Element, to: &Jid) -> Option<Result<Element, Bounce>> {
+        if !to.is_domain() {
+            return None;
+        }
+        if stanza::is_ping(el) {
+            return Some(Ok(stanza::iq_result(el)));
+        }
+        let c = &self.ctx.config;
+        let own = c.domains.contains(&to.domain)
+            && !c.components.iter().any(|comp| comp.domain == to.domain);
+        let query = stanza::disco_info_query(el).filter(|_| own)?;
+        if query.attr("node").is_some() {
+            return Some(Err(Bounce::new(
+                StanzaCondition::ItemNotFound,
+                "no such node",
+            )));
+        }
+        Some(Ok(stanza::disco_info_result(el)))
     }
 
     /// Queue `el` on the pair's route; a new route (and a [`Start`]) for the first stanza.

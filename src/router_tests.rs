@@ -218,3 +218,189 @@ fn bounces_reach_a_component_whose_queue_is_full() {
     assert_eq!(got[2].attr("type"), Some("error"));
     assert_eq!(got[2].attr("id"), Some("m7"));
 }
+
+/// A router whose `[federation]` lists are `allow` and `deny`, with the component echo.a.test
+/// connected (the sender of the stanzas, which receives their bounces).
+fn router_with_lists(allow: &[&str], deny: &[&str]) -> (Arc<Router>, Handle) {
+    let list = |l: &[&str]| {
+        l.iter()
+            .map(|s| crate::policy::DomainPattern::parse(s).unwrap())
+            .collect()
+    };
+    let ctx = testutil::ctx_with(|c| {
+        c.federation.allow = list(allow);
+        c.federation.deny = list(deny);
+    });
+    let r = Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None);
+    let comp = r.new_handle(StreamKind::Component, 100).unwrap();
+    assert!(r.register_component(Domain::parse("echo.a.test").unwrap(), comp.clone()));
+    (r, comp)
+}
+
+/// `(condition, error type)` of each bounce in `bounced`.
+fn bounce_conditions(bounced: &[Element]) -> Vec<(String, String)> {
+    bounced
+        .iter()
+        .map(|b| {
+            let e = b.elements().find(|c| c.name == "error").expect("an error");
+            let cond = e.elements().next().expect("a condition").name.clone();
+            (cond, e.attr("type").unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+/// RFC 6120 §8.3.3.10: a stanza for a domain the `[federation]` lists refuse bounces at once
+/// with `not-allowed` (type cancel) and starts no stream: nothing is dialled.
+#[test]
+fn stanzas_for_a_refused_domain_bounce_not_allowed_without_dialling() {
+    let (r, comp) = router_with_lists(&[], &["spam.test", "*.spam.test"]);
+    let from_comp = |n: usize, to: &str| msg(n, to).with_attr("from", "u@echo.a.test");
+    for (n, to) in ["spam.test", "x.spam.test", "a.b.spam.test"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            r.route(from_comp(n, to)).is_empty(),
+            "{to}: nothing dialled"
+        );
+    }
+    assert_eq!(r.outbound_streams(), 0);
+    let bounced = comp.close();
+    assert_eq!(
+        bounce_conditions(&bounced),
+        vec![("not-allowed".to_string(), "cancel".to_string()); 3]
+    );
+    assert_eq!(bounced[1].attr("to"), Some("u@echo.a.test"));
+    assert_eq!(bounced[1].attr("from"), Some("v@x.spam.test"));
+    // A domain the lists do not refuse is dialled as usual.
+    let (r, _comp) = router_with_lists(&[], &["spam.test", "*.spam.test"]);
+    let h = outbound(r.route(from_comp(9, "notspam.test")));
+    assert_eq!(waiting(&h), ["m9"]);
+}
+
+/// With an allow list, only the domains it covers are dialled; a denied one stays refused even
+/// when the allow list covers it, and our own domains are never subject to the lists.
+#[test]
+fn an_allow_list_refuses_every_other_domain() {
+    let (r, comp) = router_with_lists(&["b.test", "*.corp.test"], &["bad.corp.test"]);
+    let from_comp = |n: usize, to: &str| msg(n, to).with_attr("from", "u@echo.a.test");
+    let mut allowed = r.route(from_comp(0, "b.test"));
+    allowed.extend(r.route(from_comp(1, "x.corp.test")));
+    assert_eq!(allowed.len(), 2, "{allowed:?}");
+    for (n, to) in [(2, "c.test"), (3, "corp.test"), (4, "bad.corp.test")] {
+        assert!(r.route(from_comp(n, to)).is_empty(), "{to}");
+    }
+    // A ping to our own domain is answered (a.test is hosted, not judged by the lists).
+    let ping = crate::xml::Element::new("iq", "jabber:server")
+        .with_attr("type", "get")
+        .with_attr("id", "p1")
+        .with_attr("from", "u@echo.a.test")
+        .with_attr("to", "a.test")
+        .with_child(Element::new("ping", stanza::PING_NS));
+    assert!(r.route(ping).is_empty());
+    let got = comp.close();
+    let (pong, bounced): (Vec<_>, Vec<_>) = got
+        .into_iter()
+        .partition(|e| e.attr("type") == Some("result"));
+    assert_eq!(pong.len(), 1, "the ping is answered");
+    assert_eq!(
+        bounce_conditions(&bounced),
+        vec![("not-allowed".to_string(), "cancel".to_string()); 3]
+    );
+    drop(allowed);
+}
+
+/// An iq get of disco#info from the component echo.a.test to `to`, with `query` attributes.
+fn disco(id: &str, to: &str, node: Option<&str>) -> Element {
+    let mut query = Element::new("query", stanza::DISCO_INFO_NS);
+    if let Some(n) = node {
+        query.set_attr("node", n);
+    }
+    Element::new("iq", "jabber:server")
+        .with_attr("type", "get")
+        .with_attr("id", id)
+        .with_attr("from", "u@echo.a.test/r")
+        .with_attr("to", to)
+        .with_child(query)
+}
+
+/// XEP-0030 §3.1: disco#info to a hosted domain is answered by the daemon (server/im and the
+/// features it answers); to a JID of that domain with a node or resource, and to a component's
+/// domain, it is not (service-unavailable, or the component gets it); a node gets
+/// item-not-found (§3.2).
+#[test]
+fn disco_info_to_a_hosted_domain_is_answered_by_the_daemon() {
+    let (r, comp) = router_with_lists(&[], &[]);
+    for (id, to, node) in [
+        ("d1", "a.test", None),
+        ("d2", "conference.a.test", None),
+        ("d3", "x@a.test", None),
+        ("d4", "a.test/r", None),
+        ("d5", "a.test", Some("n")),
+        ("d6", "echo.a.test", None),
+    ] {
+        assert!(
+            r.route(disco(id, to, node)).is_empty(),
+            "{id}: nothing dialled"
+        );
+    }
+    let got = comp.close();
+    let by_id = |id: &str| got.iter().find(|e| e.attr("id") == Some(id)).unwrap();
+    for (id, from) in [("d1", "a.test"), ("d2", "conference.a.test")] {
+        let a = by_id(id);
+        assert_eq!(
+            (a.attr("type"), a.attr("from")),
+            (Some("result"), Some(from))
+        );
+        let q = a.child("query", stanza::DISCO_INFO_NS).expect("the answer");
+        let identity = q.child("identity", stanza::DISCO_INFO_NS).unwrap();
+        assert_eq!(
+            (identity.attr("category"), identity.attr("type")),
+            (Some("server"), Some("im"))
+        );
+        let vars: Vec<_> = q.elements().filter_map(|f| f.attr("var")).collect();
+        assert_eq!(vars, stanza::SERVER_FEATURES);
+    }
+    for (id, cond) in [
+        ("d3", "service-unavailable"),
+        ("d4", "service-unavailable"),
+        ("d5", "item-not-found"),
+    ] {
+        assert_eq!(bounce_conditions(&[by_id(id).clone()])[0].0, cond, "{id}");
+    }
+    // echo.a.test is the component's domain: the component itself gets the query.
+    let d6 = by_id("d6");
+    assert_eq!(d6.attr("type"), Some("get"));
+    assert_eq!(got.len(), 6, "{got:?}");
+}
+
+/// A hosted domain that a component serves: the component answers its disco#info, not the
+/// daemon (no component connected: service-unavailable). Pings are still the daemon's.
+#[test]
+fn disco_info_to_a_hosted_domain_with_its_own_component_is_the_component_s() {
+    let ctx = testutil::ctx_with(|c| {
+        c.components.push(crate::config::ComponentConfig {
+            domain: Domain::parse("a.test").unwrap(),
+            secret: "s".into(),
+        });
+    });
+    let r = Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None);
+    let comp = r.new_handle(StreamKind::Component, 100).unwrap();
+    assert!(r.register_component(Domain::parse("echo.a.test").unwrap(), comp.clone()));
+    assert!(r.route(disco("d1", "a.test", None)).is_empty());
+    let mut ping = disco("p1", "a.test", None);
+    ping.children.clear();
+    ping.push_child(Element::new("ping", stanza::PING_NS));
+    assert!(r.route(ping).is_empty());
+    let got = comp.close();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        bounce_conditions(&got[..1])[0].0,
+        "service-unavailable",
+        "{got:?}"
+    );
+    assert_eq!(
+        (got[1].attr("id"), got[1].attr("type")),
+        (Some("p1"), Some("result"))
+    );
+}

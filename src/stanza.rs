@@ -10,6 +10,11 @@ use crate::xml::{is_content_ns, Element, Node, STANZAS_NS};
 
 /// XEP-0199 ping namespace.
 pub const PING_NS: &str = "urn:xmpp:ping";
+/// XEP-0030 service discovery: the information namespace.
+pub const DISCO_INFO_NS: &str = "http://jabber.org/protocol/disco#info";
+/// What the daemon itself answers on a hosted domain (XEP-0030 §3.1): the features of
+/// [`disco_info_result`].
+pub const SERVER_FEATURES: [&str; 2] = [DISCO_INFO_NS, PING_NS];
 
 /// True for `<message/>`, `<presence/>` and `<iq/>` in a stream content namespace.
 pub fn is_stanza(el: &Element) -> bool {
@@ -226,6 +231,31 @@ pub fn is_ping(el: &Element) -> bool {
     el.name == "iq" && el.attr("type") == Some("get") && el.child("ping", PING_NS).is_some()
 }
 
+/// An `<iq type='get'/>` asking for service discovery information (XEP-0030 §3.1): the
+/// query element, to read its `node`.
+pub fn disco_info_query(el: &Element) -> Option<&Element> {
+    if el.name != "iq" || el.attr("type") != Some("get") {
+        return None;
+    }
+    el.child("query", DISCO_INFO_NS)
+}
+
+/// The answer to a disco#info query of a hosted domain (XEP-0030 §3.1): the identity of an
+/// IM server (category `server`, type `im`, name `dialbackd`, as the Service Discovery
+/// Identities registry defines it) and the features we answer ourselves ([`SERVER_FEATURES`]).
+pub fn disco_info_result(iq: &Element) -> Element {
+    let mut query = Element::new("query", DISCO_INFO_NS).with_child(
+        Element::new("identity", DISCO_INFO_NS)
+            .with_attr("category", "server")
+            .with_attr("type", "im")
+            .with_attr("name", "dialbackd"),
+    );
+    for var in SERVER_FEATURES {
+        query.push_child(Element::new("feature", DISCO_INFO_NS).with_attr("var", var));
+    }
+    iq_result(iq).with_child(query)
+}
+
 /// The empty `<iq type='result'/>` that answers `iq`.
 pub fn iq_result(iq: &Element) -> Element {
     let mut r = Element::new("iq", "jabber:server").with_attr("type", "result");
@@ -245,6 +275,57 @@ pub fn iq_result(iq: &Element) -> Element {
 mod tests {
     use super::*;
     use StanzaCondition as C;
+
+    /// XEP-0030 §3.1: the result keeps the id, swaps the addresses and lists one identity
+    /// (server/im) and the features we answer.
+    #[test]
+    fn disco_info_answer_names_a_server_and_what_it_answers() {
+        let iq = Element::new("iq", "jabber:server")
+            .with_attr("type", "get")
+            .with_attr("id", "d1")
+            .with_attr("from", "u@b.test/r")
+            .with_attr("to", "a.test")
+            .with_child(Element::new("query", DISCO_INFO_NS));
+        assert!(disco_info_query(&iq).is_some());
+        let r = disco_info_result(&iq);
+        assert_eq!(
+            (r.attr("type"), r.attr("id"), r.attr("from"), r.attr("to")),
+            (
+                Some("result"),
+                Some("d1"),
+                Some("a.test"),
+                Some("u@b.test/r")
+            )
+        );
+        let q = r.child("query", DISCO_INFO_NS).expect("the query");
+        let ids: Vec<_> = q.elements().filter(|e| e.name == "identity").collect();
+        assert_eq!(ids.len(), 1);
+        assert_eq!(
+            (
+                ids[0].attr("category"),
+                ids[0].attr("type"),
+                ids[0].attr("name")
+            ),
+            (Some("server"), Some("im"), Some("dialbackd"))
+        );
+        let vars: Vec<_> = q
+            .elements()
+            .filter(|e| e.is("feature", DISCO_INFO_NS))
+            .filter_map(|e| e.attr("var"))
+            .collect();
+        assert_eq!(vars, [DISCO_INFO_NS, PING_NS]);
+        // Only a get of disco#info is a query.
+        let mut set = iq.clone();
+        set.set_attr("type", "set");
+        assert!(disco_info_query(&set).is_none());
+        let items = Element::new("iq", "jabber:server")
+            .with_attr("type", "get")
+            .with_child(Element::new(
+                "query",
+                "http://jabber.org/protocol/disco#items",
+            ));
+        assert!(disco_info_query(&items).is_none());
+    }
 
     fn msg(ty: Option<&str>) -> Element {
         let mut m = Element::new("message", "jabber:component:accept")

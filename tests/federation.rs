@@ -82,6 +82,61 @@ fn ping_to_a_hosted_domain_is_answered_by_the_daemon() {
     );
 }
 
+/// XEP-0030 §3.1 across federation: b.test's component asks a.test (hosted, no component of
+/// its own) for disco#info and a.test's daemon answers with server/im and the features it
+/// answers; a JID of a.test with a node or resource gets service-unavailable. a.test's
+/// component asking b.test, which its own component serves, reaches that component instead.
+#[test]
+fn disco_info_to_a_hosted_domain_is_answered_by_the_daemon() {
+    let p = pair();
+    let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    let query = "<query xmlns='http://jabber.org/protocol/disco#info'/>";
+    cb.send(&format!(
+        "<iq type='get' id='i1' from='u@b.test/r' to='a.test'>{query}</iq>"
+    ));
+    let r = cb.recv(WAIT).expect("the disco#info answer");
+    assert_eq!(
+        (r.attr("type"), r.attr("id"), r.attr("from"), r.attr("to")),
+        (
+            Some("result"),
+            Some("i1"),
+            Some("a.test"),
+            Some("u@b.test/r")
+        ),
+        "{r:?}"
+    );
+    let disco = "http://jabber.org/protocol/disco#info";
+    let q = r.child("query", disco).expect("<query/>");
+    let identity = q.child("identity", disco).expect("<identity/>");
+    assert_eq!(
+        (
+            identity.attr("category"),
+            identity.attr("type"),
+            identity.attr("name")
+        ),
+        (Some("server"), Some("im"), Some("dialbackd"))
+    );
+    let vars: Vec<&str> = q.elements().filter_map(|f| f.attr("var")).collect();
+    assert_eq!(vars, [disco, "urn:xmpp:ping"]);
+    for (id, to) in [("i2", "someone@a.test"), ("i3", "a.test/res")] {
+        cb.send(&format!(
+            "<iq type='get' id='{id}' from='u@b.test/r' to='{to}'>{query}</iq>"
+        ));
+        let r = cb.recv(WAIT).expect("an error");
+        assert_eq!((r.attr("type"), r.attr("id")), (Some("error"), Some(id)));
+        assert_eq!(error_condition(&r).as_deref(), Some("service-unavailable"));
+    }
+    let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
+    ca.send(&format!(
+        "<iq type='get' id='i4' from='bot@echo.a.test' to='b.test'>{query}</iq>"
+    ));
+    let got = cb.recv(WAIT).expect("b.test's component gets the query");
+    assert_eq!(
+        (got.attr("type"), got.attr("id")),
+        (Some("get"), Some("i4"))
+    );
+}
+
 #[test]
 fn stanza_to_an_address_nobody_serves_gets_service_unavailable() {
     let p = pair();
@@ -349,4 +404,80 @@ fn srv05_static_route_replaces_dns() {
             .as_deref(),
         Some("r1")
     );
+}
+
+/// The stanza error condition and type of the error `r` carries.
+fn error_of(r: &dialbackd::xml::Element) -> (String, String) {
+    let err = error_child(r).unwrap_or_else(|| panic!("no <error/> in {r:?}"));
+    let cond = err
+        .elements()
+        .find(|c| c.name != "text")
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    (cond, err.attr("type").unwrap_or_default().to_string())
+}
+
+/// `[federation] deny` on b.test's daemon. Inbound: a db:result claiming a denied domain gets
+/// the dialback error `forbidden` (XEP-0220 §2.5) with no verification asked (SEC-11), while a
+/// domain that is not denied is verified on the same stream (DB-18, DB-28). Outbound: stanzas
+/// for denied domains bounce `not-allowed`, type cancel (RFC 6120 §8.3.3.10), and nothing is
+/// dialled.
+#[test]
+fn federation_deny_refuses_dialback_and_stanzas_without_connecting() {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let a = Daemon::start(
+        "a",
+        next_ip(),
+        &format!(
+            "dialback_secret = \"{A_SECRET}\"\n{}",
+            config(&["a.test", "c.test"], &[], dns.addr(), "")
+        ),
+    );
+    let deny = "[federation]\ndeny = [\"c.test\", \"*.spam.test\"]\n";
+    let b = Daemon::start(
+        "b",
+        next_ip(),
+        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), deny),
+    );
+    for (name, addr) in [
+        ("a.test", a.s2s()),
+        ("c.test", a.s2s()),
+        ("b.test", b.s2s()),
+    ] {
+        publish(&dns, name, addr);
+    }
+    let (mut s, id) = open_s2s(&b, "c.test", "b.test");
+    s.send(&db_result("c.test", "b.test", &id, A_SECRET));
+    let r = s
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("an answer");
+    assert_eq!(r.attr("type"), Some("error"), "{r:?}");
+    assert_eq!(error_of(&r).0, "forbidden", "{r:?}");
+    s.send(&db_result("a.test", "b.test", &id, A_SECRET));
+    expect_valid(&s, &b);
+    b.wait_log_count(
+        "refusing dialback from c.test: it is listed in federation.deny",
+        1,
+    );
+    assert_eq!(b.log_count("verifying c.test"), 0, "{}", b.log_text());
+
+    let mut cb = ComponentClient::connect(b.component_addr(), "b.test", "sb");
+    for (id, to) in [("d1", "u@c.test"), ("d2", "u@x.spam.test")] {
+        cb.send(&format!(
+            "<message from='v@b.test' to='{to}' id='{id}'><body>spam?</body></message>"
+        ));
+        let r = cb.recv(WAIT).expect("a bounce");
+        assert_eq!((r.attr("type"), r.attr("id")), (Some("error"), Some(id)));
+        assert_eq!(
+            error_of(&r),
+            ("not-allowed".into(), "cancel".into()),
+            "{r:?}"
+        );
+    }
+    // The bounces are the router's refusal, made before any route or stream exists: no
+    // outbound or verify stream of b's ever named a denied domain.
+    for denied in ["→c.test", "→x.spam.test"] {
+        assert_eq!(b.log_count(denied), 0, "{denied}\n{}", b.log_text());
+    }
+    drop(dns);
 }

@@ -92,6 +92,7 @@ fn packages() -> Vec<String> {
         "prosody",
         "lua-unbound",
         "python3-slixmpp",
+        "nagios-check-xmppng",
     ] {
         assert!(list.iter().any(|p| p == needed), "{needed} not in {list:?}");
     }

@@ -14,9 +14,11 @@
 # ca-certificates, openssl: TLS test certificates and the system CA store.
 # prosody, lua-unbound, dnsmasq-base, python3-slixmpp, python3-pytest: the real-Prosody interop
 # suite (tests/interop), which `make test` runs.
+# nagios-check-xmppng: the monitoring plugin operators run against XMPP servers; tests/plugins.rs
+# runs it (`--s2s`, with and without `--starttls`) against the daemon.
 set -u
 
-PACKAGES="build-essential pkg-config ca-certificates openssl prosody lua-unbound dnsmasq-base python3-slixmpp python3-pytest"
+PACKAGES="build-essential pkg-config ca-certificates openssl prosody lua-unbound dnsmasq-base python3-slixmpp python3-pytest nagios-check-xmppng"
 
 if [ "${1:-}" = "--list" ]; then
     echo "$PACKAGES"

@@ -483,3 +483,65 @@ fn an_outbound_stream_upgrades_to_tls_in_memory_and_delivers_in_order() {
     assert_eq!(ids, (0..50).collect::<Vec<_>>(), "all, in order, over TLS");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The stream header the monitoring plugin check_xmppng `--s2s` sends (before and after
+/// STARTTLS): an XML declaration, `to` but no `from`, no `xmlns:db`.
+const PROBE_HEADER: &[u8] = b"<?xml version='1.0' ?><stream:stream to='a.test' \
+    xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+/// An inbound stream over STARTTLS that the peer closes gets our `</stream:stream>` and then
+/// TLS close_notify before the connection ends (STR-05; RFC 8446 §6.1: each party MUST send
+/// close_notify before closing its write side). Without it a TLS client reads an unexpected
+/// EOF: check_xmppng `--s2s --starttls` reported UNKNOWN (`UNEXPECTED_EOF_WHILE_READING`)
+/// when the socket was closed bare after the closing tag.
+#[test]
+fn an_inbound_tls_stream_closed_by_the_peer_ends_with_close_notify() {
+    let dir = std::env::temp_dir().join(format!("dialbackd-conn-in-tls-{}", std::process::id()));
+    let a = Domain::parse("a.test").unwrap();
+    let (certificate, key) = crate::tls::gen_cert(&a, &dir).unwrap();
+    let ctx = testutil::ctx_with(|c| {
+        c.tls.enabled = true;
+        c.tls.require_encryption = true;
+        c.timeouts.close = Duration::from_secs(1);
+        c.tls
+            .certs
+            .insert(a.clone(), crate::config::CertPair { certificate, key });
+    });
+    let tls = crate::tls::TlsContext::from_config(&ctx.config).unwrap();
+    // Our own client configuration accepts any server certificate, as the plugin's
+    // --no-check-certificates does.
+    let client = tls.client(&a, false).unwrap();
+    let resolver = Resolver::new(Vec::new(), Duration::from_secs(1));
+    let router = Router::with_connector(ctx, resolver, Some(tls), Arc::new(Pairs::default()));
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_read_timeout(Some(BOUND)).unwrap();
+    let addr = "127.0.0.1:40000".parse().unwrap();
+    super::start_incoming(&router, Box::new(ours), addr, false).unwrap();
+    peer.write_all(PROBE_HEADER).unwrap();
+    assert!(read_until(&mut peer, "</stream:features>").contains("<required/>"));
+    peer.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .unwrap();
+    read_until(&mut peer, "<proceed");
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let conn = rustls::ClientConnection::new(client, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, peer);
+    tls.write_all(PROBE_HEADER).unwrap();
+    let features = read_until(&mut tls, "</stream:features>");
+    assert!(!features.contains("starttls"), "{features}");
+    tls.write_all(b"</stream:stream>").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut tls, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "the stream ended without close_notify ({e}) after {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    assert_eq!(got, b"</stream:stream>", "our close, then close_notify");
+    let _ = std::fs::remove_dir_all(&dir);
+}

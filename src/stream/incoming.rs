@@ -5,8 +5,10 @@
 //! answered with 1.0, none means a pre-1.0 peer that gets a header without `version`, no
 //! features and dialback all the same), features (STARTTLS, dialback with `<errors/>`, DB-26),
 //! our header before any stream error we send (ERR-01), the dialback bookkeeping per domain
-//! pair (several pairs per stream, DB-28; discarded by the STARTTLS restart, TLS-01), and the
-//! address checks on stanzas (DB-17, SEC-10, ADDR-01/02). Peer strings repeated in our errors
+//! pair (several pairs per stream, DB-28; discarded by the STARTTLS restart, TLS-01), the
+//! `[federation]` lists (a `<db:result/>` from a refused domain gets the dialback error
+//! `forbidden` and no verification), and the address checks on stanzas (DB-17, SEC-10,
+//! ADDR-01/02). Peer strings repeated in our errors
 //! are bounded ([`crate::stanza::echo`]). Out of scope: asking
 //! the Authoritative Server (the connection layer runs a verify connection when it sees
 //! [`Action::Verify`] and reports back with [`Event::Verified`]).
@@ -395,6 +397,18 @@ impl Incoming {
             // DB-19: a dialback error, not a stream error.
             return answer(Verdict::Error(StanzaCondition::ItemNotFound));
         }
+        if let Err(why) = self.federates_with(&remote) {
+            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+            warn_limited!(
+                LOG,
+                "{}: refusing dialback from {remote}: {why}",
+                self.label
+            );
+            // XEP-0220 §2.5 `forbidden` for this pair alone, nothing verified (no callback,
+            // SEC-11), the stream kept for other pairs (DB-18), as ejabberd answers a domain
+            // its s2s_access refuses.
+            return answer(Verdict::Error(StanzaCondition::Forbidden));
+        }
         if self.ctx.config.tls.require_encryption_for(&remote) && !self.tls {
             log::info!(
                 "{}: {remote} tried dialback without TLS and require_encryption is on",
@@ -440,6 +454,15 @@ impl Incoming {
             stream_id: self.id.clone(),
             key: e.text().trim().to_string(),
         })]
+    }
+
+    /// The `[federation]` lists say whether we take stanzas from the remote domain `remote`
+    /// (our own domains are not theirs to judge: a peer claiming one gets `not-acceptable`).
+    fn federates_with(&self, remote: &Domain) -> Result<(), crate::policy::Refusal> {
+        if self.ctx.config.is_local(remote) {
+            return Ok(());
+        }
+        self.ctx.config.federation.check(remote)
     }
 
     /// XEP-0220 §2.2.2: we are the Authoritative Server; recompute the key.

@@ -945,3 +945,105 @@ fn str05_after_a_stream_error_nothing_more_is_processed() {
     let m = el("<message from='x@b.test' to='y@a.test'/>");
     assert!(s.handle(Event::Element(m)).is_empty());
 }
+
+/// The stream header the monitoring plugin check_xmppng (`--s2s`) sends, before and after
+/// STARTTLS: an XML declaration, `to` but no `from` (legal for s2s: RFC 6120 §4.7.1, STR-02),
+/// and no `xmlns:db` (the peer offers no dialback).
+const PROBE_HEADER: &[u8] = b"<?xml version='1.0' ?><stream:stream to='a.test' \
+    xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+/// [`PROBE_HEADER`] through the real push parser, as the connection layer hands it to the core.
+fn probe_header() -> StreamHeader {
+    let mut p = crate::xml::StreamParser::new(crate::xml::Limits::default());
+    p.feed(PROBE_HEADER);
+    match p.next_event() {
+        Ok(Some(crate::xml::StreamEvent::Header(h))) => h,
+        other => panic!("the probe's header does not parse: {other:?}"),
+    }
+}
+
+/// A header without `from` and without `xmlns:db` is answered with our header (from our
+/// domain, to nobody, xmlns:db declared: DB-01) and features (STR-04), on the first stream and
+/// on the one restarted after STARTTLS (TLS-01), and the peer's close is answered with ours
+/// and no stream error (STR-05). This is the whole conversation of check_xmppng
+/// `--s2s --starttls`.
+#[test]
+fn str02_a_header_without_from_or_xmlns_db_gets_features_before_and_after_tls() {
+    let h = probe_header();
+    assert_eq!((h.from.as_deref(), h.db_ns), (None, false), "{h:?}");
+    let mut s = incoming_with(tls_ctx(true));
+    let answer = |out: &[Action], id: &str| -> Element {
+        let [Action::SendHeader(ours), Action::Send(f)] = out else {
+            panic!("header and features expected: {out:?}")
+        };
+        assert_eq!(ours.from.as_deref(), Some("a.test"));
+        assert_eq!(ours.to, None, "the peer named no domain");
+        assert!(ours.db_ns, "DB-01");
+        assert_eq!(ours.id.as_deref(), Some(id), "STR-03");
+        assert_eq!(ours.version.as_deref(), Some("1.0"));
+        assert!(f.is("features", STREAM_NS), "{f:?}");
+        assert!(f.child("dialback", DIALBACK_FEATURE_NS).is_some(), "DB-26");
+        f.clone()
+    };
+    let f = answer(&s.handle(Event::Header(h)), "id1");
+    let starttls = f.child("starttls", TLS_NS).expect("STARTTLS offered");
+    assert!(starttls.child("required", TLS_NS).is_some());
+    let out = s.handle(Event::Element(el(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    assert_eq!(
+        out,
+        [
+            Action::Send(Element::new("proceed", TLS_NS)),
+            Action::StartTls
+        ]
+    );
+    assert!(s.handle(Event::TlsEstablished).is_empty());
+    let f = answer(&s.handle(Event::Header(probe_header())), "id2");
+    assert!(f.child("starttls", TLS_NS).is_none(), "TLS is on already");
+    assert_eq!(s.handle(Event::Close), [Action::Close(None)]);
+}
+
+/// Inbound streams in a context whose `[federation]` lists are `allow` and `deny`.
+fn opened_with_lists(allow: &[&str], deny: &[&str]) -> Incoming {
+    let list = |l: &[&str]| {
+        l.iter()
+            .map(|s| crate::policy::DomainPattern::parse(s).unwrap())
+            .collect()
+    };
+    opened_with(ctx_with(|c| {
+        c.federation.allow = list(allow);
+        c.federation.deny = list(deny);
+    }))
+}
+
+/// A db:result claiming a domain the `[federation]` lists refuse gets the dialback error
+/// `forbidden` (XEP-0220 §2.5, as DB-15/DB-21 refuse a pair without closing the stream) and no
+/// verification is asked for (SEC-11: no connection to the claimed domain); the stream goes on,
+/// so a pair the lists allow is still verified on it (DB-18, DB-28).
+#[test]
+fn db15_a_db_result_from_a_refused_domain_gets_forbidden_and_no_verification() {
+    let mut s = opened_with_lists(&[], &["*.spam.test"]);
+    let out = s.handle(claim("x.spam.test", "a.test"));
+    let r = sent_dialback_error(&out, StanzaCondition::Forbidden);
+    assert_eq!(
+        (r.attr("from"), r.attr("to")),
+        (Some("a.test"), Some("x.spam.test"))
+    );
+    let out = s.handle(claim("b.test", "a.test"));
+    assert!(
+        matches!(&out[..], [Action::Verify(v)] if v.remote == d("b.test")),
+        "{out:?}"
+    );
+    // An allow list refuses every domain it does not cover, the same way.
+    let mut s = opened_with_lists(&["c.test"], &[]);
+    let out = s.handle(claim("b.test", "a.test"));
+    sent_dialback_error(&out, StanzaCondition::Forbidden);
+    let out = s.handle(claim("c.test", "a.test"));
+    assert!(matches!(&out[..], [Action::Verify(_)]), "{out:?}");
+    // A peer claiming one of our own domains is refused as before (not-acceptable), whatever
+    // the lists say: they are about remote domains.
+    let mut s = opened_with_lists(&["c.test"], &[]);
+    let out = s.handle(claim("conference.a.test", "a.test"));
+    sent_dialback_error(&out, StanzaCondition::NotAcceptable);
+}
