@@ -34,6 +34,9 @@
 //!   address, rate-limited.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
 //!   the typed configuration; [`policy`]: the `[federation]` allow and deny lists.
+//! - [`check`]: `dialbackd check DOMAIN`, the operator's report on federating with a domain
+//!   (DNS, TCP, TLS and certificate, a real dialback round trip).
+pub mod check;
 pub mod condition;
 pub mod config;
 pub mod conn;

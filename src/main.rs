@@ -1,7 +1,9 @@
 //! The `dialbackd` command: parse arguments, load the configuration, start logging, serve.
 
+use dialbackd::check;
 use dialbackd::config::Config;
 use dialbackd::dns::Resolver;
+use dialbackd::domain::Domain;
 use dialbackd::keys::{self, DialbackSecret};
 use dialbackd::net::{self, Listeners};
 use dialbackd::router::Router;
@@ -18,13 +20,22 @@ usage: dialbackd [--config FILE]          run the daemon (default config: /etc/d
        dialbackd --check-config FILE      validate a configuration file and exit
        dialbackd gen-cert DOMAIN --out DIR
                                           make a self-signed certificate DIR/DOMAIN.crt + DIR/DOMAIN.key
+       dialbackd check DOMAIN [--from LOCAL] [--config FILE]
+                                          test federating with DOMAIN: DNS, TCP, TLS and certificate,
+                                          a real dialback from LOCAL (default: the first domain);
+                                          exit 0 all good, 1 a check failed, 2 bad arguments/config
        dialbackd --version | --help
-Logging: RUST_LOG=error|warn|info|debug|trace (default info).";
+Logging: RUST_LOG=error|warn|info|debug|trace (default info; off for check).";
 
 enum Command {
     Run(PathBuf),
     Check(PathBuf),
     GenCert(String, PathBuf),
+    CheckDomain {
+        domain: String,
+        from: Option<String>,
+        config: PathBuf,
+    },
     Version,
     Help,
 }
@@ -37,6 +48,9 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             }
             _ => Err("usage: dialbackd gen-cert DOMAIN --out DIR".into()),
         };
+    }
+    if args.first().map(String::as_str) == Some("check") {
+        return parse_check(&args[1..]);
     }
     let mut it = args.iter();
     let mut config = None;
@@ -57,6 +71,32 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     Ok(Command::Run(
         config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
     ))
+}
+
+/// `check DOMAIN [--from LOCAL] [--config FILE]`, options in any order.
+fn parse_check(args: &[String]) -> Result<Command, String> {
+    let (mut domain, mut from, mut config) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--from" | "-c" | "--config" => {
+                let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+                if a == "--from" {
+                    from = Some(v.clone());
+                } else {
+                    config = Some(PathBuf::from(v));
+                }
+            }
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
+            d if domain.is_none() => domain = Some(d.to_string()),
+            extra => return Err(format!("unexpected argument {extra:?}")),
+        }
+    }
+    Ok(Command::CheckDomain {
+        domain: domain.ok_or("check needs a DOMAIN")?,
+        from,
+        config: config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
+    })
 }
 
 fn main() -> ExitCode {
@@ -93,12 +133,17 @@ fn main() -> ExitCode {
             }
         },
         Command::GenCert(domain, dir) => gen_cert(&domain, &dir),
+        Command::CheckDomain {
+            domain,
+            from,
+            config,
+        } => check(&domain, from.as_deref(), &config),
         Command::Run(path) => run(&path),
     }
 }
 
 fn gen_cert(domain: &str, dir: &std::path::Path) -> ExitCode {
-    let domain = match dialbackd::domain::Domain::parse(domain) {
+    let domain = match Domain::parse(domain) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("dialbackd: {e}");
@@ -118,6 +163,34 @@ fn gen_cert(domain: &str, dir: &std::path::Path) -> ExitCode {
             eprintln!("dialbackd: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `dialbackd check`: the report on stdout; logging off unless RUST_LOG asks for it.
+fn check(domain: &str, from: Option<&str>, path: &std::path::Path) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
+    let usage = |e: &dyn std::fmt::Display| {
+        eprintln!("dialbackd: {e}");
+        ExitCode::from(check::EXIT_USAGE)
+    };
+    let domain = match Domain::parse(domain) {
+        Ok(d) => d,
+        Err(e) => return usage(&e),
+    };
+    let from = match from.map(Domain::parse).transpose() {
+        Ok(f) => f,
+        Err(e) => return usage(&e),
+    };
+    let config = match Config::load(path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return usage(&e),
+    };
+    match check::run(config, &check::Options { domain, from }) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => usage(&e),
     }
 }
 
@@ -215,6 +288,53 @@ fn load_tls(config: &Config, path: &std::path::Path) -> Result<Option<TlsContext
         Err(e) => {
             eprintln!("dialbackd: {}: {e}", path.display());
             Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn check_takes_a_domain_and_options_in_any_order() {
+        let Ok(Command::CheckDomain {
+            domain,
+            from,
+            config,
+        }) = parse_args(&args("check b.test --config c.toml --from a.test"))
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!(
+            (domain.as_str(), from.as_deref(), config),
+            ("b.test", Some("a.test"), PathBuf::from("c.toml"))
+        );
+        let Ok(Command::CheckDomain { from, config, .. }) =
+            parse_args(&args("check --config c.toml b.test"))
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!((from, config), (None, PathBuf::from("c.toml")));
+        let Ok(Command::CheckDomain { config, .. }) = parse_args(&args("check b.test")) else {
+            panic!("not parsed")
+        };
+        assert_eq!(config, PathBuf::from(DEFAULT_CONFIG));
+    }
+
+    #[test]
+    fn check_refuses_what_it_does_not_know() {
+        for bad in [
+            "check",
+            "check b.test c.test",
+            "check b.test --from",
+            "check b.test --verbose",
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad}");
         }
     }
 }

@@ -45,8 +45,8 @@ mod policy;
 mod srv;
 pub use cache::{Cache, CacheLimits, CacheStats, Clock, WaitTimedOut};
 pub use policy::{special, Cidr, NetworkPolicy, Refusal, SPECIAL};
-pub use srv::order_srv;
-use srv::{order_by, system_rand};
+use srv::order_by;
+pub use srv::{order_srv, system_rand};
 
 /// Default S2S port used for the A/AAAA fallback (RFC 6120 §3.2.2).
 pub const DEFAULT_S2S_PORT: u16 = 5269;

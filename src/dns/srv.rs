@@ -6,7 +6,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::SrvRecord;
 
 /// Uniform value in `0..=n` from the system CSPRNG (modulo bias < 2^-31).
-pub(super) fn system_rand(n: u32) -> u32 {
+pub fn system_rand(n: u32) -> u32 {
     let mut b = [0u8; 8];
     if SystemRandom::new().fill(&mut b).is_err() {
         return 0;

@@ -342,6 +342,22 @@ pub fn client_config(
     client_config_versions(certs, local, alpn, PROTOCOL_VERSIONS)
 }
 
+/// A client configuration that presents no certificate, as [`client_config`] otherwise: for
+/// `dialbackd check` when the configuration has no TLS of its own. `alpn` as there.
+///
+/// # Errors
+/// Only if rustls refuses the protocol versions (not expected).
+pub fn client_config_without_cert(alpn: bool) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let none = ServerCerts {
+        by_domain: BTreeMap::new(),
+        first: None,
+        default: None,
+    };
+    // `local` only picks a certificate, and there is none to pick.
+    let local = Domain::parse("localhost").map_err(|e| TlsError(e.to_string()))?;
+    client_config_versions(&none, &local, alpn, PROTOCOL_VERSIONS)
+}
+
 fn client_config_versions(
     certs: &ServerCerts,
     local: &Domain,

@@ -68,6 +68,18 @@ impl PeerCert {
     /// A short reason for logs: "self-signed", "expired", "not yet valid", "unknown issuer",
     /// "not valid for b.test", or the webpki error for anything else.
     pub fn verify_pkix(&self, domain: &Domain, roots: &Arc<RootCertStore>) -> Result<(), String> {
+        self.verify_chain(roots, domain)?;
+        self.valid_for(domain)
+    }
+
+    /// The path-validation half of [`PeerCert::verify_pkix`]: the chain leads to one of `roots`,
+    /// every certificate is valid now, and the end-entity certificate may be used for TLS
+    /// servers. `domain` only names the peer in error texts; no name is checked.
+    ///
+    /// # Errors
+    /// A short reason: "self-signed", "expired", "not yet valid", "unknown issuer", or the
+    /// webpki error for anything else.
+    pub fn verify_chain(&self, roots: &Arc<RootCertStore>, domain: &Domain) -> Result<(), String> {
         let ee = self.chain.first().ok_or("no certificate")?;
         let parsed = ParsedCertificate::try_from(ee).map_err(|e| describe(e, domain))?;
         let now = UnixTime::now();
@@ -89,6 +101,17 @@ impl PeerCert {
             }
             return Err(describe(e, domain));
         }
+        Ok(())
+    }
+
+    /// The name half of [`PeerCert::verify_pkix`]: the end-entity certificate has a DNS-ID
+    /// matching `domain` (RFC 6125, as webpki matches it), whatever its chain.
+    ///
+    /// # Errors
+    /// "not valid for b.test", or why the certificate or the name cannot be read.
+    pub fn valid_for(&self, domain: &Domain) -> Result<(), String> {
+        let ee = self.chain.first().ok_or("no certificate")?;
+        let parsed = ParsedCertificate::try_from(ee).map_err(|e| describe(e, domain))?;
         let name = server_name(domain)?;
         rustls::client::verify_server_name(&parsed, &name).map_err(|e| describe(e, domain))
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
 import time
 
 from interop_lib import (COMPONENT, COMPONENT_SECRET, DIALBACK, DIALBACKD_SECRET, IP_PROSODY,
@@ -291,6 +292,60 @@ def test_5_unknown_local_jid_bounces(prosody, dialbackd, mode):
         finally:
             await alice.close()
     run(scenario(), 60)
+
+
+def _check(dialbackd, domain: str):
+    """`dialbackd check DOMAIN --from dialback.test` with the running daemon's config (same
+    secret, so Prosody's callback to dialback.test gets an answer)."""
+    out = subprocess.run(
+        [str(dialbackd.bin), "check", domain, "--from", DIALBACK, "--config", str(dialbackd.cfg)],
+        capture_output=True, text=True, timeout=120)
+    report = f"exit {out.returncode}\n{out.stdout}{out.stderr}"
+    print(report)
+    return out.returncode, out.stdout, report
+
+
+def test_5_check_prosody(prosody, dialbackd, mode):
+    """`dialbackd check prosody.test`: DNS, connect, STARTTLS (tls mode) and a real dialback
+    round trip that Prosody answers `valid` after calling dialbackd back (XEP-0220 §2.1)."""
+    offset = log_size(prosody.log)
+    code, out, report = _check(dialbackd, PROSODY)
+    assert code == 0, report
+    wanted = [
+        f"dialbackd check {PROSODY} (from {DIALBACK},",
+        f"✔ _xmpp-server._tcp.{PROSODY}: 1 record",
+        f"✔ {PROSODY}:5269: {IP_PROSODY}",
+        f"✔ {IP_PROSODY}:5269 ({PROSODY}): connected",
+        f"✔ {PROSODY} answered valid",
+        "✔ all checks passed",
+    ]
+    if mode == "tls":
+        wanted += [
+            "✔ STARTTLS offered",
+            "✔ TLS handshake: TLSv1.",
+            f"✔ certificate names: {PROSODY}",
+            f"✔ valid for {PROSODY}",
+            "⚠ chain: CA used as end entity",  # the harness's `openssl req -x509` (CA:TRUE)
+            "⚠ expires on",                    # ... made for 3 days
+        ]
+    else:
+        wanted.append("⚠ STARTTLS not offered: dialback runs in plaintext")
+    for w in wanted:
+        assert w in out, f"missing {w!r}\n{report}"
+    assert "✘" not in out, report
+    # Prosody really verified the key with dialbackd.
+    wait_until(lambda: log_has(prosody.log, f"is now authenticated for {DIALBACK}", offset), 10,
+               "Prosody to log the authentication of dialback.test")
+
+
+def test_5_check_domain_without_server(dialbackd, mode):
+    """`dialbackd check` of a domain with no server fails with a hint and exit status 1."""
+    code, out, report = _check(dialbackd, "nosuch.test")
+    assert code == 1, report
+    assert "✘ nosuch.test:5269: no A/AAAA records" in out, report
+    assert "hint: nosuch.test has neither _xmpp-server._tcp SRV records nor an address" in out, \
+        report
+    assert "✘ 1 check failed" in out, report
 
 
 def test_6_restart_dialbackd(prosody, dialbackd, mode):
