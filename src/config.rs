@@ -75,6 +75,8 @@ pub struct Config {
     pub limits: Limits,
     /// TLS certificates and per-peer encryption and verification policy.
     pub tls: TlsPolicy,
+    /// `[status]`: the metrics and status listener; `None` (the default) when off.
+    pub status: Option<StatusConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -95,6 +97,7 @@ impl fmt::Debug for Config {
             .field("timeouts", &self.timeouts)
             .field("limits", &self.limits)
             .field("tls", &self.tls)
+            .field("status", &self.status)
             .finish()
     }
 }
@@ -128,6 +131,22 @@ impl Default for Listen {
             direct_tls: Vec::new(),
         }
     }
+}
+
+/// `[status]`: the listener serving OpenMetrics text at `/metrics` and the live streams at
+/// `/status` (read by `dialbackd status`). It has no authentication, so it listens on a
+/// loopback address unless `allow_remote` says otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// Where it listens; default [`StatusConfig::DEFAULT_LISTEN`].
+    pub listen: SocketAddr,
+    /// Whether `listen` may be other than a loopback address; default false.
+    pub allow_remote: bool,
+}
+
+impl StatusConfig {
+    /// The default `status.listen`.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:5280";
 }
 
 /// `[[component]]`: one external component (XEP-0114).
@@ -501,6 +520,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     tls: RawTls,
+    status: Option<RawStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    listen: Option<String>,
+    allow_remote: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -658,6 +685,7 @@ impl Validator<'_> {
         let routes = self.routes(raw.routes, &local)?;
         let timeouts = self.timeouts(raw.timeouts)?;
         let limits = self.limits(raw.limits)?;
+        let status = raw.status.map(|st| self.status(st, &listen)).transpose()?;
         Ok(Config {
             path: self.file.to_path_buf(),
             domains,
@@ -671,6 +699,7 @@ impl Validator<'_> {
             timeouts,
             limits,
             tls,
+            status,
         })
     }
 
@@ -768,6 +797,42 @@ impl Validator<'_> {
             s2s,
             component,
             direct_tls,
+        })
+    }
+
+    /// `[status]`: on a loopback address unless `allow_remote`, and on none of the other
+    /// listeners' addresses.
+    fn status(&self, raw: RawStatus, listen: &Listen) -> Result<StatusConfig, ConfigError> {
+        let addr = raw
+            .listen
+            .as_deref()
+            .unwrap_or(StatusConfig::DEFAULT_LISTEN);
+        let addr = self.socket_addr("status.listen", addr)?;
+        let allow_remote = raw.allow_remote.unwrap_or(false);
+        if !allow_remote && !addr.ip().is_loopback() {
+            return Err(self.err(
+                "status.listen",
+                format!(
+                    "{addr} is not a loopback address: the status listener has no \
+                     authentication and shows every peer and stream; listen on 127.0.0.1 or \
+                     [::1], or set status.allow_remote = true (and firewall the port)"
+                ),
+            ));
+        }
+        let mut others = listen
+            .s2s
+            .iter()
+            .chain(&listen.direct_tls)
+            .chain(std::iter::once(&listen.component));
+        if addr.port() != 0 && others.any(|a| *a == addr) {
+            return Err(self.err(
+                "status.listen",
+                format!("{addr} is already used by a [listen] address"),
+            ));
+        }
+        Ok(StatusConfig {
+            listen: addr,
+            allow_remote,
         })
     }
 
@@ -1544,6 +1609,7 @@ mod tests {
         assert_eq!(c.tls, TlsPolicy::default());
         assert!(!c.tls.enabled && !c.tls.require_encryption);
         assert_eq!(c.tls.verify, CertMode::Dialback);
+        assert_eq!(c.status, None, "the status listener is off by default");
     }
 
     #[test]
@@ -2121,5 +2187,58 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.key(), "");
+    }
+
+    #[test]
+    fn status_listener_is_loopback_unless_remote_is_allowed() {
+        // An empty section turns it on at the default address.
+        let c = parse(&format!("{MIN}[status]\n")).unwrap();
+        let st = c.status.unwrap();
+        assert_eq!(st.listen, "127.0.0.1:5280".parse().unwrap());
+        assert!(!st.allow_remote);
+        let c = parse(&format!("{MIN}[status]\nlisten = \"[::1]:9100\"\n")).unwrap();
+        assert_eq!(c.status.unwrap().listen, "[::1]:9100".parse().unwrap());
+        // Anything but loopback is refused without allow_remote, the unspecified address too.
+        for addr in [
+            "0.0.0.0:5280",
+            "192.0.2.1:5280",
+            "[::]:5280",
+            "[2001:db8::1]:5280",
+        ] {
+            let e = err(&format!("{MIN}[status]\nlisten = \"{addr}\"\n"));
+            assert!(
+                e.contains("status.listen") && e.contains("not a loopback address"),
+                "{addr}: {e}"
+            );
+            assert!(e.contains("status.allow_remote = true"), "{e}");
+            let c = parse(&format!(
+                "{MIN}[status]\nlisten = \"{addr}\"\nallow_remote = true\n"
+            ))
+            .unwrap();
+            assert_eq!(c.status.unwrap().listen, addr.parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn status_section_errors_name_the_key() {
+        let e = err(&format!("{MIN}[status]\nlisten = \"localhost:5280\"\n"));
+        assert!(
+            e.contains("status.listen: must be an IP address and port"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}[status]\nlisten = \"127.0.0.1\"\n"));
+        assert!(e.contains("status.listen"), "{e}");
+        let e = err(&format!("{MIN}[status]\nport = 5280\n"));
+        assert!(e.contains("port"), "an unknown key is an error: {e}");
+        let e = err(&format!("{MIN}[status]\nallow_remote = \"yes\"\n"));
+        assert!(e.contains("allow_remote"), "{e}");
+        // It cannot share an address with another listener.
+        let e = err(&format!(
+            "{MIN}[listen]\ns2s = [\"127.0.0.1:5269\"]\n[status]\nlisten = \"127.0.0.1:5269\"\n"
+        ));
+        assert!(
+            e.contains("status.listen") && e.contains("already used"),
+            "{e}"
+        );
     }
 }

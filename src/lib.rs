@@ -34,6 +34,8 @@
 //!   address, rate-limited.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
 //!   the typed configuration.
+//! - [`metrics`], [`status`]: counters and their OpenMetrics text; the optional status listener
+//!   (`/metrics`, `/status`) and the `dialbackd status` client.
 pub mod condition;
 pub mod config;
 pub mod conn;
@@ -42,10 +44,12 @@ pub mod domain;
 pub mod inbox;
 pub mod keys;
 pub mod logsafe;
+pub mod metrics;
 pub mod net;
 pub mod ratelimit;
 pub mod router;
 pub mod stanza;
+pub mod status;
 pub mod stream;
 pub mod tls;
 pub mod transport;

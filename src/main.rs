@@ -5,6 +5,7 @@ use dialbackd::dns::Resolver;
 use dialbackd::keys::{self, DialbackSecret};
 use dialbackd::net::{self, Listeners};
 use dialbackd::router::Router;
+use dialbackd::status;
 use dialbackd::stream::Ctx;
 use dialbackd::tls::TlsContext;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ usage: dialbackd [--config FILE]          run the daemon (default config: /etc/d
        dialbackd --check-config FILE      validate a configuration file and exit
        dialbackd gen-cert DOMAIN --out DIR
                                           make a self-signed certificate DIR/DOMAIN.crt + DIR/DOMAIN.key
+       dialbackd status [--config FILE]   list the live streams (needs [status] in the config)
        dialbackd --version | --help
 Logging: RUST_LOG=error|warn|info|debug|trace (default info).";
 
@@ -25,6 +27,7 @@ enum Command {
     Run(PathBuf),
     Check(PathBuf),
     GenCert(String, PathBuf),
+    Status(PathBuf),
     Version,
     Help,
 }
@@ -38,7 +41,8 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             _ => Err("usage: dialbackd gen-cert DOMAIN --out DIR".into()),
         };
     }
-    let mut it = args.iter();
+    let status = args.first().map(String::as_str) == Some("status");
+    let mut it = args.iter().skip(usize::from(status));
     let mut config = None;
     while let Some(a) = it.next() {
         let mut value = |flag: &str| {
@@ -48,15 +52,18 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         };
         match a.as_str() {
             "-c" | "--config" => config = Some(PathBuf::from(value(a)?)),
-            "--check-config" => return Ok(Command::Check(PathBuf::from(value(a)?))),
+            "--check-config" if !status => return Ok(Command::Check(PathBuf::from(value(a)?))),
             "-V" | "--version" => return Ok(Command::Version),
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(Command::Run(
-        config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
-    ))
+    let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    Ok(if status {
+        Command::Status(config)
+    } else {
+        Command::Run(config)
+    })
 }
 
 fn main() -> ExitCode {
@@ -93,6 +100,7 @@ fn main() -> ExitCode {
             }
         },
         Command::GenCert(domain, dir) => gen_cert(&domain, &dir),
+        Command::Status(path) => status(&path),
         Command::Run(path) => run(&path),
     }
 }
@@ -121,6 +129,30 @@ fn gen_cert(domain: &str, dir: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `dialbackd status`: the live streams, from the status listener the configuration names.
+fn status(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shown = status::client::address(&config)
+        .and_then(|addr| status::client::fetch(addr, "/status"))
+        .and_then(|text| status::client::table(&text));
+    match shown {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(path: &std::path::Path) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let (router, listeners) = match start(path) {
@@ -140,6 +172,7 @@ fn run(path: &std::path::Path) -> ExitCode {
 /// listening sockets, TLS and the router. On failure the error has been printed already and
 /// the exit code is returned: 2 for a bad configuration, 1 otherwise.
 fn start(path: &std::path::Path) -> Result<(Arc<Router>, Listeners), ExitCode> {
+    status::started();
     let config = match Config::load(path) {
         Ok(c) => Arc::new(c),
         Err(e) => {
