@@ -79,6 +79,8 @@ pub struct Config {
     /// `[federation] allow` / `deny`: the remote domains we exchange stanzas with (default:
     /// every one).
     pub federation: FederationPolicy,
+    /// `[status]`: the metrics and status listener; `None` (the default) when off.
+    pub status: Option<StatusConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -100,6 +102,7 @@ impl fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("tls", &self.tls)
             .field("federation", &self.federation)
+            .field("status", &self.status)
             .finish()
     }
 }
@@ -133,6 +136,22 @@ impl Default for Listen {
             direct_tls: Vec::new(),
         }
     }
+}
+
+/// `[status]`: the listener serving OpenMetrics text at `/metrics` and the live streams at
+/// `/status` (read by `dialbackd status`). It has no authentication, so it listens on a
+/// loopback address unless `allow_remote` says otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// Where it listens; default [`StatusConfig::DEFAULT_LISTEN`].
+    pub listen: SocketAddr,
+    /// Whether `listen` may be other than a loopback address; default false.
+    pub allow_remote: bool,
+}
+
+impl StatusConfig {
+    /// The default `status.listen`.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:5280";
 }
 
 /// `[[component]]`: one external component (XEP-0114).
@@ -508,6 +527,7 @@ struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     federation: RawFederation,
+    status: Option<RawStatus>,
 }
 
 #[derive(Deserialize, Default)]
@@ -517,6 +537,13 @@ struct RawFederation {
     allow: Vec<String>,
     #[serde(default)]
     deny: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    listen: Option<String>,
+    allow_remote: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -675,6 +702,7 @@ impl Validator<'_> {
         let timeouts = self.timeouts(raw.timeouts)?;
         let limits = self.limits(raw.limits)?;
         let federation = self.federation(&raw.federation, &local)?;
+        let status = raw.status.map(|st| self.status(st, &listen)).transpose()?;
         Ok(Config {
             path: self.file.to_path_buf(),
             domains,
@@ -689,6 +717,7 @@ impl Validator<'_> {
             limits,
             tls,
             federation,
+            status,
         })
     }
 
@@ -786,6 +815,42 @@ impl Validator<'_> {
             s2s,
             component,
             direct_tls,
+        })
+    }
+
+    /// `[status]`: on a loopback address unless `allow_remote`, and on none of the other
+    /// listeners' addresses.
+    fn status(&self, raw: RawStatus, listen: &Listen) -> Result<StatusConfig, ConfigError> {
+        let addr = raw
+            .listen
+            .as_deref()
+            .unwrap_or(StatusConfig::DEFAULT_LISTEN);
+        let addr = self.socket_addr("status.listen", addr)?;
+        let allow_remote = raw.allow_remote.unwrap_or(false);
+        if !allow_remote && !addr.ip().is_loopback() {
+            return Err(self.err(
+                "status.listen",
+                format!(
+                    "{addr} is not a loopback address: the status listener has no \
+                     authentication and shows every peer and stream; listen on 127.0.0.1 or \
+                     [::1], or set status.allow_remote = true (and firewall the port)"
+                ),
+            ));
+        }
+        let mut others = listen
+            .s2s
+            .iter()
+            .chain(&listen.direct_tls)
+            .chain(std::iter::once(&listen.component));
+        if addr.port() != 0 && others.any(|a| *a == addr) {
+            return Err(self.err(
+                "status.listen",
+                format!("{addr} is already used by a [listen] address"),
+            ));
+        }
+        Ok(StatusConfig {
+            listen: addr,
+            allow_remote,
         })
     }
 
@@ -1602,6 +1667,7 @@ mod tests {
             c.federation.is_open(),
             "federation with everyone by default"
         );
+        assert_eq!(c.status, None, "the status listener is off by default");
     }
 
     #[test]
@@ -2229,5 +2295,58 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.key(), "");
+    }
+
+    #[test]
+    fn status_listener_is_loopback_unless_remote_is_allowed() {
+        // An empty section turns it on at the default address.
+        let c = parse(&format!("{MIN}[status]\n")).unwrap();
+        let st = c.status.unwrap();
+        assert_eq!(st.listen, "127.0.0.1:5280".parse().unwrap());
+        assert!(!st.allow_remote);
+        let c = parse(&format!("{MIN}[status]\nlisten = \"[::1]:9100\"\n")).unwrap();
+        assert_eq!(c.status.unwrap().listen, "[::1]:9100".parse().unwrap());
+        // Anything but loopback is refused without allow_remote, the unspecified address too.
+        for addr in [
+            "0.0.0.0:5280",
+            "192.0.2.1:5280",
+            "[::]:5280",
+            "[2001:db8::1]:5280",
+        ] {
+            let e = err(&format!("{MIN}[status]\nlisten = \"{addr}\"\n"));
+            assert!(
+                e.contains("status.listen") && e.contains("not a loopback address"),
+                "{addr}: {e}"
+            );
+            assert!(e.contains("status.allow_remote = true"), "{e}");
+            let c = parse(&format!(
+                "{MIN}[status]\nlisten = \"{addr}\"\nallow_remote = true\n"
+            ))
+            .unwrap();
+            assert_eq!(c.status.unwrap().listen, addr.parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn status_section_errors_name_the_key() {
+        let e = err(&format!("{MIN}[status]\nlisten = \"localhost:5280\"\n"));
+        assert!(
+            e.contains("status.listen: must be an IP address and port"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}[status]\nlisten = \"127.0.0.1\"\n"));
+        assert!(e.contains("status.listen"), "{e}");
+        let e = err(&format!("{MIN}[status]\nport = 5280\n"));
+        assert!(e.contains("port"), "an unknown key is an error: {e}");
+        let e = err(&format!("{MIN}[status]\nallow_remote = \"yes\"\n"));
+        assert!(e.contains("allow_remote"), "{e}");
+        // It cannot share an address with another listener.
+        let e = err(&format!(
+            "{MIN}[listen]\ns2s = [\"127.0.0.1:5269\"]\n[status]\nlisten = \"127.0.0.1:5269\"\n"
+        ));
+        assert!(
+            e.contains("status.listen") && e.contains("already used"),
+            "{e}"
+        );
     }
 }

@@ -13,6 +13,7 @@
 
 use crate::domain::Domain;
 use crate::stanza;
+use crate::status::StreamInfo;
 use crate::stream::Verdict;
 use crate::xml::Element;
 use std::collections::VecDeque;
@@ -278,6 +279,8 @@ pub struct Handle {
     bytes: Arc<AtomicUsize>,
     byte_cap: usize,
     total: Arc<ByteTotal>,
+    /// What the status listener shows of the stream.
+    info: Arc<StreamInfo>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -301,6 +304,7 @@ impl Handle {
             bytes: Arc::new(AtomicUsize::new(0)),
             byte_cap: usize::MAX,
             total: Arc::new(ByteTotal::new(usize::MAX)),
+            info: Arc::new(StreamInfo::default()),
         }
     }
 
@@ -324,6 +328,11 @@ impl Handle {
     /// The stream's inbox.
     pub fn inbox(&self) -> &Arc<Inbox> {
         &self.inbox
+    }
+
+    /// What the status listener shows of the stream (its thread keeps it up to date).
+    pub fn info(&self) -> &StreamInfo {
+        &self.info
     }
 
     /// Bytes of stanzas held for this stream now.

@@ -36,6 +36,8 @@
 //!   the typed configuration; [`policy`]: the `[federation]` allow and deny lists.
 //! - [`check`]: `dialbackd check DOMAIN`, the operator's report on federating with a domain
 //!   (DNS, TCP, TLS and certificate, a real dialback round trip).
+//! - [`metrics`], [`status`]: counters and their OpenMetrics text; the optional status listener
+//!   (`/metrics`, `/status`) and the `dialbackd status` client.
 pub mod check;
 pub mod condition;
 pub mod config;
@@ -45,11 +47,13 @@ pub mod domain;
 pub mod inbox;
 pub mod keys;
 pub mod logsafe;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod ratelimit;
 pub mod router;
 pub mod stanza;
+pub mod status;
 pub mod stream;
 pub mod tls;
 pub mod transport;

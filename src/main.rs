@@ -7,6 +7,7 @@ use dialbackd::domain::Domain;
 use dialbackd::keys::{self, DialbackSecret};
 use dialbackd::net::{self, Listeners};
 use dialbackd::router::Router;
+use dialbackd::status;
 use dialbackd::stream::Ctx;
 use dialbackd::tls::TlsContext;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ usage: dialbackd [--config FILE]          run the daemon (default config: /etc/d
                                           test federating with DOMAIN: DNS, TCP, TLS and certificate,
                                           a real dialback from LOCAL (default: the first domain);
                                           exit 0 all good, 1 a check failed, 2 bad arguments/config
+       dialbackd status [--config FILE]   list the live streams (needs [status] in the config)
        dialbackd --version | --help
 Logging: RUST_LOG=error|warn|info|debug|trace (default info; off for check).";
 
@@ -36,6 +38,7 @@ enum Command {
         from: Option<String>,
         config: PathBuf,
     },
+    Status(PathBuf),
     Version,
     Help,
 }
@@ -52,7 +55,8 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     if args.first().map(String::as_str) == Some("check") {
         return parse_check(&args[1..]);
     }
-    let mut it = args.iter();
+    let status = args.first().map(String::as_str) == Some("status");
+    let mut it = args.iter().skip(usize::from(status));
     let mut config = None;
     while let Some(a) = it.next() {
         let mut value = |flag: &str| {
@@ -62,15 +66,18 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         };
         match a.as_str() {
             "-c" | "--config" => config = Some(PathBuf::from(value(a)?)),
-            "--check-config" => return Ok(Command::Check(PathBuf::from(value(a)?))),
+            "--check-config" if !status => return Ok(Command::Check(PathBuf::from(value(a)?))),
             "-V" | "--version" => return Ok(Command::Version),
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(Command::Run(
-        config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
-    ))
+    let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    Ok(if status {
+        Command::Status(config)
+    } else {
+        Command::Run(config)
+    })
 }
 
 /// `check DOMAIN [--from LOCAL] [--config FILE]`, options in any order.
@@ -138,6 +145,7 @@ fn main() -> ExitCode {
             from,
             config,
         } => check(&domain, from.as_deref(), &config),
+        Command::Status(path) => status(&path),
         Command::Run(path) => run(&path),
     }
 }
@@ -194,6 +202,30 @@ fn check(domain: &str, from: Option<&str>, path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `dialbackd status`: the live streams, from the status listener the configuration names.
+fn status(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shown = status::client::address(&config)
+        .and_then(|addr| status::client::fetch(addr, "/status"))
+        .and_then(|text| status::client::table(&text));
+    match shown {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(path: &std::path::Path) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let (router, listeners) = match start(path) {
@@ -213,6 +245,7 @@ fn run(path: &std::path::Path) -> ExitCode {
 /// listening sockets, TLS and the router. On failure the error has been printed already and
 /// the exit code is returned: 2 for a bad configuration, 1 otherwise.
 fn start(path: &std::path::Path) -> Result<(Arc<Router>, Listeners), ExitCode> {
+    status::started();
     let config = match Config::load(path) {
         Ok(c) => Arc::new(c),
         Err(e) => {

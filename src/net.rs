@@ -3,13 +3,15 @@
 //! In scope: binding the listeners named in the config, accepting (each accepted non-blocking
 //! socket is handed to `conn`, which starts the stream's thread), the connection caps (in total and
 //! per remote IP, IPv6 grouped per /64: [`ip_group`]; for components also refusing addresses
-//! with too many failed handshakes), and SIGTERM/SIGINT → graceful shutdown (SIGHUP is logged:
+//! with too many failed handshakes), handing connections accepted on the status listener
+//! (`[status]`) to `status`, and SIGTERM/SIGINT → graceful shutdown (SIGHUP is logged:
 //! configuration reload is not supported; restart the daemon). Out of scope: everything after
 //! accept.
 
 use crate::condition::StreamCondition;
 use crate::config::Config;
 use crate::conn;
+use crate::metrics::{Cap, METRICS};
 use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
 use crate::router::{ComponentRefusal, Router};
 use mio::net::TcpListener;
@@ -30,6 +32,7 @@ enum Kind {
     S2s,
     DirectTls,
     Component,
+    Status,
 }
 
 /// The bound listening sockets.
@@ -61,6 +64,9 @@ impl Listeners {
         if !config.components.is_empty() {
             add(Kind::Component, config.listen.component)?;
         }
+        if let Some(st) = &config.status {
+            add(Kind::Status, st.listen)?;
+        }
         Ok(Listeners { socks })
     }
 
@@ -73,6 +79,7 @@ impl Listeners {
                     Kind::S2s => "s2s",
                     Kind::DirectTls => "s2s direct TLS",
                     Kind::Component => "component",
+                    Kind::Status => "status",
                 };
                 match l.local_addr() {
                     Ok(a) => format!("{kind} {a}"),
@@ -186,8 +193,9 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
                 continue;
             }
         }
-        if kind != Kind::Component {
+        if matches!(kind, Kind::S2s | Kind::DirectTls) {
             if router.stream_count() >= limits.connections {
+                METRICS.cap_hit(Cap::Connections);
                 static TOTAL: RateLimit = RateLimit::new(LOG_EVERY);
                 warn_limited!(
                     TOTAL,
@@ -198,6 +206,7 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
                 continue;
             }
             if !router.admit_ip(peer.ip()) {
+                METRICS.cap_hit(Cap::ConnectionsPerIp);
                 static PER_IP: RateLimit = RateLimit::new(LOG_EVERY);
                 warn_limited!(
                     PER_IP,
@@ -212,13 +221,17 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
             Kind::S2s => conn::start_incoming(router, Box::new(sock), peer, false),
             Kind::DirectTls => conn::start_incoming(router, Box::new(sock), peer, true),
             Kind::Component => conn::start_component(router, Box::new(sock), peer),
+            Kind::Status => {
+                crate::status::accept(router, sock, peer);
+                Ok(())
+            }
         };
         if let Err(e) = res {
             log::error!("{peer}: cannot start the stream: {e}");
-            if kind != Kind::Component {
-                router.release_ip(peer.ip());
-            } else {
+            if kind == Kind::Component {
                 router.release_component(peer.ip());
+            } else {
+                router.release_ip(peer.ip());
             }
         }
     }
@@ -251,6 +264,11 @@ fn refuse_component(
     static TOTAL: RateLimit = RateLimit::new(LOG_EVERY);
     static PER_IP: RateLimit = RateLimit::new(LOG_EVERY);
     static BANNED: RateLimit = RateLimit::new(LOG_EVERY);
+    METRICS.cap_hit(match why {
+        ComponentRefusal::Total => Cap::ComponentConnections,
+        ComponentRefusal::PerIp => Cap::ComponentConnectionsPerIp,
+        ComponentRefusal::Banned => Cap::ComponentFailures,
+    });
     let (condition, text) = match why {
         ComponentRefusal::Total => {
             warn_limited!(TOTAL,

@@ -21,6 +21,7 @@
 use crate::dns::Resolver;
 use crate::domain::{Domain, Jid};
 pub use crate::inbox::{ByteCap, ByteTotal, Handle, Inbox, Input, SendError, StreamKind};
+use crate::metrics::{Cap, Destination, METRICS};
 use crate::ratelimit::{warn_limited, FailureWindow, RateLimit, LOG_EVERY};
 use crate::stanza::{self, Bounce};
 use crate::stream::{Ctx, StanzaCondition, Verdict, VerifyRequest};
@@ -251,7 +252,15 @@ impl Router {
                 return;
             }
         };
-        if self.ctx.config.is_local(&to.domain) {
+        let local = self.ctx.config.is_local(&to.domain);
+        if !bounce {
+            METRICS.routed(if local {
+                Destination::Local
+            } else {
+                Destination::Remote
+            });
+        }
+        if local {
             return self.deliver_local(el, &to, bounce, starts, refused);
         }
         let from = match el.attr("from").map(Jid::parse) {
@@ -304,13 +313,16 @@ impl Router {
         };
         match sent {
             Ok(()) => {}
-            Err(SendError::Full(el)) => refused.push((
-                el,
-                Bounce::new(
-                    StanzaCondition::ResourceConstraint,
-                    "the recipient's queue is full",
-                ),
-            )),
+            Err(SendError::Full(el)) => {
+                METRICS.cap_hit(Cap::Outbox);
+                refused.push((
+                    el,
+                    Bounce::new(
+                        StanzaCondition::ResourceConstraint,
+                        "the recipient's queue is full",
+                    ),
+                ));
+            }
             Err(SendError::Bytes(el, cap)) => refused.push(self.bytes_refused(el, cap, &to.domain)),
             Err(SendError::Gone(el)) => refused.push((
                 el,
@@ -357,6 +369,7 @@ impl Router {
             Some(Route::Stream { handle, .. }) => match send(handle, el, bounce) {
                 Ok(()) => return Sent::Queued,
                 Err(SendError::Full(el)) => {
+                    METRICS.cap_hit(Cap::Outbox);
                     let text = format!("too many stanzas queued for {}", key.1);
                     let why = Bounce::new(StanzaCondition::ResourceConstraint, text);
                     return Sent::Refused((el, why));
@@ -409,6 +422,7 @@ impl Router {
         // Checked under the routes lock, which every new outbound stream is made under: no two
         // senders can both take the last slot.
         if self.outbound_streams() >= cap {
+            METRICS.cap_hit(Cap::OutboundStreams);
             static LOG: RateLimit = RateLimit::new(LOG_EVERY);
             warn_limited!(LOG,
                 "not opening a stream {}→{}: {cap} outbound streams open (limits.outbound_streams); bouncing",
@@ -439,6 +453,7 @@ impl Router {
         let l = &self.ctx.config.limits;
         let text = match cap {
             ByteCap::Stream => {
+                METRICS.cap_hit(Cap::QueueBytes);
                 warn_limited!(
                     STREAM,
                     "bouncing a stanza for {to}: {} bytes already held for it (limits.queue_bytes)",
@@ -447,6 +462,7 @@ impl Router {
                 format!("too much is queued for {to}")
             }
             ByteCap::Total => {
+                METRICS.cap_hit(Cap::QueuedBytes);
                 warn_limited!(TOTAL,
                     "bouncing a stanza for {to}: {} bytes held for all streams (limits.queued_bytes)",
                     self.queued_bytes.used()
@@ -485,7 +501,9 @@ impl Router {
             limits.bounce_payload
         };
         let reply = stanza::error_reply_within(el, condition, Some(text), payload);
-        if reply.is_none() {
+        if reply.is_some() {
+            METRICS.bounced(condition);
+        } else {
             log::debug!(
                 "not bouncing a {} of type {:?} ({condition})",
                 el.name,
@@ -591,6 +609,7 @@ impl Router {
         let cap = self.ctx.config.limits.pending_verifications;
         if self.verifications.fetch_add(1, Ordering::AcqRel) >= cap {
             self.verifications.fetch_sub(1, Ordering::AcqRel);
+            METRICS.cap_hit(Cap::PendingVerifications);
             log::warn!(
                 "{cap} dialback verifications already pending; refusing one for {}",
                 req.remote
@@ -654,6 +673,12 @@ impl Router {
     pub fn remove_stream(&self, id: u64) {
         lock(&self.streams).remove(&id);
         self.streams_changed.notify_all();
+    }
+
+    /// The live streams' handles, for the status listener (a snapshot: the lock is not held
+    /// while they are read).
+    pub fn stream_handles(&self) -> Vec<Handle> {
+        lock(&self.streams).values().cloned().collect()
     }
 
     /// How many streams are live.

@@ -74,6 +74,7 @@ impl Stream {
         if let Core::Out(c) = &mut self.core {
             c.set_peer_address(addr);
         }
+        self.report_peer(addr);
         self.link = Some(Link::new(d.sock));
         if !d.direct_tls {
             return Some(Event::Connected { tls: false });

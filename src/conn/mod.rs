@@ -23,6 +23,7 @@
 use crate::domain::Domain;
 use crate::inbox::{Handle, Input};
 use crate::keys;
+use crate::metrics::{Cap, METRICS};
 use crate::router::{Router, Starts};
 use crate::stanza::{self, Bounce};
 use crate::stream::component::Component;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 mod caps;
 mod dial;
 mod link;
+mod report;
 mod stack;
 mod start;
 #[cfg(test)]
@@ -151,6 +153,8 @@ struct Stream {
     shutdown_pending: bool,
     /// What the stream holds against the resource caps (see `caps`).
     caps: caps::StreamCaps,
+    /// What it last told the status listener (see `report`).
+    published: report::Published,
 }
 
 impl Stream {
@@ -169,7 +173,7 @@ impl Stream {
         let now = Instant::now();
         let parser = new_parser(router);
         // On the heap: the thread's stack then holds only its frames (see `stack`).
-        Box::new(Stream {
+        let s = Box::new(Stream {
             router: router.clone(),
             core,
             me,
@@ -189,7 +193,10 @@ impl Stream {
             tls_pending: None,
             shutdown_pending: false,
             caps: caps::StreamCaps::default(),
-        })
+            published: report::Published::default(),
+        });
+        s.report_start();
+        s
     }
 
     /// Run until the stream ends, then give back what it holds.
@@ -209,6 +216,7 @@ impl Stream {
             if self.done {
                 break;
             }
+            self.publish();
             self.sleep(more);
         }
         self.finish();
@@ -347,6 +355,7 @@ impl Stream {
                     if self.injected_after_starttls(&ev) {
                         return false;
                     }
+                    self.count_received(&ev);
                     if self.clock.closing_until.is_some() && matches!(ev, Event::Close) {
                         // The peer's close ends our close handshake.
                         self.done = true;
@@ -356,6 +365,9 @@ impl Stream {
                 }
                 Err(e) => {
                     self.eof = true;
+                    if matches!(e, XmlError::PolicyViolation(_)) {
+                        METRICS.cap_hit(Cap::XmlBudget);
+                    }
                     // XML errors quote the peer's input: escaped and bounded here, where the
                     // peer's text enters the reason the core logs.
                     let reason = crate::logsafe::peer(&e.to_string()).to_string();
@@ -442,7 +454,10 @@ impl Stream {
         for a in actions {
             match a {
                 Action::SendHeader(h) => self.write(&h.to_bytes()),
-                Action::Send(el) => self.send(el),
+                Action::Send(el) => {
+                    self.count_sent(&el);
+                    self.send(el);
+                }
                 Action::StartTls => self.start_tls(),
                 Action::Verify(req) => self.verify(req),
                 Action::Authenticated { .. } => self.authenticated(),
@@ -740,6 +755,7 @@ impl Stream {
     /// The stream is over: a last write, and everything it holds given back.
     #[inline(never)] // (see `run`)
     fn finish(&mut self) {
+        self.publish_end();
         if let Some(link) = &mut self.link {
             link.shutdown();
         }

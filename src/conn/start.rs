@@ -53,6 +53,7 @@ pub fn start_incoming(
             ))
         },
     );
+    s.report_peer(peer);
     let mut link = Link::new(sock);
     if direct_tls {
         link.start_tls(s.server_session(None)?);
@@ -86,6 +87,7 @@ pub fn start_component(
         cfg.timeouts.negotiation,
         |label| Core::Comp(Component::new(router.ctx.clone(), label, fresh_id())),
     );
+    s.report_peer(peer);
     s.link = Some(Link::new(sock));
     spawn(s)
 }

@@ -116,6 +116,7 @@ impl Stream {
             .map(|ctx| ctx.judge(&self.router.ctx.config.tls, &remote, cert));
         match judged {
             Some(CertJudgement::Refused(why)) => {
+                crate::metrics::METRICS.tls_failure(crate::metrics::Side::Client);
                 log::warn!("{label}: {why}");
                 let reason = format!("TLS with {remote}: {why}");
                 return self.tls_failed(ev, reason);

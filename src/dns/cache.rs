@@ -70,6 +70,8 @@ pub struct CacheStats {
     pub queries: u64,
     /// Lookups that waited for another caller's query.
     pub coalesced: u64,
+    /// Queries that failed (their error went to the caller and its waiters; nothing kept).
+    pub failures: u64,
     /// Answers held now.
     pub entries: usize,
 }
@@ -86,6 +88,7 @@ pub struct Cache<K, V, E> {
     hits: AtomicU64,
     queries: AtomicU64,
     coalesced: AtomicU64,
+    failures: AtomicU64,
 }
 
 struct State<K, V, E> {
@@ -131,6 +134,7 @@ where
             hits: AtomicU64::new(0),
             queries: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -182,6 +186,9 @@ where
             finished: false,
         };
         let result = query();
+        if result.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
         guard.finish(&result);
         result.map(|(v, _)| v)
     }
@@ -192,6 +199,7 @@ where
             hits: self.hits.load(Ordering::Relaxed),
             queries: self.queries.load(Ordering::Relaxed),
             coalesced: self.coalesced.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
             entries: self.lock().held.len(),
         }
     }
@@ -444,6 +452,12 @@ mod tests {
         let calls = AtomicUsize::new(0);
         assert_eq!(lookup(&c, "a", &[1], 60, &calls), [1]);
         assert_eq!(calls.load(Ordering::SeqCst), 1, "the failure was not held");
+        let st = c.stats();
+        assert_eq!(
+            (st.queries, st.failures),
+            (2, 1),
+            "one of two queries failed"
+        );
     }
 
     #[test]

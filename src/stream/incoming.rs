@@ -114,6 +114,11 @@ impl Incoming {
         &self.verified
     }
 
+    /// The pairs (remote, local) whose key is being checked.
+    pub fn pending_pairs(&self) -> &[(Domain, Domain)] {
+        &self.pending
+    }
+
     /// The stream's name for log lines.
     pub fn label(&self) -> &str {
         &self.label
@@ -435,6 +440,7 @@ impl Incoming {
         if self.verified.len() + self.pending.len() >= cap {
             // XEP-0220 §2.5 resource-constraint: "cannot add another pair to this connection";
             // the peer may open a new connection for it. Nothing is verified (no callback).
+            crate::metrics::METRICS.cap_hit(crate::metrics::Cap::PairsPerStream);
             static LOG: RateLimit = RateLimit::new(LOG_EVERY);
             warn_limited!(LOG,
                 "{}: refusing {remote}→{local}: {cap} domain pairs on this stream (limits.pairs_per_stream)",
@@ -444,6 +450,7 @@ impl Incoming {
         }
         if self.pending.len() >= self.ctx.config.limits.pending_verifications_per_stream {
             // SEC-11: bound the callbacks one stream can make us do.
+            crate::metrics::METRICS.cap_hit(crate::metrics::Cap::PendingVerificationsPerStream);
             return answer(Verdict::Error(StanzaCondition::ResourceConstraint));
         }
         self.pending.push(pair);

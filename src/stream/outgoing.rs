@@ -282,17 +282,21 @@ impl Outgoing {
             State::Established => vec![Action::Send(el)],
             // The route is gone: hand it back to the router for a fresh connection.
             State::Closed => vec![Action::Deliver(el)],
-            _ if self.queue.len() >= self.ctx.config.limits.queue => vec![Action::Bounce {
-                stanzas: vec![el],
-                condition: StanzaCondition::ResourceConstraint,
-                text: format!("too many stanzas queued for {}", self.remote),
-            }],
+            _ if self.queue.len() >= self.ctx.config.limits.queue => {
+                crate::metrics::METRICS.cap_hit(crate::metrics::Cap::Queue);
+                vec![Action::Bounce {
+                    stanzas: vec![el],
+                    condition: StanzaCondition::ResourceConstraint,
+                    text: format!("too many stanzas queued for {}", self.remote),
+                }]
+            }
             _ => {
                 // limits.queue_bytes: a pair with nothing queued always takes one stanza.
                 let size = stanza::wire_size(&el);
                 if self.queue_bytes > 0
                     && self.queue_bytes + size > self.ctx.config.limits.queue_bytes
                 {
+                    crate::metrics::METRICS.cap_hit(crate::metrics::Cap::QueueBytes);
                     static LOG: RateLimit = RateLimit::new(LOG_EVERY);
                     warn_limited!(
                         LOG,
