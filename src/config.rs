@@ -1,4 +1,5 @@
-//! Typed configuration: one TOML file, read once at start-up and validated into typed values.
+//! Typed configuration: one TOML file, read at start-up (and again on SIGHUP, see `reload`) and
+//! validated into typed values.
 //!
 //! `etc/dialbackd.toml` is the documented example (every key, with its default). Loading is two
 //! steps: the text is deserialised into private `Raw*` structs that mirror the file exactly

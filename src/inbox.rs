@@ -229,7 +229,7 @@ pub enum StreamKind {
 /// the server streams).
 pub struct ByteTotal {
     used: AtomicUsize,
-    cap: usize,
+    cap: AtomicUsize,
 }
 
 impl ByteTotal {
@@ -237,13 +237,19 @@ impl ByteTotal {
     pub fn new(cap: usize) -> ByteTotal {
         ByteTotal {
             used: AtomicUsize::new(0),
-            cap,
+            cap: AtomicUsize::new(cap),
         }
     }
 
     /// Bytes held now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
+    }
+
+    /// A new cap (a configuration reload): it refuses what would go beyond it from now on;
+    /// what is held already stays.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Release);
     }
 }
 
@@ -354,7 +360,7 @@ impl Handle {
             return Err(ByteCap::Stream);
         }
         let total = self.total.used.fetch_add(n, Ordering::AcqRel);
-        if total.saturating_add(n) > self.total.cap {
+        if total.saturating_add(n) > self.total.cap.load(Ordering::Acquire) {
             self.total.used.fetch_sub(n, Ordering::AcqRel);
             self.bytes.fetch_sub(n, Ordering::AcqRel);
             return Err(ByteCap::Total);

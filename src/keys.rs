@@ -12,7 +12,9 @@
 use ring::{digest, hmac, rand::SecureRandom};
 use std::fmt;
 
-/// The process's dialback secret, ready to mint and check keys.
+/// The process's dialback secret, ready to mint and check keys. Clones share the key (a
+/// configuration reload keeps the secret in force).
+#[derive(Clone)]
 pub struct DialbackSecret {
     key: hmac::Key,
 }

@@ -31,7 +31,7 @@
 //! - [`logsafe`]: peer-supplied strings escaped and bounded for log lines.
 //! - [`router`], [`conn`], [`inbox`], [`transport`], [`net`]: routing tables, stream threads,
 //!   their inboxes, the socket seam, the accept loop; [`ratelimit`]: log lines and failures per
-//!   address, rate-limited.
+//!   address, rate-limited; [`reload`]: the configuration read again on SIGHUP.
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
 //!   the typed configuration; [`policy`]: the `[federation]` allow and deny lists.
 //! - [`check`]: `dialbackd check DOMAIN`, the operator's report on federating with a domain
@@ -51,6 +51,7 @@ pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod ratelimit;
+pub mod reload;
 pub mod router;
 pub mod stanza;
 pub mod status;

@@ -6,6 +6,7 @@ use dialbackd::dns::Resolver;
 use dialbackd::domain::Domain;
 use dialbackd::keys::{self, DialbackSecret};
 use dialbackd::net::{self, Listeners};
+use dialbackd::reload;
 use dialbackd::router::Router;
 use dialbackd::status;
 use dialbackd::stream::Ctx;
@@ -255,9 +256,9 @@ fn start(path: &std::path::Path) -> Result<(Arc<Router>, Listeners), ExitCode> {
     };
     let secret = dialback_secret(&config)?;
     keys::new_stream_id().map_err(fail)?;
-    let resolver = resolver(&config, path)?;
+    let resolver = resolver(&config)?;
     let listeners = Listeners::bind(&config).map_err(fail)?;
-    let tls = load_tls(&config, path)?;
+    let tls = load_tls(&config)?;
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         secret,
@@ -293,36 +294,15 @@ fn dialback_secret(config: &Config) -> Result<DialbackSecret, ExitCode> {
 
 /// The configured nameservers, or those of /etc/resolv.conf, with the configured answer cache
 /// (one for the whole process: the router shares this resolver with every stream).
-fn resolver(config: &Config, path: &std::path::Path) -> Result<Resolver, ExitCode> {
-    let resolver = if !config.nameservers.is_empty() {
-        Resolver::new(config.nameservers.clone(), config.timeouts.dns)
-    } else {
-        Resolver::from_system(config.timeouts.dns).map_err(|e| {
-            eprintln!(
-                "dialbackd: /etc/resolv.conf: {e}; set [dns] nameservers in {}",
-                path.display()
-            );
-            ExitCode::FAILURE
-        })?
-    };
-    Ok(resolver.with_cache(config.dns_cache))
+fn resolver(config: &Config) -> Result<Resolver, ExitCode> {
+    Ok(reload::resolver(config)
+        .map_err(fail)?
+        .with_cache(config.dns_cache))
 }
 
 /// The certificates when TLS is enabled; otherwise `None`, with a warning.
-fn load_tls(config: &Config, path: &std::path::Path) -> Result<Option<TlsContext>, ExitCode> {
-    if !config.tls.enabled {
-        log::warn!(
-            "TLS is disabled: streams are plaintext and most public servers will refuse them"
-        );
-        return Ok(None);
-    }
-    match TlsContext::from_config(config) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) => {
-            eprintln!("dialbackd: {}: {e}", path.display());
-            Err(ExitCode::FAILURE)
-        }
-    }
+fn load_tls(config: &Config) -> Result<Option<TlsContext>, ExitCode> {
+    reload::load_tls(config).map_err(fail)
 }
 
 #[cfg(test)]

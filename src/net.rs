@@ -4,9 +4,9 @@
 //! socket is handed to `conn`, which starts the stream's thread), the connection caps (in total and
 //! per remote IP, IPv6 grouped per /64: [`ip_group`]; for components also refusing addresses
 //! with too many failed handshakes), handing connections accepted on the status listener
-//! (`[status]`) to `status`, and SIGTERM/SIGINT → graceful shutdown (SIGHUP is logged:
-//! configuration reload is not supported; restart the daemon). Out of scope: everything after
-//! accept.
+//! (`[status]`) to `status`, SIGTERM/SIGINT → graceful shutdown, and SIGHUP → the
+//! configuration read again and put in force for new streams (`reload`; loading a file and its
+//! certificates is quick, so it is done right here). Out of scope: everything after accept.
 
 use crate::condition::StreamCondition;
 use crate::config::Config;
@@ -112,7 +112,7 @@ fn deepen_backlog(l: &TcpListener) {
 }
 
 /// Accept until SIGTERM or SIGINT, then shut down gracefully (bounded by
-/// `timeouts.shutdown`).
+/// `timeouts.shutdown`); reload the configuration on SIGHUP.
 ///
 /// # Errors
 /// When the poll itself fails.
@@ -143,7 +143,7 @@ pub fn serve(router: &Arc<Router>, mut listeners: Listeners) -> io::Result<()> {
                 SIGNALS => {
                     for sig in signals.pending() {
                         if sig == SIGHUP {
-                            log::info!("SIGHUP: configuration reload is not supported; restart dialbackd to apply changes");
+                            crate::reload::reload(router);
                         } else {
                             log::info!("signal {sig}: shutting down");
                             break 'run;
@@ -163,7 +163,7 @@ pub fn serve(router: &Arc<Router>, mut listeners: Listeners) -> io::Result<()> {
             }
         }
     }
-    let bound = router.ctx.config.timeouts.shutdown;
+    let bound = router.ctx().config.timeouts.shutdown;
     router.shutdown(bound);
     log::info!("stopped");
     Ok(())
@@ -186,7 +186,8 @@ fn accept_all(router: &Arc<Router>, kind: Kind, l: &TcpListener) -> bool {
         if router.is_shutting_down() {
             continue;
         }
-        let limits = &router.ctx.config.limits;
+        let ctx = router.ctx();
+        let limits = &ctx.config.limits;
         if kind == Kind::Component {
             if let Err(why) = router.admit_component(peer.ip()) {
                 refuse_component(sock, peer, why, limits);

@@ -113,6 +113,12 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
         }
     }
 
+    /// New limits (a configuration reload); the failures counted so far are kept.
+    pub fn set_limits(&mut self, max: u32, window: Duration) {
+        self.max = max.max(1);
+        self.window = window;
+    }
+
     /// True while `key` is refused.
     pub fn is_banned(&mut self, key: &K, now: Instant) -> bool {
         match self.entries.get(key) {

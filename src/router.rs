@@ -5,10 +5,16 @@
 //! bounce at once with the failure's condition until it passes) —, the connected components,
 //! local delivery (components, the built-in XEP-0199 ping and XEP-0030 disco#info answers,
 //! `service-unavailable` otherwise), the `[federation]` lists for outbound stanzas (a refused
-//! domain bounces with `not-allowed`, nothing dialled), bounces (never of errors or iq results:
+//! domain bounces with `not-allowed`, nothing dialled) and for inbound ones (a stream verified
+//! before a reload refused its domain: dropped), bounces (never of errors or iq results:
 //! ROUTE-02), the global cap on pending dialback verifications (SEC-11), the registry of live
 //! streams for a graceful shutdown, the per-IP connection counts (IPv6 per /64), and the
 //! resource caps of the "Hostile input" issue.
+//!
+//! The configuration in force (the protocol context, TLS and the resolver: [`Live`]) can be
+//! replaced while the daemon runs ([`Router::reconfigure`], on SIGHUP): the router's own
+//! decisions (routes, the `[federation]` lists, caps) read the current one; each stream takes a
+//! snapshot when it is created and keeps it for its life.
 //!
 //! The router never starts a thread, never dials and never does I/O: when a stanza needs a new
 //! outbound stream or a key needs a verify connection, it records the route and returns a
@@ -31,7 +37,7 @@ use crate::xml::Element;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// A stream the caller must start (outside every lock), as the router decided.
@@ -104,14 +110,21 @@ struct ComponentGate {
     failures: FailureWindow<IpAddr>,
 }
 
-/// The shared routing state of the daemon.
-pub struct Router {
-    /// The protocol context shared by all stream cores.
+/// The configuration in force: what new streams start with and the router decides by.
+#[derive(Clone)]
+pub struct Live {
+    /// The protocol context shared by stream cores.
     pub ctx: Arc<Ctx>,
+    /// Certificates and TLS configurations, when TLS is enabled.
+    pub tls: Option<Arc<TlsContext>>,
     /// The DNS resolver for outbound connections.
     pub resolver: Resolver,
-    /// Certificates and TLS configurations, when TLS is enabled.
-    pub tls: Option<TlsContext>,
+}
+
+/// The shared routing state of the daemon.
+pub struct Router {
+    /// The configuration in force (replaced on reload; see [`Router::reconfigure`]).
+    live: RwLock<Live>,
     /// How outbound connections are made (TCP; in-memory pairs in the unit tests).
     pub connector: Arc<dyn Connector>,
     routes: Mutex<HashMap<(Domain, Domain), Route>>,
@@ -163,6 +176,7 @@ impl Router {
         connector: Arc<dyn Connector>,
     ) -> Arc<Router> {
         let limits = &ctx.config.limits;
+        let tls = tls.map(Arc::new);
         let queued_bytes = Arc::new(ByteTotal::new(limits.queued_bytes));
         let components_gate = Mutex::new(ComponentGate {
             open: HashMap::new(),
@@ -173,9 +187,7 @@ impl Router {
             ),
         });
         Arc::new(Router {
-            ctx,
-            resolver,
-            tls,
+            live: RwLock::new(Live { ctx, tls, resolver }),
             connector,
             routes: Mutex::new(HashMap::new()),
             components: Mutex::new(HashMap::new()),
@@ -189,6 +201,51 @@ impl Router {
             verifications: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// The configuration in force (a snapshot: a later reload does not change it).
+    pub fn live(&self) -> Live {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The protocol context in force.
+    pub fn ctx(&self) -> Arc<Ctx> {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .ctx
+            .clone()
+    }
+
+    /// The certificates in force, when TLS is enabled.
+    pub fn tls(&self) -> Option<Arc<TlsContext>> {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .tls
+            .clone()
+    }
+
+    /// The resolver in force (its clones share one answer cache).
+    pub fn resolver(&self) -> Resolver {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .resolver
+            .clone()
+    }
+
+    /// Put `live` in force: new streams and the router's own decisions use it from now on;
+    /// streams already running keep the snapshot they took. The caps the router keeps itself
+    /// (`limits.queued_bytes`, `limits.component_failures` and its window) follow at once.
+    pub fn reconfigure(&self, live: Live) {
+        let l = &live.ctx.config.limits;
+        self.queued_bytes.set_cap(l.queued_bytes);
+        lock(&self.components_gate).failures.set_limits(
+            u32::try_from(l.component_failures).unwrap_or(u32::MAX),
+            l.component_failure_window,
+        );
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
     }
 
     /// A fresh stream id for handles and logs.
@@ -209,7 +266,8 @@ impl Router {
     /// # Errors
     /// No wake descriptor could be made (out of file descriptors).
     pub fn new_handle(&self, kind: StreamKind, cap: usize) -> std::io::Result<Handle> {
-        let l = &self.ctx.config.limits;
+        let ctx = self.ctx();
+        let l = &ctx.config.limits;
         let total = match kind {
             StreamKind::Server => self.queued_bytes.clone(),
             StreamKind::Component => Arc::new(ByteTotal::new(usize::MAX)),
@@ -252,7 +310,8 @@ impl Router {
                 return;
             }
         };
-        let local = self.ctx.config.is_local(&to.domain);
+        let ctx = self.ctx();
+        let local = ctx.config.is_local(&to.domain);
         if !bounce {
             METRICS.routed(if local {
                 Destination::Local
@@ -261,10 +320,13 @@ impl Router {
             });
         }
         if local {
+            if !bounce && refused_sender(&ctx, &el) {
+                return;
+            }
             return self.deliver_local(el, &to, bounce, starts, refused);
         }
         let from = match el.attr("from").map(Jid::parse) {
-            Some(Ok(j)) if self.ctx.config.is_local(&j.domain) => j.domain,
+            Some(Ok(j)) if ctx.config.is_local(&j.domain) => j.domain,
             _ => {
                 // Only our own domains originate outbound traffic: we are no open relay.
                 log::warn!(
@@ -274,7 +336,7 @@ impl Router {
                 return;
             }
         };
-        if let Err(why) = self.ctx.config.federation.check(&to.domain) {
+        if let Err(why) = ctx.config.federation.check(&to.domain) {
             // RFC 6120 §8.3.3.10: not-allowed ("e.g., sending to entities at a blacklisted
             // domain"), type cancel, rather than service-unavailable (§8.3.3.19, a service not
             // offered): the sender learns that our policy refuses the domain. Nothing is
@@ -349,7 +411,8 @@ impl Router {
         if stanza::is_ping(el) {
             return Some(Ok(stanza::iq_result(el)));
         }
-        let c = &self.ctx.config;
+        let ctx = self.ctx();
+        let c = &ctx.config;
         let own = c.domains.contains(&to.domain)
             && !c.components.iter().any(|comp| comp.domain == to.domain);
         let query = stanza::disco_info_query(el).filter(|_| own)?;
@@ -418,7 +481,8 @@ impl Router {
     /// A route's stream for `key` (under the routes lock), within `limits.outbound_streams`.
     fn new_outbound(&self, key: &(Domain, Domain)) -> Result<(Start, Handle), &'static str> {
         const NO_MORE: &str = "the server cannot open more connections";
-        let cap = self.ctx.config.limits.outbound_streams;
+        let ctx = self.ctx();
+        let cap = ctx.config.limits.outbound_streams;
         // Checked under the routes lock, which every new outbound stream is made under: no two
         // senders can both take the last slot.
         if self.outbound_streams() >= cap {
@@ -430,7 +494,7 @@ impl Router {
             );
             return Err(NO_MORE);
         }
-        let l = &self.ctx.config.limits;
+        let l = &ctx.config.limits;
         let handle = self
             .new_handle(StreamKind::Server, l.outbox + l.queue)
             .map_err(|e| {
@@ -450,7 +514,8 @@ impl Router {
     fn bytes_refused(&self, el: Element, cap: ByteCap, to: &Domain) -> Refused {
         static STREAM: RateLimit = RateLimit::new(LOG_EVERY);
         static TOTAL: RateLimit = RateLimit::new(LOG_EVERY);
-        let l = &self.ctx.config.limits;
+        let ctx = self.ctx();
+        let l = &ctx.config.limits;
         let text = match cap {
             ByteCap::Stream => {
                 METRICS.cap_hit(Cap::QueueBytes);
@@ -490,11 +555,12 @@ impl Router {
         condition: StanzaCondition,
         text: &str,
     ) -> Option<Element> {
-        let limits = &self.ctx.config.limits;
+        let ctx = self.ctx();
+        let limits = &ctx.config.limits;
         let local_sender = el
             .attr("from")
             .and_then(|f| Jid::parse(f).ok())
-            .is_some_and(|j| self.ctx.config.is_local(&j.domain));
+            .is_some_and(|j| ctx.config.is_local(&j.domain));
         let payload = if local_sender {
             limits.bounce_payload_component
         } else {
@@ -546,7 +612,7 @@ impl Router {
         if let Some(bounce) = failure {
             refused.extend(waiting.into_iter().map(|el| (el, bounce.clone())));
             if ours {
-                let until = Instant::now() + jittered(self.ctx.config.timeouts.retry);
+                let until = Instant::now() + jittered(self.ctx().config.timeouts.retry);
                 routes.insert(key.clone(), Route::Backoff { until, bounce });
             }
         } else if !waiting.is_empty() {
@@ -606,7 +672,8 @@ impl Router {
         if self.is_shutting_down() {
             return Err(Verdict::Error(StanzaCondition::RemoteConnectionFailed));
         }
-        let cap = self.ctx.config.limits.pending_verifications;
+        let ctx = self.ctx();
+        let cap = ctx.config.limits.pending_verifications;
         if self.verifications.fetch_add(1, Ordering::AcqRel) >= cap {
             self.verifications.fetch_sub(1, Ordering::AcqRel);
             METRICS.cap_hit(Cap::PendingVerifications);
@@ -616,8 +683,7 @@ impl Router {
             );
             return Err(Verdict::Error(StanzaCondition::ResourceConstraint));
         }
-        let l = &self.ctx.config.limits;
-        match self.new_handle(StreamKind::Server, l.outbox) {
+        match self.new_handle(StreamKind::Server, ctx.config.limits.outbox) {
             Ok(handle) => Ok(Start::Verify {
                 req,
                 reply: reply.clone(),
@@ -705,7 +771,8 @@ impl Router {
 
     /// Count a component connection from `ip`, or say why it is refused.
     pub fn admit_component(&self, ip: IpAddr) -> Result<(), ComponentRefusal> {
-        let l = &self.ctx.config.limits;
+        let ctx = self.ctx();
+        let l = &ctx.config.limits;
         let ip = crate::net::ip_group(ip);
         let mut guard = lock(&self.components_gate);
         let g = &mut *guard;
@@ -750,10 +817,11 @@ impl Router {
     /// Count an inbound connection from `ip`; false (and not counted) when over the cap.
     /// IPv6 addresses count per /64 (see [`crate::net::ip_group`]).
     pub fn admit_ip(&self, ip: IpAddr) -> bool {
+        let cap = self.ctx().config.limits.connections_per_ip;
         let ip = crate::net::ip_group(ip);
         let mut m = lock(&self.per_ip);
         let n = m.entry(ip).or_insert(0);
-        if *n >= self.ctx.config.limits.connections_per_ip {
+        if *n >= cap {
             return false;
         }
         *n += 1;
@@ -819,6 +887,24 @@ impl Router {
         }
         true
     }
+}
+
+/// True (and logged, rate-limited) when `el` comes from a remote domain the `[federation]`
+/// lists in force refuse: a stream verified before a reload denied the domain still carries
+/// its stanzas, and they stop here.
+fn refused_sender(ctx: &Ctx, el: &Element) -> bool {
+    let Some(Ok(from)) = el.attr("from").map(Jid::parse) else {
+        return false;
+    };
+    if ctx.config.is_local(&from.domain) {
+        return false;
+    }
+    let Err(why) = ctx.config.federation.check(&from.domain) else {
+        return false;
+    };
+    static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+    warn_limited!(LOG, "dropping a stanza from {}: {why}", from.domain);
+    true
 }
 
 /// Queue `el` on `h`: under its caps, or as a bounce (see [`Handle::send_bounce`]).

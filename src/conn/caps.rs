@@ -45,7 +45,7 @@ impl Stream {
             if c.auth_failed() && !self.caps.failure_reported {
                 self.caps.failure_reported = true;
                 if self.router.component_auth_failed(ip) {
-                    let l = &self.router.ctx.config.limits;
+                    let l = &self.ctx.config.limits;
                     log::warn!(
                         "{}: {} failed component handshakes from this address in {}s; refusing it for as long (limits.component_failures)",
                         self.core.label(),

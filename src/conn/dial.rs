@@ -98,8 +98,9 @@ impl Stream {
     /// routes, IP-literal domains and every resolved address go through the private-network
     /// guard; refused addresses are skipped (logged at debug) and never connected to.
     fn dial(&mut self, remote: &Domain) -> Result<Dialled, ConnectError> {
-        let router = self.router.clone();
-        let cfg = &router.ctx.config;
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.config;
+        let resolver = self.router.resolver();
         let policy = NetworkPolicy::new(&cfg.allow_networks);
         let Targets { list, guarded } = self.targets(remote, &policy)?;
         let mut tried: Vec<String> = Vec::new();
@@ -110,12 +111,12 @@ impl Stream {
             direct_tls,
         } in list
         {
-            if direct_tls && !router.ctx.tls_available {
+            if direct_tls && !ctx.tls_available {
                 continue;
             }
             let ips = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![ip],
-                Err(_) => match router.resolver.ips(&host) {
+                Err(_) => match resolver.ips(&host) {
                     Ok(ips) => ips,
                     Err(e) => {
                         transient |= !e.is_not_found();
@@ -193,8 +194,7 @@ impl Stream {
             .connector
             .connect(addr)
             .map_err(|e| e.to_string())?;
-        let until =
-            (Instant::now() + self.router.ctx.config.timeouts.connect).min(self.clock.deadline);
+        let until = (Instant::now() + self.ctx.config.timeouts.connect).min(self.clock.deadline);
         let wake = self.me.inbox().fd();
         loop {
             let now = Instant::now();
@@ -232,7 +232,7 @@ impl Stream {
             port,
             direct_tls: false,
         };
-        let (list, guarded) = match self.router.ctx.config.routes.get(remote) {
+        let (list, guarded) = match self.ctx.config.routes.get(remote) {
             // The operator's explicit choice: never judged.
             Some(r) => (vec![target(r.host.clone(), r.port)], false),
             None => match policy.check_domain(remote.as_str()) {
@@ -244,7 +244,7 @@ impl Stream {
                 }
                 // An allowed IP literal: no DNS, the default port (RFC 6120 §3.2.2).
                 Ok(Some(ip)) => (vec![target(ip.to_string(), DEFAULT_S2S_PORT)], true),
-                Ok(None) => match self.router.resolver.resolve_s2s(remote.as_str()) {
+                Ok(None) => match self.router.resolver().resolve_s2s(remote.as_str()) {
                     Ok(list) => (list, true),
                     Err(e) => {
                         return Err(dial_error(

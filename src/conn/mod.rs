@@ -24,12 +24,13 @@ use crate::domain::Domain;
 use crate::inbox::{Handle, Input};
 use crate::keys;
 use crate::metrics::{Cap, METRICS};
-use crate::router::{Router, Starts};
+use crate::router::{Live, Router, Starts};
 use crate::stanza::{self, Bounce};
 use crate::stream::component::Component;
 use crate::stream::incoming::Incoming;
 use crate::stream::outgoing::Outgoing;
-use crate::stream::{Action, Event, StanzaCondition, StreamCondition, StreamError, Verdict};
+use crate::stream::{Action, Ctx, Event, StanzaCondition, StreamCondition, StreamError, Verdict};
+use crate::tls::TlsContext;
 use crate::xml::{Limits, StreamEvent, StreamParser, XmlError, STREAM_CLOSE};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -138,6 +139,11 @@ struct Clock {
 /// One stream (see the module documentation).
 struct Stream {
     router: Arc<Router>,
+    /// The configuration in force when the stream was created, kept for its life (a reload
+    /// changes what new streams get).
+    ctx: Arc<Ctx>,
+    /// The certificates in force when the stream was created, when TLS is enabled.
+    tls: Option<Arc<TlsContext>>,
     core: Core,
     me: Handle,
     role: Role,
@@ -158,10 +164,11 @@ struct Stream {
 }
 
 impl Stream {
-    /// A stream for `me`, whose core is made from its log label (`label` plus the stream's
-    /// number); `negotiation` bounds it until it is authenticated.
+    /// A stream for `me` under the configuration `live`, whose core is made from its log label
+    /// (`label` plus the stream's number); `negotiation` bounds it until it is authenticated.
     fn new(
         router: &Arc<Router>,
+        live: &Live,
         me: Handle,
         label: &str,
         role: Role,
@@ -171,10 +178,12 @@ impl Stream {
         let label = format!("{label} #{}", me.id());
         let core = core(label);
         let now = Instant::now();
-        let parser = new_parser(router);
+        let parser = new_parser(&live.ctx);
         // On the heap: the thread's stack then holds only its frames (see `stack`).
         let s = Box::new(Stream {
             router: router.clone(),
+            ctx: live.ctx.clone(),
+            tls: live.tls.clone(),
             core,
             me,
             role,
@@ -262,7 +271,7 @@ impl Stream {
 
     /// True when so much waits to be written that we take no more work until the peer reads.
     fn backlogged(&self) -> bool {
-        let high = self.router.ctx.config.limits.stanza_size.max(64 * 1024);
+        let high = self.ctx.config.limits.stanza_size.max(64 * 1024);
         self.link.as_ref().is_some_and(|l| l.backlog() > high)
     }
 
@@ -441,7 +450,7 @@ impl Stream {
     /// peer send more): the full stanza size once the stream is open, the pre-authentication
     /// size otherwise (verify connections always).
     fn sync_budget(&self) {
-        let l = &self.router.ctx.config.limits;
+        let l = &self.ctx.config.limits;
         let open = self.core.is_open() && !matches!(self.role, Role::Verify { .. });
         self.parser.set_max_stanza_bytes(if open {
             l.stanza_size
@@ -603,7 +612,7 @@ impl Stream {
         let wait = if self.router.is_shutting_down() {
             SHUTDOWN_CLOSE_WAIT
         } else {
-            self.router.ctx.config.timeouts.close
+            self.ctx.config.timeouts.close
         };
         if self.link.is_none() || self.eof {
             self.done = true;
@@ -667,7 +676,7 @@ impl Stream {
 
     /// The next moment a timer needs us.
     fn next_wakeup(&self) -> Instant {
-        let cfg = &self.router.ctx.config.timeouts;
+        let cfg = &self.ctx.config.timeouts;
         let c = &self.clock;
         let mut t = Instant::now() + MAX_SLEEP;
         if let Some(until) = c.closing_until {
@@ -693,7 +702,7 @@ impl Stream {
             return;
         }
         let now = Instant::now();
-        let cfg = &self.router.ctx.config.timeouts;
+        let cfg = &self.ctx.config.timeouts;
         if let Some(c) = self.clock.closing_until {
             if now >= c {
                 log::debug!(
@@ -793,8 +802,8 @@ impl Stream {
 }
 
 /// A parser for a new stream (or a restarted one), with the pre-authentication budget.
-fn new_parser(router: &Router) -> StreamParser {
-    let l = &router.ctx.config.limits;
+fn new_parser(ctx: &Ctx) -> StreamParser {
+    let l = &ctx.config.limits;
     let limits = Limits {
         max_stanza_bytes: l.stanza_size,
         max_depth: l.depth,

@@ -34,10 +34,12 @@ pub fn start_incoming(
     peer: SocketAddr,
     direct_tls: bool,
 ) -> io::Result<()> {
-    let cfg = &router.ctx.config;
+    let live = router.live();
+    let cfg = &live.ctx.config;
     let me = router.new_handle(StreamKind::Server, cfg.limits.outbox)?;
     let mut s = Stream::new(
         router,
+        &live,
         me,
         &format!("s2s-in {peer}"),
         Role::Inbound {
@@ -46,7 +48,7 @@ pub fn start_incoming(
         cfg.timeouts.negotiation,
         |label| {
             Core::In(Incoming::new(
-                router.ctx.clone(),
+                live.ctx.clone(),
                 label,
                 Box::new(fresh_id),
                 direct_tls,
@@ -74,10 +76,12 @@ pub fn start_component(
     sock: Box<dyn Transport>,
     peer: SocketAddr,
 ) -> io::Result<()> {
-    let cfg = &router.ctx.config;
+    let live = router.live();
+    let cfg = &live.ctx.config;
     let me = router.new_handle(StreamKind::Component, cfg.limits.outbox)?;
     let mut s = Stream::new(
         router,
+        &live,
         me,
         &format!("component {peer}"),
         Role::Component {
@@ -85,7 +89,7 @@ pub fn start_component(
             domain: None,
         },
         cfg.timeouts.negotiation,
-        |label| Core::Comp(Component::new(router.ctx.clone(), label, fresh_id())),
+        |label| Core::Comp(Component::new(live.ctx.clone(), label, fresh_id())),
     );
     s.report_peer(peer);
     s.link = Some(Link::new(sock));
@@ -143,7 +147,8 @@ fn outbound(
     key: &(crate::domain::Domain, crate::domain::Domain),
     verify: bool,
 ) -> Box<Stream> {
-    let t = &router.ctx.config.timeouts;
+    let live = router.live();
+    let t = &live.ctx.config.timeouts;
     let (kind, deadline, role) = if verify {
         let role = Role::Verify {
             reply: None,
@@ -160,13 +165,14 @@ fn outbound(
     };
     Stream::new(
         router,
+        &live,
         me,
         &format!("{kind} {}→{}", key.0, key.1),
         role,
         deadline,
         |label| {
             Core::Out(Outgoing::new(
-                router.ctx.clone(),
+                live.ctx.clone(),
                 label,
                 key.0.clone(),
                 key.1.clone(),

@@ -373,7 +373,7 @@ fn a_verification_whose_requester_ended_is_abandoned_at_once() {
         "long before its 60 s deadline"
     );
     // Its place under limits.pending_verifications is free again.
-    let cap = s.router.ctx.config.limits.pending_verifications;
+    let cap = s.router.ctx().config.limits.pending_verifications;
     let mut starts = Vec::new();
     for _ in 0..cap {
         let req = crate::stream::VerifyRequest {

@@ -30,7 +30,7 @@ impl Stream {
             }
         };
         // The stream restarts: no parser state carries over (RFC 6120 §4.3.3).
-        self.parser = new_parser(&self.router);
+        self.parser = new_parser(&self.ctx);
         if let Some(link) = &mut self.link {
             link.start_tls(session);
         }
@@ -45,7 +45,7 @@ impl Stream {
     fn tls_established(&mut self) {
         self.feed(Event::TlsEstablished);
         if self.clock.deadline_fired && !self.core.is_open() && !self.done {
-            self.clock.deadline = Instant::now() + self.router.ctx.config.timeouts.negotiation;
+            self.clock.deadline = Instant::now() + self.ctx.config.timeouts.negotiation;
             self.clock.deadline_fired = false;
         }
     }
@@ -54,7 +54,6 @@ impl Stream {
     /// certificate, whatever the client's SNI (it may send none).
     pub(super) fn server_session(&self, to: Option<&Domain>) -> io::Result<Session> {
         let ctx = self
-            .router
             .tls
             .as_ref()
             .ok_or_else(|| io::Error::other("TLS is not configured"))?;
@@ -65,7 +64,6 @@ impl Stream {
     pub(super) fn client_session(&self, direct: bool) -> io::Result<Session> {
         let (local, remote) = self.domains();
         let ctx = self
-            .router
             .tls
             .as_ref()
             .ok_or_else(|| io::Error::other("TLS is not configured"))?;
@@ -110,10 +108,9 @@ impl Stream {
         }
         let version = info.as_ref().map_or("TLS", |i| i.version.as_str());
         let judged = self
-            .router
             .tls
             .as_ref()
-            .map(|ctx| ctx.judge(&self.router.ctx.config.tls, &remote, cert));
+            .map(|ctx| ctx.judge(&self.ctx.config.tls, &remote, cert));
         match judged {
             Some(CertJudgement::Refused(why)) => {
                 crate::metrics::METRICS.tls_failure(crate::metrics::Side::Client);
@@ -150,9 +147,9 @@ impl Stream {
     /// (SEC-04): `Some` when the certificate decides, `None` to ask the Authoritative Server.
     pub(super) fn verify_by_certificate(&self, req: &VerifyRequest) -> Option<Verdict> {
         let session = self.link.as_ref()?.tls()?;
-        let ctx = self.router.tls.as_ref()?;
+        let ctx = self.tls.as_ref()?;
         let cert = session.info().and_then(|i| i.peer_cert);
-        match ctx.judge(&self.router.ctx.config.tls, &req.remote, cert.as_ref()) {
+        match ctx.judge(&self.ctx.config.tls, &req.remote, cert.as_ref()) {
             CertJudgement::Trusted => {
                 log::info!(
                     "{}: certificate of {} is valid for it (pkix): verified without a callback",

@@ -213,6 +213,16 @@ impl Resolver {
         }
     }
 
+    /// This resolver asking its own nameservers within its own timeout, but sharing `other`'s
+    /// cache of answers (a configuration reload that changes `[dns] nameservers` or
+    /// `[timeouts] dns` keeps what is cached, and the cache's counters).
+    pub fn sharing_cache(self, other: &Resolver) -> Resolver {
+        Resolver {
+            cache: other.cache.clone(),
+            ..self
+        }
+    }
+
     /// The cache's counters (hits, queries sent, coalesced lookups, answers held).
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()

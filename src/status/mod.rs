@@ -180,8 +180,8 @@ pub fn respond(router: &Router, req: &Request) -> Response {
 pub fn gauges(router: &Router, handles: &[Handle]) -> Gauges {
     let mut g = Gauges {
         queued_bytes: router.queued_bytes().used() as u64,
-        queued_bytes_limit: router.ctx.config.limits.queued_bytes as u64,
-        dns: router.resolver.cache_stats(),
+        queued_bytes_limit: router.ctx().config.limits.queued_bytes as u64,
+        dns: router.resolver().cache_stats(),
         start_time: started(),
         ..Gauges::default()
     };
