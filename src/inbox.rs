@@ -76,8 +76,12 @@ struct State {
     closed: bool,
     /// The daemon is shutting down: the stream must close (seen even while it takes no input).
     shutdown: bool,
+    /// The receiver is about to sleep (or sleeps) in `poll(2)`: senders must write the eventfd.
+    sleeping: bool,
     /// The eventfd was written since the receiver last cleared it.
     poked: bool,
+    /// A poke without an item since the receiver last took: it must look at what it watches.
+    nudged: bool,
     /// Inboxes to wake when this one closes.
     watchers: Vec<Weak<Inbox>>,
 }
@@ -105,7 +109,9 @@ impl Inbox {
                 items: VecDeque::new(),
                 closed: false,
                 shutdown: false,
+                sleeping: false,
                 poked: false,
+                nudged: false,
                 watchers: Vec::new(),
             }),
             wake: WakeFd::new()?,
@@ -131,8 +137,32 @@ impl Inbox {
         Ok(())
     }
 
+    /// Like [`Inbox::send`], but when called on a stream thread (see [`defer_wakes`]) the wake
+    /// is written at the end of that thread's turn ([`flush_wakes`]), once for all it sent:
+    /// a receiver on the same core then takes a whole batch instead of being switched to for
+    /// every stanza.
+    ///
+    /// # Errors
+    /// The item comes back once the inbox is closed.
+    pub fn send_batched(self: &Arc<Self>, item: Input) -> Result<(), Input> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(item);
+        }
+        st.items.push_back(item);
+        let wake = st.sleeping && !st.poked;
+        st.poked |= wake;
+        drop(st);
+        if wake {
+            wake_later(self);
+        }
+        Ok(())
+    }
+
+    /// Write the eventfd if the receiver sleeps (or is about to) and it was not written yet:
+    /// a busy receiver takes whole batches without a system call per item.
     fn poke_locked(&self, st: &mut State) {
-        if !st.poked {
+        if st.sleeping && !st.poked {
             st.poked = true;
             self.wake.poke();
         }
@@ -141,7 +171,35 @@ impl Inbox {
     /// Wake the receiver without queueing anything (it re-checks what it watches).
     pub fn poke(&self) {
         let mut st = self.lock();
+        st.nudged = true;
         self.poke_locked(&mut st);
+    }
+
+    /// The receiver, right before it polls the eventfd: true when it may sleep (nothing is
+    /// queued, no poke or shutdown is pending); from now on senders wake it. False: it must
+    /// look at its inputs first.
+    pub fn prepare_sleep(&self) -> bool {
+        self.prepare_sleep_as(false)
+    }
+
+    /// [`Inbox::prepare_sleep`] for a receiver that takes no items for now (its peer is not
+    /// reading what it writes): queued items do not keep it awake, and a wake already
+    /// signalled for them is cleared, so it sleeps until the next send, poke or shutdown.
+    pub fn prepare_sleep_ignoring_items(&self) -> bool {
+        self.prepare_sleep_as(true)
+    }
+
+    fn prepare_sleep_as(&self, ignore_items: bool) -> bool {
+        let mut st = self.lock();
+        if (!ignore_items && !st.items.is_empty()) || st.nudged || st.shutdown {
+            return false;
+        }
+        if st.poked {
+            st.poked = false;
+            self.wake.clear();
+        }
+        st.sleeping = true;
+        true
     }
 
     /// Ask the stream to close now (the daemon is shutting down), and wake it.
@@ -160,6 +218,8 @@ impl Inbox {
     /// left (the receiver must not sleep before taking them).
     pub fn take(&self, out: &mut Vec<Input>, max: usize) -> bool {
         let mut st = self.lock();
+        st.sleeping = false;
+        st.nudged = false;
         if st.poked {
             st.poked = false;
             self.wake.clear();
@@ -213,6 +273,40 @@ impl Inbox {
         }
         st.watchers.retain(|w| w.strong_count() > 0);
         st.watchers.push(Arc::downgrade(watcher));
+    }
+}
+
+thread_local! {
+    /// On a stream thread: the inboxes to wake at the end of its turn.
+    static DEFERRED: std::cell::RefCell<Option<Vec<Arc<Inbox>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The calling thread is a stream thread: wakes of inboxes it sends to wait for
+/// [`flush_wakes`].
+pub fn defer_wakes() {
+    DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
+}
+
+/// Write the wakes the calling thread deferred (at the end of each turn of a stream's loop,
+/// before it sleeps, and when it ends).
+pub fn flush_wakes() {
+    let due = DEFERRED.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
+    for inbox in due.into_iter().flatten() {
+        inbox.wake.poke();
+    }
+}
+
+fn wake_later(inbox: &Arc<Inbox>) {
+    let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(list) => {
+            list.push(inbox.clone());
+            true
+        }
+        None => false,
+    });
+    if !deferred {
+        inbox.wake.poke();
     }
 }
 
@@ -407,7 +501,7 @@ impl Handle {
     /// Put a stanza already counted (one more queued, `n` bytes) in the inbox; undo the counts
     /// when the stream is gone.
     fn enqueue(&self, el: Element, n: usize) -> Result<(), SendError> {
-        self.inbox.send(Input::Stanza(el, n)).map_err(|e| {
+        self.inbox.send_batched(Input::Stanza(el, n)).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             self.recharge(n, 0);
             match e {
@@ -432,7 +526,7 @@ impl Handle {
 
     /// Send a control message; false when the stream is gone.
     pub fn send(&self, input: Input) -> bool {
-        self.inbox.send(input).is_ok()
+        self.inbox.send_batched(input).is_ok()
     }
 
     /// Close the inbox: later sends fail. Returns the stanzas that were waiting (their counts
@@ -529,25 +623,66 @@ mod tests {
     }
 
     #[test]
-    fn a_send_wakes_the_receiver_once_and_taking_clears_the_wake() {
+    fn only_a_sleeping_receiver_is_woken_and_once() {
         let inbox = Inbox::new().unwrap();
-        assert!(!readable(inbox.fd(), 0));
+        // A busy receiver (not about to sleep): sends cost no system call.
         for _ in 0..3 {
             inbox.send(input()).unwrap();
         }
-        assert!(readable(inbox.fd(), 0));
+        assert!(!readable(inbox.fd(), 0), "no wake for a busy receiver");
+        assert!(!inbox.prepare_sleep(), "items are queued: no sleep");
         let mut out = Vec::new();
         assert!(inbox.take(&mut out, 2), "one is left");
         assert!(!inbox.take(&mut out, 2));
         assert_eq!(out.len(), 3);
-        assert!(!readable(inbox.fd(), 0), "nothing new: no wake");
-        // A send from another thread wakes a receiver sleeping in poll.
+        // About to sleep: the next send wakes it, once.
+        assert!(inbox.prepare_sleep());
+        inbox.send(input()).unwrap();
+        inbox.send(input()).unwrap();
+        assert!(readable(inbox.fd(), 0));
+        assert!(!inbox.take(&mut out, 8));
+        assert!(!readable(inbox.fd(), 0), "taking clears the wake");
+        // A shutdown from another thread wakes a receiver sleeping in poll.
+        assert!(inbox.prepare_sleep());
         let i2 = inbox.clone();
         let t = std::thread::spawn(move || i2.shutdown());
         assert!(readable(inbox.fd(), 10_000));
         t.join().unwrap();
+        assert!(!inbox.prepare_sleep(), "a pending shutdown keeps it awake");
+        let _ = inbox.take_shutdown();
+        inbox.take(&mut out, 8);
+        // On a stream thread, wakes wait for the end of its turn, one for all it sent.
+        assert!(inbox.prepare_sleep());
+        let i2 = inbox.clone();
+        let woke_early = std::thread::spawn(move || {
+            defer_wakes();
+            i2.send_batched(input()).unwrap();
+            i2.send_batched(input()).unwrap();
+            let early = readable(i2.fd(), 0);
+            flush_wakes();
+            early
+        })
+        .join()
+        .unwrap();
+        assert!(!woke_early, "not before the turn ends");
+        assert!(readable(inbox.fd(), 0), "woken at its end");
+        assert!(!inbox.take(&mut out, 8));
+        inbox.shutdown();
         assert!(inbox.take_shutdown());
         assert!(!inbox.take_shutdown(), "seen once");
+        // A poke while the receiver is busy keeps it from sleeping until it takes.
+        inbox.poke();
+        assert!(!inbox.prepare_sleep());
+        inbox.take(&mut out, 8);
+        assert!(inbox.prepare_sleep());
+        // A receiver that takes nothing for now sleeps despite queued items, until the next
+        // send (not woken again and again by the ones already queued).
+        inbox.send(input()).unwrap();
+        assert!(readable(inbox.fd(), 0));
+        assert!(inbox.prepare_sleep_ignoring_items());
+        assert!(!readable(inbox.fd(), 0), "the old wake is cleared");
+        inbox.send(input()).unwrap();
+        assert!(readable(inbox.fd(), 0), "a new send wakes it");
     }
 
     #[test]
@@ -555,6 +690,7 @@ mod tests {
         let inbox = Inbox::new().unwrap();
         let watcher = Inbox::new().unwrap();
         inbox.watch(&watcher);
+        assert!(watcher.prepare_sleep());
         inbox.send(input()).unwrap();
         assert!(!readable(watcher.fd(), 0));
         assert_eq!(inbox.close().len(), 1);
@@ -563,6 +699,7 @@ mod tests {
         assert!(readable(watcher.fd(), 0), "the watcher was woken");
         // Watching a closed inbox wakes at once.
         let late = Inbox::new().unwrap();
+        assert!(late.prepare_sleep());
         inbox.watch(&late);
         assert!(readable(late.fd(), 0));
     }

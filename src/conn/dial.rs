@@ -14,7 +14,7 @@ use crate::domain::Domain;
 use crate::stream::ConnectError;
 use crate::transport::Transport;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How many addresses one dial tries at most (targets × addresses).
 pub(super) const MAX_ADDRESSES: usize = 16;
@@ -201,9 +201,12 @@ impl Stream {
             if now >= until {
                 return Err("connection timed out".into());
             }
+            crate::inbox::flush_wakes();
+            let asleep = self.me.inbox().prepare_sleep();
+            let wait = if asleep { until - now } else { Duration::ZERO };
             let fds = [(sock.as_raw_fd(), libc::POLLOUT), (wake, libc::POLLIN)];
-            let revents = poll(&fds, until - now).map_err(|e| e.to_string())?;
-            if revents[1] != 0 {
+            let revents = poll(&fds, wait).map_err(|e| e.to_string())?;
+            if !asleep || revents[1] != 0 {
                 // Stanzas queue in the core; a shutdown or an abandoned verification ends it.
                 self.inputs();
                 if let Some(why) = self.dial_stopped() {

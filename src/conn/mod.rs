@@ -56,6 +56,8 @@ const STACK_SIZE: usize = 256 * 1024;
 const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Inputs (inbox items, parsed elements) handled per turn of the loop before writing.
 const BATCH: usize = 64;
+/// How far reads may run ahead of the parser, at least (see `read`).
+const READ_AHEAD: usize = 64 * 1024;
 /// A sleep at least this long gives buffer memory back first.
 const IDLE_TRIM: Duration = Duration::from_secs(1);
 /// Longest sleep when no deadline is nearer.
@@ -222,6 +224,7 @@ impl Stream {
             self.flush();
             self.tls_progress();
             self.timers();
+            crate::inbox::flush_wakes();
             if self.done {
                 break;
             }
@@ -322,6 +325,12 @@ impl Stream {
         let Some(link) = &mut self.link else {
             return false;
         };
+        // Read ahead of the parser by at most one stanza budget (64 KiB at least): a partial
+        // element never exceeds it, so beyond it there are complete ones to parse first.
+        let ahead = self.parser.budget().get().max(READ_AHEAD);
+        if self.parser.pending_bytes() > ahead {
+            return self.parse();
+        }
         let mut plain = Vec::new();
         let res = link.read(&mut plain);
         if !plain.is_empty() {
@@ -735,6 +744,14 @@ impl Stream {
 
     /// Sleep until the socket, the inbox or the next timer needs us (not at all when `busy`).
     fn sleep(&mut self, busy: bool) {
+        let inbox = self.me.inbox();
+        let may_sleep = if self.backlogged() {
+            // Waiting for the peer to read: queued inputs wait too (see `inputs`).
+            inbox.prepare_sleep_ignoring_items()
+        } else {
+            inbox.prepare_sleep()
+        };
+        let busy = busy || !may_sleep;
         let timeout = if busy {
             Duration::ZERO
         } else {
@@ -769,6 +786,7 @@ impl Stream {
             link.shutdown();
         }
         self.release(None);
+        crate::inbox::flush_wakes();
         log::debug!("{}: stream ended", self.core.label());
     }
 

@@ -205,6 +205,7 @@ fn spawn(s: Box<Stream>) -> io::Result<()> {
 /// The thread boundary: run the stream; after a panic, release what it holds.
 fn contained(mut s: Box<Stream>) {
     super::stack::block_signals();
+    crate::inbox::defer_wakes();
     let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| s.run())) else {
         return;
     };
@@ -242,4 +243,5 @@ fn contained(mut s: Box<Stream>) {
     if released.is_err() {
         log::error!("a stream could not be released after an internal error");
     }
+    crate::inbox::flush_wakes();
 }

@@ -136,7 +136,9 @@ impl Setup {
                 "{} bounces of {n} within {BOUND:?}",
                 got.len()
             );
-            super::link::poll(&[(self.comp.inbox().fd(), libc::POLLIN)], left).unwrap();
+            if self.comp.inbox().prepare_sleep() {
+                super::link::poll(&[(self.comp.inbox().fd(), libc::POLLIN)], left).unwrap();
+            }
             let mut batch = Vec::new();
             self.comp.inbox().take(&mut batch, usize::MAX);
             for input in batch {

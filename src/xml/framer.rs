@@ -162,28 +162,39 @@ impl Framer {
         self.budget.get().min(self.limits.max_stanza_bytes)
     }
 
-    /// Add bytes from the transport. Bytes the parser has read are dropped first.
+    /// Add bytes from the transport. Bytes the parser has read are dropped first, once they
+    /// are at least half of the buffer (so a large buffer is not moved for every small feed).
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.read > 0 {
-            self.buf.drain(..self.read);
-            self.base += self.read;
-            self.released -= self.read;
-            self.scan -= self.read;
-            self.lt = self.lt.saturating_sub(self.read);
-            self.read = 0;
-            if self.buf.capacity() > SHRINK_ABOVE && self.buf.len() < self.buf.capacity() / 4 {
-                // A big element has gone: do not keep its memory for the rest of the stream.
-                self.buf.shrink_to(self.buf.len());
-            }
+        if self.read > 0 && (self.read * 2 >= self.buf.len() || bytes.is_empty()) {
+            self.compact();
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Drop the bytes the parser has read.
+    fn compact(&mut self) {
+        self.buf.drain(..self.read);
+        self.base += self.read;
+        self.released -= self.read;
+        self.scan -= self.read;
+        self.lt = self.lt.saturating_sub(self.read);
+        self.read = 0;
+        if self.buf.capacity() > SHRINK_ABOVE && self.buf.len() < self.buf.capacity() / 4 {
+            // A big element has gone: do not keep its memory for the rest of the stream.
+            self.buf.shrink_to(self.buf.len());
+        }
+    }
+
+    /// Bytes fed and not yet read by the parser.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.read
     }
 
     /// Give back the memory of bytes the parser has read (an idle stream keeps only what it
     /// has not parsed yet).
     pub fn trim(&mut self) {
         if self.read > 0 {
-            self.feed(&[]);
+            self.compact();
         }
         self.buf.shrink_to_fit();
     }

@@ -389,6 +389,11 @@ impl StreamParser {
         self.parser.source().budget().set(bytes);
     }
 
+    /// Bytes fed and not parsed yet (what a reader has taken ahead of the parser).
+    pub fn pending_bytes(&self) -> usize {
+        self.parser.source().pending()
+    }
+
     /// Give back buffer memory an idle stream does not need (see [`Framer::trim`]).
     pub fn trim(&mut self) {
         self.parser.source_mut().trim();
