@@ -12,6 +12,8 @@
 #      1,000 idle verified inbound streams, with glibc's default arenas, MALLOC_ARENA_MAX=1, and
 #      with STARTTLS on both sides (the TLS mode of `make bench`)
 #   3. heaptrack's peak heap consumers with 200 idle verified streams, plain and TLS
+#   4. (PROFILE_PARTS=handshake, not in the default set) perf record -g of the dialback
+#      handshake workloads, 50 and 500 in flight, with their latency figures
 # Every process started here is stopped by PID on exit.
 set -u
 main() {
@@ -149,6 +151,27 @@ elif perf stat -e instructions true >/dev/null 2>&1; then
     stop_db
 else
     log "perf is not usable here: use valgrind --tool=callgrind on a short run instead"
+fi
+
+# 1b. CPU profile and latencies of dialback handshakes (50, then 500 in flight).
+if part handshake; then
+    start_db
+    hs=(--sut $IP_DB:5269 --component $IP_DB:5347 --sut-pid "$SUT" --gen $IP_GEN:5269)
+    taskset -c 0 "$LOAD" handshake "${hs[@]}" --domains 200 --concurrency 50 --prefix warm >/dev/null
+    perf record -F 2000 -g -p "$SUT" -o "$out/perf-handshake.data" -- sleep 8 \
+        >/dev/null 2>"$out/perf-record-hs.log" &
+    PERF=$!
+    PIDS+=("$PERF")
+    sleep 0.5
+    timeout 60 taskset -c 0 "$LOAD" handshake "${hs[@]}" --domains 1000 --concurrency 50 --prefix p50 \
+        | tee "$out/handshake50.txt"
+    timeout 60 taskset -c 0 "$LOAD" handshake "${hs[@]}" --domains 2000 --concurrency 500 --prefix p500 \
+        | tee "$out/handshake500.txt"
+    wait "$PERF" 2>/dev/null
+    perf report -i "$out/perf-handshake.data" --no-children --sort symbol --stdio 2>/dev/null \
+        | grep -E '^ +[0-9]' | head -40 >"$out/perf-handshake-self.txt"
+    log "perf (handshakes): top self symbols"; head -25 "$out/perf-handshake-self.txt" >&2
+    stop_db
 fi
 
 # 2. Memory breakdown with 1,000 idle verified inbound streams.

@@ -58,7 +58,8 @@ const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_millis(500);
 const BATCH: usize = 64;
 /// How far reads may run ahead of the parser, at least (see `read`).
 const READ_AHEAD: usize = 64 * 1024;
-/// A sleep at least this long gives buffer memory back first.
+/// A sleep at least this long gives buffer memory back first (streams that carry traffic; one
+/// still negotiating is woken by its peer soon, and a dialback burst would pay for it).
 const IDLE_TRIM: Duration = Duration::from_secs(1);
 /// Longest sleep when no deadline is nearer.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
@@ -757,7 +758,7 @@ impl Stream {
         } else {
             self.next_wakeup().saturating_duration_since(Instant::now())
         };
-        if timeout >= IDLE_TRIM {
+        if timeout >= IDLE_TRIM && self.core.is_open() {
             // Going to sleep for a while: hold no buffer memory meanwhile, and only the
             // stack frames we sleep in.
             self.parser.trim();

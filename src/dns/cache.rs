@@ -12,7 +12,7 @@
 //!
 //! The clock is injectable so that expiry is tested without waiting.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -92,8 +92,13 @@ pub struct Cache<K, V, E> {
 }
 
 struct State<K, V, E> {
-    /// Answers and when they expire.
-    held: HashMap<K, (V, Instant)>,
+    /// Answers, when they expire, and their place in `by_expiry`.
+    held: HashMap<K, (V, Instant, u64)>,
+    /// The held keys by expiry (ties broken by insertion), so the next to go is found without
+    /// a scan: making room and dropping expired answers cost O(log n) each.
+    by_expiry: BTreeMap<(Instant, u64), K>,
+    /// Insertions so far (the tie breaker above).
+    seq: u64,
     /// Queries running now, by key.
     flights: HashMap<K, Arc<Flight<V, E>>>,
 }
@@ -129,6 +134,8 @@ where
             clock,
             state: Mutex::new(State {
                 held: HashMap::new(),
+                by_expiry: BTreeMap::new(),
+                seq: 0,
                 flights: HashMap::new(),
             }),
             hits: AtomicU64::new(0),
@@ -156,12 +163,12 @@ where
             let mut st = self.lock();
             let now = (self.clock)();
             match st.held.get(key) {
-                Some((v, expires)) if now < *expires => {
+                Some((v, expires, _)) if now < *expires => {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(v.clone());
                 }
                 Some(_) => {
-                    st.held.remove(key);
+                    // Expired: it goes when room is made (`store`), in expiry order.
                 }
                 None => {}
             }
@@ -208,28 +215,29 @@ where
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keep `value` for `key` for `ttl` seconds clamped to the limits, making room if full.
+    /// Keep `value` for `key` for `ttl` seconds clamped to the limits, making room if full:
+    /// expired answers go first, then the one closest to expiry.
     fn store(&self, st: &mut State<K, V, E>, key: &K, value: V, ttl: u32) {
         let keep = self.limits.keep_for(ttl);
         if self.limits.entries == 0 || keep.is_zero() {
             return;
         }
         let now = (self.clock)();
-        if st.held.len() >= self.limits.entries && !st.held.contains_key(key) {
-            st.held.retain(|_, (_, expires)| *expires > now);
+        if let Some((_, at, seq)) = st.held.remove(key) {
+            st.by_expiry.remove(&(at, seq));
         }
-        if st.held.len() >= self.limits.entries && !st.held.contains_key(key) {
-            // O(entries), only when full of live answers: the one closest to expiry goes.
-            let soonest = st
-                .held
-                .iter()
-                .min_by_key(|(_, (_, expires))| *expires)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = soonest {
-                st.held.remove(&k);
+        while let Some(entry) = st.by_expiry.first_entry() {
+            let expired = entry.key().0 <= now;
+            if !expired && st.held.len() < self.limits.entries {
+                break;
             }
+            let k = entry.remove();
+            st.held.remove(&k);
         }
-        st.held.insert(key.clone(), (value, now + keep));
+        st.seq += 1;
+        let expires = now + keep;
+        st.by_expiry.insert((expires, st.seq), key.clone());
+        st.held.insert(key.clone(), (value, expires, st.seq));
     }
 }
 
