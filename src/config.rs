@@ -82,6 +82,8 @@ pub struct Config {
     pub federation: FederationPolicy,
     /// `[status]`: the metrics and status listener; `None` (the default) when off.
     pub status: Option<StatusConfig>,
+    /// `[handlers]`: the optional built-in answers on hosted domains.
+    pub handlers: Handlers,
 }
 
 impl fmt::Debug for Config {
@@ -104,6 +106,7 @@ impl fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("federation", &self.federation)
             .field("status", &self.status)
+            .field("handlers", &self.handlers)
             .finish()
     }
 }
@@ -153,6 +156,15 @@ pub struct StatusConfig {
 impl StatusConfig {
     /// The default `status.listen`.
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:5280";
+}
+
+/// `[handlers]`: built-in answers the daemon gives on a hosted domain that has no component of
+/// its own, beyond the ping (XEP-0199) and disco#info (XEP-0030) it always answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handlers {
+    /// `version`: answer XEP-0092 software version queries (name and version, never the
+    /// operating system); default false, as the version tells attackers what to try.
+    pub version: bool,
 }
 
 /// `[[component]]`: one external component (XEP-0114).
@@ -529,6 +541,15 @@ struct RawConfig {
     #[serde(default)]
     federation: RawFederation,
     status: Option<RawStatus>,
+    #[serde(default)]
+    handlers: RawHandlers,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHandlers {
+    #[serde(default)]
+    version: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -719,6 +740,9 @@ impl Validator<'_> {
             tls,
             federation,
             status,
+            handlers: Handlers {
+                version: raw.handlers.version,
+            },
         })
     }
 
@@ -2349,5 +2373,28 @@ mod tests {
             e.contains("status.listen") && e.contains("already used"),
             "{e}"
         );
+    }
+
+    /// `[handlers] version` (XEP-0092) is off unless the file turns it on; a misspelt key or a
+    /// value that is not a boolean is an error naming it.
+    #[test]
+    fn version_handler_is_off_by_default() {
+        assert!(!parse(MIN).unwrap().handlers.version);
+        assert!(
+            !parse(&format!("{MIN}[handlers]\n"))
+                .unwrap()
+                .handlers
+                .version
+        );
+        assert!(
+            parse(&format!("{MIN}[handlers]\nversion = true\n"))
+                .unwrap()
+                .handlers
+                .version
+        );
+        let e = err(&format!("{MIN}[handlers]\nversion = \"yes\"\n"));
+        assert!(e.contains("version"), "{e}");
+        let e = err(&format!("{MIN}[handlers]\nversoin = true\n"));
+        assert!(e.contains("versoin"), "an unknown key is an error: {e}");
     }
 }

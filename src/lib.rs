@@ -31,7 +31,8 @@
 //! - [`logsafe`]: peer-supplied strings escaped and bounded for log lines.
 //! - [`router`], [`conn`], [`inbox`], [`transport`], [`net`]: routing tables, stream threads,
 //!   their inboxes, the socket seam, the accept loop; [`ratelimit`]: log lines and failures per
-//!   address, rate-limited; [`reload`]: the configuration read again on SIGHUP.
+//!   address, rate-limited; [`reload`]: the configuration read again on SIGHUP; [`notify`]: the
+//!   systemd readiness notifications (`Type=notify`).
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
 //!   the typed configuration; [`policy`]: the `[federation]` allow and deny lists.
 //! - [`check`]: `dialbackd check DOMAIN`, the operator's report on federating with a domain
@@ -49,6 +50,7 @@ pub mod keys;
 pub mod logsafe;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod policy;
 pub mod ratelimit;
 pub mod reload;

@@ -6,12 +6,14 @@
 //! with too many failed handshakes), handing connections accepted on the status listener
 //! (`[status]`) to `status`, SIGTERM/SIGINT → graceful shutdown, and SIGHUP → the
 //! configuration read again and put in force for new streams (`reload`; loading a file and its
-//! certificates is quick, so it is done right here). Out of scope: everything after accept.
+//! certificates is quick, so it is done right here), and the systemd notifications of those
+//! state changes (`notify`). Out of scope: everything after accept.
 
 use crate::condition::StreamCondition;
 use crate::config::Config;
 use crate::conn;
 use crate::metrics::{Cap, METRICS};
+use crate::notify::Notifier;
 use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
 use crate::router::{ComponentRefusal, Router};
 use mio::net::TcpListener;
@@ -112,7 +114,8 @@ fn deepen_backlog(l: &TcpListener) {
 }
 
 /// Accept until SIGTERM or SIGINT, then shut down gracefully (bounded by
-/// `timeouts.shutdown`); reload the configuration on SIGHUP.
+/// `timeouts.shutdown`); reload the configuration on SIGHUP. Tells systemd (`$NOTIFY_SOCKET`,
+/// see [`crate::notify`]) when it is ready, reloading and stopping.
 ///
 /// # Errors
 /// When the poll itself fails.
@@ -126,6 +129,8 @@ pub fn serve(router: &Arc<Router>, mut listeners: Listeners) -> io::Result<()> {
             .register(l, Token(i + 1), Interest::READABLE)?;
     }
     log::info!("listening on {}", listeners.describe());
+    let notify = Notifier::from_env();
+    notify.ready();
     let mut events = Events::with_capacity(64);
     let mut retry = false;
     // Connections were accepted since memory was last given back (see `give_back_memory`).
@@ -155,9 +160,12 @@ pub fn serve(router: &Arc<Router>, mut listeners: Listeners) -> io::Result<()> {
                 SIGNALS => {
                     for sig in signals.pending() {
                         if sig == SIGHUP {
+                            notify.reloading();
                             crate::reload::reload(router);
+                            notify.ready();
                         } else {
                             log::info!("signal {sig}: shutting down");
+                            notify.stopping();
                             break 'run;
                         }
                     }

@@ -10,10 +10,10 @@
 //!   (`require_encryption`, `verify`, pins, `[tls.peers]`), component secrets, hosted and
 //!   component domains, static routes, `[dns] nameservers` and `allow_networks`, timeouts and
 //!   the per-stream limits;
-//! - **the router's own decisions** follow at once: routing, the `[federation]` lists (stanzas
-//!   from a newly refused domain are dropped even on streams verified before), the caps it keeps
-//!   (`limits.queued_bytes`, `outbound_streams`, `connections`, `pending_verifications`, the
-//!   component caps…);
+//! - **the router's own decisions** follow at once: routing, the built-in `[handlers]`, the
+//!   `[federation]` lists (stanzas from a newly refused domain are dropped even on streams
+//!   verified before), the caps it keeps (`limits.queued_bytes`, `outbound_streams`,
+//!   `connections`, `pending_verifications`, the component caps…);
 //! - **established streams** keep the configuration they started with — their TLS session and
 //!   certificate, policy, timeouts and per-stream limits — until they end;
 //! - **what needs a restart** is named in the log (`needs a restart: …`) and the running value
@@ -164,6 +164,7 @@ pub fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         tls,
         federation,
         status,
+        handlers,
     } = new;
     let parts = [
         ("domains", *domains != old.domains),
@@ -182,6 +183,7 @@ pub fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("tls", *tls != old.tls),
         ("federation", *federation != old.federation),
         ("status", *status != old.status),
+        ("handlers", *handlers != old.handlers),
     ];
     parts
         .into_iter()

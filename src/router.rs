@@ -3,8 +3,8 @@
 //! In scope: the route of each (local, remote) pair — a stream (starting or up) whose inbox is
 //! the pair's one FIFO (DB-02, ROUTE-01), or a backoff window after a failed attempt (stanzas
 //! bounce at once with the failure's condition until it passes) —, the connected components,
-//! local delivery (components, the built-in XEP-0199 ping and XEP-0030 disco#info answers,
-//! `service-unavailable` otherwise), the `[federation]` lists for outbound stanzas (a refused
+//! local delivery (components, the built-in XEP-0199 ping, XEP-0030 disco#info and optional
+//! XEP-0092 answers, `service-unavailable` otherwise), the `[federation]` lists for outbound stanzas (a refused
 //! domain bounces with `not-allowed`, nothing dialled) and for inbound ones (a stream verified
 //! before a reload refused its domain: dropped), bounces (never of errors or iq results:
 //! ROUTE-02), the global cap on pending dialback verifications (SEC-11), the registry of live
@@ -401,7 +401,8 @@ impl Router {
     ///
     /// XEP-0199: pings to any of our domains. XEP-0030 §3.1: disco#info to a hosted domain
     /// without a component of its own (a component serving a domain answers for it), with
-    /// `item-not-found` for any node (§3.2: we have none). Anything else to a bare domain,
+    /// `item-not-found` for any node (§3.2: we have none). XEP-0092 software version to such
+    /// a domain when `[handlers] version` is on. Anything else to a bare domain,
     /// and everything to a JID with a node or resource, goes to the domain's component or
     /// bounces `service-unavailable`.
     fn builtin(&self, el: &Element, to: &Jid) -> Option<Result<Element, Bounce>> {
@@ -415,14 +416,22 @@ impl Router {
         let c = &ctx.config;
         let own = c.domains.contains(&to.domain)
             && !c.components.iter().any(|comp| comp.domain == to.domain);
-        let query = stanza::disco_info_query(el).filter(|_| own)?;
+        if !own {
+            return None;
+        }
+        let version = c.handlers.version;
+        if version && stanza::is_version_query(el) {
+            return Some(Ok(stanza::version_result(el)));
+        }
+        let query = stanza::disco_info_query(el)?;
         if query.attr("node").is_some() {
             return Some(Err(Bounce::new(
                 StanzaCondition::ItemNotFound,
                 "no such node",
             )));
         }
-        Some(Ok(stanza::disco_info_result(el)))
+        let features = stanza::server_features(version);
+        Some(Ok(stanza::disco_info_result(el, &features)))
     }
 
     /// Queue `el` on the pair's route; a new route (and a [`Start`]) for the first stanza.

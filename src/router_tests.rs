@@ -404,3 +404,85 @@ fn disco_info_to_a_hosted_domain_with_its_own_component_is_the_component_s() {
         (Some("p1"), Some("result"))
     );
 }
+
+/// An iq get of XEP-0092 software version from the component echo.a.test to `to`.
+fn version_get(id: &str, to: &str) -> Element {
+    Element::new("iq", "jabber:server")
+        .with_attr("type", "get")
+        .with_attr("id", id)
+        .with_attr("from", "u@echo.a.test/r")
+        .with_attr("to", to)
+        .with_child(Element::new("query", stanza::VERSION_NS))
+}
+
+/// A router whose `[handlers] version` is `on`, with the component echo.a.test connected.
+fn router_with_version(on: bool) -> (Arc<Router>, Handle) {
+    let ctx = testutil::ctx_with(|c| c.handlers.version = on);
+    let r = Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None);
+    let comp = r.new_handle(StreamKind::Component, 100).unwrap();
+    assert!(r.register_component(Domain::parse("echo.a.test").unwrap(), comp.clone()));
+    (r, comp)
+}
+
+/// XEP-0092 with `[handlers] version = true`: a hosted domain's bare JID answers with name and
+/// version and no `os`, and disco#info lists `jabber:iq:version`; a JID with a node still gets
+/// service-unavailable, and the component's domain gets the query itself.
+#[test]
+fn software_version_is_answered_on_hosted_domains_when_on() {
+    let (r, comp) = router_with_version(true);
+    for (id, to) in [("v1", "a.test"), ("v2", "x@a.test"), ("v3", "echo.a.test")] {
+        assert!(
+            r.route(version_get(id, to)).is_empty(),
+            "{id}: nothing dialled"
+        );
+    }
+    assert!(r.route(disco("d1", "a.test", None)).is_empty());
+    let got = comp.close();
+    let by_id = |id: &str| got.iter().find(|e| e.attr("id") == Some(id)).unwrap();
+    let v1 = by_id("v1");
+    assert_eq!(
+        (v1.attr("type"), v1.attr("from"), v1.attr("to")),
+        (Some("result"), Some("a.test"), Some("u@echo.a.test/r"))
+    );
+    let q = v1.child("query", stanza::VERSION_NS).expect("the answer");
+    let name = q.child("name", stanza::VERSION_NS).map(Element::text);
+    let version = q.child("version", stanza::VERSION_NS).map(Element::text);
+    assert_eq!(name.as_deref(), Some("dialbackd"));
+    assert_eq!(version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    assert!(q.child("os", stanza::VERSION_NS).is_none(), "no os: {v1:?}");
+    assert_eq!(
+        bounce_conditions(&[by_id("v2").clone()])[0].0,
+        "service-unavailable"
+    );
+    assert_eq!(by_id("v3").attr("type"), Some("get"), "the component's own");
+    let disco = by_id("d1").child("query", stanza::DISCO_INFO_NS).unwrap();
+    let vars: Vec<_> = disco.elements().filter_map(|f| f.attr("var")).collect();
+    assert_eq!(
+        vars,
+        [stanza::DISCO_INFO_NS, stanza::PING_NS, stanza::VERSION_NS]
+    );
+    assert_eq!(got.len(), 4, "{got:?}");
+}
+
+/// XEP-0092 off (the default): the version query bounces service-unavailable as any other
+/// unanswered iq, and disco#info does not list it.
+#[test]
+fn software_version_is_service_unavailable_when_off() {
+    let (r, comp) = router_with_version(false);
+    assert!(r.route(version_get("v1", "a.test")).is_empty());
+    assert!(r.route(disco("d1", "a.test", None)).is_empty());
+    let got = comp.close();
+    let by_id = |id: &str| got.iter().find(|e| e.attr("id") == Some(id)).unwrap();
+    let v1 = by_id("v1");
+    assert_eq!(v1.attr("type"), Some("error"));
+    assert_eq!(
+        bounce_conditions(std::slice::from_ref(v1))[0].0,
+        "service-unavailable"
+    );
+    assert!(v1
+        .child("query", stanza::VERSION_NS)
+        .is_none_or(|q| q.child("name", stanza::VERSION_NS).is_none()));
+    let disco = by_id("d1").child("query", stanza::DISCO_INFO_NS).unwrap();
+    let vars: Vec<_> = disco.elements().filter_map(|f| f.attr("var")).collect();
+    assert_eq!(vars, stanza::SERVER_FEATURES);
+}

@@ -12,9 +12,21 @@ use crate::xml::{is_content_ns, Element, Node, STANZAS_NS};
 pub const PING_NS: &str = "urn:xmpp:ping";
 /// XEP-0030 service discovery: the information namespace.
 pub const DISCO_INFO_NS: &str = "http://jabber.org/protocol/disco#info";
-/// What the daemon itself answers on a hosted domain (XEP-0030 §3.1): the features of
-/// [`disco_info_result`].
+/// XEP-0092 software version namespace.
+pub const VERSION_NS: &str = "jabber:iq:version";
+/// What the daemon itself always answers on a hosted domain (XEP-0030 §3.1): the features of
+/// [`disco_info_result`] when no optional handler is on.
 pub const SERVER_FEATURES: [&str; 2] = [DISCO_INFO_NS, PING_NS];
+
+/// The features the daemon answers on a hosted domain: [`SERVER_FEATURES`], and
+/// [`VERSION_NS`] when the XEP-0092 handler (`[handlers] version`) is on.
+pub fn server_features(version: bool) -> Vec<&'static str> {
+    let mut f = SERVER_FEATURES.to_vec();
+    if version {
+        f.push(VERSION_NS);
+    }
+    f
+}
 
 /// True for `<message/>`, `<presence/>` and `<iq/>` in a stream content namespace.
 pub fn is_stanza(el: &Element) -> bool {
@@ -242,17 +254,33 @@ pub fn disco_info_query(el: &Element) -> Option<&Element> {
 
 /// The answer to a disco#info query of a hosted domain (XEP-0030 §3.1): the identity of an
 /// IM server (category `server`, type `im`, name `dialbackd`, as the Service Discovery
-/// Identities registry defines it) and the features we answer ourselves ([`SERVER_FEATURES`]).
-pub fn disco_info_result(iq: &Element) -> Element {
+/// Identities registry defines it) and the features we answer ourselves (`features`, see
+/// [`server_features`]).
+pub fn disco_info_result(iq: &Element, features: &[&str]) -> Element {
     let mut query = Element::new("query", DISCO_INFO_NS).with_child(
         Element::new("identity", DISCO_INFO_NS)
             .with_attr("category", "server")
             .with_attr("type", "im")
             .with_attr("name", "dialbackd"),
     );
-    for var in SERVER_FEATURES {
+    for &var in features {
         query.push_child(Element::new("feature", DISCO_INFO_NS).with_attr("var", var));
     }
+    iq_result(iq).with_child(query)
+}
+
+/// True for an XEP-0092 software version request (`<iq type='get'><query
+/// xmlns='jabber:iq:version'/></iq>`).
+pub fn is_version_query(el: &Element) -> bool {
+    el.name == "iq" && el.attr("type") == Some("get") && el.child("query", VERSION_NS).is_some()
+}
+
+/// The answer to a software version request (XEP-0092 §3): name `dialbackd` and this build's
+/// version. The optional `os` is left out: the operating system is nobody else's business.
+pub fn version_result(iq: &Element) -> Element {
+    let query = Element::new("query", VERSION_NS)
+        .with_child(Element::new("name", VERSION_NS).with_text("dialbackd"))
+        .with_child(Element::new("version", VERSION_NS).with_text(env!("CARGO_PKG_VERSION")));
     iq_result(iq).with_child(query)
 }
 
@@ -287,7 +315,7 @@ mod tests {
             .with_attr("to", "a.test")
             .with_child(Element::new("query", DISCO_INFO_NS));
         assert!(disco_info_query(&iq).is_some());
-        let r = disco_info_result(&iq);
+        let r = disco_info_result(&iq, &server_features(false));
         assert_eq!(
             (r.attr("type"), r.attr("id"), r.attr("from"), r.attr("to")),
             (
@@ -325,6 +353,43 @@ mod tests {
                 "http://jabber.org/protocol/disco#items",
             ));
         assert!(disco_info_query(&items).is_none());
+    }
+
+    /// XEP-0092 §3: a get of jabber:iq:version is a query (a set is not); the result names
+    /// dialbackd and its version and has no `os`.
+    #[test]
+    fn version_answer_names_dialbackd_and_no_os() {
+        let iq = Element::new("iq", "jabber:server")
+            .with_attr("type", "get")
+            .with_attr("id", "v1")
+            .with_attr("from", "u@b.test/r")
+            .with_attr("to", "a.test")
+            .with_child(Element::new("query", VERSION_NS));
+        assert!(is_version_query(&iq));
+        let mut set = iq.clone();
+        set.set_attr("type", "set");
+        assert!(!is_version_query(&set));
+        let r = version_result(&iq);
+        assert_eq!(
+            (r.attr("type"), r.attr("id"), r.attr("from"), r.attr("to")),
+            (
+                Some("result"),
+                Some("v1"),
+                Some("a.test"),
+                Some("u@b.test/r")
+            )
+        );
+        let q = r.child("query", VERSION_NS).expect("the query");
+        let names: Vec<_> = q.elements().map(|e| (e.name.as_str(), e.text())).collect();
+        assert_eq!(
+            names,
+            [
+                ("name", "dialbackd".to_string()),
+                ("version", env!("CARGO_PKG_VERSION").to_string())
+            ]
+        );
+        assert_eq!(server_features(true), [DISCO_INFO_NS, PING_NS, VERSION_NS]);
+        assert_eq!(server_features(false), SERVER_FEATURES);
     }
 
     fn msg(ty: Option<&str>) -> Element {

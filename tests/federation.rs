@@ -137,6 +137,71 @@ fn disco_info_to_a_hosted_domain_is_answered_by_the_daemon() {
     );
 }
 
+/// XEP-0092 across federation, off by default and turned on by a reload: b.test's component
+/// asks a.test (hosted, no component of its own) for its software version; first
+/// service-unavailable and disco#info without `jabber:iq:version`, then, after `[handlers]
+/// version = true` and SIGHUP, name and version (no `os`) and the feature listed.
+#[test]
+fn software_version_is_off_by_default_and_answered_once_turned_on() {
+    let mut p = pair();
+    let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    let ask = |cb: &mut ComponentClient, id: &str, ns: &str| {
+        cb.send(&format!(
+            "<iq type='get' id='{id}' from='u@b.test/r' to='a.test'><query xmlns='{ns}'/></iq>"
+        ));
+        let r = cb.recv(WAIT).expect("an answer");
+        assert_eq!(r.attr("id"), Some(id), "{r:?}");
+        r
+    };
+    let (version, disco) = ("jabber:iq:version", "http://jabber.org/protocol/disco#info");
+    let features = |r: &dialbackd::xml::Element| -> Vec<String> {
+        let q = r.child("query", disco).expect("<query/>");
+        q.elements()
+            .filter_map(|f| f.attr("var"))
+            .map(String::from)
+            .collect()
+    };
+    let r = ask(&mut cb, "v1", version);
+    assert_eq!(r.attr("type"), Some("error"), "{r:?}");
+    assert_eq!(error_condition(&r).as_deref(), Some("service-unavailable"));
+    assert!(!features(&ask(&mut cb, "d1", disco)).contains(&version.to_string()));
+
+    let on = config(
+        &["a.test"],
+        &[("echo.a.test", "sa")],
+        p.dns.addr(),
+        "[handlers]\nversion = true\n",
+    )
+    .replace("{ip}", &p.a.ip.to_string());
+    std::fs::write(p.a.dir.join("dialbackd.toml"), on).unwrap();
+    let st = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(p.a.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let line = p.a.wait_log("configuration reloaded");
+    assert!(line.contains("handlers"), "{line}");
+
+    let r = ask(&mut cb, "v2", version);
+    assert_eq!(
+        (r.attr("type"), r.attr("from"), r.attr("to")),
+        (Some("result"), Some("a.test"), Some("u@b.test/r")),
+        "{r:?}"
+    );
+    let q = r.child("query", version).expect("<query/>");
+    let fields: Vec<(String, String)> = q.elements().map(|e| (e.name.clone(), e.text())).collect();
+    assert_eq!(
+        fields,
+        [
+            ("name".to_string(), "dialbackd".to_string()),
+            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string())
+        ],
+        "name and version, no os"
+    );
+    assert!(features(&ask(&mut cb, "d2", disco)).contains(&version.to_string()));
+}
+
 #[test]
 fn stanza_to_an_address_nobody_serves_gets_service_unavailable() {
     let p = pair();

@@ -93,6 +93,7 @@ fn packages() -> Vec<String> {
         "lua-unbound",
         "python3-slixmpp",
         "nagios-check-xmppng",
+        "biboumi",
     ] {
         assert!(list.iter().any(|p| p == needed), "{needed} not in {list:?}");
     }

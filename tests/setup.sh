@@ -14,11 +14,13 @@
 # ca-certificates, openssl: TLS test certificates and the system CA store.
 # prosody, lua-unbound, dnsmasq-base, python3-slixmpp, python3-pytest: the real-Prosody interop
 # suite (tests/interop), which `make test` runs.
+# biboumi: Debian's XMPP-to-IRC gateway, an XEP-0114 component; tests/interop connects it to the
+# daemon and asks it for service discovery from a Prosody user across federation.
 # nagios-check-xmppng: the monitoring plugin operators run against XMPP servers; tests/plugins.rs
 # runs it (`--s2s`, with and without `--starttls`) against the daemon.
 set -u
 
-PACKAGES="build-essential pkg-config ca-certificates openssl prosody lua-unbound dnsmasq-base python3-slixmpp python3-pytest nagios-check-xmppng"
+PACKAGES="build-essential pkg-config ca-certificates openssl prosody lua-unbound dnsmasq-base python3-slixmpp python3-pytest nagios-check-xmppng biboumi"
 
 if [ "${1:-}" = "--list" ]; then
     echo "$PACKAGES"

@@ -55,6 +55,11 @@ impl Daemon {
     /// Write `config` (with `{ip}` and `{dir}` replaced) and start the daemon on it; returns
     /// once it logged that it listens.
     pub fn start(name: &str, ip: Ipv4Addr, config: &str) -> Daemon {
+        Daemon::start_env(name, ip, config, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (`NOTIFY_SOCKET`, …).
+    pub fn start_env(name: &str, ip: Ipv4Addr, config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir =
             std::env::temp_dir().join(format!("dialbackd-test-{}-{name}-{ip}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -68,6 +73,7 @@ impl Daemon {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -35,6 +35,9 @@ PROSODY2 = "prosody2.test"
 DIALBACK = "dialback.test"
 COMPONENT = "component.dialback.test"
 COMPONENT_SECRET = "compsecret"
+# biboumi (XMPP-to-IRC gateway), a second component of dialbackd.
+IRC = "irc.dialback.test"
+IRC_SECRET = "ircsecret"
 DIALBACKD_SECRET = "interop-secret"
 PROSODY_SECRETS = {PROSODY: "prosody-interop-secret", PROSODY2: "prosody2-interop-secret"}
 USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass")}

@@ -15,7 +15,7 @@ cd "$repo" || exit 2
 
 PY=/usr/bin/python3   # Debian's python: python3-slixmpp is installed for it, not for pyenv's
 missing=""
-for tool in prosody prosodyctl dnsmasq openssl timeout; do
+for tool in prosody prosodyctl dnsmasq openssl timeout biboumi; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing="$missing $tool"
 done
 "$PY" -c 'import slixmpp, pytest' 2>/dev/null || missing="$missing python3-slixmpp/python3-pytest"
