@@ -77,7 +77,7 @@ pub struct Config {
     pub limits: Limits,
     /// TLS certificates and per-peer encryption and verification policy.
     pub tls: TlsPolicy,
-    /// `[federation] allow` / `deny`: the remote domains we exchange stanzas with (default:
+    /// `[policy] allow` / `deny`: the remote domains we exchange stanzas with (default:
     /// every one).
     pub federation: FederationPolicy,
     /// `[status]`: the metrics and status listener; `None` (the default) when off.
@@ -538,7 +538,7 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     tls: RawTls,
-    #[serde(default)]
+    #[serde(default, rename = "policy")]
     federation: RawFederation,
     status: Option<RawStatus>,
     #[serde(default)]
@@ -973,7 +973,7 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    /// `[federation]`: each list's entries valid and distinct, no entry in both lists, and no
+    /// `[policy]`: each list's entries valid and distinct, no entry in both lists, and no
     /// entry naming one of our own domains (the lists are about remote domains only).
     fn federation(
         &self,
@@ -983,7 +983,7 @@ impl Validator<'_> {
         let list = |name: &str, raw: &[String]| -> Result<Vec<DomainPattern>, ConfigError> {
             let mut out: Vec<DomainPattern> = Vec::with_capacity(raw.len());
             for (i, s) in raw.iter().enumerate() {
-                let key = format!("federation.{name}[{i}]");
+                let key = format!("policy.{name}[{i}]");
                 let p = DomainPattern::parse(s).map_err(|e| self.err(&key, e))?;
                 if out.contains(&p) {
                     return Err(self.err(key, format!("{p} is listed twice")));
@@ -1002,8 +1002,8 @@ impl Validator<'_> {
         let deny = list("deny", &raw.deny)?;
         if let Some((i, p)) = deny.iter().enumerate().find(|(_, p)| allow.contains(p)) {
             return Err(self.err(
-                format!("federation.deny[{i}]"),
-                format!("{p} is in federation.allow too"),
+                format!("policy.deny[{i}]"),
+                format!("{p} is in policy.allow too"),
             ));
         }
         Ok(FederationPolicy { allow, deny })
@@ -1769,7 +1769,7 @@ mod tests {
     #[test]
     fn federation_lists_are_validated_and_named() {
         let c = parse(&format!(
-            "{MIN}[federation]\nallow = [\"Friend.example\", \"*.corp.example\"]\ndeny = [\"x.corp.example\"]\n"
+            "{MIN}[policy]\nallow = [\"Friend.example\", \"*.corp.example\"]\ndeny = [\"x.corp.example\"]\n"
         ))
         .unwrap();
         assert_eq!(
@@ -1786,32 +1786,32 @@ mod tests {
         for (text, want) in [
             (
                 "deny = [\"a.*\"]",
-                "federation.deny[0]: \"a.*\": a wildcard is only allowed",
+                "policy.deny[0]: \"a.*\": a wildcard is only allowed",
             ),
             (
                 "allow = [\"x\", \"*.\"]",
-                "federation.allow[1]: invalid domain \"\": empty",
+                "policy.allow[1]: invalid domain \"\": empty",
             ),
             (
                 "deny = [\"*.[::1]\"]",
-                "federation.deny[0]: \"*.[::1]\": an IP address has no subdomains",
+                "policy.deny[0]: \"*.[::1]\": an IP address has no subdomains",
             ),
             (
                 "deny = [\"b.example\", \"B.example.\"]",
-                "federation.deny[1]: b.example is listed twice",
+                "policy.deny[1]: b.example is listed twice",
             ),
             (
                 "deny = [\"a.test\"]",
-                "federation.deny[0]: a.test is one of our domains",
+                "policy.deny[0]: a.test is one of our domains",
             ),
             (
                 "allow = [\"*.x\"]\ndeny = [\"y\", \"*.x\"]",
-                "federation.deny[1]: *.x is in federation.allow too",
+                "policy.deny[1]: *.x is in policy.allow too",
             ),
-            ("deny = \"spam.example\"", "federation.deny"),
+            ("deny = \"spam.example\"", "policy.deny"),
             ("block = []", "block"),
         ] {
-            let e = err(&format!("{MIN}[federation]\n{text}\n"));
+            let e = err(&format!("{MIN}[policy]\n{text}\n"));
             assert!(e.contains(want), "{text}: {e}");
         }
     }

@@ -34,7 +34,7 @@
 //!   address, rate-limited; [`reload`]: the configuration read again on SIGHUP; [`notify`]: the
 //!   systemd readiness notifications (`Type=notify`).
 //! - [`dns`], [`tls`], [`config`]: the blocking resolver and the private-network guard, rustls,
-//!   the typed configuration; [`policy`]: the `[federation]` allow and deny lists.
+//!   the typed configuration; [`policy`]: the `[policy]` allow and deny lists.
 //! - [`check`]: `dialbackd check DOMAIN`, the operator's report on federating with a domain
 //!   (DNS, TCP, TLS and certificate, a real dialback round trip).
 //! - [`metrics`], [`status`]: counters and their OpenMetrics text; the optional status listener

@@ -1,4 +1,4 @@
-//! Which remote domains we federate with: the `[federation]` allow and deny lists.
+//! Which remote domains we federate with: the `[policy]` allow and deny lists.
 //!
 //! In scope: a list entry ([`DomainPattern`]: one domain, or `*.suffix` for every subdomain of
 //! `suffix`) and the decision for a remote domain ([`FederationPolicy::check`]): a domain that
@@ -73,22 +73,22 @@ impl fmt::Display for DomainPattern {
 /// Why a remote domain is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// It matches an entry of `federation.deny`.
+    /// It matches an entry of `policy.deny`.
     Denied,
-    /// `federation.allow` is not empty and it matches none of its entries.
+    /// `policy.allow` is not empty and it matches none of its entries.
     NotAllowed,
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Refusal::Denied => "it is listed in federation.deny",
-            Refusal::NotAllowed => "it is not listed in federation.allow",
+            Refusal::Denied => "it is listed in policy.deny",
+            Refusal::NotAllowed => "it is not listed in policy.allow",
         })
     }
 }
 
-/// `[federation]`: the remote domains we exchange stanzas with. The default (both lists empty)
+/// `[policy]`: the remote domains we exchange stanzas with. The default (both lists empty)
 /// allows every domain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FederationPolicy {

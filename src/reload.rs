@@ -11,7 +11,7 @@
 //!   component domains, static routes, `[dns] nameservers` and `allow_networks`, timeouts and
 //!   the per-stream limits;
 //! - **the router's own decisions** follow at once: routing, the built-in `[handlers]`, the
-//!   `[federation]` lists (stanzas from a newly refused domain are dropped even on streams
+//!   `[policy]` lists (stanzas from a newly refused domain are dropped even on streams
 //!   verified before), the caps it keeps (`limits.queued_bytes`, `outbound_streams`,
 //!   `connections`, `pending_verifications`, the component caps…);
 //! - **established streams** keep the configuration they started with — their TLS session and
@@ -181,7 +181,7 @@ pub fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("timeouts", *timeouts != old.timeouts),
         ("limits", *limits != old.limits),
         ("tls", *tls != old.tls),
-        ("federation", *federation != old.federation),
+        ("policy", *federation != old.federation),
         ("status", *status != old.status),
         ("handlers", *handlers != old.handlers),
     ];

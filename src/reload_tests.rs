@@ -99,7 +99,7 @@ fn changes_that_take_effect_at_once_need_no_restart() {
     let old = parse("[[component]]\ndomain = \"echo.a.test\"\nsecret = \"s1\"\n");
     let mut new = Config::parse(
         "domains = [\"a.test\", \"b.test\"]\n[[component]]\ndomain = \"echo.a.test\"\nsecret = \"s2\"\n\
-         [tls]\ncertificate = \"a.pem\"\nkey = \"a.key\"\n[federation]\ndeny = [\"spam.example\"]\n\
+         [tls]\ncertificate = \"a.pem\"\nkey = \"a.key\"\n[policy]\ndeny = [\"spam.example\"]\n\
          [routes]\n\"c.test\" = \"127.0.0.3:5269\"\n[timeouts]\nidle = 3000\n",
         Path::new("t.toml"),
     )
@@ -114,7 +114,7 @@ fn changes_that_take_effect_at_once_need_no_restart() {
             "routes",
             "timeouts",
             "tls",
-            "federation"
+            "policy"
         ]
     );
     assert!(changed(&old, &old).is_empty());
@@ -169,7 +169,7 @@ fn an_accepted_configuration_is_in_force_for_what_comes_next_and_the_secret_stay
     let key = before.ctx.secret.key("b.test", "a.test", "id1");
     let tls = dir.cert("one");
     dir.write(&format!(
-        "dialback_secret = \"new\"\n[limits]\nqueue = 9\n[federation]\ndeny = [\"spam.example\"]\n{tls}"
+        "dialback_secret = \"new\"\n[limits]\nqueue = 9\n[policy]\ndeny = [\"spam.example\"]\n{tls}"
     ));
     assert!(reload(&router));
     let now = router.live();
@@ -223,7 +223,7 @@ fn stanzas_from_a_newly_denied_domain_stop_at_the_router() {
             .with_attr("id", id)
     };
     assert!(router.route(from("spam.example", "before")).is_empty());
-    dir.write("[federation]\ndeny = [\"spam.example\"]\n");
+    dir.write("[policy]\ndeny = [\"spam.example\"]\n");
     assert!(reload(&router));
     // As if on a stream verified before the reload: dropped, not delivered, not bounced.
     assert!(router.route(from("spam.example", "after")).is_empty());

@@ -4,7 +4,7 @@
 //! the pair's one FIFO (DB-02, ROUTE-01), or a backoff window after a failed attempt (stanzas
 //! bounce at once with the failure's condition until it passes) —, the connected components,
 //! local delivery (components, the built-in XEP-0199 ping, XEP-0030 disco#info and optional
-//! XEP-0092 answers, `service-unavailable` otherwise), the `[federation]` lists for outbound stanzas (a refused
+//! XEP-0092 answers, `service-unavailable` otherwise), the `[policy]` lists for outbound stanzas (a refused
 //! domain bounces with `not-allowed`, nothing dialled) and for inbound ones (a stream verified
 //! before a reload refused its domain: dropped), bounces (never of errors or iq results:
 //! ROUTE-02), the global cap on pending dialback verifications (SEC-11), the registry of live
@@ -13,7 +13,7 @@
 //!
 //! The configuration in force (the protocol context, TLS and the resolver: [`Live`]) can be
 //! replaced while the daemon runs ([`Router::reconfigure`], on SIGHUP): the router's own
-//! decisions (routes, the `[federation]` lists, caps) read the current one; each stream takes a
+//! decisions (routes, the `[policy]` lists, caps) read the current one; each stream takes a
 //! snapshot when it is created and keeps it for its life.
 //!
 //! The router never starts a thread, never dials and never does I/O: when a stanza needs a new
@@ -898,7 +898,7 @@ impl Router {
     }
 }
 
-/// True (and logged, rate-limited) when `el` comes from a remote domain the `[federation]`
+/// True (and logged, rate-limited) when `el` comes from a remote domain the `[policy]`
 /// lists in force refuse: a stream verified before a reload denied the domain still carries
 /// its stanzas, and they stop here.
 fn refused_sender(ctx: &Ctx, el: &Element) -> bool {

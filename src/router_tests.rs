@@ -219,7 +219,7 @@ fn bounces_reach_a_component_whose_queue_is_full() {
     assert_eq!(got[2].attr("id"), Some("m7"));
 }
 
-/// A router whose `[federation]` lists are `allow` and `deny`, with the component echo.a.test
+/// A router whose `[policy]` lists are `allow` and `deny`, with the component echo.a.test
 /// connected (the sender of the stanzas, which receives their bounces).
 fn router_with_lists(allow: &[&str], deny: &[&str]) -> (Arc<Router>, Handle) {
     let list = |l: &[&str]| {
@@ -249,7 +249,7 @@ fn bounce_conditions(bounced: &[Element]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// RFC 6120 §8.3.3.10: a stanza for a domain the `[federation]` lists refuse bounces at once
+/// RFC 6120 §8.3.3.10: a stanza for a domain the `[policy]` lists refuse bounces at once
 /// with `not-allowed` (type cancel) and starts no stream: nothing is dialled.
 #[test]
 fn stanzas_for_a_refused_domain_bounce_not_allowed_without_dialling() {

@@ -482,7 +482,7 @@ fn error_of(r: &dialbackd::xml::Element) -> (String, String) {
     (cond, err.attr("type").unwrap_or_default().to_string())
 }
 
-/// `[federation] deny` on b.test's daemon. Inbound: a db:result claiming a denied domain gets
+/// `[policy] deny` on b.test's daemon. Inbound: a db:result claiming a denied domain gets
 /// the dialback error `forbidden` (XEP-0220 §2.5) with no verification asked (SEC-11), while a
 /// domain that is not denied is verified on the same stream (DB-18, DB-28). Outbound: stanzas
 /// for denied domains bounce `not-allowed`, type cancel (RFC 6120 §8.3.3.10), and nothing is
@@ -498,7 +498,7 @@ fn federation_deny_refuses_dialback_and_stanzas_without_connecting() {
             config(&["a.test", "c.test"], &[], dns.addr(), "")
         ),
     );
-    let deny = "[federation]\ndeny = [\"c.test\", \"*.spam.test\"]\n";
+    let deny = "[policy]\ndeny = [\"c.test\", \"*.spam.test\"]\n";
     let b = Daemon::start(
         "b",
         next_ip(),
@@ -521,7 +521,7 @@ fn federation_deny_refuses_dialback_and_stanzas_without_connecting() {
     s.send(&db_result("a.test", "b.test", &id, A_SECRET));
     expect_valid(&s, &b);
     b.wait_log_count(
-        "refusing dialback from c.test: it is listed in federation.deny",
+        "refusing dialback from c.test: it is listed in policy.deny",
         1,
     );
     assert_eq!(b.log_count("verifying c.test"), 0, "{}", b.log_text());

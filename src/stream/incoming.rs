@@ -6,7 +6,7 @@
 //! features and dialback all the same), features (STARTTLS, dialback with `<errors/>`, DB-26),
 //! our header before any stream error we send (ERR-01), the dialback bookkeeping per domain
 //! pair (several pairs per stream, DB-28; discarded by the STARTTLS restart, TLS-01), the
-//! `[federation]` lists (a `<db:result/>` from a refused domain gets the dialback error
+//! `[policy]` lists (a `<db:result/>` from a refused domain gets the dialback error
 //! `forbidden` and no verification), and the address checks on stanzas (DB-17, SEC-10,
 //! ADDR-01/02). Peer strings repeated in our errors
 //! are bounded ([`crate::stanza::echo`]). Out of scope: asking
@@ -463,7 +463,7 @@ impl Incoming {
         })]
     }
 
-    /// The `[federation]` lists say whether we take stanzas from the remote domain `remote`
+    /// The `[policy]` lists say whether we take stanzas from the remote domain `remote`
     /// (our own domains are not theirs to judge: a peer claiming one gets `not-acceptable`).
     fn federates_with(&self, remote: &Domain) -> Result<(), crate::policy::Refusal> {
         if self.ctx.config.is_local(remote) {

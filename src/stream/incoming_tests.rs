@@ -1004,7 +1004,7 @@ fn str02_a_header_without_from_or_xmlns_db_gets_features_before_and_after_tls() 
     assert_eq!(s.handle(Event::Close), [Action::Close(None)]);
 }
 
-/// Inbound streams in a context whose `[federation]` lists are `allow` and `deny`.
+/// Inbound streams in a context whose `[policy]` lists are `allow` and `deny`.
 fn opened_with_lists(allow: &[&str], deny: &[&str]) -> Incoming {
     let list = |l: &[&str]| {
         l.iter()
@@ -1017,7 +1017,7 @@ fn opened_with_lists(allow: &[&str], deny: &[&str]) -> Incoming {
     }))
 }
 
-/// A db:result claiming a domain the `[federation]` lists refuse gets the dialback error
+/// A db:result claiming a domain the `[policy]` lists refuse gets the dialback error
 /// `forbidden` (XEP-0220 §2.5, as DB-15/DB-21 refuse a pair without closing the stream) and no
 /// verification is asked for (SEC-11: no connection to the claimed domain); the stream goes on,
 /// so a pair the lists allow is still verified on it (DB-18, DB-28).
