@@ -90,6 +90,15 @@ impl Core {
         }
     }
 
+    /// How long after our last write a whitespace keepalive goes out: `timeouts.keepalive`,
+    /// or sooner, half the `idle-seconds` an outbound peer advertised (XEP-0478).
+    fn keepalive(&self, ours: Duration) -> Duration {
+        match self {
+            Core::Out(c) => c.peer_idle_limit().map_or(ours, |idle| ours.min(idle / 2)),
+            _ => ours,
+        }
+    }
+
     /// The stream's name for log lines.
     fn label(&self) -> &str {
         match self {
@@ -701,7 +710,7 @@ impl Stream {
         if self.core.is_open() {
             t = t
                 .min(c.last_activity + cfg.idle)
-                .min(c.last_write + cfg.keepalive);
+                .min(c.last_write + self.core.keepalive(cfg.keepalive));
         }
         t
     }
@@ -736,7 +745,9 @@ impl Stream {
             self.feed(Event::Timeout);
         } else if self.core.is_open() && now >= self.clock.last_activity + cfg.idle {
             self.feed(Event::Idle);
-        } else if self.core.is_open() && now >= self.clock.last_write + cfg.keepalive {
+        } else if self.core.is_open()
+            && now >= self.clock.last_write + self.core.keepalive(cfg.keepalive)
+        {
             // RFC 6120 §4.6.1: whitespace keepalive.
             self.write(b" ");
             self.clock.last_write = now;

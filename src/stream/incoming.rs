@@ -21,7 +21,8 @@ use crate::domain::Domain;
 use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
 use crate::stanza::{self, echo};
 use crate::xml::{
-    Element, StreamHeader, DIALBACK_FEATURE_NS, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS,
+    Element, StreamHeader, DIALBACK_FEATURE_NS, DIALBACK_NS, SERVER_NS, STREAM_LIMITS_NS,
+    STREAM_NS, TLS_NS,
 };
 use std::sync::Arc;
 
@@ -332,7 +333,31 @@ impl Incoming {
             Element::new("dialback", DIALBACK_FEATURE_NS)
                 .with_child(Element::new("errors", DIALBACK_FEATURE_NS)),
         );
+        features.push_child(self.limits());
         features
+    }
+
+    /// XEP-0478: the limits we enforce on what the peer sends, in every features element
+    /// (before and after STARTTLS).
+    ///
+    /// `max-bytes` is `limits.stanza_size`, not the pre-authentication budget the reader holds
+    /// while the features go out: dialback never restarts the stream, so these features are the
+    /// only ones the peer gets, and what it uses them for is sizing the stanzas it sends, which
+    /// it may only send once authenticated, when `stanza_size` is in force. Advertising
+    /// `pre_auth_stanza_size` would make a conforming peer refuse stanzas we accept. What a peer
+    /// legitimately sends before that (`<starttls/>`, `<db:result/>`, `<db:verify/>`) is far
+    /// below the pre-authentication budget.
+    ///
+    /// `idle-seconds` is `timeouts.idle`: an authenticated stream is closed only after that long
+    /// without traffic (before authentication the shorter `timeouts.negotiation` deadline bounds
+    /// the whole negotiation, which is not an idle limit).
+    fn limits(&self) -> Element {
+        let config = &self.ctx.config;
+        let number =
+            |name: &str, n: u64| Element::new(name, STREAM_LIMITS_NS).with_text(n.to_string());
+        Element::new("limits", STREAM_LIMITS_NS)
+            .with_child(number("max-bytes", config.limits.stanza_size as u64))
+            .with_child(number("idle-seconds", config.timeouts.idle.as_secs()))
     }
 
     fn open(&mut self, e: Element) -> Vec<Action> {

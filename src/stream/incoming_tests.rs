@@ -1047,3 +1047,42 @@ fn db15_a_db_result_from_a_refused_domain_gets_forbidden_and_no_verification() {
     let out = s.handle(claim("conference.a.test", "a.test"));
     sent_dialback_error(&out, StanzaCondition::NotAcceptable);
 }
+
+/// The XEP-0478 `<limits/>` in our features `f`: (max-bytes, idle-seconds) as text.
+fn advertised_limits(f: &Element) -> (String, String) {
+    let limits = f
+        .child("limits", STREAM_LIMITS_NS)
+        .expect("XEP-0478 limits advertised");
+    let value = |name| limits.child(name, STREAM_LIMITS_NS).expect(name).text();
+    (value("max-bytes"), value("idle-seconds"))
+}
+
+/// XEP-0478: our features advertise `limits.stanza_size` as `max-bytes` (what holds once the
+/// peer may send stanzas) and `timeouts.idle` as `idle-seconds`, before and after STARTTLS.
+#[test]
+fn xep0478_features_advertise_our_limits_before_and_after_starttls() {
+    let ctx = ctx_with(|c| {
+        c.limits.stanza_size = 20_000;
+        c.timeouts.idle = std::time::Duration::from_secs(900);
+        c.tls.enabled = true;
+        c.tls.require_encryption = false;
+    });
+    let mut s = incoming_with(ctx);
+    let out = s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let [Action::SendHeader(_), Action::Send(f)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert!(f.child("starttls", TLS_NS).is_some());
+    let expected = ("20000".to_string(), "900".to_string());
+    assert_eq!(advertised_limits(f), expected);
+    s.handle(Event::Element(el(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    s.handle(Event::TlsEstablished);
+    let out = s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    let [Action::SendHeader(_), Action::Send(f)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert!(f.child("starttls", TLS_NS).is_none());
+    assert_eq!(advertised_limits(f), expected, "after TLS");
+}

@@ -17,9 +17,12 @@ use super::{
 use crate::domain::Domain;
 use crate::ratelimit::{warn_limited, RateLimit, LOG_EVERY};
 use crate::stanza::{self, echo, Bounce};
-use crate::xml::{Element, StreamHeader, DIALBACK_NS, SERVER_NS, STREAM_NS, TLS_NS};
+use crate::xml::{
+    Element, StreamHeader, DIALBACK_NS, SERVER_NS, STREAM_LIMITS_NS, STREAM_NS, TLS_NS,
+};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The dialback error we give the claimant when its Authoritative Server could not be asked
 /// (XEP-0220 §2.5: the Receiving Server could not connect to the Authoritative Server).
@@ -64,6 +67,10 @@ pub struct Outgoing {
     legacy: bool,
     /// Why the pair could not be set up, once it could not: what its stanzas bounce with.
     failure: Option<Bounce>,
+    /// XEP-0478: the peer's `max-bytes` from its latest features (none: no limit advertised).
+    peer_max_bytes: Option<usize>,
+    /// XEP-0478: the peer's `idle-seconds` from its latest features.
+    peer_idle: Option<Duration>,
 }
 
 impl Outgoing {
@@ -90,6 +97,8 @@ impl Outgoing {
             queue_bytes: 0,
             legacy: false,
             failure: None,
+            peer_max_bytes: None,
+            peer_idle: None,
         }
     }
 
@@ -125,6 +134,18 @@ impl Outgoing {
     pub fn take_queue(&mut self) -> Vec<Element> {
         self.queue_bytes = 0;
         self.queue.drain(..).collect()
+    }
+
+    /// XEP-0478: how long the peer lets the stream sit without traffic from us, as its
+    /// features advertised (`idle-seconds`); the connection layer keeps the stream alive
+    /// within it.
+    pub fn peer_idle_limit(&self) -> Option<Duration> {
+        self.peer_idle
+    }
+
+    /// XEP-0478: the largest element the peer accepts (`max-bytes`), as its features said.
+    pub fn peer_max_bytes(&self) -> Option<usize> {
+        self.peer_max_bytes
     }
 
     /// The stream's name for log lines.
@@ -279,7 +300,7 @@ impl Outgoing {
 
     fn stanza(&mut self, el: Element) -> Vec<Action> {
         match self.state {
-            State::Established => vec![Action::Send(el)],
+            State::Established => self.send_within_limit(vec![el]),
             // The route is gone: hand it back to the router for a fresh connection.
             State::Closed => vec![Action::Deliver(el)],
             _ if self.queue.len() >= self.ctx.config.limits.queue => {
@@ -374,7 +395,41 @@ impl Outgoing {
     }
 
     fn expect_features(&mut self, features: &Element) -> Vec<Action> {
+        // XEP-0478: the latest features say what holds (those after STARTTLS replace the
+        // earlier ones, TLS-01); a missing or unreadable value is no limit.
+        self.peer_max_bytes = stream_limit(features, "max-bytes").and_then(|n| n.try_into().ok());
+        self.peer_idle = stream_limit(features, "idle-seconds").map(Duration::from_secs);
         self.after_features(features.child("starttls", TLS_NS).is_some())
+    }
+
+    /// Send `stanzas`, except those larger than the peer's `max-bytes`: XEP-0478: a stanza that exceeds the limit after serialisation SHOULD NOT be sent on the
+    /// stream; the server SHOULD return an error to the sender with `<policy-violation/>` and
+    /// no `by` (the policy is not ours). Measured as written ([`Element::to_bytes`] is the
+    /// writer the link uses), only when the peer advertised a limit.
+    fn send_within_limit(&mut self, stanzas: Vec<Element>) -> Vec<Action> {
+        let Some(max) = self.peer_max_bytes else {
+            return stanzas.into_iter().map(Action::Send).collect();
+        };
+        let (fit, over): (Vec<_>, Vec<_>) = stanzas
+            .into_iter()
+            .partition(|el| el.to_bytes().len() <= max);
+        let mut out: Vec<Action> = fit.into_iter().map(Action::Send).collect();
+        if !over.is_empty() {
+            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+            warn_limited!(
+                LOG,
+                "{}: bouncing {} stanzas larger than the {max} bytes {} accepts (XEP-0478)",
+                self.label,
+                over.len(),
+                self.remote
+            );
+            out.push(Action::Bounce {
+                stanzas: over,
+                condition: StanzaCondition::PolicyViolation,
+                text: format!("larger than the {max} bytes {} accepts", self.remote),
+            });
+        }
+        out
     }
 
     fn after_features(&mut self, starttls_offered: bool) -> Vec<Action> {
@@ -466,8 +521,9 @@ impl Outgoing {
                     local: self.local.clone(),
                     remote: self.remote.clone(),
                 }];
-                out.extend(self.queue.drain(..).map(Action::Send));
+                let queued = self.queue.drain(..).collect();
                 self.queue_bytes = 0;
+                out.extend(self.send_within_limit(queued));
                 out
             }
             Verdict::Invalid => {
@@ -563,6 +619,16 @@ impl Outgoing {
         out.push(Action::Close(err));
         out
     }
+}
+
+/// A positive integer child `name` of the XEP-0478 `<limits/>` in `features`; `None` when it
+/// is absent, not a number, zero, or beyond `u64` (the peer's word is no limit then).
+fn stream_limit(features: &Element, name: &str) -> Option<u64> {
+    let text = features
+        .child("limits", STREAM_LIMITS_NS)?
+        .child(name, STREAM_LIMITS_NS)?
+        .text();
+    text.trim().parse::<u64>().ok().filter(|&n| n > 0)
 }
 
 #[cfg(test)]

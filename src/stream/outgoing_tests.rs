@@ -649,3 +649,147 @@ fn tls01_nothing_learned_before_tls_counts_after_the_restart() {
     let out = s.handle(Event::Element(features()));
     assert_eq!(out, vec![key_sent("ID-2")]);
 }
+
+/// The peer's features with an XEP-0478 `<limits/>` whose children are `inner`.
+fn features_with_limits(inner: &str) -> Element {
+    el(&format!(
+        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>\
+         <limits xmlns='urn:xmpp:stream-limits:0'>{inner}</limits></stream:features>"
+    ))
+}
+
+/// XEP-0478: the peer's `max-bytes` and `idle-seconds` are read from its features; a missing,
+/// unreadable, zero or overflowing value is no limit, never an error.
+#[test]
+fn xep0478_peer_limits_are_read_and_bad_values_ignored() {
+    let secs = |n| Some(Duration::from_secs(n));
+    let cases: [(&str, Option<usize>, Option<Duration>); 9] = [
+        (
+            "<max-bytes>10000</max-bytes><idle-seconds>840</idle-seconds>",
+            Some(10000),
+            secs(840),
+        ),
+        (" <max-bytes> 4096 </max-bytes> ", Some(4096), None),
+        ("<idle-seconds>60</idle-seconds>", None, secs(60)),
+        ("", None, None),
+        (
+            "<max-bytes>lots</max-bytes><idle-seconds>-5</idle-seconds>",
+            None,
+            None,
+        ),
+        (
+            "<max-bytes>0</max-bytes><idle-seconds>0</idle-seconds>",
+            None,
+            None,
+        ),
+        (
+            "<max-bytes>99999999999999999999999</max-bytes><idle-seconds>1e3</idle-seconds>",
+            None,
+            None,
+        ),
+        ("<max-bytes><b>5</b></max-bytes>", None, None),
+        ("<max-bytes xmlns='urn:example'>5</max-bytes>", None, None),
+    ];
+    for (inner, bytes, idle) in cases {
+        let mut s = pair_stream(ctx());
+        s.handle(Event::Header(their_header(Some("ID-B"))));
+        let out = s.handle(Event::Element(features_with_limits(inner)));
+        assert_eq!(out, vec![key_sent("ID-B")], "{inner}: dialback goes on");
+        assert_eq!(s.peer_max_bytes(), bytes, "{inner}");
+        assert_eq!(s.peer_idle_limit(), idle, "{inner}");
+    }
+    // No <limits/> at all.
+    let (s, _) = awaiting_result();
+    assert_eq!((s.peer_max_bytes(), s.peer_idle_limit()), (None, None));
+}
+
+/// XEP-0478: a stanza larger than the peer's `max-bytes` once written is not sent but bounced
+/// to its sender with policy-violation, whether it was queued before `valid` or arrives
+/// after; one of exactly `max-bytes` goes out.
+#[test]
+fn xep0478_stanza_over_the_peers_max_bytes_bounces_with_policy_violation() {
+    let small = msg(1);
+    let wire = "<message from='bot@a.test' to='u@b.test' id='m1'><body>1</body></message>";
+    assert_eq!(small.to_bytes(), wire.as_bytes(), "measured as written");
+    let max = wire.len();
+    let big = || {
+        el(&format!(
+            "<message from='bot@a.test' to='u@b.test' id='m2'><body>{}</body></message>",
+            "x".repeat(max)
+        ))
+    };
+    // One byte over: the same stanza with one more character in an attribute.
+    let over = el("<message from='bot@a.test' to='u@b.test' id='m12'><body>1</body></message>");
+    assert_eq!(over.to_bytes().len(), max + 1);
+
+    let mut s = pair_stream(ctx());
+    s.handle(Event::Stanza(big()));
+    s.handle(Event::Stanza(small.clone()));
+    s.handle(Event::Header(their_header(Some("ID-B"))));
+    s.handle(Event::Element(features_with_limits(&format!(
+        "<max-bytes>{max}</max-bytes>"
+    ))));
+    let out = s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    )));
+    assert!(matches!(&out[0], Action::Authenticated { .. }), "{out:?}");
+    assert_eq!(
+        out[1],
+        Action::Send(small.clone()),
+        "exactly max-bytes is sent"
+    );
+    let Action::Bounce {
+        stanzas, condition, ..
+    } = &out[2]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (stanzas, *condition),
+        (&vec![big()], StanzaCondition::PolicyViolation)
+    );
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(s.queued_bytes(), 0);
+
+    // Established: the same rule, stanza by stanza.
+    let out = s.handle(Event::Stanza(over.clone()));
+    assert_eq!(
+        out,
+        vec![Action::Bounce {
+            stanzas: vec![over],
+            condition: StanzaCondition::PolicyViolation,
+            text: format!("larger than the {max} bytes b.test accepts"),
+        }]
+    );
+    assert_eq!(
+        s.handle(Event::Stanza(small.clone())),
+        vec![Action::Send(small)]
+    );
+}
+
+/// XEP-0478, TLS-01: the features after STARTTLS say what holds; limits advertised on the
+/// insecure stream do not carry over.
+#[test]
+fn xep0478_tls01_limits_after_starttls_replace_the_earlier_ones() {
+    let mut s = pair_stream(tls_ctx(false));
+    s.handle(Event::Header(their_header(Some("ID-1"))));
+    s.handle(Event::Element(el(
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
+         <limits xmlns='urn:xmpp:stream-limits:0'><max-bytes>100</max-bytes>\
+         <idle-seconds>30</idle-seconds></limits></stream:features>",
+    )));
+    assert_eq!(s.peer_max_bytes(), Some(100));
+    s.handle(Event::Element(el(
+        "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    )));
+    s.handle(Event::TlsEstablished);
+    s.handle(Event::Header(their_header(Some("ID-2"))));
+    let out = s.handle(Event::Element(features_with_limits(
+        "<max-bytes>20000</max-bytes>",
+    )));
+    assert_eq!(out, vec![key_sent("ID-2")]);
+    assert_eq!(
+        (s.peer_max_bytes(), s.peer_idle_limit()),
+        (Some(20000), None)
+    );
+}

@@ -56,6 +56,8 @@ pub const STANZAS_NS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 pub const TLS_NS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// Namespace of the dialback stream feature (XEP-0220 §2.4).
 pub const DIALBACK_FEATURE_NS: &str = "urn:xmpp:features:dialback";
+/// Namespace of the stream limits feature (XEP-0478 §3).
+pub const STREAM_LIMITS_NS: &str = "urn:xmpp:stream-limits:0";
 
 /// The end tag of our stream root.
 pub const STREAM_CLOSE: &[u8] = b"</stream:stream>";
