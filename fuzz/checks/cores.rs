@@ -711,6 +711,9 @@ pub fn core_outgoing(data: &[u8]) {
                 }
                 Action::Send(e) if pending.iter().any(|p| Some(p.as_str()) == e.attr("id")) => {
                     assert!(established, "stanza sent before valid: {e:?}");
+                    if let Some(max) = core.peer_max_bytes() {
+                        assert!(e.to_bytes().len() <= max, "XEP-0478: over {max}: {e:?}");
+                    }
                     let id = e.attr("id").unwrap();
                     assert_eq!(pending.pop_front().as_deref(), Some(id), "out of order");
                     reached(1);
@@ -790,8 +793,17 @@ pub fn core_outgoing(data: &[u8]) {
                         reached(2);
                     }
                 }
-                Action::Bounce { stanzas, .. } => {
-                    assert!(!established, "bounce on an established stream");
+                Action::Bounce {
+                    stanzas, condition, ..
+                } => {
+                    if established {
+                        // XEP-0478: only stanzas over the peer's max-bytes, and only so.
+                        let max = core
+                            .peer_max_bytes()
+                            .expect("bounce on an established stream");
+                        assert_eq!(*condition, StanzaCondition::PolicyViolation);
+                        assert!(stanzas.iter().all(|s| s.to_bytes().len() > max));
+                    }
                     for s in stanzas {
                         let id = s.attr("id").unwrap();
                         let at = pending

@@ -413,7 +413,8 @@ impl Outgoing {
         let (fit, over): (Vec<_>, Vec<_>) = stanzas
             .into_iter()
             .partition(|el| el.to_bytes().len() <= max);
-        let mut out: Vec<Action> = fit.into_iter().map(Action::Send).collect();
+        // The bounce first: what is sent then keeps its order with nothing skipped over.
+        let mut out = Vec::new();
         if !over.is_empty() {
             static LOG: RateLimit = RateLimit::new(LOG_EVERY);
             warn_limited!(
@@ -429,6 +430,7 @@ impl Outgoing {
                 text: format!("larger than the {max} bytes {} accepts", self.remote),
             });
         }
+        out.extend(fit.into_iter().map(Action::Send));
         out
     }
 

@@ -734,13 +734,13 @@ fn xep0478_stanza_over_the_peers_max_bytes_bounces_with_policy_violation() {
     )));
     assert!(matches!(&out[0], Action::Authenticated { .. }), "{out:?}");
     assert_eq!(
-        out[1],
+        out[2],
         Action::Send(small.clone()),
         "exactly max-bytes is sent"
     );
     let Action::Bounce {
         stanzas, condition, ..
-    } = &out[2]
+    } = &out[1]
     else {
         panic!("{out:?}")
     };
