@@ -1086,3 +1086,135 @@ fn xep0478_features_advertise_our_limits_before_and_after_starttls() {
     assert!(f.child("starttls", TLS_NS).is_none());
     assert_eq!(advertised_limits(f), expected, "after TLS");
 }
+
+/// A context hosting a.test, conference.a.test and c.test, with `limits.pairs_per_stream` =
+/// `cap`.
+fn three_local_domains(cap: usize) -> Arc<Ctx> {
+    ctx_with(|c| {
+        c.domains.push(d("c.test"));
+        c.limits.pairs_per_stream = cap;
+    })
+}
+
+/// The verification one db:result asks for: (local, remote, stream id, key).
+fn asked(out: &[Action]) -> (String, String, String, String) {
+    let [Action::Verify(req)] = out else {
+        panic!("expected one verification: {out:?}")
+    };
+    (
+        req.local.to_string(),
+        req.remote.to_string(),
+        req.stream_id.clone(),
+        req.key.clone(),
+    )
+}
+
+/// DB-29 (XEP-0220 §2.6.2), DB-26: we advertise `<errors/>`, so a peer may multiplex targets:
+/// on a stream opened for a.test, db:results for a.test and then for our other domains
+/// conference.a.test and c.test are each verified on their own (one request per pair, same
+/// stream id, their own key), each answered from its own domain, and stanzas flow for each
+/// verified pair, while a pair still pending is refused. The certificate choice (the header's
+/// `to`) is unchanged by the later targets.
+#[test]
+fn db29_target_multiplexing_verifies_each_local_domain_on_one_stream() {
+    let mut s = opened_with(three_local_domains(10));
+    let (local, remote, id, key) = asked(&s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test'>k1</db:result>",
+    ))));
+    assert_eq!(
+        (&*local, &*remote, &*id, &*key),
+        ("a.test", "b.test", "id1", "k1")
+    );
+    s.handle(verified_as("b.test", "a.test", Verdict::Valid));
+    for (n, target) in ["conference.a.test", "c.test"].into_iter().enumerate() {
+        let key = format!("k{}", n + 2);
+        let out = s.handle(Event::Element(el(&format!(
+            "<db:result from='b.test' to='{target}'>{key}</db:result>"
+        ))));
+        assert_eq!(
+            asked(&out),
+            (target.into(), "b.test".into(), "id1".into(), key)
+        );
+    }
+    assert_eq!(s.pending_pairs().len(), 2);
+    // conference.a.test is verified; c.test is still pending.
+    let out = s.handle(verified_as("b.test", "conference.a.test", Verdict::Valid));
+    let [Action::Send(r), Action::Authenticated { local, remote }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(Verdict::of(r), Some(Verdict::Valid));
+    assert_eq!(
+        (r.attr("from"), r.attr("to")),
+        (Some("conference.a.test"), Some("b.test"))
+    );
+    assert_eq!(
+        (local.as_str(), remote.as_str()),
+        ("conference.a.test", "b.test")
+    );
+    for to in ["v@a.test", "room@conference.a.test"] {
+        let m = el(&format!("<message from='u@b.test' to='{to}'/>"));
+        assert_eq!(
+            s.handle(Event::Element(m.clone())),
+            vec![Action::Deliver(m)]
+        );
+    }
+    assert_eq!(s.verified_pairs().len(), 2);
+    assert_eq!(
+        s.named_local(),
+        Some(&d("a.test")),
+        "the header's `to` still names the stream"
+    );
+    // c.test is ours but not verified for b.test on this stream: host-unknown, as before.
+    let out = s.handle(Event::Element(el(
+        "<message from='u@b.test' to='w@c.test'/>",
+    )));
+    assert!(closes_with(&out, StreamCondition::HostUnknown), "{out:?}");
+}
+
+/// DB-29 with DB-21/§2.5: a second target whose key is invalid is refused alone (`forbidden`,
+/// the stream and the first pair kept); stanzas for it stay refused, and a target that is not
+/// ours still gets `item-not-found` (DB-19) on a multiplexed stream.
+#[test]
+fn db29_invalid_second_target_is_refused_alone() {
+    let mut s = verified();
+    assert!(matches!(
+        &s.handle(claim("b.test", "conference.a.test"))[..],
+        [Action::Verify(_)]
+    ));
+    let out = s.handle(verified_as("b.test", "conference.a.test", Verdict::Invalid));
+    let r = sent_dialback_error(&out, StanzaCondition::Forbidden);
+    assert_eq!(r.attr("from"), Some("conference.a.test"));
+    assert_eq!(s.verified_pairs(), &[(d("b.test"), d("a.test"))]);
+    let out = s.handle(claim("b.test", "nosuch.test"));
+    sent_dialback_error(&out, StanzaCondition::ItemNotFound);
+    let m = el("<message from='u@b.test' to='v@a.test'/>");
+    assert_eq!(
+        s.handle(Event::Element(m.clone())),
+        vec![Action::Deliver(m)]
+    );
+    let out = s.handle(Event::Element(el(
+        "<message from='u@b.test' to='room@conference.a.test'/>",
+    )));
+    assert!(closes_with(&out, StreamCondition::HostUnknown), "{out:?}");
+}
+
+/// DB-29 within the caps: targets count as pairs against `limits.pairs_per_stream`, so a third
+/// local domain on a stream capped at two gets `resource-constraint` and no verification.
+#[test]
+fn db29_target_multiplexing_counts_against_pairs_per_stream() {
+    let mut s = opened_with(three_local_domains(2));
+    for target in ["a.test", "conference.a.test"] {
+        assert!(matches!(
+            &s.handle(claim("b.test", target))[..],
+            [Action::Verify(_)]
+        ));
+    }
+    s.handle(verified_as("b.test", "a.test", Verdict::Valid));
+    let out = s.handle(claim("b.test", "c.test"));
+    let r = sent_dialback_error(&out, StanzaCondition::ResourceConstraint);
+    assert_eq!(r.attr("from"), Some("c.test"));
+    assert!(s
+        .handle(verified_as("b.test", "c.test", Verdict::Valid))
+        .is_empty());
+    assert_eq!(s.pending_pairs(), &[(d("b.test"), d("conference.a.test"))]);
+}
