@@ -546,3 +546,57 @@ fn federation_deny_refuses_dialback_and_stanzas_without_connecting() {
     }
     drop(dns);
 }
+
+/// DB-29 (XEP-0220 §2.6.2 target multiplexing), DB-26: b.test's daemon also hosts d.test and
+/// e.test and advertises dialback errors, so a.test multiplexes targets on one stream: its
+/// db:results for b.test and for d.test are each verified by a callback to the real a.test and
+/// answered valid, stanzas for both pairs reach their components, a target we do not host
+/// gets `item-not-found` without losing the stream (DB-19), and a stanza for e.test, hosted
+/// but never verified on this stream, is refused with `host-unknown`.
+#[test]
+fn db29_one_inbound_stream_verifies_two_of_our_domains() {
+    let mut p = AandB::start(A_SECRET, |dns, _| {
+        config(
+            &["b.test", "d.test", "e.test"],
+            &[("b.test", "sb"), ("d.test", "sd")],
+            dns,
+            "",
+        )
+    });
+    let cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    let cd = ComponentClient::connect(p.b.component_addr(), "d.test", "sd");
+    let (mut s, id) = open_s2s(&p.b, "a.test", "b.test");
+    for target in ["b.test", "d.test"] {
+        s.send(&db_result("a.test", target, &id, A_SECRET));
+        let r = s
+            .element_where(WAIT, |e| e.name == "result")
+            .expect("an answer to the db:result");
+        assert_eq!(
+            (r.attr("type"), r.attr("from"), r.attr("to")),
+            (Some("valid"), Some(target), Some("a.test")),
+            "{r:?}\n{}",
+            p.b.log_text()
+        );
+    }
+    p.b.wait_log("a.test→d.test verified by dialback");
+    // Each target had its own callback, from that domain, to a.test's real daemon.
+    for callback in ["b.test→a.test: stream ended", "d.test→a.test: stream ended"] {
+        p.a.wait_log_count(callback, 1);
+    }
+    s.send(&db_result("a.test", "nosuch.test", &id, A_SECRET));
+    let r = s
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("a dialback error");
+    assert_eq!(r.attr("type"), Some("error"), "{r:?}");
+    assert_eq!(error_of(&r).0, "item-not-found", "{r:?}");
+    for (c, to) in [(&cb, "u@b.test"), (&cd, "u@d.test")] {
+        s.send(&format!(
+            "<message from='v@a.test' to='{to}' id='m-{to}'><body>hi</body></message>"
+        ));
+        let m = c.recv(WAIT).expect("the message for its pair");
+        assert_eq!((m.attr("to"), m.attr("from")), (Some(to), Some("v@a.test")));
+    }
+    s.send("<message from='v@a.test' to='u@e.test'><body>unverified</body></message>");
+    assert_eq!(s.stream_error(), "host-unknown");
+    p.b.assert_alive();
+}

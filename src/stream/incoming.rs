@@ -5,7 +5,8 @@
 //! answered with 1.0, none means a pre-1.0 peer that gets a header without `version`, no
 //! features and dialback all the same), features (STARTTLS, dialback with `<errors/>`, DB-26),
 //! our header before any stream error we send (ERR-01), the dialback bookkeeping per domain
-//! pair (several pairs per stream, DB-28; discarded by the STARTTLS restart, TLS-01), the
+//! pair (several pairs per stream: the peer's domains, DB-28, and, since we advertise dialback
+//! errors, our hosted domains as targets, DB-29; discarded by the STARTTLS restart, TLS-01), the
 //! `[policy]` lists (a `<db:result/>` from a refused domain gets the dialback error
 //! `forbidden` and no verification), and the address checks on stanzas (DB-17, SEC-10,
 //! ADDR-01/02). Peer strings repeated in our errors
@@ -91,6 +92,8 @@ impl Incoming {
 
     /// Our domain as the peer's stream header named it in `to` (not defaulted): known before
     /// STARTTLS, it chooses the certificate we present whatever the TLS client's SNI says.
+    /// Further targets the peer multiplexes on the stream later (DB-29) do not change it: the
+    /// certificate is chosen once, at STARTTLS, before any `<db:result/>`.
     pub fn named_local(&self) -> Option<&Domain> {
         self.local.as_ref().filter(|_| self.to_given)
     }
