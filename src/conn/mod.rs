@@ -16,7 +16,13 @@
 //!
 //! Submodules: `link` (socket, TLS and write buffer), `dial` (finding and connecting to a peer),
 //! `tls` (STARTTLS, direct TLS and the certificate policy), `start` (starting each kind of stream
-//! and containing its failures), `caps` (what the stream holds against the resource caps).
+//! and containing its failures), `caps` (what the stream holds against the resource caps),
+//! `stack` (what a sleeping thread keeps of its stack), `report` (what the status listener and
+//! the metrics see of the stream).
+//!
+//! Wakes: a stream thread asks to be woken only right before it sleeps, and the wakes it causes
+//! in other streams are written once per turn of its loop ([`crate::inbox::flush_wakes`]), so a
+//! busy pair of streams on one core hands over whole batches, not single stanzas.
 //!
 //! Out of scope: protocol rules (`stream`), routing tables (`router`), accepting (`net`).
 
