@@ -288,7 +288,14 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// `YYYY-MM-DD` (UTC) of Unix seconds.
 pub fn format_date(secs: i64) -> String {
-    let z = secs.div_euclid(DAY) + 719_468;
+    let (y, m, d) = civil_from_days(secs.div_euclid(DAY));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// (year, month 1–12, day 1–31) of a day count since 1970-01-01, negative counts included
+/// (H. Hinnant's algorithm); also used for the status listener's HTTP dates.
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -297,7 +304,7 @@ pub fn format_date(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    (y, m, d)
 }
 
 #[cfg(test)]

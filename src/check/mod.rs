@@ -25,6 +25,7 @@
 //! when something did, [`EXIT_USAGE`] when the check could not run (arguments, configuration).
 
 mod cert;
+pub(crate) use cert::civil_from_days;
 mod connect;
 mod dns;
 mod outcome;

@@ -309,7 +309,7 @@ pub fn http_date(t: SystemTime) -> String {
     ];
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let days = secs / 86400;
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::check::civil_from_days(i64::try_from(days).unwrap_or(0));
     let s = secs % 86400;
     format!(
         "{}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
@@ -319,20 +319,6 @@ pub fn http_date(t: SystemTime) -> String {
         s / 60 % 60,
         s % 60
     )
-}
-
-/// (year, month 1–12, day 1–31) of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
