@@ -588,13 +588,17 @@ impl Traffic {
                     send_round(&shared, link, comp, 1, &|_| true);
                 }
                 shared.cv.notify_all();
-                thread::sleep(TICK); // pacing, not waiting for anything
+                // Pacing: one tick, cut short when the sender is told to stop.
+                let stopped =
+                    || stop.load(Ordering::Relaxed) || shared.stop.load(Ordering::Relaxed);
+                shared.wait(TICK, |_| stopped());
             }
         }));
     }
 
     fn stop_sender(&mut self) {
         self.sender_stop.store(true, Ordering::Relaxed);
+        self.shared.cv.notify_all();
         if let Some(s) = self.sender.take() {
             let _ = s.join();
         }
