@@ -419,67 +419,19 @@ impl Incoming {
                 "db:result needs valid 'from' and 'to'",
             )));
         };
-        let answer = |v: Verdict| {
-            vec![Action::Send(db_result(
-                &local,
-                &remote,
-                DbBody::Verdict(&v),
-            ))]
-        };
-        if !self.ctx.config.is_local(&local) {
-            // DB-19: a dialback error, not a stream error.
-            return answer(Verdict::Error(StanzaCondition::ItemNotFound));
-        }
-        if let Err(why) = self.federates_with(&remote) {
-            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
-            warn_limited!(
-                LOG,
-                "{}: refusing dialback from {remote}: {why}",
-                self.label
-            );
-            // XEP-0220 §2.5 `forbidden` for this pair alone, nothing verified (no callback,
-            // SEC-11), the stream kept for other pairs (DB-18), as ejabberd answers a domain
-            // its s2s_access refuses.
-            return answer(Verdict::Error(StanzaCondition::Forbidden));
-        }
-        if self.ctx.config.tls.require_encryption_for(&remote) && !self.tls {
-            log::info!(
-                "{}: {remote} tried dialback without TLS and require_encryption is on",
-                self.label
-            );
-            // XEP-0220 §2.5: policy-violation, TLS is required before dialback.
-            let mut out = answer(Verdict::Error(StanzaCondition::PolicyViolation));
-            out.extend(self.close_if_never_encrypted());
+        if let Some(out) = self.refuse_claim(&remote, &local) {
             return out;
-        }
-        if self.ctx.config.is_local(&remote) {
-            log::warn!("{}: peer claims to be our own domain {remote}", self.label);
-            return answer(Verdict::Error(StanzaCondition::NotAcceptable));
         }
         let pair = (remote.clone(), local.clone());
         if self.verified.contains(&pair) {
-            return answer(Verdict::Valid);
+            return answer(&local, &remote, Verdict::Valid);
         }
         if self.pending.contains(&pair) {
             log::debug!("{}: {remote} is already being verified", self.label);
             return Vec::new();
         }
-        let cap = self.ctx.config.limits.pairs_per_stream;
-        if self.verified.len() + self.pending.len() >= cap {
-            // XEP-0220 §2.5 resource-constraint: "cannot add another pair to this connection";
-            // the peer may open a new connection for it. Nothing is verified (no callback).
-            crate::metrics::METRICS.cap_hit(crate::metrics::Cap::PairsPerStream);
-            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
-            warn_limited!(LOG,
-                "{}: refusing {remote}→{local}: {cap} domain pairs on this stream (limits.pairs_per_stream)",
-                self.label
-            );
-            return answer(Verdict::Error(StanzaCondition::ResourceConstraint));
-        }
-        if self.pending.len() >= self.ctx.config.limits.pending_verifications_per_stream {
-            // SEC-11: bound the callbacks one stream can make us do.
-            crate::metrics::METRICS.cap_hit(crate::metrics::Cap::PendingVerificationsPerStream);
-            return answer(Verdict::Error(StanzaCondition::ResourceConstraint));
+        if let Some(condition) = self.no_room_for(&remote, &local) {
+            return answer(&local, &remote, Verdict::Error(condition));
         }
         self.pending.push(pair);
         log::debug!("{}: verifying {remote}→{local}", self.label);
@@ -489,6 +441,71 @@ impl Incoming {
             stream_id: self.id.clone(),
             key: e.text().trim().to_string(),
         })]
+    }
+
+    /// The dialback error (and what else to do) for a claim of `remote` towards `local` that is
+    /// refused before any callback: a domain we do not host, one the `[policy]` lists refuse,
+    /// dialback without the TLS the policy requires, or our own domain. `None`: go on.
+    fn refuse_claim(&mut self, remote: &Domain, local: &Domain) -> Option<Vec<Action>> {
+        let refuse = |c: StanzaCondition| Some(answer(local, remote, Verdict::Error(c)));
+        if !self.ctx.config.is_local(local) {
+            // DB-19: a dialback error, not a stream error.
+            return refuse(StanzaCondition::ItemNotFound);
+        }
+        if let Err(why) = self.federates_with(remote) {
+            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+            warn_limited!(
+                LOG,
+                "{}: refusing dialback from {remote}: {why}",
+                self.label
+            );
+            // XEP-0220 §2.5 `forbidden` for this pair alone, nothing verified (no callback,
+            // SEC-11), the stream kept for other pairs (DB-18), as ejabberd answers a domain
+            // its s2s_access refuses.
+            return refuse(StanzaCondition::Forbidden);
+        }
+        if self.ctx.config.tls.require_encryption_for(remote) && !self.tls {
+            log::info!(
+                "{}: {remote} tried dialback without TLS and require_encryption is on",
+                self.label
+            );
+            // XEP-0220 §2.5: policy-violation, TLS is required before dialback.
+            let mut out = answer(
+                local,
+                remote,
+                Verdict::Error(StanzaCondition::PolicyViolation),
+            );
+            out.extend(self.close_if_never_encrypted());
+            return Some(out);
+        }
+        if self.ctx.config.is_local(remote) {
+            log::warn!("{}: peer claims to be our own domain {remote}", self.label);
+            return refuse(StanzaCondition::NotAcceptable);
+        }
+        None
+    }
+
+    /// The condition when this stream may not verify one more pair: `limits.pairs_per_stream`
+    /// or `limits.pending_verifications_per_stream` (SEC-11). Nothing is verified then.
+    fn no_room_for(&self, remote: &Domain, local: &Domain) -> Option<StanzaCondition> {
+        let cap = self.ctx.config.limits.pairs_per_stream;
+        if self.verified.len() + self.pending.len() >= cap {
+            // XEP-0220 §2.5 resource-constraint: "cannot add another pair to this connection";
+            // the peer may open a new connection for it.
+            crate::metrics::METRICS.cap_hit(crate::metrics::Cap::PairsPerStream);
+            static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+            warn_limited!(LOG,
+                "{}: refusing {remote}→{local}: {cap} domain pairs on this stream (limits.pairs_per_stream)",
+                self.label
+            );
+            return Some(StanzaCondition::ResourceConstraint);
+        }
+        if self.pending.len() >= self.ctx.config.limits.pending_verifications_per_stream {
+            // SEC-11: bound the callbacks one stream can make us do.
+            crate::metrics::METRICS.cap_hit(crate::metrics::Cap::PendingVerificationsPerStream);
+            return Some(StanzaCondition::ResourceConstraint);
+        }
+        None
     }
 
     /// The `[policy]` lists say whether we take stanzas from the remote domain `remote`
@@ -694,6 +711,11 @@ pub(crate) fn describe_stream_error(e: &Element) -> String {
         Some(t) => format!("{cond} ({})", crate::logsafe::peer(&t.text())),
         None => cond,
     }
+}
+
+/// Our typed `<db:result/>` for `remote`→`local` (DB-20, DB-27).
+fn answer(local: &Domain, remote: &Domain, v: Verdict) -> Vec<Action> {
+    vec![Action::Send(db_result(local, remote, DbBody::Verdict(&v)))]
 }
 
 #[cfg(test)]
