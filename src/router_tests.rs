@@ -49,7 +49,7 @@ fn outbound(mut starts: Starts) -> Handle {
 }
 
 #[test]
-fn the_first_stanza_starts_one_stream_and_later_ones_queue_behind_it() {
+fn db02_route01_the_first_stanza_starts_one_stream_and_later_ones_queue_behind_it() {
     let r = router();
     let h = outbound(r.route(msg(0, "b.test")));
     for n in 1..5 {
@@ -62,7 +62,7 @@ fn the_first_stanza_starts_one_stream_and_later_ones_queue_behind_it() {
 }
 
 #[test]
-fn a_stream_that_ends_hands_its_stanzas_back_ahead_of_newer_ones() {
+fn route01_a_stream_that_ends_hands_its_stanzas_back_ahead_of_newer_ones() {
     let r = router();
     let h1 = outbound(r.route(msg(0, "b.test")));
     for n in 1..4 {
@@ -80,7 +80,7 @@ fn a_stream_that_ends_hands_its_stanzas_back_ahead_of_newer_ones() {
 }
 
 #[test]
-fn no_reordering_while_senders_race_the_close() {
+fn route01_no_reordering_while_senders_race_the_close() {
     let r = router();
     let h1 = outbound(r.route(msg(0, "b.test")));
     let r2 = r.clone();
@@ -103,7 +103,7 @@ fn no_reordering_while_senders_race_the_close() {
 }
 
 #[test]
-fn a_failed_pair_backs_off_then_tries_again() {
+fn srv06_route02_a_failed_pair_backs_off_then_tries_again() {
     let r = router();
     let comp = r.new_handle(StreamKind::Component, 100).unwrap();
     assert!(r.register_component(Domain::parse("echo.a.test").unwrap(), comp.clone()));
@@ -142,7 +142,7 @@ fn a_failed_pair_backs_off_then_tries_again() {
 }
 
 #[test]
-fn the_window_is_jittered_within_half_and_all_of_the_retry_time() {
+fn srv06_the_window_is_jittered_within_half_and_all_of_the_retry_time() {
     let d = Duration::from_secs(10);
     let windows: Vec<Duration> = (0..50).map(|_| jittered(d)).collect();
     assert!(
@@ -191,7 +191,7 @@ fn a_component_that_closes_hands_back_what_waited_for_it() {
 }
 
 #[test]
-fn bounces_reach_a_component_whose_queue_is_full() {
+fn route02_bounces_reach_a_component_whose_queue_is_full() {
     let ctx = testutil::ctx_with(|c| c.limits.outbox = 2);
     let r = Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None);
     let d = Domain::parse("echo.a.test").unwrap();

@@ -1023,7 +1023,7 @@ fn drain(shared: &Shared, traffic: &mut Traffic) {
     shared.wait(DRAIN, |l| l.strict_open == 0);
 }
 
-/// DESIGN.md "Nothing lost, nothing reordered" and "Shutdown is graceful", under churn: see
+/// ROUTE-01, ROUTE-02, STR-05; DESIGN.md "Nothing lost, nothing reordered" and "Shutdown is graceful", under churn: see
 /// the module documentation for what is asserted and why.
 #[test]
 fn every_stanza_is_delivered_once_in_order_or_bounced_once_under_churn() {

@@ -218,7 +218,7 @@ impl Peer {
 }
 
 #[test]
-fn the_deadline_fires_while_dialling_and_the_pair_backs_off() {
+fn route02_srv06_the_deadline_fires_while_dialling_and_the_pair_backs_off() {
     let s = setup(1);
     let _peer = s.pairs.never();
     s.send(0..3, 10);
@@ -303,7 +303,7 @@ fn accounted(n: usize, delivered: &[String], bounced: &[Element]) {
 }
 
 #[test]
-fn a_peer_that_reads_nothing_is_dropped_and_what_it_did_not_take_bounces() {
+fn route01_route02_a_peer_that_reads_nothing_is_dropped_and_what_it_did_not_take_bounces() {
     let s = setup(1);
     let n = 3000;
     let (mut peer, first) = stalled(&s, n, 1);
@@ -354,7 +354,7 @@ fn a_panic_in_a_stream_is_contained_and_releases_everything() {
 }
 
 #[test]
-fn a_verification_whose_requester_ended_is_abandoned_at_once() {
+fn sec11_a_verification_whose_requester_ended_is_abandoned_at_once() {
     let s = setup(60);
     let _peer = s.pairs.never();
     let requester = s.router.new_handle(StreamKind::Server, 10).unwrap();
@@ -412,7 +412,7 @@ fn read_until(r: &mut impl std::io::Read, needle: &str) -> String {
 }
 
 #[test]
-fn an_outbound_stream_upgrades_to_tls_in_memory_and_delivers_in_order() {
+fn tls01_route01_an_outbound_stream_upgrades_to_tls_in_memory_and_delivers_in_order() {
     let dir = std::env::temp_dir().join(format!("dialbackd-conn-tls-{}", std::process::id()));
     let ours = crate::tls::gen_cert(&Domain::parse("echo.a.test").unwrap(), &dir).unwrap();
     let theirs = crate::tls::gen_cert(&Domain::parse("b.test").unwrap(), &dir).unwrap();
