@@ -56,7 +56,11 @@ taskset -c 0 "$DNSMASQ" --keep-in-foreground --conf-file=/dev/null --no-resolv -
     --bind-interfaces --listen-address=$IP_DNS --port=53 --except-interface=nonexistent0 \
     --user=root --group=root --pid-file="$out/dnsmasq.pid" --local=/test/ \
     --address=/gen.test/$IP_GEN >"$out/dnsmasq.log" 2>&1 &
-PIDS+=("$!")
+DNS_PID=$!
+PIDS+=("$DNS_PID")
+n=0 # dnsmasq writes its PID file once it listens
+while [ ! -s "$out/dnsmasq.pid" ] && kill -0 $DNS_PID 2>/dev/null && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+[ -s "$out/dnsmasq.pid" ] || { cat "$out/dnsmasq.log" >&2; log "dnsmasq did not start"; exit 1; }
 cat >"$out/dialbackd.toml" <<EOF
 domains = ["sut.test"]
 dialback_secret = "bench-sut-secret"

@@ -17,7 +17,8 @@
 //! Submodules: `link` (socket, TLS and write buffer), `dial` (finding and connecting to a peer),
 //! `tls` (STARTTLS, direct TLS and the certificate policy), `start` (starting each kind of stream
 //! and containing its failures), `caps` (what the stream holds against the resource caps),
-//! `stack` (what a sleeping thread keeps of its stack), `report` (what the status listener and
+//! `stack` (what a sleeping thread keeps of its stack), `pool` (threads
+//! of ended streams waiting briefly for the next one), `report` (what the status listener and
 //! the metrics see of the stream).
 //!
 //! Wakes: a stream thread asks to be woken only right before it sleeps, and the wakes it causes
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 mod caps;
 mod dial;
 mod link;
+mod pool;
 mod report;
 mod stack;
 mod start;

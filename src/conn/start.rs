@@ -19,7 +19,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread;
 
 /// Serve a peer that connected to our server-to-server port (`direct_tls` for the XEP-0368
 /// listener). The caller counted its address (`Router::admit_ip`); the stream gives it back
@@ -191,15 +190,28 @@ fn spawn(s: Box<Stream>) -> io::Result<()> {
     let router = s.router.clone();
     let id = s.me.id();
     router.add_stream(s.me.clone());
-    let started = thread::Builder::new()
-        .name(format!("st-{id}"))
-        .stack_size(STACK_SIZE)
-        .spawn(move || contained(s));
+    let started = super::pool::run(
+        Box::new(move || {
+            name_thread(id);
+            contained(s);
+        }),
+        STACK_SIZE,
+    );
     if let Err(e) = &started {
         router.remove_stream(id);
         log::error!("cannot start a stream thread: {e}");
     }
-    started.map(|_| ())
+    started
+}
+
+/// Name the calling thread `st-ID` after its stream (seen in `top -H`, `/proc/PID/task`).
+fn name_thread(id: u64) {
+    let name = format!("st-{id}\0");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (longer ones are
+    // truncated by the kernel) from a pointer valid for the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+    }
 }
 
 /// The thread boundary: run the stream; after a panic, release what it holds.

@@ -23,7 +23,8 @@
 //! port), a random 16-bit id, recursion desired and EDNS with a 1232-byte
 //! payload. Answers whose id, question name or type don't match are ignored.
 //! Every query has a hard overall deadline, so a lookup never blocks longer
-//! than `timeout * attempts * nameservers`.
+//! than `timeout * attempts * nameservers`, and at most 64 queries are in flight at once
+//! (`inflight`: a burst waits its turn instead of overflowing the nameserver's socket).
 //!
 //! Out of scope: `/etc/hosts`, `search`/`ndots` handling (all names
 //! are queried as fully qualified), DNSSEC, and non-ASCII (IDNA) names, which
@@ -41,6 +42,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ring::rand::{SecureRandom, SystemRandom};
 
 mod cache;
+mod inflight;
 mod policy;
 mod srv;
 pub use cache::{Cache, CacheLimits, CacheStats, Clock, WaitTimedOut};
@@ -56,6 +58,9 @@ const EDNS_PAYLOAD: u16 = 1232;
 
 /// Number of passes over the nameserver list.
 const ATTEMPTS: usize = 2;
+
+/// The daemon's queries in flight (see [`inflight`]).
+static IN_FLIGHT: inflight::Limiter = inflight::Limiter::new(inflight::MAX_IN_FLIGHT);
 
 /// One SRV resource record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -437,6 +442,9 @@ impl Resolver {
             .to_vec()
             .map_err(|e| DnsError::BadName(format!("{qname}: {e}")))?;
 
+        let Some(_turn) = IN_FLIGHT.turn(deadline) else {
+            return Err(DnsError::Timeout);
+        };
         let bind: SocketAddr = if ns.is_ipv4() {
             "0.0.0.0:0".parse().expect("literal")
         } else {
