@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 mod caps;
 mod dial;
 mod link;
+mod mux;
 mod report;
 mod stack;
 mod start;
@@ -179,6 +180,8 @@ struct Stream {
     caps: caps::StreamCaps,
     /// What it last told the status listener (see `report`).
     published: report::Published,
+    /// Outbound: the pairs it carries besides its own, and its offer to carry more (see `mux`).
+    mux: mux::Mux,
 }
 
 impl Stream {
@@ -221,6 +224,7 @@ impl Stream {
             shutdown_pending: false,
             caps: caps::StreamCaps::default(),
             published: report::Published::default(),
+            mux: mux::Mux::default(),
         });
         s.report_start();
         s
@@ -309,6 +313,11 @@ impl Stream {
                 local,
                 verdict,
             }),
+            Input::Join {
+                local,
+                remote,
+                stanzas,
+            } => self.joined(local, remote, stanzas),
         }
     }
 
@@ -494,7 +503,12 @@ impl Stream {
                 }
                 Action::StartTls => self.start_tls(),
                 Action::Verify(req) => self.verify(req),
-                Action::Authenticated { .. } => self.authenticated(),
+                Action::Authenticated { local, remote } => self.authenticated(local, remote),
+                Action::PairFailed {
+                    local,
+                    remote,
+                    bounce,
+                } => self.pair_failed(local, remote, bounce),
                 Action::Deliver(el) => self.start(self.router.route(el)),
                 Action::Bounce {
                     stanzas,
@@ -561,11 +575,9 @@ impl Stream {
         }
     }
 
-    fn authenticated(&mut self) {
+    fn authenticated(&mut self, local: Domain, remote: Domain) {
         self.clock.deadline_fired = true;
-        if let Role::Outbound { key, .. } = &self.role {
-            self.router.outbound_up(key, self.me.id());
-        }
+        self.pair_up(local, remote);
     }
 
     fn register(&mut self, domain: Domain) {
@@ -652,11 +664,13 @@ impl Stream {
         match &mut self.role {
             Role::Outbound { key, routed } if *routed => {
                 *routed = false;
-                let failure = match &self.core {
-                    Core::Out(c) => c.failure().cloned(),
-                    _ => None,
+                let (failure, joined) = match &self.core {
+                    Core::Out(c) => (c.failure().cloned(), c.joined_pairs()),
+                    _ => (None, Vec::new()),
                 };
-                let starts = self.router.outbound_closing(key, &self.me, failure);
+                let starts = self
+                    .router
+                    .outbound_closing_pairs(key, &self.me, failure, joined);
                 self.start(starts);
             }
             Role::Component { domain, .. } => {
@@ -713,6 +727,9 @@ impl Stream {
         if !self.core.is_open() && !c.deadline_fired {
             t = t.min(c.deadline);
         }
+        if let Some(join) = self.join_deadline() {
+            t = t.min(join);
+        }
         if self.core.is_open() {
             t = t
                 .min(c.last_activity + cfg.idle)
@@ -746,6 +763,11 @@ impl Stream {
             let secs = cfg.negotiation.as_secs();
             return self.write_failed(&format!("the peer took nothing we wrote for {secs} s"));
         }
+        self.join_timers(now);
+        if self.done || self.clock.closing_until.is_some() {
+            return;
+        }
+        let cfg = &self.ctx.config.timeouts;
         if !self.core.is_open() && !self.clock.deadline_fired && now >= self.clock.deadline {
             self.clock.deadline_fired = true;
             self.feed(Event::Timeout);
@@ -812,7 +834,18 @@ impl Stream {
     /// for an outbound pair (after a panic).
     fn release(&mut self, failure: Option<Bounce>) {
         if let (Some(failure), Role::Outbound { key, routed: true }) = (failure, &self.role) {
-            let starts = self.router.outbound_closing(key, &self.me, Some(failure));
+            // Every pair the stream carried fails with it.
+            let joined = match &self.core {
+                Core::Out(c) => c.joined_pairs(),
+                _ => Vec::new(),
+            };
+            let joined = joined
+                .into_iter()
+                .map(|(k, _)| (k, Some(failure.clone())))
+                .collect();
+            let starts = self
+                .router
+                .outbound_closing_pairs(key, &self.me, Some(failure), joined);
             self.start(starts);
             if let Role::Outbound { routed, .. } = &mut self.role {
                 *routed = false;

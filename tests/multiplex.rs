@@ -1,0 +1,141 @@
+//! Target multiplexing outbound (XEP-0220 §2.6.2, DB-29): a.test's daemon sends to b.test and
+//! c.test, both hosted by one daemon at one address (their SRV records name the same host and
+//! port) that advertises dialback errors; one TCP connection carries both pairs.
+
+mod common;
+
+use common::dns_server::TestDns;
+use common::*;
+use std::net::{IpAddr, SocketAddr};
+
+/// How many TCP connections to `addr` are established, from `/proc/net/tcp` (IPv4): the
+/// accepted sockets whose local address is `addr`.
+fn established_to(addr: SocketAddr) -> usize {
+    let SocketAddr::V4(a) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(a.ip().octets()),
+        a.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("/proc/net/tcp")
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[3] == "01"
+        })
+        .count()
+}
+
+/// How many outbound pair streams of `d` connected.
+fn dialled(d: &Daemon) -> usize {
+    d.log_text()
+        .lines()
+        .filter(|l| l.contains("s2s-out") && l.contains(": connected to"))
+        .count()
+}
+
+/// a.test's daemon with a component for a.test, and `bc` hosting `hosted` (each with its
+/// component) at the address b.test and c.test both resolve to.
+fn sender_and_receiver(hosted: &[(&str, &str)]) -> (TestDns, Daemon, Daemon) {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let a = Daemon::start(
+        "a",
+        next_ip(),
+        &config(&["a.test"], &[("a.test", "sa")], dns.addr(), ""),
+    );
+    let domains: Vec<&str> = hosted.iter().map(|(d, _)| *d).collect();
+    let bc = Daemon::start("bc", next_ip(), &config(&domains, hosted, dns.addr(), ""));
+    publish(&dns, "a.test", a.s2s());
+    publish(&dns, "b.test", bc.s2s());
+    publish(&dns, "c.test", bc.s2s());
+    (dns, a, bc)
+}
+
+/// DB-29, DB-02: the second target's pair joins the established stream to the same address
+/// instead of opening a connection: its own db:result on that stream is verified (DB-19 on
+/// the receiving side: a hosted target), messages reach both domains' components in order,
+/// and exactly one connection to the receiving daemon exists.
+#[test]
+fn db29_two_targets_at_one_address_share_one_connection() {
+    let (dns, a, bc) = sender_and_receiver(&[("b.test", "sb"), ("c.test", "sc")]);
+    let mut ca = ComponentClient::connect(a.component_addr(), "a.test", "sa");
+    let cb = ComponentClient::connect(bc.component_addr(), "b.test", "sb");
+    let cc = ComponentClient::connect(bc.component_addr(), "c.test", "sc");
+
+    ca.send("<message from='x@a.test' to='u@b.test' id='b1'><body>b</body></message>");
+    let m = cb.recv(WAIT).expect("b.test's component got its message");
+    assert_eq!(m.attr("id"), Some("b1"));
+    for n in 1..=5 {
+        ca.send(&format!(
+            "<message from='x@a.test' to='u@c.test' id='c{n}'><body>c</body></message>"
+        ));
+    }
+    for n in 1..=5 {
+        let m = cc.recv(WAIT).expect("c.test's component got its message");
+        assert_eq!(m.attr("id"), Some(format!("c{n}").as_str()), "in order");
+    }
+    ca.send("<message from='x@a.test' to='u@b.test' id='b2'><body>b</body></message>");
+    assert_eq!(cb.recv(WAIT).expect("b2").attr("id"), Some("b2"));
+
+    // a dialled once; c.test's pair joined that stream.
+    assert_eq!(dialled(&a), 1, "{}", a.log_text());
+    assert_eq!(a.log_count("the pair joins it (target multiplexing"), 1);
+    // bc verified both pairs on one inbound stream.
+    let stream_of = |pair: &str| -> String {
+        let line = bc
+            .log_text()
+            .lines()
+            .find(|l| l.contains(&format!("{pair} verified by dialback")))
+            .unwrap_or_else(|| panic!("{pair} not verified\n{}", bc.log_text()))
+            .to_string();
+        let from = line.find("s2s-in").expect("an inbound stream's line");
+        line[from..]
+            .split(' ')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(stream_of("a.test→b.test"), stream_of("a.test→c.test"));
+    assert_eq!(
+        established_to(bc.s2s()),
+        1,
+        "one connection to {}",
+        bc.s2s()
+    );
+    drop(dns);
+}
+
+/// DB-09, DB-19 with DB-29: c.test resolves to the receiving daemon, which does not host it:
+/// the joined pair's db:result is answered with a dialback error (item-not-found), its stanza
+/// bounces with remote-server-timeout, the pair backs off (the next stanza bounces at once,
+/// nothing dialled), and the stream keeps carrying b.test's stanzas.
+#[test]
+fn db09_db29_a_joined_pair_that_fails_does_not_poison_the_stream() {
+    let (dns, a, bc) = sender_and_receiver(&[("b.test", "sb")]);
+    let mut ca = ComponentClient::connect(a.component_addr(), "a.test", "sa");
+    let cb = ComponentClient::connect(bc.component_addr(), "b.test", "sb");
+    ca.send("<message from='x@a.test' to='u@b.test' id='b1'><body>b</body></message>");
+    assert_eq!(cb.recv(WAIT).expect("b1").attr("id"), Some("b1"));
+    for id in ["c1", "c2"] {
+        ca.send(&format!(
+            "<message from='x@a.test' to='u@c.test' id='{id}'><body>c</body></message>"
+        ));
+        let e = ca.recv(WAIT).expect("the bounce");
+        assert_eq!((e.attr("type"), e.attr("id")), (Some("error"), Some(id)));
+        assert_eq!(
+            error_condition(&e).as_deref(),
+            Some("remote-server-timeout"),
+            "{e:?}"
+        );
+    }
+    ca.send("<message from='x@a.test' to='u@b.test' id='b2'><body>b</body></message>");
+    assert_eq!(cb.recv(WAIT).expect("b2").attr("id"), Some("b2"));
+    assert_eq!(dialled(&a), 1, "{}", a.log_text());
+    assert_eq!(a.log_count("the pair joins it (target multiplexing"), 1);
+    assert_eq!(established_to(bc.s2s()), 1);
+    drop(dns);
+}
