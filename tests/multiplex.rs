@@ -139,3 +139,105 @@ fn db09_db29_a_joined_pair_that_fails_does_not_poison_the_stream() {
     assert_eq!(established_to(bc.s2s()), 1);
     drop(dns);
 }
+
+/// The dialback secret of the sending daemon in the scripted-peer tests (to check its keys).
+const A_SECRET: &str = "multiplex-secret";
+
+/// a.test's daemon (dialback secret [`A_SECRET`], component a.test) and a scripted peer
+/// hosting b.test and c.test at one address; the peer accepts a.test's first stream, answers
+/// with stream id ID-1 and features whose dialback feature has `<errors/>` when `errors`,
+/// says valid to the db:result for b.test without a callback (DB-04), and the first message
+/// for b.test arrives. Returns the DNS server, the daemon, its component, the peer and the
+/// stream.
+fn scripted_peer(errors: bool) -> (TestDns, Daemon, ComponentClient, FakeServer, XmlConn) {
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let a = Daemon::start(
+        "a",
+        next_ip(),
+        &format!(
+            "dialback_secret = \"{A_SECRET}\"\n{}",
+            config(&["a.test"], &[("a.test", "sa")], dns.addr(), "")
+        ),
+    );
+    let peer = FakeServer::bind(next_ip());
+    publish(&dns, "b.test", peer.addr());
+    publish(&dns, "c.test", peer.addr());
+    let mut ca = ComponentClient::connect(a.component_addr(), "a.test", "sa");
+    ca.send("<message from='x@a.test' to='u@b.test' id='b1'><body>b</body></message>");
+    let mut s = peer.accept();
+    let h = s.header();
+    assert_eq!(h.to.as_deref(), Some("b.test"));
+    s.send(&s2s_header("b.test", "a.test", Some("ID-1")));
+    let inner = if errors { "<errors/>" } else { "" };
+    s.send(&format!(
+        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'>{inner}</dialback></stream:features>"
+    ));
+    let r = s
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("the db:result for b.test");
+    assert_eq!(
+        (r.attr("from"), r.attr("to")),
+        (Some("a.test"), Some("b.test"))
+    );
+    s.send("<db:result from='b.test' to='a.test' type='valid'/>");
+    let m = s
+        .element_where(WAIT, |e| e.name == "message")
+        .expect("b1 on the stream");
+    assert_eq!(m.attr("id"), Some("b1"));
+    (dns, a, ca, peer, s)
+}
+
+/// DB-29, DB-03, XEP-0185: the peer advertised `<errors/>`: c.test's pair comes on the same
+/// connection as its own db:result, from a.test to c.test, keyed with the stream's id; its
+/// message follows only after valid (DB-05), and no second connection is made.
+#[test]
+fn db29_db03_second_target_db_result_on_the_stream_of_a_peer_with_errors() {
+    let (dns, a, mut ca, peer, mut s) = scripted_peer(true);
+    ca.send("<message from='x@a.test' to='u@c.test' id='c1'><body>c</body></message>");
+    let r = s
+        .element_where(WAIT, |e| e.name == "result")
+        .expect("the db:result for c.test on the same stream");
+    let key =
+        dialbackd::keys::DialbackSecret::from_secret(A_SECRET).key("c.test", "a.test", "ID-1");
+    assert_eq!(
+        (r.attr("from"), r.attr("to"), r.text()),
+        (Some("a.test"), Some("c.test"), key)
+    );
+    assert!(
+        s.element_where(std::time::Duration::from_millis(200), |e| e.name
+            == "message")
+            .is_none(),
+        "nothing for c.test before valid (DB-05)"
+    );
+    s.send("<db:result from='c.test' to='a.test' type='valid'/>");
+    let m = s
+        .element_where(WAIT, |e| e.name == "message")
+        .expect("c1 on the stream");
+    assert_eq!((m.attr("id"), m.attr("to")), (Some("c1"), Some("u@c.test")));
+    peer.listener.set_nonblocking(true).unwrap();
+    assert!(peer.listener.accept().is_err(), "no second connection");
+    assert_eq!(dialled(&a), 1);
+    drop(dns);
+}
+
+/// DB-29: without `<errors/>` in the peer's features, c.test at the same address gets a
+/// connection of its own (no db:result for it on b.test's stream).
+#[test]
+fn db29_no_target_multiplexing_when_the_peer_did_not_offer_errors() {
+    let (dns, a, mut ca, peer, s) = scripted_peer(false);
+    ca.send("<message from='x@a.test' to='u@c.test' id='c1'><body>c</body></message>");
+    let c = peer.accept();
+    assert_eq!(
+        c.header().to.as_deref(),
+        Some("c.test"),
+        "a new stream for c.test"
+    );
+    assert!(
+        s.element_where(std::time::Duration::from_millis(200), |e| e.name
+            == "result")
+            .is_none(),
+        "no db:result for c.test on b.test's stream"
+    );
+    assert_eq!(a.log_count("target multiplexing"), 0);
+    drop(dns);
+}
