@@ -6,7 +6,8 @@ mod common;
 
 use common::dns_server::TestDns;
 use common::*;
-use std::net::{IpAddr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 
 /// How many TCP connections to `addr` are established, from `/proc/net/tcp` (IPv4): the
 /// accepted sockets whose local address is `addr`.
@@ -38,14 +39,59 @@ fn dialled(d: &Daemon) -> usize {
         .count()
 }
 
+/// Where a test daemon on `ip` has its status listener (a port free on `ip` now; the
+/// address is this test's own).
+fn status_addr(ip: Ipv4Addr) -> SocketAddr {
+    let port = TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    SocketAddr::from((ip, port))
+}
+
+/// The domains column of each outbound pair stream in `d`'s `GET /status` (see
+/// `dialbackd::status::status_text`).
+fn outbound_rows(d: &Daemon) -> Vec<String> {
+    let addr = status_addr_of(d);
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to the status listener");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("a whole response");
+    let body = raw.split_once("\r\n\r\n").expect("an HTTP response").1;
+    body.lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .filter(|f| f.len() == 9 && f[1] == "s2s_out")
+        .map(|f| f[8].to_string())
+        .collect()
+}
+
+/// The status listener `d`'s configuration names.
+fn status_addr_of(d: &Daemon) -> SocketAddr {
+    let cfg = std::fs::read_to_string(d.dir.join("dialbackd.toml")).unwrap();
+    let line = cfg
+        .lines()
+        .find(|l| l.starts_with("listen = "))
+        .expect("a status listener");
+    line.trim_start_matches("listen = ")
+        .trim_matches('"')
+        .parse()
+        .unwrap()
+}
+
 /// a.test's daemon with a component for a.test, and `bc` hosting `hosted` (each with its
 /// component) at the address b.test and c.test both resolve to.
+/// a's status listener is at [`status_addr`] of its address.
 fn sender_and_receiver(hosted: &[(&str, &str)]) -> (TestDns, Daemon, Daemon) {
     let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let ip = next_ip();
+    let status = format!("[status]\nlisten = \"{}\"\n", status_addr(ip));
     let a = Daemon::start(
         "a",
-        next_ip(),
-        &config(&["a.test"], &[("a.test", "sa")], dns.addr(), ""),
+        ip,
+        &config(&["a.test"], &[("a.test", "sa")], dns.addr(), &status),
     );
     let domains: Vec<&str> = hosted.iter().map(|(d, _)| *d).collect();
     let bc = Daemon::start("bc", next_ip(), &config(&domains, hosted, dns.addr(), ""));
@@ -106,6 +152,11 @@ fn db29_two_targets_at_one_address_share_one_connection() {
         "one connection to {}",
         bc.s2s()
     );
+    // a's status: one outbound stream, carrying both pairs (each scrape logs a line).
+    let want = vec!["a.test→b.test a.test→c.test".to_string()];
+    a.wait_until("one outbound stream with both pairs", |_| {
+        outbound_rows(&a) == want
+    });
     drop(dns);
 }
 

@@ -110,6 +110,15 @@ impl Outgoing {
             .collect()
     }
 
+    /// The pairs joined to the stream and not failed: (local, remote, verified).
+    pub fn joined_live(&self) -> impl Iterator<Item = (&Domain, &Domain, bool)> {
+        self.joins.pairs.iter().filter_map(|p| match p.state {
+            PairState::Pending => Some((&p.local, &p.remote, false)),
+            PairState::Valid => Some((&p.local, &p.remote, true)),
+            PairState::Failed(_) => None,
+        })
+    }
+
     /// Put `stanzas` back at the head of the stream's own queue, in order (a hand-over to
     /// another stream that could not be made).
     pub fn restore_queue(&mut self, stanzas: Vec<Element>) {
