@@ -266,7 +266,8 @@ pub struct Limits {
     /// `pending_verifications`); default 256.
     pub outbound_streams: usize,
     /// Domain pairs verified or being verified on one inbound stream (XEP-0220 §2.5
-    /// `resource-constraint` beyond it); default 16.
+    /// `resource-constraint` beyond it), and carried by one outbound stream (target
+    /// multiplexing, XEP-0220 §2.6.2); default 16.
     pub pairs_per_stream: usize,
     /// Bytes of stanzas held for one stream (its inbox plus the pair's queue while it is set
     /// up); default 8 MiB, at least `stanza_size`.

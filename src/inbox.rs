@@ -40,6 +40,17 @@ pub enum Input {
         /// The Authoritative Server's answer.
         verdict: Verdict,
     },
+    /// An established outbound stream takes over the pair (`local`, `remote`) with the stanzas
+    /// queued for it so far, oldest first (target multiplexing, XEP-0220 §2.6.2). They were
+    /// counted against the stream that held them, not this one.
+    Join {
+        /// Our domain.
+        local: Domain,
+        /// The peer's domain.
+        remote: Domain,
+        /// The pair's FIFO so far.
+        stanzas: Vec<Element>,
+    },
 }
 
 /// An eventfd: written by other threads, polled by the stream's thread.
@@ -530,13 +541,18 @@ impl Handle {
     }
 
     /// Close the inbox: later sends fail. Returns the stanzas that were waiting (their counts
-    /// released), in order; other inputs are dropped.
+    /// released), in order, those of a pair handed over ([`Input::Join`]) in its place;
+    /// other inputs are dropped.
     pub fn close(&self) -> Vec<Element> {
         let mut out = Vec::new();
         for input in self.inbox.close() {
-            if let Input::Stanza(el, bytes) = input {
-                self.taken(bytes);
-                out.push(el);
+            match input {
+                Input::Stanza(el, bytes) => {
+                    self.taken(bytes);
+                    out.push(el);
+                }
+                Input::Join { stanzas, .. } => out.extend(stanzas),
+                Input::Verified { .. } => {}
             }
         }
         out

@@ -40,6 +40,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+mod shared;
+pub use shared::SharedStream;
+
 /// A stream the caller must start (outside every lock), as the router decided.
 #[derive(Debug)]
 #[must_use = "a route was recorded for this stream: start it, or report the failure"]
@@ -128,6 +131,8 @@ pub struct Router {
     /// How outbound connections are made (TCP; in-memory pairs in the unit tests).
     pub connector: Arc<dyn Connector>,
     routes: Mutex<HashMap<(Domain, Domain), Route>>,
+    /// Streams that may carry further pairs, by address (see `shared`); locked after `routes`.
+    shared: Mutex<HashMap<std::net::SocketAddr, Vec<SharedStream>>>,
     components: Mutex<HashMap<Domain, Handle>>,
     streams: Mutex<HashMap<u64, Handle>>,
     streams_changed: Condvar,
@@ -190,6 +195,7 @@ impl Router {
             live: RwLock::new(Live { ctx, tls, resolver }),
             connector,
             routes: Mutex::new(HashMap::new()),
+            shared: Mutex::new(HashMap::new()),
             components: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             streams_changed: Condvar::new(),
@@ -610,14 +616,87 @@ impl Router {
         handle: &Handle,
         failure: Option<Bounce>,
     ) -> Starts {
+        self.outbound_closing_pairs(key, handle, failure, Vec::new())
+    }
+
+    /// [`Router::outbound_closing`] for a stream that also carried `joined` pairs (target
+    /// multiplexing, DB-29), each with its failure (`None`: verified). Each pair the stream
+    /// carried — those given, and those whose hand-over still waited in the inbox — gets back
+    /// the stanzas of its own that were waiting (told apart by their addresses; the rest are
+    /// the stream's own pair's), ahead of anything newer, or bounces them with its failure.
+    pub fn outbound_closing_pairs(
+        &self,
+        key: &(Domain, Domain),
+        handle: &Handle,
+        failure: Option<Bounce>,
+        joined: Vec<((Domain, Domain), Option<Bounce>)>,
+    ) -> Starts {
         let mut routes = lock(&self.routes);
         let waiting = handle.close();
+        let was_shared = self.unshare(handle.id());
+        let mut pairs = vec![(key.clone(), failure)];
+        pairs.extend(joined.into_iter().filter(|(k, _)| k != key));
+        if was_shared || pairs.len() > 1 {
+            for (k, r) in routes.iter() {
+                let here = matches!(r, Route::Stream { handle: h, .. } if h.id() == handle.id());
+                if here && !pairs.iter().any(|(p, _)| p == k) {
+                    pairs.push((k.clone(), None));
+                }
+            }
+        }
+        let mut buckets: Vec<Vec<Element>> = pairs.iter().map(|_| Vec::new()).collect();
+        for el in waiting {
+            let i = if pairs.len() == 1 {
+                0
+            } else {
+                stanza::addresses(&el)
+                    .ok()
+                    .and_then(|a| {
+                        let k = (a.from.domain, a.to.domain);
+                        pairs.iter().position(|(p, _)| *p == k)
+                    })
+                    .unwrap_or(0)
+            };
+            buckets[i].push(el);
+        }
+        let mut refused: Vec<Refused> = Vec::new();
+        let mut starts = Vec::new();
+        for ((k, failure), waiting) in pairs.into_iter().zip(buckets) {
+            self.pair_closing(
+                &mut routes,
+                &k,
+                handle,
+                failure,
+                waiting,
+                &mut starts,
+                &mut refused,
+            );
+        }
+        drop(routes);
+        for (el, why) in refused {
+            starts.extend(self.bounce(el, why.condition, &why.text));
+        }
+        starts
+    }
+
+    /// One pair of a closing stream (under the routes lock): its route is removed if it points
+    /// at the stream; after a `failure` its waiting stanzas bounce and it enters its backoff
+    /// window, else they go to a new stream for it (see [`Router::outbound_closing`]).
+    #[allow(clippy::too_many_arguments)]
+    fn pair_closing(
+        &self,
+        routes: &mut HashMap<(Domain, Domain), Route>,
+        key: &(Domain, Domain),
+        handle: &Handle,
+        failure: Option<Bounce>,
+        waiting: Vec<Element>,
+        starts: &mut Starts,
+        refused: &mut Vec<Refused>,
+    ) {
         let ours = matches!(routes.get(key), Some(Route::Stream { handle: h, .. }) if h.id() == handle.id());
         if ours {
             routes.remove(key);
         }
-        let mut refused: Vec<Refused> = Vec::new();
-        let mut starts = Vec::new();
         if let Some(bounce) = failure {
             refused.extend(waiting.into_iter().map(|el| (el, bounce.clone())));
             if ours {
@@ -625,13 +704,8 @@ impl Router {
                 routes.insert(key.clone(), Route::Backoff { until, bounce });
             }
         } else if !waiting.is_empty() {
-            self.requeue(&mut routes, key, waiting, &mut starts, &mut refused);
+            self.requeue(routes, key, waiting, starts, refused);
         }
-        drop(routes);
-        for (el, why) in refused {
-            starts.extend(self.bounce(el, why.condition, &why.text));
-        }
-        starts
     }
 
     /// Put `waiting` (in order) at the head of `key`'s route: a new stream, since the route has
@@ -939,3 +1013,7 @@ fn jittered(d: Duration) -> Duration {
 #[cfg(test)]
 #[path = "router_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "router_shared_tests.rs"]
+mod shared_tests;

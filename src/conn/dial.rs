@@ -53,7 +53,9 @@ impl Stream {
     pub(super) fn connect(&mut self) {
         let remote = self.domains().1;
         let ev = match self.dial(&remote) {
-            Ok(d) => self.connected(d, &remote),
+            Ok(Some(d)) => self.connected(d, &remote),
+            // Handed over to a stream already connected there (see `mux`).
+            Ok(None) => None,
             Err(why) => Some(Event::ConnectFailed(why)),
         };
         if let Some(ev) = ev {
@@ -75,6 +77,7 @@ impl Stream {
             c.set_peer_address(addr);
         }
         self.report_peer(addr);
+        self.mux.addr = Some(addr);
         self.link = Some(Link::new(d.sock));
         if !d.direct_tls {
             return Some(Event::Connected { tls: false });
@@ -96,8 +99,10 @@ impl Stream {
 
     /// Find and connect to `remote` (static route, else SRV/A per RFC 6120 §3.2). Outside static
     /// routes, IP-literal domains and every resolved address go through the private-network
-    /// guard; refused addresses are skipped (logged at debug) and never connected to.
-    fn dial(&mut self, remote: &Domain) -> Result<Dialled, ConnectError> {
+    /// guard; refused addresses are skipped (logged at debug) and never connected to. `None`
+    /// when, before an address was dialled, the pair was handed over to an established stream
+    /// to that address (target multiplexing, DB-29).
+    fn dial(&mut self, remote: &Domain) -> Result<Option<Dialled>, ConnectError> {
         let ctx = self.ctx.clone();
         let cfg = &ctx.config;
         let resolver = self.router.resolver();
@@ -144,6 +149,9 @@ impl Stream {
                     ));
                     continue;
                 }
+                if self.try_join(addr, remote) {
+                    return Ok(None);
+                }
                 attempts += 1;
                 if let Some(stop) = self.dial_stopped() {
                     tried.push(stop);
@@ -154,12 +162,12 @@ impl Stream {
                 }
                 match self.try_address(addr, &host) {
                     Ok(sock) => {
-                        return Ok(Dialled {
+                        return Ok(Some(Dialled {
                             sock,
                             addr,
                             host,
                             direct_tls,
-                        })
+                        }))
                     }
                     Err(e) => tried.push(format!("{addr} ({host}): {e}")),
                 }

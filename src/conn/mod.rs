@@ -17,9 +17,9 @@
 //! Submodules: `link` (socket, TLS and write buffer), `dial` (finding and connecting to a peer),
 //! `tls` (STARTTLS, direct TLS and the certificate policy), `start` (starting each kind of stream
 //! and containing its failures), `caps` (what the stream holds against the resource caps),
-//! `stack` (what a sleeping thread keeps of its stack), `pool` (threads
-//! of ended streams waiting briefly for the next one), `report` (what the status listener and
-//! the metrics see of the stream).
+//! `stack` (what a sleeping thread keeps of its stack), `pool` (threads of ended streams
+//! waiting briefly for the next one), `mux` (the further pairs an outbound stream carries, DB-29),
+//! `report` (what the status listener and the metrics see of the stream).
 //!
 //! Wakes: a stream thread asks to be woken only right before it sleeps, and the wakes it causes
 //! in other streams are written once per turn of its loop ([`crate::inbox::flush_wakes`]), so a
@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 mod caps;
 mod dial;
 mod link;
+mod mux;
 mod pool;
 mod report;
 mod stack;
@@ -181,6 +182,8 @@ struct Stream {
     caps: caps::StreamCaps,
     /// What it last told the status listener (see `report`).
     published: report::Published,
+    /// Outbound: the pairs it carries besides its own, and its offer to carry more (see `mux`).
+    mux: mux::Mux,
 }
 
 impl Stream {
@@ -223,6 +226,7 @@ impl Stream {
             shutdown_pending: false,
             caps: caps::StreamCaps::default(),
             published: report::Published::default(),
+            mux: mux::Mux::default(),
         });
         s.report_start();
         s
@@ -311,6 +315,11 @@ impl Stream {
                 local,
                 verdict,
             }),
+            Input::Join {
+                local,
+                remote,
+                stanzas,
+            } => self.joined(local, remote, stanzas),
         }
     }
 
@@ -496,7 +505,12 @@ impl Stream {
                 }
                 Action::StartTls => self.start_tls(),
                 Action::Verify(req) => self.verify(req),
-                Action::Authenticated { .. } => self.authenticated(),
+                Action::Authenticated { local, remote } => self.authenticated(local, remote),
+                Action::PairFailed {
+                    local,
+                    remote,
+                    bounce,
+                } => self.pair_failed(local, remote, bounce),
                 Action::Deliver(el) => self.start(self.router.route(el)),
                 Action::Bounce {
                     stanzas,
@@ -563,11 +577,9 @@ impl Stream {
         }
     }
 
-    fn authenticated(&mut self) {
+    fn authenticated(&mut self, local: Domain, remote: Domain) {
         self.clock.deadline_fired = true;
-        if let Role::Outbound { key, .. } = &self.role {
-            self.router.outbound_up(key, self.me.id());
-        }
+        self.pair_up(local, remote);
     }
 
     fn register(&mut self, domain: Domain) {
@@ -654,11 +666,13 @@ impl Stream {
         match &mut self.role {
             Role::Outbound { key, routed } if *routed => {
                 *routed = false;
-                let failure = match &self.core {
-                    Core::Out(c) => c.failure().cloned(),
-                    _ => None,
+                let (failure, joined) = match &self.core {
+                    Core::Out(c) => (c.failure().cloned(), c.joined_pairs()),
+                    _ => (None, Vec::new()),
                 };
-                let starts = self.router.outbound_closing(key, &self.me, failure);
+                let starts = self
+                    .router
+                    .outbound_closing_pairs(key, &self.me, failure, joined);
                 self.start(starts);
             }
             Role::Component { domain, .. } => {
@@ -715,6 +729,9 @@ impl Stream {
         if !self.core.is_open() && !c.deadline_fired {
             t = t.min(c.deadline);
         }
+        if let Some(join) = self.join_deadline() {
+            t = t.min(join);
+        }
         if self.core.is_open() {
             t = t
                 .min(c.last_activity + cfg.idle)
@@ -748,6 +765,11 @@ impl Stream {
             let secs = cfg.negotiation.as_secs();
             return self.write_failed(&format!("the peer took nothing we wrote for {secs} s"));
         }
+        self.join_timers(now);
+        if self.done || self.clock.closing_until.is_some() {
+            return;
+        }
+        let cfg = &self.ctx.config.timeouts;
         if !self.core.is_open() && !self.clock.deadline_fired && now >= self.clock.deadline {
             self.clock.deadline_fired = true;
             self.feed(Event::Timeout);
@@ -814,7 +836,18 @@ impl Stream {
     /// for an outbound pair (after a panic).
     fn release(&mut self, failure: Option<Bounce>) {
         if let (Some(failure), Role::Outbound { key, routed: true }) = (failure, &self.role) {
-            let starts = self.router.outbound_closing(key, &self.me, Some(failure));
+            // Every pair the stream carried fails with it.
+            let joined = match &self.core {
+                Core::Out(c) => c.joined_pairs(),
+                _ => Vec::new(),
+            };
+            let joined = joined
+                .into_iter()
+                .map(|(k, _)| (k, Some(failure.clone())))
+                .collect();
+            let starts = self
+                .router
+                .outbound_closing_pairs(key, &self.me, Some(failure), joined);
             self.start(starts);
             if let Role::Outbound { routed, .. } = &mut self.role {
                 *routed = false;

@@ -63,7 +63,10 @@ impl Stream {
         };
         let (verified, pending) = match &self.core {
             Core::In(c) => (c.verified_pairs().len(), c.pending_pairs().len()),
-            _ => (0, 0),
+            Core::Out(c) => c.joined_live().fold((0, 0), |(v, p), (_, _, up)| {
+                (v + usize::from(up), p + usize::from(!up))
+            }),
+            Core::Comp(_) => (0, 0),
         };
         let key = Some((state, verified, pending));
         if key == self.published.key {
@@ -93,7 +96,12 @@ impl Stream {
             (Core::Comp(c), _) => c.domain().map(|d| pair(d, d, true)).into_iter().collect(),
             (_, Role::Outbound { key, .. }) => {
                 let up = self.core.is_open() || state == StreamState::Open;
-                vec![pair(&key.0, &key.1, up)]
+                let mut pairs = vec![pair(&key.0, &key.1, up)];
+                // Pairs carried too (target multiplexing).
+                if let Core::Out(c) = &self.core {
+                    pairs.extend(c.joined_live().map(|(l, r, v)| pair(l, r, v)));
+                }
+                pairs
             }
             (_, Role::Verify { local, remote, .. }) => vec![pair(local, remote, false)],
             _ => Vec::new(),

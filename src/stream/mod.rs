@@ -21,6 +21,8 @@
 //!  Outgoing:  ExpectHeader → ExpectFeatures ─starttls─► ExpectProceed → AwaitTls → ExpectHeader
 //!                               └─ db:result → ExpectResult ─valid─► Established (queue flushed)
 //!                               └─ db:verify → ExpectVerify ─answer─► VerifyDone, close
+//!  Established (peer offered <errors/>): Join(pair) → db:result for it on the same stream
+//!                               ─valid─► its queue flushed; invalid/error ─► its queue bounced
 //! ```
 
 pub mod component;
@@ -233,6 +235,24 @@ pub enum Event {
     /// Component: the router accepted (`true`) or refused (`false`, already connected) the
     /// component's domain.
     Registered(bool),
+    /// Outgoing, once established: carry the domain pair (`local`, `remote`) on this stream too
+    /// (target multiplexing, XEP-0220 §2.6.2, DB-29), with the stanzas already waiting for it,
+    /// oldest first. Later stanzas of the pair arrive as [`Event::Stanza`].
+    Join {
+        /// Our domain.
+        local: Domain,
+        /// The peer's domain.
+        remote: Domain,
+        /// The pair's FIFO so far.
+        stanzas: Vec<Element>,
+    },
+    /// Outgoing: the pair that joined with [`Event::Join`] was not answered in time.
+    JoinTimeout {
+        /// Our domain.
+        local: Domain,
+        /// The peer's domain.
+        remote: Domain,
+    },
     /// The negotiation or dialback deadline passed.
     Timeout,
     /// The stream was idle for the configured time.
@@ -274,6 +294,16 @@ pub enum Action {
     VerifyDone(Verdict),
     /// Component: register this domain with the router.
     Register(Domain),
+    /// A pair this stream carried besides its own (target multiplexing) failed: its queue was
+    /// bounced (an earlier action); its later stanzas must bounce as it did, not come here.
+    PairFailed {
+        /// Our domain.
+        local: Domain,
+        /// The peer's domain.
+        remote: Domain,
+        /// What the pair's stanzas bounce with.
+        bounce: crate::stanza::Bounce,
+    },
     /// Close the stream: send the error if any, then `</stream:stream>`, wait (bounded) for the
     /// peer's close, then close the transport.
     Close(Option<StreamError>),

@@ -6,7 +6,9 @@
 //! or the `<db:verify/>` we were asked to send, correlating the answer with what we sent on this
 //! stream (DB-07, DB-14), the per-pair FIFO of stanzas queued until `type='valid'` (DB-05,
 //! ROUTE-01), and bouncing it when the pair cannot be established (DB-06, DB-08, DB-09,
-//! ROUTE-02). Out of scope: DNS and connecting (the connection layer reports
+//! ROUTE-02). Once established, a stream whose peer advertised dialback errors may carry
+//! further domain pairs (target multiplexing, DB-29: submodule `mux`). Out of scope: DNS and
+//! connecting (the connection layer reports
 //! [`Event::Connected`] or [`Event::ConnectFailed`]).
 
 use super::incoming::describe_stream_error;
@@ -71,6 +73,10 @@ pub struct Outgoing {
     peer_max_bytes: Option<usize>,
     /// XEP-0478: the peer's `idle-seconds` from its latest features.
     peer_idle: Option<Duration>,
+    /// The peer's latest features advertised dialback errors (XEP-0220 §2.4.2).
+    errors_offered: bool,
+    /// Pairs carried besides the stream's own (target multiplexing, DB-29; see `mux`).
+    joins: mux::Joins,
 }
 
 impl Outgoing {
@@ -99,6 +105,8 @@ impl Outgoing {
             failure: None,
             peer_max_bytes: None,
             peer_idle: None,
+            errors_offered: false,
+            joins: mux::Joins::default(),
         }
     }
 
@@ -112,14 +120,15 @@ impl Outgoing {
         self.state == State::Closed
     }
 
-    /// How many stanzas wait for the pair to be verified.
+    /// How many stanzas wait for the pair (and the pairs joined to the stream) to be verified.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.joins.queued()
     }
 
-    /// The bytes of the stanzas waiting for the pair to be verified ([`stanza::wire_size`]).
+    /// The bytes of the stanzas waiting for the pair (and the pairs joined to the stream) to
+    /// be verified ([`stanza::wire_size`]).
     pub fn queued_bytes(&self) -> usize {
-        self.queue_bytes
+        self.queue_bytes + self.joins.queued_bytes()
     }
 
     /// Why the pair could not be set up: the bounce condition and the reason, once the stream
@@ -133,7 +142,9 @@ impl Outgoing {
     /// without going through its states, after an internal error).
     pub fn take_queue(&mut self) -> Vec<Element> {
         self.queue_bytes = 0;
-        self.queue.drain(..).collect()
+        let mut out: Vec<Element> = self.queue.drain(..).collect();
+        out.extend(self.joins.take_queues());
+        out
     }
 
     /// XEP-0478: how long the peer lets the stream sit without traffic from us, as its
@@ -161,7 +172,19 @@ impl Outgoing {
     /// Feed one event; returns what to do, in order.
     pub fn handle(&mut self, ev: Event) -> Vec<Action> {
         match (self.state, ev) {
-            (_, Event::Stanza(el)) => self.stanza(el),
+            (_, Event::Stanza(el)) => match self.joined_index(&el) {
+                Some(i) => self.joined_stanza(i, el),
+                None => self.stanza(el),
+            },
+            (
+                _,
+                Event::Join {
+                    local,
+                    remote,
+                    stanzas,
+                },
+            ) => self.join(local, remote, stanzas),
+            (_, Event::JoinTimeout { local, remote }) => self.join_timeout(&local, &remote),
             (State::Closed, _) => Vec::new(),
             (State::Connecting, Event::Connected { tls }) => {
                 self.tls |= tls;
@@ -200,6 +223,10 @@ impl Outgoing {
             }
             State::ExpectVerify if e.ns == DIALBACK_NS && e.name == "verify" => {
                 self.expect_verify(&e)
+            }
+            // DB-29: the answers for pairs joined to the stream.
+            State::Established if e.ns == DIALBACK_NS && e.name == "result" => {
+                self.joined_result(&e)
             }
             _ if e.is("error", STREAM_NS) => self.peer_stream_error(&e),
             State::ExpectProceed if e.is("failure", TLS_NS) => self.fail_and_close(
@@ -260,7 +287,13 @@ impl Outgoing {
             (State::Established, Event::Close) => {
                 log::info!("{}: closed by the peer", self.label);
                 self.state = State::Closed;
-                vec![Action::Close(None)]
+                let reason = format!(
+                    "{} closed the stream before dialback completed",
+                    self.remote
+                );
+                let mut out = self.joins_end(&reason);
+                out.push(Action::Close(None));
+                out
             }
             (_, Event::Close) => {
                 let reason = format!(
@@ -399,6 +432,7 @@ impl Outgoing {
         // earlier ones, TLS-01); a missing or unreadable value is no limit.
         self.peer_max_bytes = stream_limit(features, "max-bytes").and_then(|n| n.try_into().ok());
         self.peer_idle = stream_limit(features, "idle-seconds").map(Duration::from_secs);
+        self.note_features(features);
         self.after_features(features.child("starttls", TLS_NS).is_some())
     }
 
@@ -577,7 +611,8 @@ impl Outgoing {
         let was = self.state;
         self.state = State::Closed;
         match &self.purpose {
-            Purpose::Pair if was == State::Established => Vec::new(),
+            // DB-06: pairs joined to the stream and still waiting fail with it.
+            Purpose::Pair if was == State::Established => self.joins_end(reason),
             Purpose::Pair => {
                 self.failure = Some(Bounce::new(condition, reason));
                 log::warn!(
@@ -633,6 +668,12 @@ fn stream_limit(features: &Element, name: &str) -> Option<u64> {
     text.trim().parse::<u64>().ok().filter(|&n| n > 0)
 }
 
+mod mux;
+
 #[cfg(test)]
 #[path = "outgoing_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "outgoing_mux_tests.rs"]
+mod mux_tests;
