@@ -230,10 +230,18 @@ impl Daemon {
         self.proc_status("Threads")
     }
 
-    /// Wait (bounded by [`WAIT`]) until the process runs exactly `n` threads (re-checked as it
-    /// logs; a stream thread logs its end just before it exits); panics with the count if not.
+    /// Wait (bounded by [`WAIT`]) until the process runs exactly `n` threads; panics with the
+    /// count if not. Re-checked as the daemon logs and every 50 ms besides: a thread whose
+    /// stream ended may wait up to a second for another stream before it exits, silently.
     pub fn wait_threads(&self, n: usize) {
-        if !self.log_satisfies(|_| self.threads() == n) {
+        let until = Instant::now() + WAIT;
+        let (lock, cv) = &*self.log;
+        let mut log = lock.lock().unwrap();
+        while self.threads() != n && Instant::now() < until {
+            log = cv.wait_timeout(log, Duration::from_millis(50)).unwrap().0;
+        }
+        drop(log);
+        if self.threads() != n {
             panic!(
                 "{}: {} threads, expected {n}\n{}",
                 self.name,
