@@ -389,6 +389,9 @@ impl Stream {
                     if self.injected_after_starttls(&ev) {
                         return false;
                     }
+                    if matches!(ev, Event::Header(_)) {
+                        self.tell_peer_certificate();
+                    }
                     self.count_received(&ev);
                     if self.clock.closing_until.is_some() && matches!(ev, Event::Close) {
                         // The peer's close ends our close handshake.
@@ -493,6 +496,7 @@ impl Stream {
                     self.send(el);
                 }
                 Action::StartTls => self.start_tls(),
+                Action::Restart => self.restart(),
                 Action::Verify(req) => self.verify(req),
                 Action::Authenticated { .. } => self.authenticated(),
                 Action::Deliver(el) => self.start(self.router.route(el)),
