@@ -62,7 +62,10 @@ impl fmt::Display for SaslCondition {
 /// policy (`Ok`), or why not (`Err`, a short reason for the log and the `<failure/>` text).
 /// Made by the connection layer from the TLS session after the handshake; the core only sees
 /// the verdict.
-pub struct CertCheck(Box<dyn Fn(&Domain) -> Result<(), String> + Send>);
+pub struct CertCheck(Box<Judge>);
+
+/// The function inside a [`CertCheck`].
+type Judge = dyn Fn(&Domain) -> Result<(), String> + Send;
 
 impl CertCheck {
     /// A check that asks `f`.
