@@ -563,11 +563,10 @@ impl Outgoing {
     fn expect_sasl(&mut self, e: &Element) -> Vec<Action> {
         match e.name.as_str() {
             "success" => {
-                log::info!(
-                    "{}: {}→{} authenticated by SASL EXTERNAL",
-                    self.label,
-                    self.local,
-                    self.remote
+                // The info line comes with the restarted stream's features (`established`).
+                log::debug!(
+                    "{}: SASL EXTERNAL succeeded; restarting the stream",
+                    self.label
                 );
                 self.external = External::Succeeded;
                 self.state = State::ExpectHeader;
