@@ -7,9 +7,15 @@ mod common;
 use common::dns_server::TestDns;
 use common::*;
 use dialbackd::domain::Domain;
+use dialbackd::tls::{client_config, client_config_without_cert, ServerCerts};
+use dialbackd::xml::{Element, Limits, StreamEvent, StreamReader, TLS_NS};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use std::net::IpAddr;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const SASL_NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
 /// A directory for this test's certificates, removed when dropped.
 struct Certs(PathBuf);
@@ -203,4 +209,108 @@ fn sasl01_external_required_refuses_dialback_and_the_stanza_bounces() {
     b.wait_log_count("SASL EXTERNAL for a.test failed", 1);
     b.wait_log_count("SASL EXTERNAL is required of it", 1);
     assert_eq!(b.log_count("verifying a.test"), 0, "no callback was made");
+}
+
+/// Open a stream to `addr` as `from`, do STARTTLS with the client configuration `cfg`, and
+/// return the stream and the features after the restart.
+fn starttls_with(
+    addr: SocketAddr,
+    from: &str,
+    to: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> (XmlConn, Element) {
+    let mut sock = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    sock.write_all(s2s_header(from, to, None).as_bytes())
+        .unwrap();
+    let mut r = StreamReader::new(sock.try_clone().unwrap(), Limits::default());
+    assert!(matches!(r.next_event(), Ok(StreamEvent::Header(_))));
+    let Ok(StreamEvent::Element(f)) = r.next_event() else {
+        panic!("no features")
+    };
+    assert!(
+        f.child("mechanisms", SASL_NS).is_none(),
+        "SASL before TLS: {f:?}"
+    );
+    sock.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .unwrap();
+    let Ok(StreamEvent::Element(p)) = r.next_event() else {
+        panic!("no proceed")
+    };
+    assert!(p.is("proceed", TLS_NS));
+    let (_, mut conn) = XmlConn::over_tls(sock, cfg, to);
+    conn.send(&s2s_header(from, to, None));
+    let _ = conn.header();
+    let features = conn.element();
+    (conn, features)
+}
+
+fn offers_external(f: &Element) -> bool {
+    f.child("mechanisms", SASL_NS).is_some_and(|m| {
+        m.elements()
+            .any(|c| c.name == "mechanism" && c.text() == "EXTERNAL")
+    })
+}
+
+/// The next SASL answer on `c`: its name and its condition.
+fn sasl_answer(c: &XmlConn) -> (String, Option<String>) {
+    let e = c
+        .element_where(WAIT, |e| e.ns == SASL_NS)
+        .expect("a SASL answer");
+    let cond = e
+        .elements()
+        .find(|c| c.name != "text")
+        .map(|c| c.name.clone());
+    (e.name.clone(), cond)
+}
+
+#[test]
+fn sasl01_wire_offer_only_with_a_client_certificate_and_clear_failures() {
+    let certs = Certs::new("wire");
+    let (ca, leaves) = certs.ca_and_leaves(&["a.test", "b.test"]);
+    let dns = TestDns::start(IpAddr::V4(next_ip()));
+    let b = daemon(
+        "b",
+        "b.test",
+        &dns,
+        &tls(&leaves[1].0, &leaves[1].1, &ca, "verify = \"pkix\"\n"),
+    );
+    // No client certificate: no EXTERNAL, dialback only.
+    let (_, f) = starttls_with(
+        b.s2s(),
+        "a.test",
+        "b.test",
+        client_config_without_cert(false).unwrap(),
+    );
+    assert!(!offers_external(&f), "{f:?}");
+    assert!(f.child("dialback", "urn:xmpp:features:dialback").is_some());
+
+    let a = Domain::parse("a.test").unwrap();
+    let a_certs = ServerCerts::load(
+        &[(a.clone(), leaves[0].0.clone(), leaves[0].1.clone())],
+        None,
+    )
+    .unwrap();
+    let (mut c, f) = starttls_with(
+        b.s2s(),
+        "a.test",
+        "b.test",
+        client_config(&a_certs, &a, false).unwrap(),
+    );
+    assert!(offers_external(&f), "{f:?}");
+    let auth = |body: &str| format!("<auth xmlns='{SASL_NS}' mechanism='EXTERNAL'>{body}</auth>");
+    c.send(&auth("not base64!"));
+    assert_eq!(
+        sasl_answer(&c),
+        ("failure".into(), Some("incorrect-encoding".into()))
+    );
+    // base64("c.test"): not the stream's from.
+    c.send(&auth("Yy50ZXN0"));
+    assert_eq!(
+        sasl_answer(&c),
+        ("failure".into(), Some("invalid-authzid".into()))
+    );
+    c.send(&auth("="));
+    assert_eq!(sasl_answer(&c), ("success".into(), None));
+    b.wait_log_count("a.test→b.test authenticated by SASL EXTERNAL", 1);
 }

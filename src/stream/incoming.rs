@@ -9,7 +9,8 @@
 //! errors, our hosted domains as targets, DB-29; discarded by the STARTTLS restart, TLS-01), the
 //! `[policy]` lists (a `<db:result/>` from a refused domain gets the dialback error
 //! `forbidden` and no verification), and the address checks on stanzas (DB-17, SEC-10,
-//! ADDR-01/02). Peer strings repeated in our errors
+//! ADDR-01/02), and SASL EXTERNAL (XEP-0178, SASL-01: `incoming_sasl.rs`). Peer strings
+//! repeated in our errors
 //! are bounded ([`crate::stanza::echo`]). Out of scope: asking
 //! the Authoritative Server (the connection layer runs a verify connection when it sees
 //! [`Action::Verify`] and reports back with [`Event::Verified`]).

@@ -65,7 +65,8 @@ impl Incoming {
         if !self.tls {
             return sasl_failure(SaslCondition::EncryptionRequired, None);
         }
-        if !self.sasl.offer(self.tls) || e.attr("mechanism") != Some(sasl::EXTERNAL) {
+        let offered = self.sasl.offer(self.tls) && !self.legacy;
+        if !offered || e.attr("mechanism") != Some(sasl::EXTERNAL) {
             // RFC 6120 §6.4.5: a mechanism we did not offer.
             return sasl_failure(SaslCondition::InvalidMechanism, None);
         }

@@ -3,7 +3,9 @@
 //!
 //! In scope: the stream header and features, STARTTLS when offered (and refusing to go on in
 //! plaintext when encryption is required: SEC-12), sending `<db:result/>` with the XEP-0185 key
-//! or the `<db:verify/>` we were asked to send, correlating the answer with what we sent on this
+//! or the `<db:verify/>` we were asked to send (or, for a pair, SASL EXTERNAL first when the peer
+//! offers it and our certificate names our domain, with dialback as the fallback: SASL-01),
+//! correlating the answer with what we sent on this
 //! stream (DB-07, DB-14), the per-pair FIFO of stanzas queued until `type='valid'` (DB-05,
 //! ROUTE-01), and bouncing it when the pair cannot be established (DB-06, DB-08, DB-09,
 //! ROUTE-02). Out of scope: DNS and connecting (the connection layer reports
