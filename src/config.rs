@@ -408,8 +408,9 @@ pub struct TlsPolicy {
 impl TlsPolicy {
     /// Whether a stream with `peer` must be encrypted before stanzas flow: the peer's
     /// `require_encryption`, else `[tls] require_encryption`. A peer whose certificate must be
-    /// checked (`verify = "pkix"` or fingerprint pins) is always required to use TLS: a
-    /// plaintext stream would skip the check.
+    /// checked (`verify = "pkix"` or fingerprint pins), or that must use SASL EXTERNAL
+    /// (`auth = "external"`), is always required to use TLS: a plaintext stream would skip the
+    /// check.
     pub fn require_encryption_for(&self, peer: &Domain) -> bool {
         self.verify_for(peer) == CertMode::Pkix
             || !self.pins_for(peer).is_empty()

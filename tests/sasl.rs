@@ -124,7 +124,7 @@ fn sasl01_two_daemons_federate_by_sasl_external_in_both_directions() {
     // Each side authenticated its outbound stream by EXTERNAL, and accepted the other's.
     for (d, local, remote) in [(&a, "a.test", "b.test"), (&b, "b.test", "a.test")] {
         d.wait_log_count(
-            &format!("{local}→{remote} authenticated by SASL EXTERNAL, 1 queued stanzas sent"),
+            &format!("{local}→{remote} authenticated by SASL EXTERNAL, "),
             1,
         );
         d.wait_log_count(
