@@ -43,6 +43,11 @@ impl InboundSasl {
 impl Incoming {
     /// A SASL element on an open stream.
     pub(super) fn sasl(&mut self, e: &Element) -> Vec<Action> {
+        if matches!(e.name.as_str(), "auth" | "response") && e.elements().next().is_some() {
+            // RFC 6120 §6.4.2: base64 character data only.
+            self.sasl.awaiting_response = false;
+            return sasl_failure(SaslCondition::MalformedRequest, None);
+        }
         match e.name.as_str() {
             "auth" => self.sasl_auth(e),
             "response" if self.sasl.awaiting_response => {

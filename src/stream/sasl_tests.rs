@@ -423,3 +423,52 @@ fn sasl01_verify_connections_keep_using_dialback() {
         "{out:?}"
     );
 }
+
+#[test]
+fn sasl01_odd_sasl_input_never_panics_and_never_authenticates_wrongly() {
+    // base64 of "B.TEST" (the same domain, other case), "b.test\0", "u@b.test", "", a long name.
+    let bodies = [
+        "Qi5URVNU",
+        "Yi50ZXN0AA==",
+        "dUBiLnRlc3Q=",
+        "====",
+        "=",
+        "==",
+        "Yi50ZXN0\nYi50ZXN0",
+        &"QUFB".repeat(2000),
+        "<x/>",
+    ];
+    for body in bodies {
+        let (mut s, _) = after_tls(pkix_ctx(None), Some(cert_for(&["b.test"])));
+        let out = s.handle(auth(body));
+        for a in &out {
+            match a {
+                Action::Authenticated { remote, local } => {
+                    assert_eq!((remote, local), (&d("b.test"), &d("a.test")), "{body:?}");
+                }
+                Action::Send(e) => assert_eq!(e.ns, SASL_NS, "{body:?}: {e:?}"),
+                Action::Restart => {}
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
+    }
+    // SASL elements out of place: answered or refused, never a panic, never authenticated.
+    for xml in [
+        format!("<response xmlns='{SASL_NS}'>=</response>"),
+        format!("<abort xmlns='{SASL_NS}'/>"),
+        format!("<success xmlns='{SASL_NS}'/>"),
+        format!("<auth xmlns='{SASL_NS}'>=</auth>"),
+        format!("<auth xmlns='{SASL_NS}' mechanism='EXTERNAL'><x/>=</auth>"),
+    ] {
+        let (mut s, _) = after_tls(pkix_ctx(None), Some(cert_for(&["b.test"])));
+        let out = s.handle(Event::Element(el(&xml)));
+        assert!(
+            !out.iter()
+                .any(|a| matches!(a, Action::Authenticated { .. })),
+            "{xml}: {out:?}"
+        );
+        if xml.contains("<x/>") {
+            assert!(is_failure(&out, "malformed-request"), "{out:?}");
+        }
+    }
+}
