@@ -337,6 +337,27 @@ impl fmt::Display for CertMode {
     }
 }
 
+/// How a peer must authenticate its domain (`auth`, SASL-01).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AuthMode {
+    /// Dialback is allowed: SASL EXTERNAL (XEP-0178) is used when both sides can, with dialback
+    /// as the fallback on the same stream (`"dialback"`).
+    #[default]
+    Dialback,
+    /// SASL EXTERNAL is required: the peer's certificate must prove its domain; a dialback
+    /// attempt is refused, and we never fall back to dialback towards it (`"external"`).
+    External,
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMode::Dialback => "dialback",
+            AuthMode::External => "external",
+        })
+    }
+}
+
 /// `[tls.peers."DOMAIN"]`: overrides for one remote domain; `None` → the `[tls]` setting.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerPolicy {
@@ -347,6 +368,8 @@ pub struct PeerPolicy {
     /// SHA-256 digests of the peer's SubjectPublicKeyInfo (DER); when non-empty, the peer's
     /// certificate key must match one of them.
     pub fingerprints: Vec<[u8; 32]>,
+    /// Overrides `tls.auth` for this peer.
+    pub auth: Option<AuthMode>,
 }
 
 /// A certificate chain and its private key, both PEM files (not opened here).
@@ -370,6 +393,9 @@ pub struct TlsPolicy {
     pub require_encryption: bool,
     /// How peer certificates are checked, unless a peer overrides it. Default `Dialback`.
     pub verify: CertMode,
+    /// How peers must authenticate, unless a peer overrides it. Default `Dialback` (SASL
+    /// EXTERNAL when possible, dialback allowed).
+    pub auth: AuthMode,
     /// PEM bundle of trusted CAs for `Pkix`; `None` → the system store.
     pub ca_file: Option<PathBuf>,
     /// The certificate for hosted domains without an entry in `certs`.
@@ -383,11 +409,13 @@ pub struct TlsPolicy {
 impl TlsPolicy {
     /// Whether a stream with `peer` must be encrypted before stanzas flow: the peer's
     /// `require_encryption`, else `[tls] require_encryption`. A peer whose certificate must be
-    /// checked (`verify = "pkix"` or fingerprint pins) is always required to use TLS: a
-    /// plaintext stream would skip the check.
+    /// checked (`verify = "pkix"` or fingerprint pins), or that must use SASL EXTERNAL
+    /// (`auth = "external"`), is always required to use TLS: a plaintext stream would skip the
+    /// check.
     pub fn require_encryption_for(&self, peer: &Domain) -> bool {
         self.verify_for(peer) == CertMode::Pkix
             || !self.pins_for(peer).is_empty()
+            || self.external_required_for(peer)
             || self
                 .peers
                 .get(peer)
@@ -402,6 +430,23 @@ impl TlsPolicy {
             .get(peer)
             .and_then(|p| p.verify)
             .unwrap_or(self.verify)
+    }
+
+    /// Whether `peer` must authenticate by SASL EXTERNAL (the peer's `auth`, else `[tls] auth`
+    /// is `"external"`): no dialback with it in either direction.
+    pub fn external_required_for(&self, peer: &Domain) -> bool {
+        let mode = self
+            .peers
+            .get(peer)
+            .and_then(|p| p.auth)
+            .unwrap_or(self.auth);
+        mode == AuthMode::External
+    }
+
+    /// Whether a certificate can prove `peer`'s identity under its policy (`verify = "pkix"`
+    /// or pins): what SASL EXTERNAL needs.
+    pub fn checks_identity_of(&self, peer: &Domain) -> bool {
+        self.verify_for(peer) == CertMode::Pkix || !self.pins_for(peer).is_empty()
     }
 
     /// The SPKI SHA-256 pins for `peer`; empty when none are configured (no pinning).
@@ -640,6 +685,7 @@ struct RawTls {
     enabled: Option<bool>,
     require_encryption: Option<bool>,
     verify: Option<String>,
+    auth: Option<String>,
     ca_file: Option<String>,
     certificate: Option<String>,
     key: Option<String>,
@@ -661,6 +707,7 @@ struct RawCertPair {
 struct RawPeer {
     require_encryption: Option<bool>,
     verify: Option<String>,
+    auth: Option<String>,
     #[serde(default)]
     fingerprints: Vec<String>,
 }
@@ -1350,16 +1397,58 @@ impl Validator<'_> {
             .ca_file
             .map(|s| self.path("tls.ca_file", &s))
             .transpose()?;
+        let auth = raw
+            .auth
+            .map(|s| self.auth_mode("tls.auth", &s))
+            .transpose()?
+            .unwrap_or_default();
         let peers = self.peer_policies(raw.peers, enabled)?;
-        Ok(TlsPolicy {
+        let policy = TlsPolicy {
             enabled,
             require_encryption,
             verify,
+            auth,
             ca_file,
             default_cert,
             certs,
             peers,
-        })
+        };
+        self.external_checkable(&policy)?;
+        Ok(policy)
+    }
+
+    fn auth_mode(&self, key: &str, s: &str) -> Result<AuthMode, ConfigError> {
+        match s {
+            "dialback" => Ok(AuthMode::Dialback),
+            "external" => Ok(AuthMode::External),
+            _ => Err(self.err(
+                key,
+                format!("must be \"dialback\" or \"external\", got {s:?}"),
+            )),
+        }
+    }
+
+    /// `auth = "external"` needs TLS and a certificate check that can prove the peer's identity
+    /// (`verify = "pkix"` or pins): `[tls] auth` needs `[tls] verify = "pkix"`, and every peer
+    /// it applies to needs pkix or pins of its own.
+    fn external_checkable(&self, policy: &TlsPolicy) -> Result<(), ConfigError> {
+        let needs = "\"external\" needs TLS and a certificate check that proves the peer's \
+                     domain: verify = \"pkix\" or fingerprints";
+        if policy.auth == AuthMode::External && !(policy.enabled && policy.verify == CertMode::Pkix)
+        {
+            return Err(self.err("tls.auth", needs));
+        }
+        for (domain, p) in &policy.peers {
+            if policy.external_required_for(domain)
+                && !(policy.enabled && policy.checks_identity_of(domain))
+            {
+                // Name the key that breaks it: the peer's own auth, else its verify override.
+                let which = if p.auth.is_some() { "auth" } else { "verify" };
+                let key = format!("tls.peers.{}.{which}", key_segment(domain.as_str()));
+                return Err(self.err(key, needs));
+            }
+        }
+        Ok(())
     }
 
     /// `tls.certificate` and `tls.key`: both or neither.
@@ -1481,6 +1570,10 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, s)| self.fingerprint(&format!("{key}.fingerprints[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
+        let auth = p
+            .auth
+            .map(|s| self.auth_mode(&format!("{key}.auth"), &s))
+            .transpose()?;
         if !enabled {
             let problem = if p.require_encryption == Some(true) {
                 Some("require_encryption")
@@ -1502,6 +1595,7 @@ impl Validator<'_> {
             require_encryption: p.require_encryption,
             verify,
             fingerprints,
+            auth,
         })
     }
 
@@ -2236,6 +2330,58 @@ mod tests {
         ));
         assert!(
             e.contains("tls.domains.\"a.test\"") && e.contains("missing key `key`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sasl01_auth_external_needs_a_certificate_check_and_names_the_key() {
+        let tls = "[tls]\ncertificate = \"a.pem\"\nkey = \"a.key\"\n";
+        let c = parse(&format!(
+            "{MIN}{tls}[tls.peers.\"b.test\"]\nverify = \"pkix\"\nauth = \"external\"\n\
+             [tls.peers.\"p.test\"]\nauth = \"external\"\n\
+             fingerprints = [\"sha256:{}\"]\n",
+            "00".repeat(32)
+        ))
+        .unwrap();
+        let t = &c.tls;
+        assert_eq!(t.auth, AuthMode::Dialback, "the default: dialback allowed");
+        assert!(t.external_required_for(&d("b.test")));
+        assert!(
+            t.external_required_for(&d("p.test")),
+            "pins prove the identity too"
+        );
+        assert!(!t.external_required_for(&d("other.test")));
+        assert!(t.require_encryption_for(&d("p.test")));
+
+        let c = parse(&format!(
+            "{MIN}{tls}auth = \"external\"\nverify = \"pkix\"\n\
+             [tls.peers.\"old.test\"]\nauth = \"dialback\"\n"
+        ))
+        .unwrap();
+        assert!(c.tls.external_required_for(&d("b.test")));
+        assert!(!c.tls.external_required_for(&d("old.test")));
+
+        let e = err(&format!("{MIN}{tls}auth = \"sasl\"\n"));
+        assert!(
+            e.contains("tls.auth: must be \"dialback\" or \"external\""),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}{tls}auth = \"external\"\n"));
+        assert!(e.contains("tls.auth: \"external\" needs TLS"), "{e}");
+        let e = err(&format!(
+            "{MIN}{tls}[tls.peers.\"b.test\"]\nauth = \"external\"\n"
+        ));
+        assert!(
+            e.contains("tls.peers.\"b.test\".auth: \"external\" needs"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MIN}{tls}auth = \"external\"\nverify = \"pkix\"\n\
+             [tls.peers.\"b.test\"]\nverify = \"dialback\"\n"
+        ));
+        assert!(
+            e.contains("tls.peers.\"b.test\".verify: \"external\" needs"),
             "{e}"
         );
     }

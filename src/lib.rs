@@ -11,6 +11,10 @@
 //!   authentication (Prosody answers only after it authenticated to us).
 //! - **Authoritative Server**: `<db:verify/>` for our domains is answered by recomputing the key.
 //!
+//! Where both sides have certificates that prove their domains, streams authenticate by SASL
+//! EXTERNAL (XEP-0178) instead, in both directions, with dialback as the fallback on the same
+//! stream when EXTERNAL fails (`[tls] auth`; `stream::sasl`).
+//!
 //! # Threads and data flow
 //! ```text
 //!  acceptor (net): mio Poll over listeners + signals ──accept──► conn::start_incoming/_component

@@ -266,3 +266,17 @@ fn tls_cannot_be_turned_off_while_direct_tls_listeners_are_open() {
     assert_eq!(p.changed, ["dns", "timeouts"]);
     assert_eq!(p.restart, ["[listen] (the listening sockets)"]);
 }
+
+#[test]
+fn sasl01_auth_policy_takes_effect_without_a_restart() {
+    let tls = "[tls]\ncertificate = \"a.pem\"\nkey = \"a.key\"\n";
+    let old = parse(tls);
+    let mut new = parse(&format!(
+        "{tls}[tls.peers.\"b.test\"]\nverify = \"pkix\"\nauth = \"external\"\n"
+    ));
+    assert!(keep_running(&old, &mut new).is_empty());
+    assert_eq!(changed(&old, &new), ["tls"]);
+    assert!(new
+        .tls
+        .external_required_for(&Domain::parse("b.test").unwrap()));
+}

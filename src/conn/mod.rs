@@ -400,6 +400,9 @@ impl Stream {
                     if self.injected_after_starttls(&ev) {
                         return false;
                     }
+                    if matches!(ev, Event::Header(_)) {
+                        self.tell_peer_certificate();
+                    }
                     self.count_received(&ev);
                     if self.clock.closing_until.is_some() && matches!(ev, Event::Close) {
                         // The peer's close ends our close handshake.
@@ -504,6 +507,7 @@ impl Stream {
                     self.send(el);
                 }
                 Action::StartTls => self.start_tls(),
+                Action::Restart => self.restart(),
                 Action::Verify(req) => self.verify(req),
                 Action::Authenticated { local, remote } => self.authenticated(local, remote),
                 Action::PairFailed {

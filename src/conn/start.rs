@@ -170,14 +170,22 @@ fn outbound(
         role,
         deadline,
         |label| {
-            Core::Out(Outgoing::new(
-                live.ctx.clone(),
-                label,
-                key.0.clone(),
-                key.1.clone(),
-                purpose,
-                false,
-            ))
+            // SASL-01: EXTERNAL is worth trying when our certificate names our domain.
+            let external = live
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.can_authenticate_as(&key.0));
+            Core::Out(
+                Outgoing::new(
+                    live.ctx.clone(),
+                    label,
+                    key.0.clone(),
+                    key.1.clone(),
+                    purpose,
+                    false,
+                )
+                .with_external(external),
+            )
         },
     )
 }

@@ -7,6 +7,7 @@
 
 use super::{new_parser, Core, Event, Role, Stream};
 use crate::domain::Domain;
+use crate::stream::sasl::CertCheck;
 use crate::stream::{ConnectError, StanzaCondition, Verdict, VerifyRequest};
 use crate::tls::{CertJudgement, Session};
 use std::io;
@@ -38,6 +39,42 @@ impl Stream {
             Core::In(_) => self.tls_established(),
             _ => self.tls_pending = Some(Event::TlsEstablished),
         }
+    }
+
+    /// The stream restarts after SASL (RFC 6120 §4.3.3): a fresh parser, which takes over what
+    /// was read beyond the element that ended the old stream, with the budget the stream's
+    /// state calls for.
+    pub(super) fn restart(&mut self) {
+        let rest = self.parser.unparsed().to_vec();
+        self.parser = new_parser(&self.ctx);
+        self.parser.feed(&rest);
+        self.sync_budget();
+    }
+
+    /// Inbound, before a header that arrives over TLS: tell the core whether the peer presented
+    /// a certificate and how to ask what it proves (SASL EXTERNAL, SASL-01). The judgement
+    /// stays here, in the TLS layer, under the policy the stream was created with.
+    pub(super) fn tell_peer_certificate(&mut self) {
+        if !matches!(self.core, Core::In(_)) {
+            return;
+        }
+        let Some(session) = self.link.as_ref().and_then(|l| l.tls()) else {
+            return;
+        };
+        if session.is_handshaking() {
+            return;
+        }
+        let cert = session.info().and_then(|i| i.peer_cert);
+        let check = match (cert, &self.tls) {
+            (Some(cert), Some(tls)) => {
+                let (tls, config) = (tls.clone(), self.ctx.config.clone());
+                Some(CertCheck::new(move |domain| {
+                    tls.proves(&config.tls, domain, &cert)
+                }))
+            }
+            _ => None,
+        };
+        self.feed(Event::PeerCertificate(check));
     }
 
     /// The core learns that TLS is up; the restart discards the pairs verified in plaintext

@@ -9,7 +9,8 @@
 //! errors, our hosted domains as targets, DB-29; discarded by the STARTTLS restart, TLS-01), the
 //! `[policy]` lists (a `<db:result/>` from a refused domain gets the dialback error
 //! `forbidden` and no verification), and the address checks on stanzas (DB-17, SEC-10,
-//! ADDR-01/02). Peer strings repeated in our errors
+//! ADDR-01/02), and SASL EXTERNAL (XEP-0178, SASL-01: `incoming_sasl.rs`). Peer strings
+//! repeated in our errors
 //! are bounded ([`crate::stanza::echo`]). Out of scope: asking
 //! the Authoritative Server (the connection layer runs a verify connection when it sees
 //! [`Action::Verify`] and reports back with [`Event::Verified`]).
@@ -62,6 +63,10 @@ pub struct Incoming {
     legacy: bool,
     /// The peer's first header named our domain in `to` (not defaulted).
     to_given: bool,
+    /// The `from` of the peer's first header, when it is a valid domain.
+    peer: Option<Domain>,
+    /// SASL EXTERNAL (SASL-01).
+    sasl: sasl::InboundSasl,
 }
 
 impl Incoming {
@@ -87,6 +92,8 @@ impl Incoming {
             version: Some("1.0".into()),
             legacy: false,
             to_given: false,
+            peer: None,
+            sasl: sasl::InboundSasl::default(),
         }
     }
 
@@ -150,6 +157,10 @@ impl Incoming {
                 self.close(Some(StreamError::new(c)))
             }
             (State::Open, Event::Element(e)) => self.open(e),
+            (_, Event::PeerCertificate(check)) => {
+                self.sasl.cert = check;
+                Vec::new()
+            }
             (State::AwaitTls, Event::TlsEstablished) => {
                 self.tls = true;
                 self.state = State::ExpectHeader;
@@ -250,18 +261,20 @@ impl Incoming {
             Ok(local) => local,
             Err(err) => return self.refuse_header(err),
         };
-        // STR-04: a restarted stream keeps its addresses.
-        if self.local.as_ref().is_some_and(|l| *l != local) {
+        // STR-04: a restarted stream keeps its addresses; after SASL, the `from` too.
+        let peer = h.from.as_deref().and_then(|f| Domain::parse(f).ok());
+        let from_changed = self.sasl.done.is_some() && peer.is_some() && peer != self.peer;
+        if self.local.as_ref().is_some_and(|l| *l != local) || from_changed {
             return self.refuse_header(StreamError::new(StreamCondition::ImproperAddressing));
         }
         if self.local.is_none() {
             self.to_given = h.to.is_some();
+            self.peer.clone_from(&peer);
         }
         self.local = Some(local.clone());
         self.id = (self.new_id)();
         self.state = State::Open;
         self.header_sent = true;
-        let peer = h.from.as_deref().and_then(|f| Domain::parse(f).ok());
         if !self.label.contains('→') {
             let from = peer.as_ref().map_or("?", Domain::as_str);
             self.label = format!("{} {from}→{local}", self.label);
@@ -331,6 +344,10 @@ impl Incoming {
             }
             features.push_child(starttls);
         }
+        if self.sasl.offer(self.tls) {
+            // SASL-01, XEP-0178 §3: after TLS, when the peer presented a certificate.
+            features.push_child(super::sasl::mechanisms());
+        }
         // DB-26: offered before and after TLS, in every policy.
         features.push_child(
             Element::new("dialback", DIALBACK_FEATURE_NS)
@@ -378,6 +395,9 @@ impl Incoming {
                 Action::Send(Element::new("failure", TLS_NS)),
                 Action::Close(None),
             ];
+        }
+        if sasl::is_sasl(&e) {
+            return self.sasl(&e);
         }
         if e.ns == DIALBACK_NS && e.name == "result" {
             return self.db_result(e);
@@ -481,6 +501,16 @@ impl Incoming {
         if self.ctx.config.is_local(remote) {
             log::warn!("{}: peer claims to be our own domain {remote}", self.label);
             return refuse(StanzaCondition::NotAcceptable);
+        }
+        if self.ctx.config.tls.external_required_for(remote) {
+            log::info!(
+                "{}: refusing dialback from {remote}: SASL EXTERNAL is required of it (auth = \"external\")",
+                self.label
+            );
+            // SASL-01: the peer must prove its domain with its certificate; dialback, which
+            // proves only control of DNS and the Authoritative Server, is not enough. XEP-0220
+            // §2.5 policy-violation for this pair, as for dialback without the TLS required.
+            return refuse(StanzaCondition::PolicyViolation);
         }
         None
     }
@@ -717,6 +747,9 @@ pub(crate) fn describe_stream_error(e: &Element) -> String {
 fn answer(local: &Domain, remote: &Domain, v: Verdict) -> Vec<Action> {
     vec![Action::Send(db_result(local, remote, DbBody::Verdict(&v)))]
 }
+
+#[path = "incoming_sasl.rs"]
+mod sasl;
 
 #[cfg(test)]
 #[path = "incoming_tests.rs"]

@@ -16,9 +16,13 @@
 //! ```text
 //!  Incoming:  ExpectHeader ──header──► Open ──<starttls/>──► AwaitTls ──TlsEstablished──► ExpectHeader
 //!                                       │  db:result → Verify action … Verified → db:result type=…
+//!                                       │  <auth EXTERNAL> → <success/> → ExpectHeader (sasl)
+//!                                       │                  → <failure/>, dialback may follow
 //!                                       │  db:verify → answered at once (Authoritative)
 //!                                       └─ stanzas of verified pairs → Deliver
 //!  Outgoing:  ExpectHeader → ExpectFeatures ─starttls─► ExpectProceed → AwaitTls → ExpectHeader
+//!                               └─ <auth EXTERNAL> → ExpectSasl ─success─► ExpectHeader → Established
+//!                                                              └─failure─► db:result (fallback)
 //!                               └─ db:result → ExpectResult ─valid─► Established (queue flushed)
 //!                               └─ db:verify → ExpectVerify ─answer─► VerifyDone, close
 //!  Established (peer offered <errors/>): Join(pair) → db:result for it on the same stream
@@ -28,6 +32,7 @@
 pub mod component;
 pub mod incoming;
 pub mod outgoing;
+pub mod sasl;
 
 pub use crate::condition::{StanzaCondition, StreamCondition};
 
@@ -214,6 +219,10 @@ pub enum Event {
     },
     /// The TLS handshake is done (or under way, server side); a new stream begins.
     TlsEstablished,
+    /// Incoming, after the TLS handshake is complete and before the restarted stream's header:
+    /// whether the peer presented a certificate, and if so how to ask whether it proves a
+    /// domain (SASL EXTERNAL, SASL-01).
+    PeerCertificate(Option<sasl::CertCheck>),
     /// Outgoing: the connection is up (`tls`: over direct TLS, XEP-0368); open the stream.
     Connected {
         /// True when the transport is already TLS (never STARTTLS then, DTLS-02).
@@ -270,6 +279,9 @@ pub enum Action {
     Send(Element),
     /// Upgrade the transport to TLS now (after `<proceed/>` was sent or received).
     StartTls,
+    /// The stream restarts after SASL (RFC 6120 §4.3.3, §6.4.6): what the peer sends next is a
+    /// new stream header, read by a fresh parser.
+    Restart,
     /// Ask the Authoritative Server of `remote` about a key (dedicated verify connection).
     Verify(VerifyRequest),
     /// A domain pair is now authorised on this stream (for logs and routing).
@@ -407,3 +419,6 @@ fn domain_attr(el: &Element, name: &str) -> Option<Domain> {
 
 #[cfg(test)]
 pub(crate) mod testutil;
+
+#[cfg(test)]
+mod sasl_tests;

@@ -3,7 +3,9 @@
 //!
 //! In scope: the stream header and features, STARTTLS when offered (and refusing to go on in
 //! plaintext when encryption is required: SEC-12), sending `<db:result/>` with the XEP-0185 key
-//! or the `<db:verify/>` we were asked to send, correlating the answer with what we sent on this
+//! or the `<db:verify/>` we were asked to send (or, for a pair, SASL EXTERNAL first when the peer
+//! offers it and our certificate names our domain, with dialback as the fallback: SASL-01),
+//! correlating the answer with what we sent on this
 //! stream (DB-07, DB-14), the per-pair FIFO of stanzas queued until `type='valid'` (DB-05,
 //! ROUTE-01), and bouncing it when the pair cannot be established (DB-06, DB-08, DB-09,
 //! ROUTE-02). Once established, a stream whose peer advertised dialback errors may carry
@@ -12,6 +14,7 @@
 //! [`Event::Connected`] or [`Event::ConnectFailed`]).
 
 use super::incoming::describe_stream_error;
+use super::sasl::{self, SASL_NS};
 use super::{
     db_result, db_verify, parse_version, s2s_header, Action, Ctx, DbBody, Event, StanzaCondition,
     StreamCondition, StreamError, Verdict, VerifyRequest,
@@ -46,6 +49,8 @@ enum State {
     ExpectFeatures,
     ExpectProceed,
     AwaitTls,
+    /// We sent `<auth mechanism='EXTERNAL'/>` (SASL-01).
+    ExpectSasl,
     ExpectResult,
     ExpectVerify,
     Established,
@@ -77,6 +82,21 @@ pub struct Outgoing {
     errors_offered: bool,
     /// Pairs carried besides the stream's own (target multiplexing, DB-29; see `mux`).
     joins: mux::Joins,
+    /// Our certificate for `local` names `local`: SASL EXTERNAL is worth trying (SASL-01).
+    can_external: bool,
+    /// The peer's latest features offered SASL EXTERNAL.
+    external_offered: bool,
+    /// How SASL EXTERNAL went on this stream.
+    external: External,
+}
+
+/// SASL EXTERNAL on an outbound stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum External {
+    NotTried,
+    Failed,
+    /// `<success/>`: the stream restarts, and its next features establish the pair.
+    Succeeded,
 }
 
 impl Outgoing {
@@ -107,7 +127,18 @@ impl Outgoing {
             peer_idle: None,
             errors_offered: false,
             joins: mux::Joins::default(),
+            can_external: false,
+            external_offered: false,
+            external: External::NotTried,
         }
+    }
+
+    /// Try SASL EXTERNAL (XEP-0178) when the peer offers it: `can` is true when the certificate
+    /// we present for our domain names that domain (the connection layer knows it). Off by
+    /// default: dialback only.
+    pub fn with_external(mut self, can: bool) -> Outgoing {
+        self.can_external = can;
+        self
     }
 
     /// True once dialback said valid and stanzas go straight to the wire.
@@ -228,6 +259,7 @@ impl Outgoing {
             State::Established if e.ns == DIALBACK_NS && e.name == "result" => {
                 self.joined_result(&e)
             }
+            State::ExpectSasl if e.ns == SASL_NS => self.expect_sasl(&e),
             _ if e.is("error", STREAM_NS) => self.peer_stream_error(&e),
             State::ExpectProceed if e.is("failure", TLS_NS) => self.fail_and_close(
                 StanzaCondition::RemoteServerTimeout,
@@ -433,6 +465,7 @@ impl Outgoing {
         self.peer_max_bytes = stream_limit(features, "max-bytes").and_then(|n| n.try_into().ok());
         self.peer_idle = stream_limit(features, "idle-seconds").map(Duration::from_secs);
         self.note_features(features);
+        self.external_offered = sasl::offers_external(features);
         self.after_features(features.child("starttls", TLS_NS).is_some())
     }
 
@@ -496,19 +529,7 @@ impl Outgoing {
             );
         }
         match &self.purpose {
-            Purpose::Pair => {
-                self.state = State::ExpectResult;
-                let key =
-                    self.ctx
-                        .secret
-                        .key(self.remote.as_str(), self.local.as_str(), &self.their_id);
-                log::debug!("{}: sending db:result", self.label);
-                vec![Action::Send(db_result(
-                    &self.local,
-                    &self.remote,
-                    DbBody::Key(&key),
-                ))]
-            }
+            Purpose::Pair => self.authenticate(),
             Purpose::Verify(req) => {
                 self.state = State::ExpectVerify;
                 log::debug!(
@@ -524,6 +545,122 @@ impl Outgoing {
                 ))]
             }
         }
+    }
+
+    /// Authenticate the pair: SASL EXTERNAL when offered and our certificate names our domain,
+    /// else dialback (unless the peer's policy requires EXTERNAL: SASL-01).
+    fn authenticate(&mut self) -> Vec<Action> {
+        if self.external == External::Succeeded {
+            // The features of the stream restarted after <success/>.
+            return self.established("SASL EXTERNAL");
+        }
+        let usable = self.tls && self.external_offered && self.can_external;
+        if usable && self.external == External::NotTried {
+            log::debug!("{}: trying SASL EXTERNAL", self.label);
+            self.state = State::ExpectSasl;
+            return vec![Action::Send(sasl::auth_external())];
+        }
+        if self.ctx.config.tls.external_required_for(&self.remote) {
+            let reason = if !self.external_offered {
+                format!("{} does not offer SASL EXTERNAL", self.remote)
+            } else if !self.can_external {
+                format!("our certificate does not name {}", self.local)
+            } else {
+                format!("SASL EXTERNAL with {} failed", self.remote)
+            };
+            let reason = format!("{reason}, and auth = \"external\" forbids dialback with it");
+            log::warn!("{}: {reason}", self.label);
+            return self.fail_and_close(
+                StanzaCondition::RemoteServerTimeout,
+                &reason,
+                Some(StreamError::new(StreamCondition::PolicyViolation)),
+            );
+        }
+        self.send_db_result()
+    }
+
+    fn send_db_result(&mut self) -> Vec<Action> {
+        self.state = State::ExpectResult;
+        let key = self
+            .ctx
+            .secret
+            .key(self.remote.as_str(), self.local.as_str(), &self.their_id);
+        log::debug!("{}: sending db:result", self.label);
+        vec![Action::Send(db_result(
+            &self.local,
+            &self.remote,
+            DbBody::Key(&key),
+        ))]
+    }
+
+    /// The peer's answer to our `<auth/>`: `<success/>` restarts the stream (RFC 6120 §6.4.6);
+    /// `<failure/>` falls back to dialback on the same stream (SASL-01, as Prosody and ejabberd
+    /// do), unless the policy requires EXTERNAL.
+    fn expect_sasl(&mut self, e: &Element) -> Vec<Action> {
+        match e.name.as_str() {
+            "success" => {
+                // The info line comes with the restarted stream's features (`established`).
+                log::debug!(
+                    "{}: SASL EXTERNAL succeeded; restarting the stream",
+                    self.label
+                );
+                self.external = External::Succeeded;
+                self.state = State::ExpectHeader;
+                // Nothing learned before the restart carries over (a new id comes).
+                self.their_id.clear();
+                vec![Action::Restart, self.header()]
+            }
+            "failure" => {
+                self.external = External::Failed;
+                let why = sasl::describe_failure(e);
+                if self.ctx.config.tls.external_required_for(&self.remote) {
+                    return self.authenticate_after_failure(&why);
+                }
+                log::info!(
+                    "{}: SASL EXTERNAL with {} failed ({why}); using dialback",
+                    self.label,
+                    self.remote
+                );
+                self.send_db_result()
+            }
+            // EXTERNAL has no challenges after an initial response: give up on it; the
+            // <failure><aborted/></failure> that follows falls back to dialback.
+            "challenge" => vec![Action::Send(sasl::abort())],
+            _ => {
+                log::debug!("{}: ignoring SASL <{}/>", self.label, e.name);
+                Vec::new()
+            }
+        }
+    }
+
+    /// EXTERNAL failed and the policy forbids dialback with the peer.
+    fn authenticate_after_failure(&mut self, why: &str) -> Vec<Action> {
+        let reason = format!(
+            "{} refused SASL EXTERNAL ({why}), and auth = \"external\" forbids dialback with it",
+            self.remote
+        );
+        log::warn!("{}: {reason}", self.label);
+        self.fail_and_close(StanzaCondition::RemoteServerTimeout, &reason, None)
+    }
+
+    /// The pair is authenticated (`how`: dialback or SASL EXTERNAL): queued stanzas go out.
+    fn established(&mut self, how: &str) -> Vec<Action> {
+        log::info!(
+            "{}: {}→{} authenticated by {how}, {} queued stanzas sent",
+            self.label,
+            self.local,
+            self.remote,
+            self.queue.len()
+        );
+        self.state = State::Established;
+        let mut out = vec![Action::Authenticated {
+            local: self.local.clone(),
+            remote: self.remote.clone(),
+        }];
+        let queued = self.queue.drain(..).collect();
+        self.queue_bytes = 0;
+        out.extend(self.send_within_limit(queued));
+        out
     }
 
     /// Does a typed answer come from the domain we asked, for the domain we asked as (DB-07)?
@@ -544,24 +681,7 @@ impl Outgoing {
             }
         };
         match verdict {
-            Verdict::Valid => {
-                log::info!(
-                    "{}: {}→{} authenticated by dialback, {} queued stanzas sent",
-                    self.label,
-                    self.local,
-                    self.remote,
-                    self.queue.len()
-                );
-                self.state = State::Established;
-                let mut out = vec![Action::Authenticated {
-                    local: self.local.clone(),
-                    remote: self.remote.clone(),
-                }];
-                let queued = self.queue.drain(..).collect();
-                self.queue_bytes = 0;
-                out.extend(self.send_within_limit(queued));
-                out
-            }
+            Verdict::Valid => self.established("dialback"),
             Verdict::Invalid => {
                 // DB-08: our key was refused.
                 let reason = format!("{} refused our dialback key", self.remote);

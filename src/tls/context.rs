@@ -26,6 +26,9 @@ pub struct TlsContext {
     clients: HashMap<(Domain, bool), Arc<rustls::ClientConfig>>,
     /// Trust anchors for `pkix` mode; `None` when no peer is checked that way.
     roots: Option<Arc<RootCertStore>>,
+    /// Local domains whose certificate (the one we present as TLS client) names them: those
+    /// may authenticate by SASL EXTERNAL (SASL-01).
+    external_ok: std::collections::HashSet<Domain>,
 }
 
 /// The verdict on a peer's certificate.
@@ -64,6 +67,11 @@ impl TlsContext {
             let cfg = server_config_for(&certs, Some(&local))?;
             servers_by_to.insert(local, cfg);
         }
+        let external_ok = config
+            .local_domains()
+            .into_iter()
+            .filter(|d| certs.client_cert_names(d))
+            .collect();
         let mut clients = HashMap::new();
         for local in config.local_domains() {
             for direct in [false, true] {
@@ -87,7 +95,32 @@ impl TlsContext {
             servers_by_to,
             clients,
             roots,
+            external_ok,
         })
+    }
+
+    /// Whether the certificate we present as TLS client for `local` names `local` (RFC 6125
+    /// DNS-ID): only then is SASL EXTERNAL worth trying as that domain (SASL-01). Whether the
+    /// peer trusts its issuer, only the peer knows (it answers `<failure/>` otherwise).
+    pub fn can_authenticate_as(&self, local: &Domain) -> bool {
+        self.external_ok.contains(local)
+    }
+
+    /// Whether `cert` proves `peer`'s identity for SASL EXTERNAL (SASL-01): under `policy` the
+    /// certificate is valid for `peer` (`verify = "pkix"`), or matches its pins. Dialback mode
+    /// without pins proves nothing: any certificate is accepted there.
+    ///
+    /// # Errors
+    /// Why not, in words fit for the log and the peer (no key material).
+    pub fn proves(&self, policy: &TlsPolicy, peer: &Domain, cert: &PeerCert) -> Result<(), String> {
+        match self.judge(policy, peer, Some(cert)) {
+            CertJudgement::Trusted => Ok(()),
+            CertJudgement::Accepted(_) if !policy.pins_for(peer).is_empty() => Ok(()),
+            CertJudgement::Accepted(_) => Err(format!(
+                "certificates of {peer} are not checked here (verify = \"dialback\")"
+            )),
+            CertJudgement::Refused(why) => Err(why),
+        }
     }
 
     /// The server configuration for an inbound STARTTLS after a header whose `to` was `to`:

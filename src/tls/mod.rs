@@ -262,16 +262,28 @@ impl ServerCerts {
     fn for_client(&self, local: &Domain) -> Option<Arc<CertifiedKey>> {
         self.by_domain.get(local).or(self.default.as_ref()).cloned()
     }
+
+    /// Whether the certificate we present as a TLS client for `local` has a DNS-ID for it
+    /// (what SASL EXTERNAL as `local` needs).
+    pub fn client_cert_names(&self, local: &Domain) -> bool {
+        self.for_client(local)
+            .is_some_and(|pair| names(&pair, local))
+    }
 }
 
-/// Log a warning when `pair`'s certificate has no DNS-ID for `domain`.
-fn warn_if_not_valid_for(pair: &CertifiedKey, domain: &Domain, path: &Path) {
-    let ok = match (pair.end_entity_cert(), server_name(domain)) {
+/// Whether `pair`'s end-entity certificate has a DNS-ID matching `domain`.
+fn names(pair: &CertifiedKey, domain: &Domain) -> bool {
+    match (pair.end_entity_cert(), server_name(domain)) {
         (Ok(ee), Ok(name)) => ParsedCertificate::try_from(ee)
             .and_then(|p| rustls::client::verify_server_name(&p, &name))
             .is_ok(),
         _ => false,
-    };
+    }
+}
+
+/// Log a warning when `pair`'s certificate has no DNS-ID for `domain`.
+fn warn_if_not_valid_for(pair: &CertifiedKey, domain: &Domain, path: &Path) {
+    let ok = names(pair, domain);
     if !ok {
         log::warn!(
             "certificate {}: not valid for {domain} (peers that check certificates will fall back to dialback or refuse)",

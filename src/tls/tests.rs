@@ -704,6 +704,7 @@ fn policy_judgement() {
         require_encryption: None,
         verify: None,
         fingerprints,
+        auth: None,
     };
     policy.peers.insert(d("a.test"), peer(vec![[7u8; 32]]));
     let j = judge(&policy, Some(&roots), &d("a.test"), Some(&cert));

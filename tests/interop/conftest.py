@@ -37,7 +37,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from interop_lib import (  # noqa: E402
     COMPONENT, COMPONENT_SECRET, DIALBACK, IRC, IRC_SECRET, DIALBACKD_SECRET, IP_DIALBACKD, IP_DNS, IP_PROSODY,
-    IP_PROSODY2, IPS, PROSODY, PROSODY2, PROSODY_SECRETS, USERS, dns_query, tcp_open, wait_until)
+    IP_PROSODY2, IP_SASLD, IP_SECURE, IPS, PROSODY, PROSODY2, PROSODY_SECRETS, SASLD, SECURE, USERS,
+    dns_query, tcp_open, wait_until)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,6 +165,39 @@ def make_cert(directory: Path, domain: str, extra_names=()) -> tuple[Path, Path]
     return crt, key
 
 
+def make_ca(directory: Path) -> tuple[Path, Path]:
+    """A test CA (EC P-256, 3 days): its certificate and key."""
+    crt, key = directory / "ca.crt", directory / "ca.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "3", "-subj", "/CN=dialbackd interop test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+         "-keyout", str(key), "-out", str(crt)],
+        check=True, capture_output=True, timeout=30)
+    return crt, key
+
+
+def make_ca_cert(directory: Path, ca: tuple[Path, Path], domain: str) -> tuple[Path, Path]:
+    """A certificate for `domain` signed by the test CA `ca`: SAN dNSName, usable by TLS servers
+    and clients (s2s streams present it in both roles)."""
+    crt, key, csr = (directory / f"{domain}.crt", directory / f"{domain}.key",
+                     directory / f"{domain}.csr")
+    ext = directory / f"{domain}.ext"
+    ext.write_text(f"subjectAltName=DNS:{domain}\nbasicConstraints=CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature\n"
+                   "extendedKeyUsage=serverAuth,clientAuth\n")
+    subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-subj", f"/CN={domain}", "-keyout", str(key), "-out", str(csr)],
+        check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+         "-CAcreateserial", "-days", "3", "-extfile", str(ext), "-out", str(crt)],
+        check=True, capture_output=True, timeout=30)
+    return crt, key
+
+
 @pytest.fixture(scope="session")
 def certs(workdir) -> dict:
     d = workdir / "certs"
@@ -193,6 +227,10 @@ def dns(workdir):
         f"--host-record={PROSODY},{IP_PROSODY}",
         f"--host-record={PROSODY2},{IP_PROSODY2}",
         f"--host-record={DIALBACK},{IP_DIALBACKD}",
+        f"--host-record={SECURE},{IP_SECURE}",
+        f"--host-record={SASLD},{IP_SASLD}",
+        f"--srv-host=_xmpp-server._tcp.{SECURE},{SECURE},5269",
+        f"--srv-host=_xmpp-server._tcp.{SASLD},{SASLD},5269",
         f"--srv-host=_xmpp-server._tcp.{PROSODY},{PROSODY},5269",
         f"--srv-host=_xmpp-server._tcp.{PROSODY2},{PROSODY2},5269",
         f"--srv-host=_xmpp-server._tcp.{DIALBACK},{DIALBACK},5269",

@@ -29,6 +29,10 @@ IP_PROSODY = f"{PREFIX}.1"
 IP_PROSODY2 = f"{PREFIX}.2"
 IP_DIALBACKD = f"{PREFIX}.3"
 IP_DNS = f"{PREFIX}.53"
+# SASL EXTERNAL cases (test_sasl.py): a Prosody with s2s_secure_auth and a dialbackd, both with
+# certificates from a test CA.
+IP_SECURE = f"{PREFIX}.4"
+IP_SASLD = f"{PREFIX}.5"
 
 PROSODY = "prosody.test"
 PROSODY2 = "prosody2.test"
@@ -39,9 +43,12 @@ COMPONENT_SECRET = "compsecret"
 IRC = "irc.dialback.test"
 IRC_SECRET = "ircsecret"
 DIALBACKD_SECRET = "interop-secret"
-PROSODY_SECRETS = {PROSODY: "prosody-interop-secret", PROSODY2: "prosody2-interop-secret"}
-USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass")}
-IPS = {PROSODY: IP_PROSODY, PROSODY2: IP_PROSODY2}
+SECURE = "secure.test"
+SASLD = "sasl.test"
+PROSODY_SECRETS = {PROSODY: "prosody-interop-secret", PROSODY2: "prosody2-interop-secret",
+                   SECURE: "secure-interop-secret"}
+USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass"), SECURE: ("carol", "pass")}
+IPS = {PROSODY: IP_PROSODY, PROSODY2: IP_PROSODY2, SECURE: IP_SECURE}
 
 
 def wait_until(cond, timeout: float, what: str, proc=None, step: float = 0.05):
