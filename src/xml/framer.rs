@@ -209,6 +209,12 @@ impl Framer {
         self.base + self.read
     }
 
+    /// The bytes the parser may read and has not read yet: the last frame returned, with what
+    /// came before it (whitespace, the XML declaration before the header).
+    pub fn released(&self) -> &[u8] {
+        &self.buf[self.read..self.released]
+    }
+
     /// The bytes after the last frame returned: fed, not framed, never handed to the parser.
     pub fn unframed(&self) -> &[u8] {
         &self.buf[self.released..]

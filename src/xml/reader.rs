@@ -61,11 +61,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use log::debug;
-use xml::reader::{ErrorKind, EventReader, ParserConfig, XmlEvent};
+use xml::reader::{ErrorKind, ParserConfig, XmlEvent};
 use xml::Encoding;
 
 use super::element::{Element, Node, Ns};
-use super::framer::Framer;
+use super::framer::{Frame, FrameKind, Framer};
+use parked::Reader;
+
+mod parked;
 use super::{StreamHeader, DIALBACK_NS};
 use crate::condition::StreamCondition;
 
@@ -297,6 +300,28 @@ pub fn tree_bytes(el: &Element) -> usize {
     size_of::<Element>() + walk(el, &mut Vec::new())
 }
 
+/// The `xml` crate's settings for a stream under `limits`.
+fn parser_config(limits: Limits) -> ParserConfig {
+    ParserConfig::new()
+            .ignore_comments(false) // surface comments so we can reject them
+            .trim_whitespace(false)
+            .whitespace_to_characters(false)
+            .cdata_to_characters(false)
+            .coalesce_characters(true)
+            .ignore_end_of_stream(false)
+            .replace_unknown_entity_references(false)
+            .allow_multiple_root_elements(false)
+            .override_encoding(Some(Encoding::Utf8))
+            .ignore_invalid_encoding_declarations(false)
+            .max_entity_expansion_length(0)
+            .max_entity_expansion_depth(0)
+            .max_attributes(MAX_ATTRIBUTES)
+            // The crate lets a name grow to one character more than configured.
+            .max_name_length(MAX_NAME_LENGTH - 1)
+            .max_attribute_length(MAX_ATTRIBUTE_LENGTH.min(limits.max_stanza_bytes))
+            .max_data_length(limits.max_stanza_bytes)
+}
+
 #[derive(Clone, Debug)]
 enum State {
     /// Waiting for the root start tag.
@@ -317,7 +342,11 @@ enum State {
 /// A stream restart (after STARTTLS or SASL) needs a new `StreamParser`: no parser state may be
 /// carried over (RFC 6120 §4.3.3).
 pub struct StreamParser {
-    parser: EventReader<Framer>,
+    parser: Reader,
+    /// The bytes of the stream header (from the start of the stream), replayed to a new `xml`
+    /// parser when a parked one is brought back (see [`StreamParser::trim`]).
+    header: Option<Arc<[u8]>>,
+    limits: Limits,
     state: State,
     /// Stream offset where the frame being parsed started to count (the end of the previous one).
     counted_from: usize,
@@ -347,26 +376,10 @@ impl StreamParser {
     /// Like [`StreamParser::new`], with the byte budget in force taken from `budget` (capped by
     /// `limits.max_stanza_bytes`), which another thread may change at any time.
     pub fn with_budget(limits: Limits, budget: StanzaBudget) -> Self {
-        let config = ParserConfig::new()
-            .ignore_comments(false) // surface comments so we can reject them
-            .trim_whitespace(false)
-            .whitespace_to_characters(false)
-            .cdata_to_characters(false)
-            .coalesce_characters(true)
-            .ignore_end_of_stream(false)
-            .replace_unknown_entity_references(false)
-            .allow_multiple_root_elements(false)
-            .override_encoding(Some(Encoding::Utf8))
-            .ignore_invalid_encoding_declarations(false)
-            .max_entity_expansion_length(0)
-            .max_entity_expansion_depth(0)
-            .max_attributes(MAX_ATTRIBUTES)
-            // The crate lets a name grow to one character more than configured.
-            .max_name_length(MAX_NAME_LENGTH - 1)
-            .max_attribute_length(MAX_ATTRIBUTE_LENGTH.min(limits.max_stanza_bytes))
-            .max_data_length(limits.max_stanza_bytes);
         StreamParser {
-            parser: config.create_reader(Framer::new(limits, budget)),
+            parser: Reader::new(limits, Framer::new(limits, budget)),
+            header: None,
+            limits,
             state: State::BeforeHeader,
             counted_from: 0,
             stack: Vec::new(),
@@ -380,29 +393,55 @@ impl StreamParser {
 
     /// Add bytes read from the transport (any amount, split anywhere).
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.parser.source_mut().feed(bytes);
+        self.parser.framer_mut().feed(bytes);
     }
 
     /// Set the byte budget per first-level element (and for the stream header, if not read yet);
     /// capped by `limits.max_stanza_bytes`. Applies at once, also to the element being read.
     pub fn set_max_stanza_bytes(&self, bytes: usize) {
-        self.parser.source().budget().set(bytes);
+        self.parser.framer().budget().set(bytes);
     }
 
     /// Bytes fed and not parsed yet (what a reader has taken ahead of the parser).
     pub fn pending_bytes(&self) -> usize {
-        self.parser.source().pending()
+        self.parser.framer().pending()
     }
 
-    /// Give back buffer memory an idle stream does not need (see [`Framer::trim`]).
+    /// Give back the memory an idle stream does not need: the framer's buffer (see
+    /// [`Framer::trim`]) and, between first-level elements, the `xml` crate's parser (~3 KiB;
+    /// a new one reads the stream header again when the next frame comes, see `parked`).
     pub fn trim(&mut self) {
-        self.parser.source_mut().trim();
+        self.parser.framer_mut().trim();
         self.stack.shrink_to_fit();
+        if matches!(self.state, State::Open) && self.header.is_some() && self.stack.is_empty() {
+            self.parser.park(self.limits);
+            self.ns_cache = Vec::new();
+            self.ns_next = 0;
+        }
+    }
+
+    /// Whether the `xml` parser is parked (see [`StreamParser::trim`]).
+    #[cfg(test)]
+    fn is_parked(&self) -> bool {
+        matches!(self.parser, Reader::Parked(_))
+    }
+
+    /// Before parsing `frame`: keep the stream header's bytes (for a parser brought back after
+    /// [`StreamParser::trim`]), or bring a parked parser back.
+    fn wake(&mut self, frame: &Frame) -> Result<(), Failure> {
+        if frame.kind == FrameKind::Header {
+            self.header = Some(Arc::from(self.parser.framer().released()));
+            return Ok(());
+        }
+        match &self.header {
+            Some(header) => self.parser.unpark(self.limits, header),
+            None => Ok(()),
+        }
     }
 
     /// The budget in force, as a handle another thread can change (see [`StanzaBudget`]).
     pub fn budget(&self) -> StanzaBudget {
-        self.parser.source().budget().clone()
+        self.parser.framer().budget().clone()
     }
 
     /// The next event, or `Ok(None)` when more bytes are needed. After an error every further call
@@ -415,10 +454,10 @@ impl StreamParser {
             State::Closed => return Err(XmlError::Eof),
             State::BeforeHeader | State::Open => {}
         }
-        let result = match self.parser.source_mut().next_frame() {
+        let result = match self.parser.framer_mut().next_frame() {
             Ok(None) => return Ok(None),
             Ok(Some(frame)) => {
-                let ev = self.parse_frame();
+                let ev = self.wake(&frame).and_then(|()| self.parse_frame());
                 self.counted_from = frame.span.end;
                 ev
             }
@@ -440,7 +479,7 @@ impl StreamParser {
     /// bytes after `<starttls/>` and before the TLS handshake are a plaintext-injection attack
     /// (RFC 6120 §5.3.3).
     pub fn unparsed(&self) -> &[u8] {
-        self.parser.source().unframed()
+        self.parser.framer().unframed()
     }
 
     /// The memory of the last element [`StreamParser::next_event`] returned, as the parser
@@ -453,10 +492,7 @@ impl StreamParser {
     /// Parse the frame the framer has just released: its events up to the one that completes it.
     fn parse_frame(&mut self) -> Result<StreamEvent, Failure> {
         loop {
-            let event = match self.parser.next() {
-                Ok(ev) => ev,
-                Err(e) => return Err(map_parser_error(&e)),
-            };
+            let event = self.parser.next()?;
             match event {
                 XmlEvent::StartDocument {
                     version: xml::common::XmlVersion::Version11,
@@ -590,7 +626,7 @@ impl StreamParser {
         self.tree = self.tree.saturating_add(cost);
         let wire = self
             .parser
-            .source()
+            .framer()
             .read_offset()
             .saturating_sub(self.counted_from);
         let allowed = wire
@@ -877,15 +913,21 @@ mod tests {
     thread_local! {
         /// Which side the tests below drive (see [`both`]).
         static PUSH: Cell<bool> = const { Cell::new(false) };
+        /// The push side trims (parks its parser) before every feed and after every event.
+        static TRIM: Cell<bool> = const { Cell::new(false) };
     }
 
-    /// Run `test` through the pull side ([`super::StreamReader`]) and then through the push side
-    /// ([`StreamParser`] fed in pseudo-random chunks of 1 to 13 bytes).
+    /// Run `test` through the pull side ([`super::StreamReader`]), then through the push side
+    /// ([`StreamParser`] fed in pseudo-random chunks of 1 to 13 bytes), then through the push
+    /// side trimmed as an idle stream is, between every two steps: its `xml` parser parked and
+    /// brought back with the replayed stream header must give the same events and errors.
     fn both(test: impl Fn()) {
-        for push in [false, true] {
+        for (push, trim) in [(false, false), (true, false), (true, true)] {
             PUSH.with(|p| p.set(push));
+            TRIM.with(|t| t.set(trim));
             test();
         }
+        TRIM.with(|t| t.set(false));
     }
 
     /// The reader the tests drive: the pull reader, or the push parser behind the same API.
@@ -930,7 +972,13 @@ mod tests {
                     return Err(f.to_error());
                 }
                 if let Some(ev) = p.parser.next_event()? {
+                    if TRIM.with(Cell::get) {
+                        p.parser.trim();
+                    }
                     return Ok(ev);
+                }
+                if TRIM.with(Cell::get) {
+                    p.parser.trim();
                 }
                 p.seed ^= p.seed << 13;
                 p.seed ^= p.seed >> 17;
@@ -1062,6 +1110,53 @@ mod tests {
             .child("item-not-found", STANZAS_NS)
             .is_some());
         assert_eq!(evs[4], StreamEvent::Close);
+    }
+
+    /// An idle stream's parser is parked between elements and brought back for the next one,
+    /// with the stream header's namespaces in scope again (its default namespace and the `db`
+    /// prefix), the byte budget still enforced, and the root end tag still closing the stream.
+    #[test]
+    fn a_parked_parser_comes_back_with_the_header_namespaces() {
+        let limits = Limits {
+            max_stanza_bytes: 4096,
+            max_depth: 16,
+        };
+        let mut p = StreamParser::new(limits);
+        p.trim();
+        assert!(!p.is_parked(), "no header yet: nothing to replay");
+        p.feed(format!("{HEADER}<db:result from='a.example' to='b.example'>k</db:result>").as_bytes());
+        assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+        assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Element(_)))));
+        p.trim();
+        assert!(p.is_parked());
+        assert!(size_of::<StreamParser>() < 512, "the parser's state is boxed");
+        p.feed(b" <db:verify from='a.example' to='b.example' id='x'>k</db:verify>");
+        let Ok(Some(StreamEvent::Element(v))) = p.next_event() else {
+            panic!("db:verify after the parser was parked")
+        };
+        assert!(v.is("verify", DIALBACK_NS));
+        assert!(!p.is_parked());
+        p.trim();
+        p.feed(b"<message to='v@b.example'><body>hi</body></message>");
+        let Ok(Some(StreamEvent::Element(m))) = p.next_event() else {
+            panic!("message after the parser was parked")
+        };
+        assert!(m.is("message", SERVER_NS));
+        assert_eq!(m.child("body", SERVER_NS).map(Element::text).as_deref(), Some("hi"));
+        p.trim();
+        let big = format!("<message><body>{}</body></message>", "x".repeat(5000));
+        p.feed(big.as_bytes());
+        assert_eq!(
+            p.next_event().unwrap_err().condition(),
+            Some(StreamCondition::PolicyViolation),
+            "the budget holds after a park"
+        );
+        let mut p = StreamParser::new(limits);
+        p.feed(HEADER.as_bytes());
+        assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
+        p.trim();
+        p.feed(b"</stream:stream>");
+        assert_eq!(p.next_event().unwrap(), Some(StreamEvent::Close));
     }
 
     #[test]
