@@ -202,7 +202,8 @@ heap_profile() { # plain|tls
     local mode=$1 cfg=$out/dialbackd.toml tls=() hp=$out/heaptrack-$1 DB="" HT todo lvl next p n
     [ "$mode" = tls ] && { cfg=$out/dialbackd-tls.toml; tls=(--tls 1); }
     rm -f "$hp".dialbackd.*
-    RUST_LOG=warn taskset -c 1 heaptrack -o "$hp.dialbackd" "$BIN" --config "$cfg" \
+    # The tunable dialbackd would re-execute itself with (src/main.rs): no exec under heaptrack.
+    GLIBC_TUNABLES=glibc.malloc.tcache_count=0 RUST_LOG=warn taskset -c 1 heaptrack -o "$hp.dialbackd" "$BIN" --config "$cfg" \
         >>"$out/heaptrack.log" 2>&1 &
     HT=$!
     PIDS+=("$HT")
