@@ -634,6 +634,66 @@ impl Router {
         starts
     }
 
+    /// XEP-0288: an inbound stream behind `handle` on which the peer asked for bidi has
+    /// verified the inverse of `key` (BIDI-03): it becomes `key`'s route, unless the pair has a
+    /// stream already (ours, starting or up, or another bidi stream), which stays its one FIFO
+    /// (ROUTE-01). A backoff window ends: the peer has just shown it is reachable. True when
+    /// the route now goes over `handle`.
+    pub fn bidi_route(&self, key: &(Domain, Domain), handle: &Handle) -> bool {
+        let mut routes = lock(&self.routes);
+        if let Some(Route::Stream { handle: h, .. }) = routes.get(key) {
+            if !h.inbox().is_closed() {
+                return false;
+            }
+        }
+        routes.insert(
+            key.clone(),
+            Route::Stream {
+                handle: handle.clone(),
+                up: true,
+            },
+        );
+        true
+    }
+
+    /// The bidi stream behind `handle`, the route of `keys`, is closing: close its inbox and
+    /// give each pair the stanzas that were waiting for it, in order and ahead of anything
+    /// newer, on a new stream of ours (as [`Router::outbound_closing`] does after a clean end;
+    /// they bounce during shutdown).
+    pub fn bidi_closing(&self, keys: &[(Domain, Domain)], handle: &Handle) -> Starts {
+        let mut routes = lock(&self.routes);
+        let waiting = handle.close();
+        for key in keys {
+            if matches!(routes.get(key), Some(Route::Stream { handle: h, .. }) if h.id() == handle.id())
+            {
+                routes.remove(key);
+            }
+        }
+        // One inbox carried every pair routed here: split it by pair, each keeping its order.
+        let mut by_pair: Vec<((Domain, Domain), Vec<Element>)> = Vec::new();
+        let mut refused: Vec<Refused> = Vec::new();
+        for el in waiting {
+            let Some(key) = pair_of(&el) else {
+                let why = "the connection closed before the stanza was sent";
+                refused.push((el, Bounce::new(StanzaCondition::RemoteServerTimeout, why)));
+                continue;
+            };
+            match by_pair.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, els)) => els.push(el),
+                None => by_pair.push((key, vec![el])),
+            }
+        }
+        let mut starts = Vec::new();
+        for (key, els) in by_pair {
+            self.requeue(&mut routes, &key, els, &mut starts, &mut refused);
+        }
+        drop(routes);
+        for (el, why) in refused {
+            starts.extend(self.bounce(el, why.condition, &why.text));
+        }
+        starts
+    }
+
     /// Put `waiting` (in order) at the head of `key`'s route: a new stream, since the route has
     /// none any more (or bounce them when that cannot be).
     fn requeue(
@@ -914,6 +974,13 @@ fn refused_sender(ctx: &Ctx, el: &Element) -> bool {
     static LOG: RateLimit = RateLimit::new(LOG_EVERY);
     warn_limited!(LOG, "dropping a stanza from {}: {why}", from.domain);
     true
+}
+
+/// The (local, remote) pair a stanza queued for a remote domain was routed by.
+fn pair_of(el: &Element) -> Option<(Domain, Domain)> {
+    let from = Jid::parse(el.attr("from")?).ok()?;
+    let to = Jid::parse(el.attr("to")?).ok()?;
+    Some((from.domain, to.domain))
 }
 
 /// Queue `el` on `h`: under its caps, or as a bounce (see [`Handle::send_bounce`]).

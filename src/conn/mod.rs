@@ -124,7 +124,11 @@ fn fresh_id() -> String {
 /// What kind of stream this is, with what it holds in the router's tables.
 enum Role {
     /// A peer connected to us; its address counts against `limits.connections_per_ip`.
-    Inbound { ip: Option<IpAddr> },
+    /// `bidi`: the pairs routed over it (XEP-0288), while they are.
+    Inbound {
+        ip: Option<IpAddr>,
+        bidi: Vec<(Domain, Domain)>,
+    },
     /// A component; its address was admitted against the component caps.
     Component {
         ip: Option<IpAddr>,
@@ -494,7 +498,7 @@ impl Stream {
                 }
                 Action::StartTls => self.start_tls(),
                 Action::Verify(req) => self.verify(req),
-                Action::Authenticated { .. } => self.authenticated(),
+                Action::Authenticated { local, remote } => self.authenticated(local, remote),
                 Action::Deliver(el) => self.start(self.router.route(el)),
                 Action::Bounce {
                     stanzas,
@@ -561,10 +565,25 @@ impl Stream {
         }
     }
 
-    fn authenticated(&mut self) {
+    fn authenticated(&mut self, local: Domain, remote: Domain) {
         self.clock.deadline_fired = true;
-        if let Role::Outbound { key, .. } = &self.role {
-            self.router.outbound_up(key, self.me.id());
+        match &mut self.role {
+            Role::Outbound { key, .. } => self.router.outbound_up(key, self.me.id()),
+            Role::Inbound { bidi, .. } if matches!(&self.core, Core::In(c) if c.is_bidi()) => {
+                // BIDI-03: the inverse of the pair just verified may travel back over this
+                // stream, when the pair has no stream of its own.
+                let key = (local, remote);
+                if self.router.bidi_route(&key, &self.me) {
+                    log::info!(
+                        "{}: routing {}→{} over this stream (bidi)",
+                        self.core.label(),
+                        key.0,
+                        key.1
+                    );
+                    bidi.push(key);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -657,6 +676,11 @@ impl Stream {
                     _ => None,
                 };
                 let starts = self.router.outbound_closing(key, &self.me, failure);
+                self.start(starts);
+            }
+            Role::Inbound { bidi, .. } if !bidi.is_empty() => {
+                let keys = std::mem::take(bidi);
+                let starts = self.router.bidi_closing(&keys, &self.me);
                 self.start(starts);
             }
             Role::Component { domain, .. } => {

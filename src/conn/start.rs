@@ -44,6 +44,7 @@ pub fn start_incoming(
         &format!("s2s-in {peer}"),
         Role::Inbound {
             ip: Some(peer.ip()),
+            bidi: Vec::new(),
         },
         cfg.timeouts.negotiation,
         |label| {

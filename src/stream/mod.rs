@@ -23,6 +23,7 @@
 //!                               └─ db:verify → ExpectVerify ─answer─► VerifyDone, close
 //! ```
 
+pub mod bidi;
 pub mod component;
 pub mod incoming;
 pub mod outgoing;

@@ -9,6 +9,7 @@
 //! ROUTE-02). Out of scope: DNS and connecting (the connection layer reports
 //! [`Event::Connected`] or [`Event::ConnectFailed`]).
 
+use super::bidi;
 use super::incoming::describe_stream_error;
 use super::{
     db_result, db_verify, parse_version, s2s_header, Action, Ctx, DbBody, Event, StanzaCondition,
@@ -71,6 +72,11 @@ pub struct Outgoing {
     peer_max_bytes: Option<usize>,
     /// XEP-0478: the peer's `idle-seconds` from its latest features.
     peer_idle: Option<Duration>,
+    /// The peer's latest features offered XEP-0288 bidi (BIDI-01).
+    bidi_offered: bool,
+    /// We asked for bidi (BIDI-02): once the pair is verified, the peer's stanzas for the
+    /// inverse pair arrive on this stream too.
+    bidi: bool,
 }
 
 impl Outgoing {
@@ -99,7 +105,14 @@ impl Outgoing {
             failure: None,
             peer_max_bytes: None,
             peer_idle: None,
+            bidi_offered: false,
+            bidi: false,
         }
+    }
+
+    /// True once we asked for XEP-0288 bidi on this stream (BIDI-02).
+    pub fn is_bidi(&self) -> bool {
+        self.bidi
     }
 
     /// True once dialback said valid and stanzas go straight to the wire.
@@ -190,6 +203,7 @@ impl Outgoing {
     /// A top-level element from the peer, in `state`.
     fn element(&mut self, state: State, e: Element) -> Vec<Action> {
         match state {
+            State::Established | State::ExpectResult if self.bidi => self.bidi_element(e),
             State::ExpectFeatures if e.is("features", STREAM_NS) => self.expect_features(&e),
             State::ExpectProceed if e.is("proceed", TLS_NS) => {
                 self.state = State::AwaitTls;
@@ -228,6 +242,84 @@ impl Outgoing {
                 Vec::new()
             }
         }
+    }
+
+    /// An element from the peer on a bidi stream (XEP-0288), in `ExpectResult` or
+    /// `Established`: once the pair is verified, stanzas of the inverse pair are delivered
+    /// (BIDI-03); dialback the peer starts here for other pairs (BIDI-04) is refused with a
+    /// dialback error, so that it opens a connection of its own; our own result is awaited as
+    /// on any stream.
+    fn bidi_element(&mut self, e: Element) -> Vec<Action> {
+        let established = self.state == State::Established;
+        if stanza::is_stanza(&e) {
+            if !established {
+                // BIDI-03: nothing before our pair is verified (DB-17 in the other direction).
+                return self.fail_and_close(
+                    StanzaCondition::RemoteServerTimeout,
+                    &format!("{} sent a stanza before dialback completed", self.remote),
+                    Some(StreamError::text(
+                        StreamCondition::NotAuthorized,
+                        "dialback is not complete",
+                    )),
+                );
+            }
+            return match bidi::check_inverse(&e, &self.local, &self.remote) {
+                Ok(()) => vec![Action::Deliver(e)],
+                Err(err) => {
+                    log::warn!("{}: closing: peer sent {err}", self.label);
+                    self.state = State::Closed;
+                    vec![Action::Close(Some(err))]
+                }
+            };
+        }
+        if e.ns == DIALBACK_NS && e.name == "result" && e.attr("type").is_none() {
+            return self.refuse_piggyback(&e);
+        }
+        if !established && e.ns == DIALBACK_NS && e.name == "result" {
+            return self.expect_result(&e);
+        }
+        if e.is("error", STREAM_NS) {
+            return self.peer_stream_error(&e);
+        }
+        log::debug!(
+            "{}: ignoring <{} xmlns='{}'/> on a bidi stream",
+            self.label,
+            echo(&e.name),
+            echo(&e.ns)
+        );
+        Vec::new()
+    }
+
+    /// BIDI-04: the peer asks to verify another pair on our bidi stream. dialbackd verifies
+    /// keys only on streams peers open to it, so the answer is the dialback error
+    /// `resource-constraint` (XEP-0220 §2.5: this connection cannot take another pair; open a
+    /// new one), or `item-not-found` for a domain we do not host (DB-19); the stream stays.
+    /// Prosody closes the stream in this case (`invalid-id`); a dialback error keeps our pair.
+    fn refuse_piggyback(&self, e: &Element) -> Vec<Action> {
+        let (Some(from), Some(to)) = (
+            e.attr("from").and_then(|f| Domain::parse(f).ok()),
+            e.attr("to").and_then(|t| Domain::parse(t).ok()),
+        ) else {
+            log::debug!(
+                "{}: ignoring a db:result without valid addresses",
+                self.label
+            );
+            return Vec::new();
+        };
+        let condition = if self.ctx.config.is_local(&to) {
+            StanzaCondition::ResourceConstraint
+        } else {
+            StanzaCondition::ItemNotFound
+        };
+        log::info!(
+            "{}: {from} asked to verify {from}→{to} on our bidi stream; refused ({condition})",
+            self.label
+        );
+        vec![Action::Send(db_result(
+            &to,
+            &from,
+            DbBody::Verdict(&Verdict::Error(condition)),
+        ))]
     }
 
     /// The peer's `<stream:error/>`: the attempt fails.
@@ -399,6 +491,7 @@ impl Outgoing {
         // earlier ones, TLS-01); a missing or unreadable value is no limit.
         self.peer_max_bytes = stream_limit(features, "max-bytes").and_then(|n| n.try_into().ok());
         self.peer_idle = stream_limit(features, "idle-seconds").map(Duration::from_secs);
+        self.bidi_offered = bidi::offered(features);
         self.after_features(features.child("starttls", TLS_NS).is_some())
     }
 
@@ -468,12 +561,14 @@ impl Outgoing {
                     self.ctx
                         .secret
                         .key(self.remote.as_str(), self.local.as_str(), &self.their_id);
+                let mut out = self.ask_bidi();
                 log::debug!("{}: sending db:result", self.label);
-                vec![Action::Send(db_result(
+                out.push(Action::Send(db_result(
                     &self.local,
                     &self.remote,
                     DbBody::Key(&key),
-                ))]
+                )));
+                out
             }
             Purpose::Verify(req) => {
                 self.state = State::ExpectVerify;
@@ -490,6 +585,26 @@ impl Outgoing {
                 ))]
             }
         }
+    }
+
+    /// BIDI-02: ask for bidi before dialback when the peer's features offered it and
+    /// `[s2s] bidi` is on; the stream is encrypted by now, or encryption is not required
+    /// (Prosody asks under the same condition). Verify connections never ask: they close after
+    /// one answer.
+    fn ask_bidi(&mut self) -> Vec<Action> {
+        let may = self.tls || !self.ctx.config.tls.require_encryption_for(&self.remote);
+        if !(self.bidi_offered && self.ctx.config.s2s.bidi && may) {
+            return Vec::new();
+        }
+        self.bidi = true;
+        log::info!(
+            "{}: bidi negotiated (XEP-0288, outbound): {}'s stanzas to {} may come back over \
+             this stream",
+            self.label,
+            self.remote,
+            self.local
+        );
+        vec![Action::Send(bidi::request())]
     }
 
     /// Does a typed answer come from the domain we asked, for the domain we asked as (DB-07)?
