@@ -84,3 +84,7 @@ pub fn check_inverse(el: &Element, local: &Domain, remote: &Domain) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "bidi_tests.rs"]
+mod tests;
