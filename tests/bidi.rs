@@ -222,3 +222,24 @@ fn route01_when_the_bidi_stream_ends_the_pair_falls_back_to_a_stream_of_its_own(
         lines_with(log, &["s2s-out b.test→echo.a.test", ": connecting to "]) == 1
     });
 }
+
+/// One thread per stream with bidi: once the verify connection has ended, each daemon runs its
+/// accept loop, its component and the one stream between them; the idle bidi stream wakes for
+/// the way back at B (BIDI-03), and no stream is added for it on either side.
+#[test]
+fn bidi03_the_way_back_wakes_the_idle_stream_and_adds_no_thread() {
+    let p = pair("", "");
+    let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
+    let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
+    ca.send("<message from='bot@echo.a.test' to='u@b.test' id='w1'/>");
+    assert!(cb.recv(WAIT).is_some_and(|m| m.attr("id") == Some("w1")));
+    p.a.wait_threads(1 + 2);
+    p.b.wait_threads(1 + 2);
+    cb.send("<message from='u@b.test' to='bot@echo.a.test' id='w2'/>");
+    assert!(ca.recv(WAIT).is_some_and(|m| m.attr("id") == Some("w2")));
+    ca.send("<message from='bot@echo.a.test' to='u@b.test' id='w3'/>");
+    assert!(cb.recv(WAIT).is_some_and(|m| m.attr("id") == Some("w3")));
+    p.a.wait_threads(1 + 2);
+    p.b.wait_threads(1 + 2);
+    assert_eq!(count_with(&p.b, &["s2s-out ", ": connecting to "]), 0);
+}
