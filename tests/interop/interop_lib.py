@@ -28,20 +28,26 @@ PREFIX = os.environ.get("INTEROP_IP_PREFIX", "127.0.10")
 IP_PROSODY = f"{PREFIX}.1"
 IP_PROSODY2 = f"{PREFIX}.2"
 IP_DIALBACKD = f"{PREFIX}.3"
+IP_PROSODY_BIDI = f"{PREFIX}.4"
 IP_DNS = f"{PREFIX}.53"
 
 PROSODY = "prosody.test"
 PROSODY2 = "prosody2.test"
 DIALBACK = "dialback.test"
+# A Prosody with mod_s2s_bidi (XEP-0288) hosting two domains; started by test_bidi.py only.
+PROSODY_BIDI = "bidi.test"
+PROSODY_BIDI2 = "bidi2.test"
 COMPONENT = "component.dialback.test"
 COMPONENT_SECRET = "compsecret"
 # biboumi (XMPP-to-IRC gateway), a second component of dialbackd.
 IRC = "irc.dialback.test"
 IRC_SECRET = "ircsecret"
 DIALBACKD_SECRET = "interop-secret"
-PROSODY_SECRETS = {PROSODY: "prosody-interop-secret", PROSODY2: "prosody2-interop-secret"}
-USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass")}
-IPS = {PROSODY: IP_PROSODY, PROSODY2: IP_PROSODY2}
+PROSODY_SECRETS = {PROSODY: "prosody-interop-secret", PROSODY2: "prosody2-interop-secret",
+                   PROSODY_BIDI: "bidi-interop-secret"}
+USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass"), PROSODY_BIDI: ("carol", "pass"),
+         PROSODY_BIDI2: ("dave", "pass")}
+IPS = {PROSODY: IP_PROSODY, PROSODY2: IP_PROSODY2, PROSODY_BIDI: IP_PROSODY_BIDI}
 
 
 def wait_until(cond, timeout: float, what: str, proc=None, step: float = 0.05):
