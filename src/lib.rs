@@ -19,7 +19,8 @@
 //!                     socket ⇄ TLS ⇄ framer/parser ⇄ stream core (sans-I/O) ⇄ router;
 //!                     outbound streams dial (DNS, non-blocking connect, TLS) in the same loop
 //!  router: tables only — route per (local, remote) pair (a stream whose inbox is the pair's
-//!          FIFO, or a backoff window), components, live streams; returns what to start
+//!          FIFO: ours, or a peer's XEP-0288 bidi stream; or a backoff window), components,
+//!          live streams; returns what to start
 //! ```
 //!
 //! # Modules

@@ -1,7 +1,8 @@
 //! Who is connected, and where each stanza goes: tables only.
 //!
 //! In scope: the route of each (local, remote) pair — a stream (starting or up) whose inbox is
-//! the pair's one FIFO (DB-02, ROUTE-01), or a backoff window after a failed attempt (stanzas
+//! the pair's one FIFO (DB-02, ROUTE-01): ours, or a peer's inbound stream on which XEP-0288
+//! bidi verified the inverse pair (BIDI-03) —, or a backoff window after a failed attempt (stanzas
 //! bounce at once with the failure's condition until it passes) —, the connected components,
 //! local delivery (components, the built-in XEP-0199 ping, XEP-0030 disco#info and optional
 //! XEP-0092 answers, `service-unavailable` otherwise), the `[policy]` lists for outbound stanzas (a refused

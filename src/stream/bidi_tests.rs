@@ -419,3 +419,28 @@ fn bidi04_dialback_for_another_pair_on_our_stream_gets_a_dialback_error() {
     let out = s.handle(theirs("b.test", "a.test"));
     assert!(matches!(&out[..], [Action::Deliver(_)]), "{out:?}");
 }
+
+/// RFC 6120 §4.4 on a bidi stream we close: what the peer sent before it saw our close is
+/// still delivered when it is of the inverse pair (BIDI-03), and only that.
+#[test]
+fn bidi03_stanzas_in_flight_during_our_close_are_delivered() {
+    let mut s = bidi_outbound();
+    let out = s.handle(Event::Idle);
+    assert!(matches!(out.last(), Some(Action::Close(None))), "{out:?}");
+    let out = s.handle(theirs("b.test", "a.test"));
+    assert!(matches!(&out[..], [Action::Deliver(_)]), "{out:?}");
+    let out = s.handle(theirs("c.test", "a.test"));
+    assert!(out.is_empty(), "not of the pair: {out:?}");
+    let out = s.handle(theirs("b.test", "a.test"));
+    assert!(
+        out.is_empty(),
+        "nothing more after a stanza of another pair: {out:?}"
+    );
+    // Without bidi, nothing the peer sends on our stream is delivered (DB-24).
+    let (mut s, _) = outbound(ctx(), "");
+    s.handle(Event::Element(el(
+        "<db:result from='b.test' to='a.test' type='valid'/>",
+    )));
+    s.handle(Event::Idle);
+    assert!(s.handle(theirs("b.test", "a.test")).is_empty());
+}

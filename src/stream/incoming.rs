@@ -430,7 +430,7 @@ impl Incoming {
         );
         vec![Action::Bounce {
             stanzas: vec![el],
-            condition: StanzaCondition::UndefinedCondition,
+            condition: StanzaCondition::InternalServerError,
             text: "no verified route to the recipient on this connection".into(),
         }]
     }

@@ -77,6 +77,9 @@ pub struct Outgoing {
     /// We asked for bidi (BIDI-02): once the pair is verified, the peer's stanzas for the
     /// inverse pair arrive on this stream too.
     bidi: bool,
+    /// We closed an established bidi stream cleanly and wait for the peer's close: its stanzas
+    /// for the inverse pair are still delivered.
+    bidi_closing: bool,
 }
 
 impl Outgoing {
@@ -107,6 +110,7 @@ impl Outgoing {
             peer_idle: None,
             bidi_offered: false,
             bidi: false,
+            bidi_closing: false,
         }
     }
 
@@ -175,6 +179,9 @@ impl Outgoing {
     pub fn handle(&mut self, ev: Event) -> Vec<Action> {
         match (self.state, ev) {
             (_, Event::Stanza(el)) => self.stanza(el),
+            (State::Closed, Event::Element(e)) if self.bidi_closing && stanza::is_stanza(&e) => {
+                self.closing_delivery(e)
+            }
             (State::Closed, _) => Vec::new(),
             (State::Connecting, Event::Connected { tls }) => {
                 self.tls |= tls;
@@ -290,6 +297,22 @@ impl Outgoing {
         Vec::new()
     }
 
+    /// A stanza from the peer while our clean close of an established bidi stream is under way:
+    /// delivered when it is of the inverse pair (BIDI-03); anything else ends the deliveries.
+    fn closing_delivery(&mut self, e: Element) -> Vec<Action> {
+        match bidi::check_inverse(&e, &self.local, &self.remote) {
+            Ok(()) => vec![Action::Deliver(e)],
+            Err(err) => {
+                log::warn!(
+                    "{}: dropping what the peer sends while closing: {err}",
+                    self.label
+                );
+                self.bidi_closing = false;
+                Vec::new()
+            }
+        }
+    }
+
     /// BIDI-04: the peer asks to verify another pair on our bidi stream. dialbackd verifies
     /// keys only on streams peers open to it, so the answer is the dialback error
     /// `resource-constraint` (XEP-0220 §2.5: this connection cannot take another pair; open a
@@ -372,6 +395,9 @@ impl Outgoing {
                 self.fail_and_close(timeout, &reason, err)
             }
             (_, Event::Idle) | (_, Event::Shutdown) => {
+                // A bidi stream we close cleanly still takes the peer's stanzas until its close
+                // (RFC 6120 §4.4): they were sent before it saw ours.
+                self.bidi_closing = self.bidi && state == State::Established;
                 let reason = "the server is closing the stream".to_string();
                 self.fail_and_close(timeout, &reason, None)
             }
