@@ -2444,5 +2444,14 @@ mod tests {
         assert!(e.contains("bidi"), "{e}");
         let e = err(&format!("{MIN}[s2s]\nbdi = true\n"));
         assert!(e.contains("bdi"), "an unknown key is an error: {e}");
+        // The example documents the default: uncommented, it changes nothing.
+        let example = include_str!("../etc/dialbackd.toml");
+        assert!(
+            example.contains("\n[s2s]\n"),
+            "the example has an [s2s] section"
+        );
+        let text = example.replace("\n# bidi = true\n", "\nbidi = true\n");
+        assert_ne!(text, example, "the example documents `bidi`");
+        assert_eq!(parse(&text).unwrap().s2s, S2s::default());
     }
 }

@@ -388,7 +388,7 @@ impl Incoming {
             }
             Request::Valid if self.bidi => {}
             Request::Valid if !self.bidi_offered || !self.verified.is_empty() => {
-                log::info!(
+                log::debug!(
                     "{}: bidi asked for {}; not enabled",
                     self.label,
                     if self.bidi_offered {
@@ -544,11 +544,11 @@ impl Incoming {
     /// goes on.
     fn typed_answer(&self, e: &Element) -> Vec<Action> {
         if self.bidi {
-            log::info!(
-                "{}: dropping an unsolicited typed db:{} (type {:?}) on a bidi stream",
+            log::debug!(
+                "{}: dropping an unsolicited typed db:{} on a bidi stream (nothing was asked \
+                 on it)",
                 self.label,
-                e.name,
-                crate::logsafe::peer(e.attr("type").unwrap_or_default())
+                e.name
             );
         } else {
             log::debug!(

@@ -334,7 +334,9 @@ impl Outgoing {
         } else {
             StanzaCondition::ItemNotFound
         };
-        log::info!(
+        static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+        warn_limited!(
+            LOG,
             "{}: {from} asked to verify {from}→{to} on our bidi stream; refused ({condition})",
             self.label
         );
