@@ -639,7 +639,9 @@ impl Router {
     /// verified the inverse of `key` (BIDI-03): it becomes `key`'s route, unless the pair has a
     /// stream already (ours, starting or up, or another bidi stream), which stays its one FIFO
     /// (ROUTE-01). A backoff window ends: the peer has just shown it is reachable. True when
-    /// the route now goes over `handle`.
+    /// the route now goes over `handle`. The pair was verified under the certificate policy
+    /// for the peer (SEC-04: pins and `pkix` apply to an inbound stream's certificate as to an
+    /// outbound one's), so the route is as strong as a stream of our own.
     pub fn bidi_route(&self, key: &(Domain, Domain), handle: &Handle) -> bool {
         let mut routes = lock(&self.routes);
         if let Some(Route::Stream { handle: h, .. }) = routes.get(key) {
