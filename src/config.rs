@@ -84,6 +84,8 @@ pub struct Config {
     pub status: Option<StatusConfig>,
     /// `[handlers]`: the optional built-in answers on hosted domains.
     pub handlers: Handlers,
+    /// `[s2s]`: optional server-to-server protocol extensions.
+    pub s2s: S2s,
 }
 
 impl fmt::Debug for Config {
@@ -107,6 +109,7 @@ impl fmt::Debug for Config {
             .field("federation", &self.federation)
             .field("status", &self.status)
             .field("handlers", &self.handlers)
+            .field("s2s", &self.s2s)
             .finish()
     }
 }
@@ -165,6 +168,22 @@ pub struct Handlers {
     /// `version`: answer XEP-0092 software version queries (name and version, never the
     /// operating system); default false, as the version tells attackers what to try.
     pub version: bool,
+}
+
+/// `[s2s]`: optional server-to-server protocol extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S2s {
+    /// `bidi`: XEP-0288 bidirectional streams: advertise `urn:xmpp:features:bidi` to peers
+    /// that connect to us, and ask for bidi on our outbound streams when a peer offers it.
+    /// Default true: it is used only when the peer opts in, only for the pairs dialback
+    /// verified on the stream (BIDI-03), and a peer that does not offer it is unaffected.
+    pub bidi: bool,
+}
+
+impl Default for S2s {
+    fn default() -> S2s {
+        S2s { bidi: true }
+    }
 }
 
 /// `[[component]]`: one external component (XEP-0114).
@@ -589,6 +608,14 @@ struct RawConfig {
     status: Option<RawStatus>,
     #[serde(default)]
     handlers: RawHandlers,
+    #[serde(default)]
+    s2s: RawS2s,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawS2s {
+    bidi: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -790,6 +817,9 @@ impl Validator<'_> {
             status,
             handlers: Handlers {
                 version: raw.handlers.version,
+            },
+            s2s: S2s {
+                bidi: raw.s2s.bidi.unwrap_or(S2s::default().bidi),
             },
         })
     }
@@ -2543,5 +2573,32 @@ mod tests {
         assert!(e.contains("version"), "{e}");
         let e = err(&format!("{MIN}[handlers]\nversoin = true\n"));
         assert!(e.contains("versoin"), "an unknown key is an error: {e}");
+    }
+
+    /// `[s2s] bidi` (XEP-0288) is on unless the file turns it off; a value that is not a
+    /// boolean, or a misspelt key, is an error naming it.
+    #[test]
+    fn bidi_is_on_by_default() {
+        assert!(parse(MIN).unwrap().s2s.bidi);
+        assert!(parse(&format!("{MIN}[s2s]\n")).unwrap().s2s.bidi);
+        assert!(
+            !parse(&format!("{MIN}[s2s]\nbidi = false\n"))
+                .unwrap()
+                .s2s
+                .bidi
+        );
+        let e = err(&format!("{MIN}[s2s]\nbidi = \"yes\"\n"));
+        assert!(e.contains("bidi"), "{e}");
+        let e = err(&format!("{MIN}[s2s]\nbdi = true\n"));
+        assert!(e.contains("bdi"), "an unknown key is an error: {e}");
+        // The example documents the default: uncommented, it changes nothing.
+        let example = include_str!("../etc/dialbackd.toml");
+        assert!(
+            example.contains("\n[s2s]\n"),
+            "the example has an [s2s] section"
+        );
+        let text = example.replace("\n# bidi = true\n", "\nbidi = true\n");
+        assert_ne!(text, example, "the example documents `bidi`");
+        assert_eq!(parse(&text).unwrap().s2s, S2s::default());
     }
 }

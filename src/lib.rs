@@ -23,8 +23,9 @@
 //!                     socket ⇄ TLS ⇄ framer/parser ⇄ stream core (sans-I/O) ⇄ router;
 //!                     outbound streams dial (DNS, non-blocking connect, TLS) in the same loop
 //!  router: tables only — route per (local, remote) pair (a stream whose inbox is the pair's
-//!          FIFO, or a backoff window), components, live streams, outbound streams that may
-//!          carry pairs of other targets at their address (DB-29); returns what to start
+//!          FIFO: ours, or a peer's XEP-0288 bidi stream; or a backoff window), components,
+//!          live streams, outbound streams that may carry pairs of other targets at their
+//!          address (DB-29); returns what to start
 //! ```
 //!
 //! # Modules

@@ -8,8 +8,8 @@
 //! - **new streams and new dials** use it: certificates and keys (always read again, so a
 //!   certificate renewed under the same file name is picked up), the TLS policy
 //!   (`require_encryption`, `verify`, pins, `[tls.peers]`), component secrets, hosted and
-//!   component domains, static routes, `[dns] nameservers` and `allow_networks`, timeouts and
-//!   the per-stream limits;
+//!   component domains, static routes, `[dns] nameservers` and `allow_networks`, timeouts,
+//!   the per-stream limits and `[s2s] bidi`;
 //! - **the router's own decisions** follow at once: routing, the built-in `[handlers]`, the
 //!   `[policy]` lists (stanzas from a newly refused domain are dropped even on streams
 //!   verified before), the caps it keeps (`limits.queued_bytes`, `outbound_streams`,
@@ -165,6 +165,7 @@ pub fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         federation,
         status,
         handlers,
+        s2s,
     } = new;
     let parts = [
         ("domains", *domains != old.domains),
@@ -184,6 +185,7 @@ pub fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("policy", *federation != old.federation),
         ("status", *status != old.status),
         ("handlers", *handlers != old.handlers),
+        ("s2s", *s2s != old.s2s),
     ];
     parts
         .into_iter()

@@ -1,7 +1,8 @@
 //! Who is connected, and where each stanza goes: tables only.
 //!
 //! In scope: the route of each (local, remote) pair — a stream (starting or up) whose inbox is
-//! the pair's one FIFO (DB-02, ROUTE-01), or a backoff window after a failed attempt (stanzas
+//! the pair's one FIFO (DB-02, ROUTE-01): ours, or a peer's inbound stream on which XEP-0288
+//! bidi verified the inverse pair (BIDI-03) —, or a backoff window after a failed attempt (stanzas
 //! bounce at once with the failure's condition until it passes) —, the connected components,
 //! local delivery (components, the built-in XEP-0199 ping, XEP-0030 disco#info and optional
 //! XEP-0092 answers, `service-unavailable` otherwise), the `[policy]` lists for outbound stanzas (a refused
@@ -708,6 +709,68 @@ impl Router {
         }
     }
 
+    /// XEP-0288: an inbound stream behind `handle` on which the peer asked for bidi has
+    /// verified the inverse of `key` (BIDI-03): it becomes `key`'s route, unless the pair has a
+    /// stream already (ours, starting or up, or another bidi stream), which stays its one FIFO
+    /// (ROUTE-01). A backoff window ends: the peer has just shown it is reachable. True when
+    /// the route now goes over `handle`. The pair was verified under the certificate policy
+    /// for the peer (SEC-04: pins and `pkix` apply to an inbound stream's certificate as to an
+    /// outbound one's), so the route is as strong as a stream of our own.
+    pub fn bidi_route(&self, key: &(Domain, Domain), handle: &Handle) -> bool {
+        let mut routes = lock(&self.routes);
+        if let Some(Route::Stream { handle: h, .. }) = routes.get(key) {
+            if !h.inbox().is_closed() {
+                return false;
+            }
+        }
+        routes.insert(
+            key.clone(),
+            Route::Stream {
+                handle: handle.clone(),
+                up: true,
+            },
+        );
+        true
+    }
+
+    /// The bidi stream behind `handle`, the route of `keys`, is closing: close its inbox and
+    /// give each pair the stanzas that were waiting for it, in order and ahead of anything
+    /// newer, on a new stream of ours (as [`Router::outbound_closing`] does after a clean end;
+    /// they bounce during shutdown).
+    pub fn bidi_closing(&self, keys: &[(Domain, Domain)], handle: &Handle) -> Starts {
+        let mut routes = lock(&self.routes);
+        let waiting = handle.close();
+        for key in keys {
+            if matches!(routes.get(key), Some(Route::Stream { handle: h, .. }) if h.id() == handle.id())
+            {
+                routes.remove(key);
+            }
+        }
+        // One inbox carried every pair routed here: split it by pair, each keeping its order.
+        let mut by_pair: Vec<((Domain, Domain), Vec<Element>)> = Vec::new();
+        let mut refused: Vec<Refused> = Vec::new();
+        for el in waiting {
+            let Some(key) = pair_of(&el) else {
+                let why = "the connection closed before the stanza was sent";
+                refused.push((el, Bounce::new(StanzaCondition::RemoteServerTimeout, why)));
+                continue;
+            };
+            match by_pair.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, els)) => els.push(el),
+                None => by_pair.push((key, vec![el])),
+            }
+        }
+        let mut starts = Vec::new();
+        for (key, els) in by_pair {
+            self.requeue(&mut routes, &key, els, &mut starts, &mut refused);
+        }
+        drop(routes);
+        for (el, why) in refused {
+            starts.extend(self.bounce(el, why.condition, &why.text));
+        }
+        starts
+    }
+
     /// Put `waiting` (in order) at the head of `key`'s route: a new stream, since the route has
     /// none any more (or bounce them when that cannot be).
     fn requeue(
@@ -988,6 +1051,13 @@ fn refused_sender(ctx: &Ctx, el: &Element) -> bool {
     static LOG: RateLimit = RateLimit::new(LOG_EVERY);
     warn_limited!(LOG, "dropping a stanza from {}: {why}", from.domain);
     true
+}
+
+/// The (local, remote) pair a stanza queued for a remote domain was routed by.
+fn pair_of(el: &Element) -> Option<(Domain, Domain)> {
+    let from = Jid::parse(el.attr("from")?).ok()?;
+    let to = Jid::parse(el.attr("to")?).ok()?;
+    Some((from.domain, to.domain))
 }
 
 /// Queue `el` on `h`: under its caps, or as a bounce (see [`Handle::send_bounce`]).

@@ -486,3 +486,154 @@ fn software_version_is_service_unavailable_when_off() {
     let vars: Vec<_> = disco.elements().filter_map(|f| f.attr("var")).collect();
     assert_eq!(vars, stanza::SERVER_FEATURES);
 }
+
+/// An inbound stream's handle (a peer connected to us), as `conn` makes it.
+fn inbound(r: &Router) -> Handle {
+    r.new_handle(StreamKind::Server, 100).unwrap()
+}
+
+/// BIDI-03, ROUTE-01: once an inbound bidi stream verified b.test→a.test, a.test's stanzas to
+/// b.test go over it: no stream of ours is started.
+#[test]
+fn bidi03_a_pair_is_routed_over_the_bidi_stream_that_verified_its_inverse() {
+    let r = router();
+    let inb = inbound(&r);
+    assert!(r.bidi_route(&key("b.test"), &inb));
+    for n in 0..3 {
+        assert!(r.route(msg(n, "b.test")).is_empty(), "no stream of ours");
+    }
+    assert_eq!(r.outbound_streams(), 0);
+    assert_eq!(waiting(&inb), ["m0", "m1", "m2"]);
+    // Another pair is not routed there.
+    assert_eq!(r.route(msg(9, "c.test")).len(), 1);
+}
+
+/// ROUTE-01: one route per pair: a pair that has a stream of ours keeps it (its FIFO) when a
+/// bidi stream verifies its inverse; a second bidi stream does not take over from the first.
+#[test]
+fn bidi03_a_pair_with_a_stream_keeps_it() {
+    let r = router();
+    let ours = outbound(r.route(msg(0, "b.test")));
+    let inb = inbound(&r);
+    assert!(!r.bidi_route(&key("b.test"), &inb));
+    assert!(r.route(msg(1, "b.test")).is_empty());
+    assert_eq!(waiting(&ours), ["m0", "m1"]);
+    assert!(waiting(&inb).is_empty());
+
+    let r = router();
+    let first = inbound(&r);
+    let second = inbound(&r);
+    assert!(r.bidi_route(&key("b.test"), &first));
+    assert!(!r.bidi_route(&key("b.test"), &second));
+    let _ = r.route(msg(0, "b.test"));
+    assert_eq!(waiting(&first), ["m0"]);
+}
+
+/// A pair in its backoff window is routed over a bidi stream that verifies its inverse: the
+/// peer has just shown that it is reachable.
+#[test]
+fn bidi03_a_bidi_stream_ends_a_backoff_window() {
+    let r = router();
+    let h = outbound(r.route(msg(0, "b.test")));
+    let failure = Some(Bounce::new(StanzaCondition::RemoteServerTimeout, "x"));
+    let _ = r.outbound_closing(&key("b.test"), &h, failure);
+    let inb = inbound(&r);
+    assert!(r.bidi_route(&key("b.test"), &inb));
+    assert!(r.route(msg(1, "b.test")).is_empty());
+    assert_eq!(waiting(&inb), ["m1"]);
+}
+
+/// ROUTE-01 across a bidi stream's end: the stanzas waiting in its inbox go, per pair and in
+/// order, ahead of newer ones, to new streams of ours; nothing is lost or reordered.
+#[test]
+fn route01_a_closing_bidi_stream_hands_each_pair_its_stanzas_back_in_order() {
+    let r = router();
+    let inb = inbound(&r);
+    let kb = key("b.test");
+    let kc = (
+        Domain::parse("conference.a.test").unwrap(),
+        Domain::parse("b.test").unwrap(),
+    );
+    assert!(r.bidi_route(&kb, &inb));
+    assert!(r.bidi_route(&kc, &inb));
+    for n in 0..6 {
+        let el = msg(n, "b.test");
+        let el = if n % 2 == 1 {
+            el.with_attr("from", "u@conference.a.test")
+        } else {
+            el
+        };
+        assert!(r.route(el).is_empty());
+    }
+    // The stream took m0 (sent it); the rest wait when it closes.
+    let mut took = Vec::new();
+    inb.inbox().take(&mut took, 1);
+    let mut starts = r.bidi_closing(&[kb.clone(), kc.clone()], &inb);
+    assert_eq!(starts.len(), 2, "one new stream per pair: {starts:?}");
+    let mut by_pair = HashMap::new();
+    for st in starts.drain(..) {
+        let Start::Outbound {
+            local,
+            remote,
+            handle,
+            slot,
+        } = st
+        else {
+            panic!("{st:?}")
+        };
+        std::mem::forget(slot);
+        by_pair.insert((local, remote), handle);
+    }
+    // Newer stanzas go behind the handed-back ones.
+    assert!(r.route(msg(6, "b.test")).is_empty());
+    assert_eq!(waiting(&by_pair[&kb]), ["m2", "m4", "m6"]);
+    assert_eq!(waiting(&by_pair[&kc]), ["m1", "m3", "m5"]);
+    assert!(inb.inbox().is_closed());
+}
+
+/// ROUTE-01 with senders racing a bidi stream's close: every stanza is on the bidi stream
+/// (before) or on our new stream (after), in order.
+#[test]
+fn route01_no_reordering_while_senders_race_a_bidi_streams_close() {
+    let r = router();
+    let inb = inbound(&r);
+    assert!(r.bidi_route(&key("b.test"), &inb));
+    let r2 = r.clone();
+    let sender = thread::spawn(move || {
+        let mut starts = Vec::new();
+        for n in 0..2000 {
+            starts.extend(r2.route(msg(n, "b.test")));
+        }
+        starts
+    });
+    let mut starts = r.bidi_closing(&[key("b.test")], &inb);
+    starts.extend(sender.join().unwrap());
+    // Either the close found stanzas waiting (and started the new stream) or a sender did,
+    // after it: one new stream in all.
+    let h = outbound(starts);
+    let ids: Vec<usize> = waiting(&h)
+        .iter()
+        .map(|i| i[1..].parse().unwrap())
+        .collect();
+    assert_eq!(ids, (0..2000).collect::<Vec<_>>());
+}
+
+/// During shutdown the stanzas a closing bidi stream held bounce (as an outbound stream's do).
+#[test]
+fn a_bidi_stream_closing_at_shutdown_bounces_what_waited() {
+    let r = router();
+    let comp = r.new_handle(StreamKind::Component, 100).unwrap();
+    assert!(r.register_component(Domain::parse("echo.a.test").unwrap(), comp.clone()));
+    let k = (
+        Domain::parse("echo.a.test").unwrap(),
+        Domain::parse("b.test").unwrap(),
+    );
+    let inb = inbound(&r);
+    assert!(r.bidi_route(&k, &inb));
+    let _ = r.route(msg(0, "b.test").with_attr("from", "u@echo.a.test"));
+    r.shutting_down.store(true, Ordering::Release);
+    assert!(r.bidi_closing(&[k], &inb).is_empty(), "nothing started");
+    let bounced = comp.close();
+    assert_eq!(bounced.len(), 1);
+    assert_eq!(bounced[0].attr("type"), Some("error"));
+}

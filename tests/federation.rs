@@ -21,17 +21,22 @@ struct Pair {
 }
 
 fn pair() -> Pair {
+    pair_extra("")
+}
+
+/// [`pair`] with `extra` TOML in both configurations.
+fn pair_extra(extra: &str) -> Pair {
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let (ia, ib) = (next_ip(), next_ip());
     let a = Daemon::start(
         "a",
         ia,
-        &config(&["a.test"], &[("echo.a.test", "sa")], dns.addr(), ""),
+        &config(&["a.test"], &[("echo.a.test", "sa")], dns.addr(), extra),
     );
     let b = Daemon::start(
         "b",
         ib,
-        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), ""),
+        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), extra),
     );
     for (name, addr) in [
         ("a.test", a.s2s()),
@@ -407,10 +412,11 @@ fn sigterm_bounces_queued_stanzas_and_exits_zero() {
 
 /// One thread per stream: once the exchange settles (the verify connections have ended), each
 /// daemon runs its accept loop plus exactly one thread per live stream, and idle streams wake
-/// for the next stanza, in both directions.
+/// for the next stanza, in both directions. Without XEP-0288 bidi, so that the way back has
+/// streams of its own (tests/bidi.rs counts the bidi case).
 #[test]
 fn one_thread_per_stream_and_idle_streams_wake_for_the_next_stanza() {
-    let p = pair();
+    let p = pair_extra("[s2s]\nbidi = false\n");
     let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
     let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
     ca.send("<message from='bot@echo.a.test' to='u@b.test' id='w1'/>");

@@ -7,6 +7,7 @@ use dialbackd::config::Config;
 use dialbackd::domain::{Domain, Jid};
 use dialbackd::keys::DialbackSecret;
 use dialbackd::stanza;
+use dialbackd::stream::bidi::{BIDI_FEATURE_NS, BIDI_NS};
 use dialbackd::stream::component::{handshake_digest, Component};
 use dialbackd::stream::incoming::Incoming;
 use dialbackd::stream::outgoing::{Outgoing, Purpose};
@@ -337,9 +338,30 @@ impl Vocab {
                 };
                 Element::new("handshake", input.pick(&[COMPONENT_NS, SERVER_NS])).with_text(text)
             }
+            _ => self.other_element(input),
+        }
+    }
+
+    /// An element the cores mostly do not expect; first bytes 250..=255 name the XEP-0288
+    /// ones (the rest name the junk they always named, so older seeds keep their meaning): the
+    /// bidi request, a request in the feature's namespace (ejabberd #4300), features offering
+    /// bidi (with STARTTLS or not).
+    fn other_element(&mut self, input: &mut Input) -> Element {
+        let (name, ns) = (input.byte(), input.byte());
+        match name {
+            250 | 251 => Element::new("bidi", BIDI_NS),
+            252 | 253 => Element::new("bidi", BIDI_FEATURE_NS),
+            254 | 255 => {
+                let mut f = Element::new("features", STREAM_NS);
+                if ns & 1 == 1 {
+                    f.push_child(Element::new("starttls", TLS_NS));
+                }
+                f.with_child(Element::new("dialback", "urn:xmpp:features:dialback"))
+                    .with_child(Element::new("bidi", BIDI_FEATURE_NS))
+            }
             _ => Element::new(
-                input.pick(&["x", "result", "verify"]),
-                input.pick(&["urn:x", ""]),
+                ["x", "result", "verify"][usize::from(name) % 3],
+                ["urn:x", ""][usize::from(ns) % 2],
             ),
         }
     }
@@ -415,6 +437,10 @@ fn close_is_last(actions: &[Action]) -> bool {
 /// valid only for the right key; verify requests are for our domains, not duplicated and within
 /// the per-stream limit; after a `Close` with an error nothing at all, after a clean one only
 /// deliveries for verified pairs (RFC 6120 §4.4: the peer may still send until it closes).
+/// XEP-0288: bidi is offered only in features without STARTTLS (BIDI-01) and enabled only by
+/// the request in its own namespace, after such features, before any pair is verified
+/// (BIDI-02); a stanza the router hands in is sent only on a bidi stream and for the inverse of
+/// a verified pair (BIDI-03), otherwise bounced, or handed back once closed.
 pub fn core_incoming(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = input.byte();
@@ -436,6 +462,8 @@ pub fn core_incoming(data: &[u8]) {
     // We closed without an error: stanzas the peer still sends are processed (RFC 6120 §4.4).
     let mut clean_close = false;
     let mut header_sent = false;
+    // Our latest features offered bidi (BIDI-01).
+    let mut bidi_offered = false;
     for _ in 0..MAX_EVENTS {
         if input.is_empty() {
             break;
@@ -461,17 +489,28 @@ pub fn core_incoming(data: &[u8]) {
                 }
             }
         }
+        let was_bidi = core.is_bidi();
         let actions = core.handle(fed.to_event());
+        if !was_bidi && core.is_bidi() {
+            let request = fed.element().is_some_and(|e| e.is("bidi", BIDI_NS));
+            assert!(request, "bidi enabled by {fed:?}");
+            assert!(bidi_offered && verified.is_empty() && !closed, "{fed:?}");
+        }
         if matches!(fed, Fed::TlsEstablished) && awaiting_tls {
             // TLS-01: the restart discards what was verified or pending in plaintext; a pair
             // may be asked again, and a late answer for an old one authorises nothing.
             awaiting_tls = false;
             outstanding.clear();
             verified.clear();
+            bidi_offered = false;
+            assert!(!core.is_bidi(), "bidi survived the TLS restart");
         }
+        let handed_in = |e: &Element| matches!(&fed, Fed::Stanza(f) if f == e);
         if closed {
             for a in &actions {
                 match a {
+                    // A stanza the router handed in goes back to it.
+                    Action::Deliver(e) if handed_in(e) => {}
                     Action::Deliver(e) if clean_close => {
                         assert!(matches!(&fed, Fed::Element(f) if f == e));
                         let a = stanza::addresses(e).expect("a delivered stanza has addresses");
@@ -512,6 +551,25 @@ pub fn core_incoming(data: &[u8]) {
                     if e.child("starttls", TLS_NS).is_some() {
                         assert!(ctx.tls_available && !tls_started && setup & 2 == 0);
                     }
+                    bidi_offered = e.child("bidi", BIDI_FEATURE_NS).is_some();
+                    if bidi_offered {
+                        assert!(e.child("starttls", TLS_NS).is_none(), "BIDI-01: {e:?}");
+                    }
+                }
+                Action::Send(e) if handed_in(e) => {
+                    let a = stanza::addresses(e).expect("a stanza sent back has addresses");
+                    let inverse = (a.to.domain, a.from.domain);
+                    assert!(core.is_bidi(), "BIDI-03: sent back without bidi: {e:?}");
+                    assert!(
+                        verified.contains(&inverse),
+                        "BIDI-03: {inverse:?} not verified"
+                    );
+                }
+                Action::Bounce { stanzas, .. } => {
+                    assert!(
+                        matches!(&stanzas[..], [s] if handed_in(s)),
+                        "bounced {stanzas:?} after {fed:?}"
+                    );
                 }
                 Action::Send(e) if e.is("proceed", TLS_NS) || e.is("failure", TLS_NS) => {
                     assert!(
@@ -623,7 +681,11 @@ pub fn core_incoming(data: &[u8]) {
 /// stanza handed in is sent, bounced or handed back, none twice, and none is left queued once
 /// the stream closed; the key we send is the XEP-0185 key for the peer's stream id; a verify
 /// connection reports once, `valid` only for the answer to the db:verify it sent; STARTTLS
-/// only after the peer's `<proceed/>`; only stanzas handed back after `Close`.
+/// only after the peer's `<proceed/>`; only stanzas handed back after `Close`. XEP-0288: the
+/// bidi request goes out only right before our key and after features offering bidi
+/// (BIDI-02); the peer's stanzas are delivered only on such a stream, once our pair is
+/// verified, and only for the inverse pair (BIDI-03); its dialback for other pairs gets a
+/// dialback error (BIDI-04).
 pub fn core_outgoing(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = input.byte();
@@ -659,6 +721,7 @@ pub fn core_outgoing(data: &[u8]) {
     let mut established = false;
     let mut reported = false;
     let mut closed = false;
+    let mut bidi = false;
     let mut pending: VecDeque<String> = VecDeque::new();
     for _ in 0..MAX_EVENTS {
         if input.is_empty() {
@@ -718,6 +781,31 @@ pub fn core_outgoing(data: &[u8]) {
                     assert_eq!(pending.pop_front().as_deref(), Some(id), "out of order");
                     reached(1);
                     answered += usize::from(fed_id.as_deref() == Some(id));
+                }
+                Action::Send(e) if e.is("bidi", BIDI_NS) => {
+                    let offered = fed
+                        .element()
+                        .is_some_and(|f| f.child("bidi", BIDI_FEATURE_NS).is_some());
+                    assert!(offered && !verify && !sent_db && !bidi, "{fed:?}");
+                    let key_next =
+                        matches!(actions.get(i + 1), Some(Action::Send(k)) if is_db(k, "result"));
+                    assert!(
+                        key_next,
+                        "BIDI-02: the request right before our key: {actions:?}"
+                    );
+                    assert!(core.is_bidi());
+                    bidi = true;
+                }
+                Action::Send(e) if is_db(e, "result") && e.attr("type").is_some() => {
+                    // BIDI-04: the peer's key for another pair, refused with a dialback error.
+                    let q = fed
+                        .element()
+                        .filter(|q| is_db(q, "result") && q.attr("type").is_none());
+                    let q = q.unwrap_or_else(|| panic!("typed db:result after {fed:?}"));
+                    assert!(bidi && !verify, "{fed:?}");
+                    assert_eq!(e.attr("type"), Some("error"));
+                    assert_eq!(attr_domain(e, "from"), attr_domain(q, "to"));
+                    assert_eq!(attr_domain(e, "to"), attr_domain(q, "from"));
                 }
                 Action::Send(e) if is_db(e, "result") => {
                     assert!(!verify && !sent_db, "{e:?}");
@@ -813,6 +901,15 @@ pub fn core_outgoing(data: &[u8]) {
                         pending.remove(at);
                         answered += usize::from(fed_id.as_deref() == Some(id));
                     }
+                }
+                Action::Deliver(e) if fed.element() == Some(e) => {
+                    // BIDI-03: the peer's stanza on our bidi stream, for the inverse pair only.
+                    assert!(bidi && established, "delivered {e:?}");
+                    let a = stanza::addresses(e).expect("a delivered stanza has addresses");
+                    assert_eq!(
+                        (a.from.domain, a.to.domain),
+                        (remote.clone(), local.clone())
+                    );
                 }
                 Action::Deliver(e) => {
                     assert!(core.is_closed(), "handed back while open: {e:?}");

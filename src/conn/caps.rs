@@ -67,7 +67,7 @@ impl Stream {
                     self.router.release_component(ip);
                 }
             }
-            Role::Inbound { ip } => {
+            Role::Inbound { ip, .. } => {
                 if let Some(ip) = ip.take() {
                     self.router.release_ip(ip);
                 }

@@ -127,7 +127,11 @@ fn fresh_id() -> String {
 /// What kind of stream this is, with what it holds in the router's tables.
 enum Role {
     /// A peer connected to us; its address counts against `limits.connections_per_ip`.
-    Inbound { ip: Option<IpAddr> },
+    /// `bidi`: the pairs routed over it (XEP-0288), while they are.
+    Inbound {
+        ip: Option<IpAddr>,
+        bidi: Vec<(Domain, Domain)>,
+    },
     /// A component; its address was admitted against the component caps.
     Component {
         ip: Option<IpAddr>,
@@ -583,7 +587,26 @@ impl Stream {
 
     fn authenticated(&mut self, local: Domain, remote: Domain) {
         self.clock.deadline_fired = true;
-        self.pair_up(local, remote);
+        if matches!(self.role, Role::Outbound { .. }) {
+            return self.pair_up(local, remote);
+        }
+        match &mut self.role {
+            Role::Inbound { bidi, .. } if matches!(&self.core, Core::In(c) if c.is_bidi()) => {
+                // BIDI-03: the inverse of the pair just verified may travel back over this
+                // stream, when the pair has no stream of its own.
+                let key = (local, remote);
+                if self.router.bidi_route(&key, &self.me) {
+                    log::info!(
+                        "{}: routing {}→{} over this stream (bidi)",
+                        self.core.label(),
+                        key.0,
+                        key.1
+                    );
+                    bidi.push(key);
+                }
+            }
+            _ => {}
+        }
     }
 
     fn register(&mut self, domain: Domain) {
@@ -677,6 +700,11 @@ impl Stream {
                 let starts = self
                     .router
                     .outbound_closing_pairs(key, &self.me, failure, joined);
+                self.start(starts);
+            }
+            Role::Inbound { bidi, .. } if !bidi.is_empty() => {
+                let keys = std::mem::take(bidi);
+                let starts = self.router.bidi_closing(&keys, &self.me);
                 self.start(starts);
             }
             Role::Component { domain, .. } => {

@@ -43,6 +43,7 @@ pub fn start_incoming(
         &format!("s2s-in {peer}"),
         Role::Inbound {
             ip: Some(peer.ip()),
+            bidi: Vec::new(),
         },
         cfg.timeouts.negotiation,
         |label| {

@@ -15,6 +15,7 @@
 //! the Authoritative Server (the connection layer runs a verify connection when it sees
 //! [`Action::Verify`] and reports back with [`Event::Verified`]).
 
+use super::bidi::{self, Request};
 use super::{
     db_result, db_verify, domain_attr, parse_version, s2s_header, Action, Ctx, DbBody, Event,
     StanzaCondition, StreamCondition, StreamError, Verdict, VerifyRequest, OUR_VERSION,
@@ -67,6 +68,11 @@ pub struct Incoming {
     peer: Option<Domain>,
     /// SASL EXTERNAL (SASL-01).
     sasl: sasl::InboundSasl,
+    /// The features we sent on the current stream offered XEP-0288 bidi (BIDI-01).
+    bidi_offered: bool,
+    /// The peer asked for bidi (BIDI-02): our stanzas for the inverse of the pairs verified
+    /// here may go back over this stream (BIDI-03).
+    bidi: bool,
 }
 
 impl Incoming {
@@ -94,7 +100,15 @@ impl Incoming {
             to_given: false,
             peer: None,
             sasl: sasl::InboundSasl::default(),
+            bidi_offered: false,
+            bidi: false,
         }
+    }
+
+    /// True once the peer asked for XEP-0288 bidi on this stream (BIDI-02): the inverse of each
+    /// verified pair may then be routed over it (BIDI-03).
+    pub fn is_bidi(&self) -> bool {
+        self.bidi
     }
 
     /// Our domain as the peer's stream header named it in `to` (not defaulted): known before
@@ -138,6 +152,7 @@ impl Incoming {
     /// Feed one event; returns what to do, in order.
     pub fn handle(&mut self, ev: Event) -> Vec<Action> {
         match (self.state, ev) {
+            (_, Event::Stanza(el)) => self.send_back(el),
             (State::Closing, Event::Element(e)) if stanza::is_stanza(&e) => {
                 let out = self.stanza(e);
                 super::closing_deliveries(out, &mut self.state, State::Closed)
@@ -178,6 +193,8 @@ impl Incoming {
                 }
                 self.verified.clear();
                 self.pending.clear();
+                self.bidi = false;
+                self.bidi_offered = false;
                 Vec::new()
             }
             (
@@ -295,6 +312,7 @@ impl Incoming {
             );
             return vec![Action::SendHeader(header)];
         }
+        self.bidi_offered = self.offers_bidi();
         vec![Action::SendHeader(header), Action::Send(self.features())]
     }
 
@@ -353,8 +371,85 @@ impl Incoming {
             Element::new("dialback", DIALBACK_FEATURE_NS)
                 .with_child(Element::new("errors", DIALBACK_FEATURE_NS)),
         );
+        if self.offers_bidi() {
+            features.push_child(bidi::feature());
+        }
         features.push_child(self.limits());
         features
+    }
+
+    /// BIDI-01: XEP-0288 bidi is offered when `[s2s] bidi` is on and the stream is encrypted,
+    /// or when we offer no STARTTLS and do not require encryption (as Prosody's mod_s2s_bidi
+    /// does): TLS, when used, always comes before bidi.
+    fn offers_bidi(&self) -> bool {
+        let cfg = &self.ctx.config;
+        cfg.s2s.bidi && (self.tls || !(self.ctx.tls_available || cfg.tls.require_encryption))
+    }
+
+    /// A top-level `<bidi/>` (BIDI-02). Accepted only in the request namespace, when our
+    /// features offered it, and before any pair is verified (Prosody accepts it only on an
+    /// unauthenticated stream); anything else enables nothing and is otherwise ignored: the
+    /// peer's own stanzas still flow, and ours go over a connection of our own.
+    fn bidi_request(&mut self, kind: Request) -> Vec<Action> {
+        match kind {
+            Request::FeatureNamespace => {
+                static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+                warn_limited!(
+                    LOG,
+                    "{}: bidi asked for in the feature namespace {} instead of {} \
+                     (ejabberd issue #4300); not enabled",
+                    self.label,
+                    bidi::BIDI_FEATURE_NS,
+                    bidi::BIDI_NS
+                );
+            }
+            Request::Valid if self.bidi => {}
+            Request::Valid if !self.bidi_offered || !self.verified.is_empty() => {
+                log::debug!(
+                    "{}: bidi asked for {}; not enabled",
+                    self.label,
+                    if self.bidi_offered {
+                        "after dialback"
+                    } else {
+                        "but not offered"
+                    }
+                );
+            }
+            Request::Valid => {
+                self.bidi = true;
+                log::info!(
+                    "{}: bidi negotiated (XEP-0288, inbound): stanzas to the verified domains \
+                     go back over this stream",
+                    self.label
+                );
+            }
+        }
+        Vec::new()
+    }
+
+    /// A stanza the router hands us for the peer (XEP-0288): sent when it belongs to the inverse
+    /// of a pair verified here (BIDI-03). Once we are closing, it goes back to the router for
+    /// another route; a stanza for a pair not verified here (the router never sends one)
+    /// bounces.
+    fn send_back(&mut self, el: Element) -> Vec<Action> {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return vec![Action::Deliver(el)];
+        }
+        let pair = stanza::addresses(&el)
+            .ok()
+            .map(|a| (a.to.domain, a.from.domain));
+        if self.bidi && pair.is_some_and(|p| self.verified.contains(&p)) {
+            return vec![Action::Send(el)];
+        }
+        log::warn!(
+            "{}: not sending a stanza for a pair not verified on this stream",
+            self.label
+        );
+        vec![Action::Bounce {
+            stanzas: vec![el],
+            condition: StanzaCondition::InternalServerError,
+            text: "no verified route to the recipient on this connection".into(),
+        }]
     }
 
     /// XEP-0478: the limits we enforce on what the peer sends, in every features element
@@ -399,6 +494,9 @@ impl Incoming {
         if sasl::is_sasl(&e) {
             return self.sasl(&e);
         }
+        if let Some(kind) = Request::of(&e) {
+            return self.bidi_request(kind);
+        }
         if e.ns == DIALBACK_NS && e.name == "result" {
             return self.db_result(e);
         }
@@ -426,12 +524,7 @@ impl Incoming {
     /// XEP-0220 §2.2.1: the peer claims a domain; ask that domain's Authoritative Server.
     fn db_result(&mut self, e: Element) -> Vec<Action> {
         if e.attr("type").is_some() {
-            // DB-16 / SEC-01: a typed db:result on an inbound stream authorises nothing.
-            log::debug!(
-                "{}: ignoring a typed db:result on an inbound stream",
-                self.label
-            );
-            return Vec::new();
+            return self.typed_answer(&e);
         }
         let (Some(remote), Some(local)) = (domain_attr(&e, "from"), domain_attr(&e, "to")) else {
             return self.close(Some(StreamError::text(
@@ -461,6 +554,30 @@ impl Incoming {
             stream_id: self.id.clone(),
             key: e.text().trim().to_string(),
         })]
+    }
+
+    /// A typed `<db:result/>` or `<db:verify/>` from the peer. DB-16: without bidi none belongs
+    /// on an inbound stream. BIDI-05: with bidi the stream carries our direction too, so it may
+    /// carry answers, but only to requests sent on it (DB-07, DB-14, SEC-01); dialbackd sends
+    /// none on an inbound stream (its keys go out on its own streams, its verifications on a
+    /// dedicated connection), so each is unsolicited: it authorises nothing, and the stream
+    /// goes on.
+    fn typed_answer(&self, e: &Element) -> Vec<Action> {
+        if self.bidi {
+            log::debug!(
+                "{}: dropping an unsolicited typed db:{} on a bidi stream (nothing was asked \
+                 on it)",
+                self.label,
+                e.name
+            );
+        } else {
+            log::debug!(
+                "{}: ignoring a typed db:{} on an inbound stream",
+                self.label,
+                e.name
+            );
+        }
+        Vec::new()
     }
 
     /// The dialback error (and what else to do) for a claim of `remote` towards `local` that is
@@ -550,11 +667,7 @@ impl Incoming {
     /// XEP-0220 §2.2.2: we are the Authoritative Server; recompute the key.
     fn db_verify(&mut self, e: Element) -> Vec<Action> {
         if e.attr("type").is_some() {
-            log::debug!(
-                "{}: ignoring a typed db:verify on an inbound stream",
-                self.label
-            );
-            return Vec::new();
+            return self.typed_answer(&e);
         }
         let (Some(from), Some(to), Some(id)) = (e.attr("from"), e.attr("to"), e.attr("id")) else {
             return self.close(Some(StreamError::text(

@@ -9,6 +9,10 @@
 //!   `<db:verify/>` (a dedicated verify connection, XEP-0220 §2.1.2, DB-11).
 //! - [`component::Component`]: an XEP-0114 external component.
 //!
+//! XEP-0288 bidirectional streams ([`bidi`]) live in the first two: an inbound stream on which
+//! the peer asked for bidi also carries our stanzas for the inverse of its verified pairs, and
+//! an outbound one on which we asked also takes the peer's stanzas for our verified pair.
+//!
 //! Out of scope: sockets, threads, TLS, DNS and the clock. The connection layer (`conn`) feeds
 //! parsed XML, timer expiries and router messages in as [`Event`]s and carries out the
 //! [`Action`]s in order; it takes no protocol decision of its own.
@@ -29,6 +33,7 @@
 //!                               ─valid─► its queue flushed; invalid/error ─► its queue bounced
 //! ```
 
+pub mod bidi;
 pub mod component;
 pub mod incoming;
 pub mod outgoing;

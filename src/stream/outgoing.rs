@@ -13,6 +13,7 @@
 //! connecting (the connection layer reports
 //! [`Event::Connected`] or [`Event::ConnectFailed`]).
 
+use super::bidi;
 use super::incoming::describe_stream_error;
 use super::sasl::{self, SASL_NS};
 use super::{
@@ -88,6 +89,14 @@ pub struct Outgoing {
     external_offered: bool,
     /// How SASL EXTERNAL went on this stream.
     external: External,
+    /// The peer's latest features offered XEP-0288 bidi (BIDI-01).
+    bidi_offered: bool,
+    /// We asked for bidi (BIDI-02): once the pair is verified, the peer's stanzas for the
+    /// inverse pair arrive on this stream too.
+    bidi: bool,
+    /// We closed an established bidi stream cleanly and wait for the peer's close: its stanzas
+    /// for the inverse pair are still delivered.
+    bidi_closing: bool,
 }
 
 /// SASL EXTERNAL on an outbound stream.
@@ -130,6 +139,9 @@ impl Outgoing {
             can_external: false,
             external_offered: false,
             external: External::NotTried,
+            bidi_offered: false,
+            bidi: false,
+            bidi_closing: false,
         }
     }
 
@@ -139,6 +151,12 @@ impl Outgoing {
     pub fn with_external(mut self, can: bool) -> Outgoing {
         self.can_external = can;
         self
+
+    }
+
+    /// True once we asked for XEP-0288 bidi on this stream (BIDI-02).
+    pub fn is_bidi(&self) -> bool {
+        self.bidi
     }
 
     /// True once dialback said valid and stanzas go straight to the wire.
@@ -203,6 +221,9 @@ impl Outgoing {
     /// Feed one event; returns what to do, in order.
     pub fn handle(&mut self, ev: Event) -> Vec<Action> {
         match (self.state, ev) {
+            (State::Closed, Event::Element(e)) if self.bidi_closing && stanza::is_stanza(&e) => {
+                self.closing_delivery(e)
+            }
             (_, Event::Stanza(el)) => match self.joined_index(&el) {
                 Some(i) => self.joined_stanza(i, el),
                 None => self.stanza(el),
@@ -244,6 +265,7 @@ impl Outgoing {
     /// A top-level element from the peer, in `state`.
     fn element(&mut self, state: State, e: Element) -> Vec<Action> {
         match state {
+            State::Established | State::ExpectResult if self.bidi => self.bidi_element(e),
             State::ExpectFeatures if e.is("features", STREAM_NS) => self.expect_features(&e),
             State::ExpectProceed if e.is("proceed", TLS_NS) => {
                 self.state = State::AwaitTls;
@@ -287,6 +309,102 @@ impl Outgoing {
                 Vec::new()
             }
         }
+    }
+
+    /// An element from the peer on a bidi stream (XEP-0288), in `ExpectResult` or
+    /// `Established`: once the pair is verified, stanzas of the inverse pair are delivered
+    /// (BIDI-03); dialback the peer starts here for other pairs (BIDI-04) is refused with a
+    /// dialback error, so that it opens a connection of its own; our own result is awaited as
+    /// on any stream.
+    fn bidi_element(&mut self, e: Element) -> Vec<Action> {
+        let established = self.state == State::Established;
+        if stanza::is_stanza(&e) {
+            if !established {
+                // BIDI-03: nothing before our pair is verified (DB-17 in the other direction).
+                return self.fail_and_close(
+                    StanzaCondition::RemoteServerTimeout,
+                    &format!("{} sent a stanza before dialback completed", self.remote),
+                    Some(StreamError::text(
+                        StreamCondition::NotAuthorized,
+                        "dialback is not complete",
+                    )),
+                );
+            }
+            return match bidi::check_inverse(&e, &self.local, &self.remote) {
+                Ok(()) => vec![Action::Deliver(e)],
+                Err(err) => {
+                    log::warn!("{}: closing: peer sent {err}", self.label);
+                    self.state = State::Closed;
+                    vec![Action::Close(Some(err))]
+                }
+            };
+        }
+        if e.ns == DIALBACK_NS && e.name == "result" && e.attr("type").is_none() {
+            return self.refuse_piggyback(&e);
+        }
+        if !established && e.ns == DIALBACK_NS && e.name == "result" {
+            return self.expect_result(&e);
+        }
+        if e.is("error", STREAM_NS) {
+            return self.peer_stream_error(&e);
+        }
+        log::debug!(
+            "{}: ignoring <{} xmlns='{}'/> on a bidi stream",
+            self.label,
+            echo(&e.name),
+            echo(&e.ns)
+        );
+        Vec::new()
+    }
+
+    /// A stanza from the peer while our clean close of an established bidi stream is under way:
+    /// delivered when it is of the inverse pair (BIDI-03); anything else ends the deliveries.
+    fn closing_delivery(&mut self, e: Element) -> Vec<Action> {
+        match bidi::check_inverse(&e, &self.local, &self.remote) {
+            Ok(()) => vec![Action::Deliver(e)],
+            Err(err) => {
+                log::warn!(
+                    "{}: dropping what the peer sends while closing: {err}",
+                    self.label
+                );
+                self.bidi_closing = false;
+                Vec::new()
+            }
+        }
+    }
+
+    /// BIDI-04: the peer asks to verify another pair on our bidi stream. dialbackd verifies
+    /// keys only on streams peers open to it, so the answer is the dialback error
+    /// `resource-constraint` (XEP-0220 §2.5: this connection cannot take another pair; open a
+    /// new one), or `item-not-found` for a domain we do not host (DB-19); the stream stays.
+    /// Prosody closes the stream in this case (`invalid-id`); a dialback error keeps our pair.
+    fn refuse_piggyback(&self, e: &Element) -> Vec<Action> {
+        let (Some(from), Some(to)) = (
+            e.attr("from").and_then(|f| Domain::parse(f).ok()),
+            e.attr("to").and_then(|t| Domain::parse(t).ok()),
+        ) else {
+            log::debug!(
+                "{}: ignoring a db:result without valid addresses",
+                self.label
+            );
+            return Vec::new();
+        };
+        let condition = if self.ctx.config.is_local(&to) {
+            StanzaCondition::ResourceConstraint
+        } else {
+            StanzaCondition::ItemNotFound
+        };
+        static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+        warn_limited!(
+            LOG,
+            "{}: {from} asked to verify {from}→{to} on our bidi stream; refused ({condition})",
+            self.label
+        );
+        vec![Action::Send(db_result(
+            &to,
+            &from,
+            DbBody::Verdict(&Verdict::Error(condition)),
+        ))]
     }
 
     /// The peer's `<stream:error/>`: the attempt fails.
@@ -345,6 +463,9 @@ impl Outgoing {
                 self.fail_and_close(timeout, &reason, err)
             }
             (_, Event::Idle) | (_, Event::Shutdown) => {
+                // A bidi stream we close cleanly still takes the peer's stanzas until its close
+                // (RFC 6120 §4.4): they were sent before it saw ours.
+                self.bidi_closing = self.bidi && state == State::Established;
                 let reason = "the server is closing the stream".to_string();
                 self.fail_and_close(timeout, &reason, None)
             }
@@ -466,6 +587,7 @@ impl Outgoing {
         self.peer_idle = stream_limit(features, "idle-seconds").map(Duration::from_secs);
         self.note_features(features);
         self.external_offered = sasl::offers_external(features);
+        self.bidi_offered = bidi::offered(features);
         self.after_features(features.child("starttls", TLS_NS).is_some())
     }
 
@@ -585,12 +707,14 @@ impl Outgoing {
             .ctx
             .secret
             .key(self.remote.as_str(), self.local.as_str(), &self.their_id);
+        let mut out = self.ask_bidi();
         log::debug!("{}: sending db:result", self.label);
-        vec![Action::Send(db_result(
+        out.push(Action::Send(db_result(
             &self.local,
             &self.remote,
             DbBody::Key(&key),
-        ))]
+        )));
+        out
     }
 
     /// The peer's answer to our `<auth/>`: `<success/>` restarts the stream (RFC 6120 §6.4.6);
@@ -661,6 +785,26 @@ impl Outgoing {
         self.queue_bytes = 0;
         out.extend(self.send_within_limit(queued));
         out
+    }
+
+    /// BIDI-02: ask for bidi before dialback when the peer's features offered it and
+    /// `[s2s] bidi` is on; the stream is encrypted by now, or encryption is not required
+    /// (Prosody asks under the same condition). Verify connections never ask: they close after
+    /// one answer.
+    fn ask_bidi(&mut self) -> Vec<Action> {
+        let may = self.tls || !self.ctx.config.tls.require_encryption_for(&self.remote);
+        if !(self.bidi_offered && self.ctx.config.s2s.bidi && may) {
+            return Vec::new();
+        }
+        self.bidi = true;
+        log::info!(
+            "{}: bidi negotiated (XEP-0288, outbound): {}'s stanzas to {} may come back over \
+             this stream",
+            self.label,
+            self.remote,
+            self.local
+        );
+        vec![Action::Send(bidi::request())]
     }
 
     /// Does a typed answer come from the domain we asked, for the domain we asked as (DB-07)?

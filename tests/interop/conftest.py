@@ -7,6 +7,10 @@ stopped by PID in a finalizer (also on failure, on SIGTERM/SIGINT and at interpr
     127.0.10.1        Prosody  prosody.test   (s2s 5269, c2s 5222; user alice/pass)
     127.0.10.2        Prosody  prosody2.test  (s2s 5269, c2s 5222; user bob/pass)  -- sanity only
     127.0.10.3        dialbackd dialback.test (s2s 5269, component 5347)
+    127.0.10.4        Prosody  bidi.test + bidi2.test, with mod_s2s_bidi (XEP-0288; users carol,
+                      dave/pass)  -- started by test_bidi.py only
+    127.0.10.6        Prosody  secure.test, s2s_secure_auth = true  -- test_sasl.py only
+    127.0.10.7        dialbackd sasl.test, verify = "pkix"  -- test_sasl.py only
                       + component.dialback.test (slixmpp ComponentXMPP, secret compsecret)
                       + irc.dialback.test (biboumi, secret ircsecret; started by its test only)
 
@@ -37,8 +41,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from interop_lib import (  # noqa: E402
     COMPONENT, COMPONENT_SECRET, DIALBACK, IRC, IRC_SECRET, DIALBACKD_SECRET, IP_DIALBACKD, IP_DNS, IP_PROSODY,
-    IP_PROSODY2, IP_SASLD, IP_SECURE, IPS, PROSODY, PROSODY2, PROSODY_SECRETS, SASLD, SECURE, USERS,
-    dns_query, tcp_open, wait_until)
+    IP_PROSODY2, IP_PROSODY_BIDI, IP_SASLD, IP_SECURE, IPS, PROSODY, PROSODY2, PROSODY_BIDI,
+    PROSODY_BIDI2, PROSODY_SECRETS, SASLD, SECURE, USERS, dns_query, tcp_open, wait_until)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -206,6 +210,7 @@ def certs(workdir) -> dict:
         PROSODY: make_cert(d, PROSODY),
         PROSODY2: make_cert(d, PROSODY2),
         DIALBACK: make_cert(d, DIALBACK, [COMPONENT, IRC]),
+        PROSODY_BIDI: make_cert(d, PROSODY_BIDI, [PROSODY_BIDI2]),
     }
 
 
@@ -227,6 +232,8 @@ def dns(workdir):
         f"--host-record={PROSODY},{IP_PROSODY}",
         f"--host-record={PROSODY2},{IP_PROSODY2}",
         f"--host-record={DIALBACK},{IP_DIALBACKD}",
+        f"--host-record={PROSODY_BIDI},{IP_PROSODY_BIDI}",
+        f"--host-record={PROSODY_BIDI2},{IP_PROSODY_BIDI}",
         f"--host-record={SECURE},{IP_SECURE}",
         f"--host-record={SASLD},{IP_SASLD}",
         f"--srv-host=_xmpp-server._tcp.{SECURE},{SECURE},5269",
@@ -236,6 +243,8 @@ def dns(workdir):
         f"--srv-host=_xmpp-server._tcp.{DIALBACK},{DIALBACK},5269",
         f"--srv-host=_xmpp-server._tcp.{COMPONENT},{DIALBACK},5269",
         f"--srv-host=_xmpp-server._tcp.{IRC},{DIALBACK},5269",
+        f"--srv-host=_xmpp-server._tcp.{PROSODY_BIDI},{PROSODY_BIDI},5269",
+        f"--srv-host=_xmpp-server._tcp.{PROSODY_BIDI2},{PROSODY_BIDI},5269",
     ]
     proc = Proc("dnsmasq", argv, d / "dnsmasq.stdout")
     _LOGS["dnsmasq-queries"] = log
@@ -353,6 +362,30 @@ def prosody(mode, workdir, dns, certs):
 def prosody2(mode, workdir, dns, certs):
     _guard_ports_free(IP_PROSODY2)
     p = Prosody(PROSODY2, mode, workdir, dns["resolv"], *certs[PROSODY2])
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def prosody_bidi(mode, workdir, dns, certs):
+    """bidi.test with mod_s2s_bidi (XEP-0288; Debian's Prosody 0.12 ships it) and a second
+    VirtualHost bidi2.test (user dave), on their own address; the other Prosodys stay without
+    bidi."""
+    _guard_ports_free(IP_PROSODY_BIDI)
+    crt, key = certs[PROSODY_BIDI]
+    p = Prosody(PROSODY_BIDI, mode, workdir, dns["resolv"], crt, key)
+    text = p.cfg.read_text()
+    plain = '"disco", "ping" }'
+    assert plain in text, "the Prosody template's modules_enabled changed"
+    text = text.replace(plain, '"disco", "ping", "s2s_bidi" }')
+    text += f'VirtualHost "{PROSODY_BIDI2}"\n  ssl = {{ certificate = "{crt}"; key = "{key}"; }}\n'
+    p.cfg.write_text(text)
+    user, password = USERS[PROSODY_BIDI2]
+    subprocess.run(["prosodyctl", "--config", str(p.cfg), "register", user, PROSODY_BIDI2,
+                    password], check=True, capture_output=True, timeout=30)
     try:
         p.start()
         yield p

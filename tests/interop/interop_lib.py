@@ -28,15 +28,19 @@ PREFIX = os.environ.get("INTEROP_IP_PREFIX", "127.0.10")
 IP_PROSODY = f"{PREFIX}.1"
 IP_PROSODY2 = f"{PREFIX}.2"
 IP_DIALBACKD = f"{PREFIX}.3"
+IP_PROSODY_BIDI = f"{PREFIX}.4"
 IP_DNS = f"{PREFIX}.53"
 # SASL EXTERNAL cases (test_sasl.py): a Prosody with s2s_secure_auth and a dialbackd, both with
 # certificates from a test CA.
-IP_SECURE = f"{PREFIX}.4"
-IP_SASLD = f"{PREFIX}.5"
+IP_SECURE = f"{PREFIX}.6"
+IP_SASLD = f"{PREFIX}.7"
 
 PROSODY = "prosody.test"
 PROSODY2 = "prosody2.test"
 DIALBACK = "dialback.test"
+# A Prosody with mod_s2s_bidi (XEP-0288) hosting two domains; started by test_bidi.py only.
+PROSODY_BIDI = "bidi.test"
+PROSODY_BIDI2 = "bidi2.test"
 COMPONENT = "component.dialback.test"
 COMPONENT_SECRET = "compsecret"
 # biboumi (XMPP-to-IRC gateway), a second component of dialbackd.
@@ -46,9 +50,11 @@ DIALBACKD_SECRET = "interop-secret"
 SECURE = "secure.test"
 SASLD = "sasl.test"
 PROSODY_SECRETS = {PROSODY: "prosody-interop-secret", PROSODY2: "prosody2-interop-secret",
-                   SECURE: "secure-interop-secret"}
-USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass"), SECURE: ("carol", "pass")}
-IPS = {PROSODY: IP_PROSODY, PROSODY2: IP_PROSODY2, SECURE: IP_SECURE}
+                   PROSODY_BIDI: "bidi-interop-secret", SECURE: "secure-interop-secret"}
+USERS = {PROSODY: ("alice", "pass"), PROSODY2: ("bob", "pass"), PROSODY_BIDI: ("carol", "pass"),
+         PROSODY_BIDI2: ("dave", "pass"), SECURE: ("carol", "pass")}
+IPS = {PROSODY: IP_PROSODY, PROSODY2: IP_PROSODY2, PROSODY_BIDI: IP_PROSODY_BIDI,
+       SECURE: IP_SECURE}
 
 
 def wait_until(cond, timeout: float, what: str, proc=None, step: float = 0.05):

@@ -2,9 +2,9 @@
 
 A test CA made here with openssl signs a certificate for every domain of these cases:
 
-    127.0.10.4   Prosody  secure.test  s2s_secure_auth = true (certificates must be valid: no
+    127.0.10.6   Prosody  secure.test  s2s_secure_auth = true (certificates must be valid: no
                  dialback-only authentication), trusting the test CA; user carol / pass
-    127.0.10.5   dialbackd sasl.test  verify = "pkix", ca_file = the test CA; its component is
+    127.0.10.7   dialbackd sasl.test  verify = "pkix", ca_file = the test CA; its component is
                  sasl.test itself (slixmpp, secret compsecret)
 
 Cases: both directions federate and authenticate by EXTERNAL (dialbackd's and Prosody's logs say
