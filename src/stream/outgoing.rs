@@ -151,7 +151,6 @@ impl Outgoing {
     pub fn with_external(mut self, can: bool) -> Outgoing {
         self.can_external = can;
         self
-
     }
 
     /// True once we asked for XEP-0288 bidi on this stream (BIDI-02).

@@ -303,23 +303,23 @@ pub fn tree_bytes(el: &Element) -> usize {
 /// The `xml` crate's settings for a stream under `limits`.
 fn parser_config(limits: Limits) -> ParserConfig {
     ParserConfig::new()
-            .ignore_comments(false) // surface comments so we can reject them
-            .trim_whitespace(false)
-            .whitespace_to_characters(false)
-            .cdata_to_characters(false)
-            .coalesce_characters(true)
-            .ignore_end_of_stream(false)
-            .replace_unknown_entity_references(false)
-            .allow_multiple_root_elements(false)
-            .override_encoding(Some(Encoding::Utf8))
-            .ignore_invalid_encoding_declarations(false)
-            .max_entity_expansion_length(0)
-            .max_entity_expansion_depth(0)
-            .max_attributes(MAX_ATTRIBUTES)
-            // The crate lets a name grow to one character more than configured.
-            .max_name_length(MAX_NAME_LENGTH - 1)
-            .max_attribute_length(MAX_ATTRIBUTE_LENGTH.min(limits.max_stanza_bytes))
-            .max_data_length(limits.max_stanza_bytes)
+        .ignore_comments(false) // surface comments so we can reject them
+        .trim_whitespace(false)
+        .whitespace_to_characters(false)
+        .cdata_to_characters(false)
+        .coalesce_characters(true)
+        .ignore_end_of_stream(false)
+        .replace_unknown_entity_references(false)
+        .allow_multiple_root_elements(false)
+        .override_encoding(Some(Encoding::Utf8))
+        .ignore_invalid_encoding_declarations(false)
+        .max_entity_expansion_length(0)
+        .max_entity_expansion_depth(0)
+        .max_attributes(MAX_ATTRIBUTES)
+        // The crate lets a name grow to one character more than configured.
+        .max_name_length(MAX_NAME_LENGTH - 1)
+        .max_attribute_length(MAX_ATTRIBUTE_LENGTH.min(limits.max_stanza_bytes))
+        .max_data_length(limits.max_stanza_bytes)
 }
 
 #[derive(Clone, Debug)]
@@ -1124,12 +1124,17 @@ mod tests {
         let mut p = StreamParser::new(limits);
         p.trim();
         assert!(!p.is_parked(), "no header yet: nothing to replay");
-        p.feed(format!("{HEADER}<db:result from='a.example' to='b.example'>k</db:result>").as_bytes());
+        p.feed(
+            format!("{HEADER}<db:result from='a.example' to='b.example'>k</db:result>").as_bytes(),
+        );
         assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Header(_)))));
         assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Element(_)))));
         p.trim();
         assert!(p.is_parked());
-        assert!(size_of::<StreamParser>() < 512, "the parser's state is boxed");
+        assert!(
+            size_of::<StreamParser>() < 512,
+            "the parser's state is boxed"
+        );
         p.feed(b" <db:verify from='a.example' to='b.example' id='x'>k</db:verify>");
         let Ok(Some(StreamEvent::Element(v))) = p.next_event() else {
             panic!("db:verify after the parser was parked")
@@ -1142,7 +1147,10 @@ mod tests {
             panic!("message after the parser was parked")
         };
         assert!(m.is("message", SERVER_NS));
-        assert_eq!(m.child("body", SERVER_NS).map(Element::text).as_deref(), Some("hi"));
+        assert_eq!(
+            m.child("body", SERVER_NS).map(Element::text).as_deref(),
+            Some("hi")
+        );
         p.trim();
         let big = format!("<message><body>{}</body></message>", "x".repeat(5000));
         p.feed(big.as_bytes());
