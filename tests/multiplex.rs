@@ -110,7 +110,7 @@ fn db29_two_targets_at_one_address_share_one_connection() {
     let (dns, a, bc) = sender_and_receiver(&[("b.test", "sb"), ("c.test", "sc")]);
     let mut ca = ComponentClient::connect(a.component_addr(), "a.test", "sa");
     let cb = ComponentClient::connect(bc.component_addr(), "b.test", "sb");
-    let cc = ComponentClient::connect(bc.component_addr(), "c.test", "sc");
+    let mut cc = ComponentClient::connect(bc.component_addr(), "c.test", "sc");
 
     ca.send("<message from='x@a.test' to='u@b.test' id='b1'><body>b</body></message>");
     let m = cb.recv(WAIT).expect("b.test's component got its message");
@@ -126,6 +126,16 @@ fn db29_two_targets_at_one_address_share_one_connection() {
     }
     ca.send("<message from='x@a.test' to='u@b.test' id='b2'><body>b</body></message>");
     assert_eq!(cb.recv(WAIT).expect("b2").attr("id"), Some("b2"));
+    // BIDI-03 with DB-29: the receiver routes c.test's reply back over the same stream (bidi is
+    // on by default), and a takes it there for the joined pair, as for the stream's own pair.
+    cc.send("<message from='u@c.test' to='x@a.test' id='r1'><body>r</body></message>");
+    let r = ca
+        .recv(WAIT)
+        .expect("c.test's reply reached a.test's component");
+    assert_eq!(
+        (r.attr("from"), r.attr("id")),
+        (Some("u@c.test"), Some("r1"))
+    );
 
     // a dialled once; c.test's pair joined that stream.
     assert_eq!(dialled(&a), 1, "{}", a.log_text());

@@ -83,10 +83,17 @@ fn scale_out(a2_secret: &str) -> ScaleOut {
     let dns = TestDns::start(IpAddr::V4(next_ip()));
     let a1 = a_instance("a1", SHARED_SECRET, dns.addr());
     let a2 = a_instance("a2", a2_secret, dns.addr());
+    // b.test without XEP-0288: its replies to a.test then take a connection of its own, to
+    // the instance the SRV set picks (with bidi they would come back over a1's stream, to a1).
     let b = Daemon::start(
         "b",
         next_ip(),
-        &config(&["b.test"], &[("b.test", "sb")], dns.addr(), ""),
+        &config(
+            &["b.test"],
+            &[("b.test", "sb")],
+            dns.addr(),
+            "[s2s]\nbidi = false\n",
+        ),
     );
     // RFC 2782: the lowest priority is tried first; weights share out a priority's traffic.
     let srv = "_xmpp-server._tcp.a.test";

@@ -331,6 +331,7 @@ impl Outgoing {
             }
             return match bidi::check_inverse(&e, &self.local, &self.remote) {
                 Ok(()) => vec![Action::Deliver(e)],
+                Err(_) if self.is_inverse_of_joined(&e) => vec![Action::Deliver(e)],
                 Err(err) => {
                     log::warn!("{}: closing: peer sent {err}", self.label);
                     self.state = State::Closed;
@@ -343,6 +344,10 @@ impl Outgoing {
         }
         if !established && e.ns == DIALBACK_NS && e.name == "result" {
             return self.expect_result(&e);
+        }
+        if e.ns == DIALBACK_NS && e.name == "result" {
+            // DB-29: the answers for pairs joined to the stream.
+            return self.joined_result(&e);
         }
         if e.is("error", STREAM_NS) {
             return self.peer_stream_error(&e);
@@ -361,6 +366,7 @@ impl Outgoing {
     fn closing_delivery(&mut self, e: Element) -> Vec<Action> {
         match bidi::check_inverse(&e, &self.local, &self.remote) {
             Ok(()) => vec![Action::Deliver(e)],
+            Err(_) if self.is_inverse_of_joined(&e) => vec![Action::Deliver(e)],
             Err(err) => {
                 log::warn!(
                     "{}: dropping what the peer sends while closing: {err}",

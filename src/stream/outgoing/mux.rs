@@ -135,6 +135,17 @@ impl Outgoing {
             .is_some_and(|d| d.child("errors", DIALBACK_FEATURE_NS).is_some());
     }
 
+    /// True when `el` is a stanza of the inverse of a joined pair the peer verified: with bidi
+    /// (XEP-0288) the peer sends those back over this stream too (BIDI-03).
+    pub(super) fn is_inverse_of_joined(&self, el: &Element) -> bool {
+        let Ok(a) = stanza::addresses(el) else {
+            return false;
+        };
+        self.joins
+            .find(&a.to.domain, &a.from.domain)
+            .is_some_and(|i| matches!(self.joins.pairs[i].state, PairState::Valid))
+    }
+
     /// The joined pair `el` belongs to, by its addresses.
     pub(super) fn joined_index(&self, el: &Element) -> Option<usize> {
         if self.joins.pairs.is_empty() {
