@@ -241,6 +241,7 @@ impl Stream {
     /// The steps of the loop are never inlined into it: their locals (read buffers, parsed
     /// trees) then live only while they run, and the frame the thread sleeps in stays small
     /// (see `stack`).
+    #[inline(never)]
     fn run(&mut self) {
         if matches!(self.role, Role::Outbound { .. } | Role::Verify { .. }) {
             self.connect();
@@ -816,6 +817,18 @@ impl Stream {
         }
     }
 
+    /// Going to sleep for a while: hold no buffer memory meanwhile, and only the stack frames
+    /// we sleep in.
+    #[inline(never)] // (see `run`)
+    fn trim(&mut self) {
+        self.parser.trim();
+        if let Some(link) = &mut self.link {
+            link.trim();
+        }
+        self.me.inbox().trim();
+        stack::release();
+    }
+
     /// Sleep until the socket, the inbox or the next timer needs us (not at all when `busy`).
     fn sleep(&mut self, busy: bool) {
         let inbox = self.me.inbox();
@@ -832,14 +845,7 @@ impl Stream {
             self.next_wakeup().saturating_duration_since(Instant::now())
         };
         if timeout >= IDLE_TRIM && self.core.is_open() {
-            // Going to sleep for a while: hold no buffer memory meanwhile, and only the
-            // stack frames we sleep in.
-            self.parser.trim();
-            if let Some(link) = &mut self.link {
-                link.trim();
-            }
-            self.me.inbox().trim();
-            stack::release();
+            self.trim();
         }
         let wake = self.me.inbox().fd();
         let res = match &self.link {

@@ -47,6 +47,7 @@ impl Stream {
     }
 
     /// Bring the record up to date (each turn of the loop; the lock only on a change).
+    #[inline(never)] // (see `run`)
     pub(super) fn publish(&mut self) {
         let info = self.me.info();
         info.touch(self.clock.last_activity);

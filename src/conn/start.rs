@@ -227,9 +227,15 @@ fn name_thread(id: u64) {
 fn contained(mut s: Box<Stream>) {
     super::stack::block_signals();
     crate::inbox::defer_wakes();
-    let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| s.run())) else {
-        return;
-    };
+    if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| s.run())) {
+        recover(s, &*p);
+    }
+}
+
+/// After a panic in stream `s`: log it, bounce what it queued, release what it holds. Never
+/// inlined: its locals would sit in the frames a sleeping stream keeps (see `stack`).
+#[inline(never)]
+fn recover(mut s: Box<Stream>, p: &(dyn std::any::Any + Send)) {
     let what = p
         .downcast_ref::<&str>()
         .map(|m| (*m).to_string())
