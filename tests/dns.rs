@@ -254,6 +254,27 @@ fn truncated_udp_retries_over_tcp() {
     assert_eq!(dns.query_count(), 2, "one UDP query, one TCP query");
 }
 
+/// A nameserver that ignores our EDNS payload and sends a UDP answer larger than the read
+/// buffer: the cut datagram is not used; the query is asked again over TCP and every record
+/// arrives.
+#[test]
+fn oversized_udp_answer_is_asked_again_over_tcp() {
+    let (dns, r) = setup();
+    let name = "_xmpp-server._tcp.huge.test";
+    for i in 0..200u16 {
+        dns.add_srv(
+            name,
+            10,
+            1,
+            5269,
+            &format!("target-number-{i:03}.huge.test"),
+        );
+    }
+    let got = r.srv(name).unwrap();
+    assert_eq!(got.len(), 200);
+    assert_eq!(dns.query_count(), 2, "one UDP query, one TCP query");
+}
+
 /// SERVFAIL → ServerFailure from srv(), a transient (not "not found") error.
 #[test]
 fn servfail_is_server_failure() {

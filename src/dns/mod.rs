@@ -56,6 +56,9 @@ pub const DEFAULT_S2S_PORT: u16 = 5269;
 /// EDNS UDP payload size we advertise (the DNS flag day 2020 value).
 const EDNS_PAYLOAD: u16 = 1232;
 
+/// The read buffer of a UDP answer: room for more than the payload we advertise.
+const UDP_BUFFER: usize = 4096;
+
 /// Number of passes over the nameserver list.
 const ATTEMPTS: usize = 2;
 
@@ -453,7 +456,9 @@ impl Resolver {
         let sock = UdpSocket::bind(bind)?;
         sock.connect(ns)?;
         sock.send(&wire)?;
-        let mut buf = vec![0u8; 65535];
+        // Answers must fit the EDNS payload we advertise; one that fills this buffer was cut
+        // short by the read, and is asked again over TCP.
+        let mut buf = [0u8; UDP_BUFFER];
         loop {
             sock.set_read_timeout(Some(remaining(deadline)?))?;
             let n = match sock.recv(&mut buf) {
@@ -462,7 +467,12 @@ impl Resolver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(DnsError::Io(e)),
             };
-            match classify_datagram(&buf[..n], id, qname, rtype) {
+            let verdict = if n == buf.len() && buf[..2] == id.to_be_bytes() {
+                Datagram::Truncated
+            } else {
+                classify_datagram(&buf[..n], id, qname, rtype)
+            };
+            match verdict {
                 Datagram::Answer(resp) => return Ok(resp),
                 Datagram::Truncated => {
                     log::debug!("dns: {ns}: {qname} {rtype}: truncated, retrying over TCP");
