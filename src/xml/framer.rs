@@ -209,6 +209,23 @@ impl Framer {
         self.base + self.read
     }
 
+    /// Hand `bytes` to the parser again before everything it has not read yet: a new parser
+    /// brought back for a parked one reads the stream header first (see the reader's `parked`).
+    /// Stream offsets are kept: the replayed bytes sit just before the parser's read position
+    /// and count as already read there.
+    pub fn replay(&mut self, bytes: &[u8]) {
+        if self.read > 0 {
+            self.compact();
+        }
+        // base >= bytes.len(): the header being replayed came earlier in this stream.
+        self.base = self.base.saturating_sub(bytes.len());
+        self.buf.splice(0..0, bytes.iter().copied());
+        let h = bytes.len();
+        self.released += h;
+        self.scan += h;
+        self.lt += h;
+    }
+
     /// The bytes the parser may read and has not read yet: the last frame returned, with what
     /// came before it (whitespace, the XML declaration before the header).
     pub fn released(&self) -> &[u8] {
