@@ -162,8 +162,14 @@ def main():
     steps = mem_steps(rows, "memory")
     for n in steps:
         row(f"3. RSS, {n} idle verified streams (KiB)", "memory", f"n{n}_rss_kib", "", "—", None)
-        row(f"3. KiB per idle verified stream (at {n})", "memory", f"n{n}_kib_per_stream", "",
-            "≤ 20 KiB", lambda d, p: d <= 20)
+        # The target is per stream at the largest step (1,000 streams): smaller steps carry the
+        # process's fixed costs (malloc arenas, caches) over fewer streams, and are shown only.
+        if n == steps[-1]:
+            row(f"3. KiB per idle verified stream (at {n})", "memory", f"n{n}_kib_per_stream", "",
+                "≤ 20 KiB", lambda d, p: d <= 20)
+        else:
+            row(f"3. KiB per idle verified stream (at {n})", "memory", f"n{n}_kib_per_stream", "",
+                "—", None)
     if steps:
         n = steps[-1]
         row(f"3. threads per idle verified stream (at {n})", "memory", f"n{n}_threads_per_stream", "",
