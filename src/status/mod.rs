@@ -200,8 +200,9 @@ pub fn gauges(router: &Router, handles: &[Handle]) -> Gauges {
 /// separated by tabs (none of them can hold a tab or a newline: domains and addresses are
 /// validated). `peer` and `tls` are `-` when there is none; `domains` lists the stream's pairs
 /// as `from→to` (a component's domain alone), separated by spaces, each followed by `?` while
-/// it is being verified; `auth` says how the verified pairs were authenticated ([`auth`]);
-/// `bidi` is `yes` when XEP-0288 bidi was negotiated on the stream, else `no`.
+/// it is being verified; `auth` says how the verified pairs were authenticated (`external`,
+/// `dialback`, `external,dialback`, or `-` when none is, and for components); `bidi` is `yes`
+/// when XEP-0288 bidi was negotiated on the stream, else `no`.
 pub fn status_text(handles: &[Handle]) -> String {
     let mut rows: Vec<&Handle> = handles.iter().collect();
     rows.sort_by_key(|h| h.id());
