@@ -170,7 +170,8 @@ impl Stream {
         self.me.info().update(|d| d.tls = version);
     }
 
-    /// The stream ends: a TLS handshake still under way failed.
+    /// The stream ends: a TLS handshake still under way failed; an EXTERNAL outcome or bidi
+    /// not yet seen by [`publish`](Self::publish) is counted.
     pub(super) fn publish_end(&mut self) {
         self.watch_tls();
         self.watch_auth();
