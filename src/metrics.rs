@@ -49,6 +49,16 @@ pub enum Side {
     Client,
 }
 
+/// Which way a server stream runs, for what is counted per stream: inbound (a peer connected
+/// to us and authenticates to us) or outbound (we connected to a peer and authenticate to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// A peer connected to us.
+    Inbound,
+    /// We connected to a peer.
+    Outbound,
+}
+
 /// Defines [`Cap`]: each cap with the configuration key it is named after.
 macro_rules! caps {
     ($( $(#[$m:meta])* $variant:ident = $name:literal, )*) => {
@@ -112,6 +122,9 @@ pub struct Metrics {
     dialback: [[AtomicU64; 3]; 3],
     tls_ok: [AtomicU64; 2],
     tls_failed: [AtomicU64; 2],
+    /// By [`Way`], then success (0) and failure (1).
+    sasl_external: [[AtomicU64; 2]; 2],
+    bidi: [AtomicU64; 2],
     caps: [AtomicU64; Cap::ALL.len()],
 }
 
@@ -138,6 +151,8 @@ impl Metrics {
             dialback: [const { [const { AtomicU64::new(0) }; 3] }; 3],
             tls_ok: [const { AtomicU64::new(0) }; 2],
             tls_failed: [const { AtomicU64::new(0) }; 2],
+            sasl_external: [const { [const { AtomicU64::new(0) }; 2] }; 2],
+            bidi: [const { AtomicU64::new(0) }; 2],
             caps: [const { AtomicU64::new(0) }; Cap::ALL.len()],
         }
     }
@@ -167,6 +182,18 @@ impl Metrics {
         add(&self.tls_failed[side as usize]);
     }
 
+    /// A SASL EXTERNAL attempt was decided: `<success/>` or `<failure/>`, sent to a peer
+    /// (inbound) or received from it in answer to our `<auth/>` (outbound).
+    pub fn sasl_external(&self, way: Way, success: bool) {
+        add(&self.sasl_external[way as usize][usize::from(!success)]);
+    }
+
+    /// XEP-0288 bidi was negotiated on a stream: the peer asked for it (inbound) or we did
+    /// (outbound).
+    pub fn bidi(&self, way: Way) {
+        add(&self.bidi[way as usize]);
+    }
+
     /// A resource cap refused something.
     pub fn cap_hit(&self, cap: Cap) {
         add(&self.caps[cap as usize]);
@@ -193,6 +220,7 @@ const ROLES: [(Role, &str); 3] = [
     (Role::Authoritative, "authoritative"),
 ];
 const SIDES: [(Side, &str); 2] = [(Side::Server, "server"), (Side::Client, "client")];
+const WAYS: [(Way, &str); 2] = [(Way::Inbound, "inbound"), (Way::Outbound, "outbound")];
 
 /// What is read at scrape time rather than counted.
 #[derive(Clone, Debug, Default)]
@@ -325,6 +353,7 @@ fn render_from(m: &Metrics, g: &Gauges) -> String {
     streams(&mut x, g);
     stanzas(&mut x, m, g);
     dialback(&mut x, m);
+    sasl_and_bidi(&mut x, m);
     dns(&mut x, &g.dns);
     x.family(
         "dialbackd_tls_handshakes",
@@ -425,6 +454,30 @@ fn dialback(x: &mut Exposition, m: &Metrics) {
             let labels = [("role", rname), ("outcome", *oname)];
             x.sample(&labels, get(&m.dialback[role as usize][oi]));
         }
+    }
+}
+
+fn sasl_and_bidi(x: &mut Exposition, m: &Metrics) {
+    x.family(
+        "dialbackd_sasl_external",
+        Type::Counter,
+        "SASL EXTERNAL attempts by direction (inbound: a peer authenticating to us; outbound: \
+         us to a peer) and outcome.",
+    );
+    for (way, wname) in WAYS {
+        for (oi, oname) in ["success", "failure"].iter().enumerate() {
+            let labels = [("direction", wname), ("outcome", *oname)];
+            x.sample(&labels, get(&m.sasl_external[way as usize][oi]));
+        }
+    }
+    x.family(
+        "dialbackd_bidi_streams",
+        Type::Counter,
+        "Streams on which XEP-0288 bidi was negotiated, by direction (inbound: the peer asked \
+         for it; outbound: we did).",
+    );
+    for (way, wname) in WAYS {
+        x.sample(&[("direction", wname)], get(&m.bidi[way as usize]));
     }
 }
 

@@ -123,7 +123,7 @@ fn verify_connections_ended(verifier: &Daemon, authority: &Daemon, n: usize) {
 /// the two once the verify connection has ended, for two rounds both ways.
 #[test]
 fn bidi03_one_connection_per_peer_pair_carries_both_directions() {
-    let p = pair("", "");
+    let p = pair(STATUS, STATUS);
     let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
     let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
     for n in 0..2 {
@@ -179,13 +179,30 @@ fn bidi03_one_connection_per_peer_pair_carries_both_directions() {
         "{}",
         p.a.log_text()
     );
+    // What the operator sees: one bidi stream counted at each end, and its rows say bidi.
+    let bidi = |way| format!("dialbackd_bidi_streams_total{{direction=\"{way}\"}}");
+    assert_eq!(p.a.wait_metric(&bidi("outbound"), |n| n >= 1), 1);
+    assert_eq!(p.a.wait_metric(&bidi("inbound"), |_| true), 0);
+    assert_eq!(p.b.wait_metric(&bidi("inbound"), |n| n >= 1), 1);
+    assert_eq!(p.b.wait_metric(&bidi("outbound"), |_| true), 0);
+    let row = |direction| {
+        [
+            ("direction", direction),
+            ("state", "open"),
+            ("auth", "dialback"),
+            ("bidi", "yes"),
+            ("domains", "echo.a.test→b.test"),
+        ]
+    };
+    p.a.wait_status_row(&row("s2s_out"));
+    p.b.wait_status_row(&row("s2s_in"));
 }
 
 /// DB-24, the control: with `[s2s] bidi = false` on A, A does not ask; B opens its own stream
 /// for its replies, and two TCP connections carry the two directions.
 #[test]
 fn db24_without_bidi_each_direction_has_its_own_connection() {
-    let p = pair("[s2s]\nbidi = false\n", "");
+    let p = pair(&format!("[s2s]\nbidi = false\n{STATUS}"), STATUS);
     let mut ca = ComponentClient::connect(p.a.component_addr(), "echo.a.test", "sa");
     let mut cb = ComponentClient::connect(p.b.component_addr(), "b.test", "sb");
     exchange(&mut ca, &mut cb, 0, &p);
@@ -195,6 +212,16 @@ fn db24_without_bidi_each_direction_has_its_own_connection() {
     verify_connections_ended(&p.b, &p.a, 1);
     verify_connections_ended(&p.a, &p.b, 1);
     assert_eq!(established(&[p.a.s2s(), p.b.s2s()]), 2);
+    // Nothing counted as bidi; the rows say so.
+    for d in [&p.a, &p.b] {
+        for way in ["inbound", "outbound"] {
+            let series = format!("dialbackd_bidi_streams_total{{direction=\"{way}\"}}");
+            assert_eq!(d.wait_metric(&series, |_| true), 0, "{}", d.name);
+        }
+        for direction in ["s2s_in", "s2s_out"] {
+            d.wait_status_row(&[("direction", direction), ("state", "open"), ("bidi", "no")]);
+        }
+    }
 }
 
 /// ROUTE-01 across the end of a bidi stream: when A's stream idles out, B's next stanza for

@@ -63,7 +63,7 @@ fn outbound_rows(d: &Daemon) -> Vec<String> {
     let body = raw.split_once("\r\n\r\n").expect("an HTTP response").1;
     body.lines()
         .map(|l| l.split('\t').collect::<Vec<_>>())
-        .filter(|f| f.len() == 9 && f[1] == "s2s_out")
+        .filter(|f| f.len() == dialbackd::status::COLUMNS.len() && f[1] == "s2s_out")
         .map(|f| f[8].to_string())
         .collect()
 }

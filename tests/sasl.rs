@@ -109,13 +109,13 @@ fn sasl01_two_daemons_federate_by_sasl_external_in_both_directions() {
         "a",
         "a.test",
         &dns,
-        &tls(&leaves[0].0, &leaves[0].1, &ca, pkix),
+        &(tls(&leaves[0].0, &leaves[0].1, &ca, pkix) + STATUS),
     );
     let b = daemon(
         "b",
         "b.test",
         &dns,
-        &tls(&leaves[1].0, &leaves[1].1, &ca, pkix),
+        &(tls(&leaves[1].0, &leaves[1].1, &ca, pkix) + STATUS),
     );
     let mut ca_ = ComponentClient::connect(a.component_addr(), "a.test", "s");
     let mut cb = ComponentClient::connect(b.component_addr(), "b.test", "s");
@@ -141,6 +141,31 @@ fn sasl01_two_daemons_federate_by_sasl_external_in_both_directions() {
             d.log_text()
         );
     }
+    // What the operator sees: one EXTERNAL success each way on each side, no failure, and
+    // both streams' rows say EXTERNAL.
+    for d in [&a, &b] {
+        for way in ["inbound", "outbound"] {
+            let series = |outcome| {
+                format!(
+                    "dialbackd_sasl_external_total{{direction=\"{way}\",outcome=\"{outcome}\"}}"
+                )
+            };
+            assert_eq!(
+                d.wait_metric(&series("success"), |n| n >= 1),
+                1,
+                "{}",
+                d.name
+            );
+            assert_eq!(d.wait_metric(&series("failure"), |_| true), 0, "{}", d.name);
+        }
+        for direction in ["s2s_in", "s2s_out"] {
+            d.wait_status_row(&[
+                ("direction", direction),
+                ("state", "open"),
+                ("auth", "external"),
+            ]);
+        }
+    }
 }
 
 #[test]
@@ -155,9 +180,14 @@ fn sasl01_failed_external_falls_back_to_dialback_on_the_same_stream() {
         "a",
         "a.test",
         &dns,
-        &tls(&leaves[0].0, &leaves[0].1, &ca, ""),
+        &(tls(&leaves[0].0, &leaves[0].1, &ca, "") + STATUS),
     );
-    let b = daemon("b", "b.test", &dns, &tls(&b_cert, &b_key, &ca, ""));
+    let b = daemon(
+        "b",
+        "b.test",
+        &dns,
+        &(tls(&b_cert, &b_key, &ca, "") + STATUS),
+    );
     let mut ca_ = ComponentClient::connect(a.component_addr(), "a.test", "s");
     let cb = ComponentClient::connect(b.component_addr(), "b.test", "s");
     assert_eq!(exchange(&mut ca_, &cb, "fb").as_deref(), Some("fb"));
@@ -180,6 +210,17 @@ fn sasl01_failed_external_falls_back_to_dialback_on_the_same_stream() {
         label("SASL EXTERNAL for a.test failed"),
         label("a.test→b.test verified by dialback")
     );
+    // What the operator sees: the failure counted on both sides, and the pair's rows say
+    // dialback.
+    let series = |way, outcome| {
+        format!("dialbackd_sasl_external_total{{direction=\"{way}\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(b.wait_metric(&series("inbound", "failure"), |n| n >= 1), 1);
+    assert_eq!(b.wait_metric(&series("inbound", "success"), |_| true), 0);
+    assert_eq!(a.wait_metric(&series("outbound", "failure"), |n| n >= 1), 1);
+    assert_eq!(a.wait_metric(&series("outbound", "success"), |_| true), 0);
+    a.wait_status_row(&[("direction", "s2s_out"), ("auth", "dialback")]);
+    b.wait_status_row(&[("direction", "s2s_in"), ("auth", "dialback")]);
 }
 
 #[test]

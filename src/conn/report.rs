@@ -1,13 +1,15 @@
 //! What a stream tells the status listener and the metrics: its [`StreamInfo`] kept up to date
 //! when its state, its domain pairs or its TLS change (checked once per turn of the loop, by
 //! cheap comparisons), its last activity and core queue as atomics, and the counts of the
-//! events only the stream sees: TLS handshakes and their failures, dialback verdicts.
+//! events only the stream sees: TLS handshakes and their failures, dialback verdicts, SASL
+//! EXTERNAL outcomes, bidi negotiated.
 //!
 //! [`StreamInfo`]: crate::status::StreamInfo
 
 use super::{Core, Role, Stream};
-use crate::metrics::{Role as DbRole, Side, METRICS};
+use crate::metrics::{Role as DbRole, Side, Way, METRICS};
 use crate::status::{Direction, Pair, StreamState};
+use crate::stream::sasl::SASL_NS;
 use crate::stream::{Event, Verdict};
 use crate::xml::{Element, DIALBACK_NS};
 use std::net::SocketAddr;
@@ -24,9 +26,13 @@ enum TlsSeen {
 /// What was last published, to publish again only on a change.
 #[derive(Debug, Default)]
 pub(super) struct Published {
-    /// State, verified pairs, pairs being verified.
-    key: Option<(StreamState, usize, usize)>,
+    /// State, verified pairs, pairs being verified, bidi, a pair authorised by SASL EXTERNAL.
+    key: Option<(StreamState, usize, usize, bool, bool)>,
     tls: TlsSeen,
+    /// Bidi negotiated was counted.
+    bidi_counted: bool,
+    /// The outcome of our SASL EXTERNAL attempt (outbound) was counted.
+    external_counted: bool,
 }
 
 impl Stream {
@@ -69,7 +75,8 @@ impl Stream {
             }),
             Core::Comp(_) => (0, 0),
         };
-        let key = Some((state, verified, pending));
+        let (bidi, external) = self.watch_auth();
+        let key = Some((state, verified, pending, bidi, external));
         if key == self.published.key {
             return;
         }
@@ -78,7 +85,31 @@ impl Stream {
         self.me.info().update(|d| {
             d.state = state;
             d.pairs = pairs;
+            d.bidi = bidi;
         });
+    }
+
+    /// Whether bidi was negotiated on the stream, and whether SASL EXTERNAL authorised a pair
+    /// on it; counts bidi once, and the outcome of our own EXTERNAL attempt once (the peer's
+    /// attempts are counted as we answer them, [`count_sent`](Self::count_sent)).
+    fn watch_auth(&mut self) -> (bool, bool) {
+        let (bidi, way, external) = match &self.core {
+            Core::In(c) => (c.is_bidi(), Way::Inbound, c.external_pair().is_some()),
+            Core::Out(c) => {
+                let outcome = c.sasl_external();
+                if let (Some(ok), false) = (outcome, self.published.external_counted) {
+                    self.published.external_counted = true;
+                    METRICS.sasl_external(Way::Outbound, ok);
+                }
+                (c.is_bidi(), Way::Outbound, outcome == Some(true))
+            }
+            Core::Comp(_) => return (false, false),
+        };
+        if bidi && !self.published.bidi_counted {
+            self.published.bidi_counted = true;
+            METRICS.bidi(way);
+        }
+        (bidi, external)
     }
 
     /// The stream's domain pairs, in the direction stanzas travel.
@@ -87,10 +118,14 @@ impl Stream {
             from: from.clone(),
             to: to.clone(),
             verified,
+            external: false,
         };
         match (&self.core, &self.role) {
             (Core::In(c), _) => {
-                let verified = c.verified_pairs().iter().map(|(r, l)| pair(r, l, true));
+                let verified = c.verified_pairs().iter().map(|p| Pair {
+                    external: c.external_pair() == Some(p),
+                    ..pair(&p.0, &p.1, true)
+                });
                 let pending = c.pending_pairs().iter().map(|(r, l)| pair(r, l, false));
                 verified.chain(pending).collect()
             }
@@ -98,8 +133,9 @@ impl Stream {
             (_, Role::Outbound { key, .. }) => {
                 let up = self.core.is_open() || state == StreamState::Open;
                 let mut pairs = vec![pair(&key.0, &key.1, up)];
-                // Pairs carried too (target multiplexing).
+                // Pairs carried too (target multiplexing), always by dialback.
                 if let Core::Out(c) = &self.core {
+                    pairs[0].external = c.sasl_external() == Some(true);
                     pairs.extend(c.joined_live().map(|(l, r, v)| pair(l, r, v)));
                 }
                 pairs
@@ -134,9 +170,11 @@ impl Stream {
         self.me.info().update(|d| d.tls = version);
     }
 
-    /// The stream ends: a TLS handshake still under way failed.
+    /// The stream ends: a TLS handshake still under way failed; an EXTERNAL outcome or bidi
+    /// not yet seen by [`publish`](Self::publish) is counted.
     pub(super) fn publish_end(&mut self) {
         self.watch_tls();
+        self.watch_auth();
         if self.published.tls == TlsSeen::Handshaking {
             METRICS.tls_failure(self.side());
         }
@@ -154,9 +192,16 @@ impl Stream {
         }
     }
 
-    /// Count the verdict in our answer to a peer's `<db:result/>` or `<db:verify/>`.
+    /// Count the verdict in our answer to a peer's `<db:result/>` or `<db:verify/>`, or the
+    /// outcome of its SASL EXTERNAL attempt (`<success/>`, `<failure/>`).
     pub(super) fn count_sent(&self, el: &Element) {
-        if !matches!(self.core, Core::In(_)) || el.ns != DIALBACK_NS {
+        if !matches!(self.core, Core::In(_)) {
+            return;
+        }
+        if el.ns == SASL_NS && matches!(el.name.as_str(), "success" | "failure") {
+            return METRICS.sasl_external(Way::Inbound, el.name == "success");
+        }
+        if el.ns != DIALBACK_NS {
             return;
         }
         let role = match el.name.as_str() {

@@ -171,6 +171,8 @@ fn the_exposition_is_valid_openmetrics_ending_with_eof() {
     assert_eq!(count("dialbackd_caps_hit_total"), Cap::ALL.len());
     assert_eq!(count("dialbackd_dialback_verifications_total"), 3 * 3);
     assert_eq!(count("dialbackd_tls_handshakes_total"), 2);
+    assert_eq!(count("dialbackd_sasl_external_total"), 2 * 2);
+    assert_eq!(count("dialbackd_bidi_streams_total"), 2);
     assert_eq!(
         value(
             &samples,
@@ -278,6 +280,33 @@ fn counters_land_on_their_series() {
         v("dialbackd_caps_hit_total", &[("cap", "connections")]),
         0.0
     );
+}
+
+#[test]
+fn sasl_external_and_bidi_counters_land_on_their_series() {
+    // SASL-01: how peers authenticated by EXTERNAL, both ways; BIDI-02: bidi streams.
+    let m = Metrics::new();
+    m.sasl_external(Way::Inbound, true);
+    m.sasl_external(Way::Inbound, true);
+    m.sasl_external(Way::Inbound, false);
+    m.sasl_external(Way::Outbound, false);
+    m.bidi(Way::Outbound);
+    let s = validate(&render_from(&m, &Gauges::default()));
+    let v = |name: &str, labels: &[(&str, &str)]| value(&s, name, labels);
+    let sasl = "dialbackd_sasl_external_total";
+    let cases = [
+        ("inbound", "success", 2.0),
+        ("inbound", "failure", 1.0),
+        ("outbound", "success", 0.0),
+        ("outbound", "failure", 1.0),
+    ];
+    for (direction, outcome, n) in cases {
+        let labels = [("direction", direction), ("outcome", outcome)];
+        assert_eq!(v(sasl, &labels), n, "{labels:?}");
+    }
+    let bidi = "dialbackd_bidi_streams_total";
+    assert_eq!(v(bidi, &[("direction", "outbound")]), 1.0);
+    assert_eq!(v(bidi, &[("direction", "inbound")]), 0.0);
 }
 
 #[test]

@@ -95,7 +95,7 @@ pub fn table(status: &str) -> Result<String, String> {
     if lines.next() != Some(COLUMNS.join("\t").as_str()) {
         return Err("the answer's columns are not those this dialbackd reads".into());
     }
-    let mut rows: Vec<[String; 9]> = vec![[
+    let mut rows: Vec<[String; 11]> = vec![[
         "ID",
         "DIRECTION",
         "STATE",
@@ -104,6 +104,8 @@ pub fn table(status: &str) -> Result<String, String> {
         "AGE",
         "IDLE",
         "QUEUED",
+        "AUTH",
+        "BIDI",
         "DOMAINS",
     ]
     .map(String::from)];
@@ -111,7 +113,7 @@ pub fn table(status: &str) -> Result<String, String> {
         rows.push(row(line)?);
     }
     let n = rows.len() - 1;
-    let mut widths = [0usize; 9];
+    let mut widths = [0usize; 11];
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -134,10 +136,10 @@ pub fn table(status: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// One `/status` line as table cells.
-fn row(line: &str) -> Result<[String; 9], String> {
+/// One `/status` line as table cells (the domains last, as the widest).
+fn row(line: &str) -> Result<[String; 11], String> {
     let f: Vec<&str> = line.split('\t').collect();
-    let [id, dir, state, peer, tls, age, idle, queued, domains] = f[..] else {
+    let [id, dir, state, peer, tls, age, idle, queued, domains, auth, bidi] = f[..] else {
         return Err(format!("a malformed status line: {line:?}"));
     };
     let secs = |s: &str| {
@@ -168,6 +170,8 @@ fn row(line: &str) -> Result<[String; 9], String> {
         secs(age)?,
         secs(idle)?,
         queued.into(),
+        auth.into(),
+        bidi.into(),
         if domains.is_empty() {
             "-".into()
         } else {
@@ -194,14 +198,18 @@ mod tests {
     fn the_table_aligns_streams_and_reads_pairs_and_tls() {
         let text = format!(
             "{STATUS_MAGIC}\n{}\n\
-             3\ts2s_in\topen\t127.0.0.1:40000\tTLSv1.3\t75\t4\t0\tb.test→a.test c.test→a.test?\n\
-             12\ts2s_out\tnegotiating\t-\t-\t3700\t0\t5\ta.test→b.test?\n",
+             3\ts2s_in\topen\t127.0.0.1:40000\tTLSv1.3\t75\t4\t0\tb.test→a.test c.test→a.test?\t\
+             external\tyes\n\
+             12\ts2s_out\tnegotiating\t-\t-\t3700\t0\t5\ta.test→b.test?\t-\tno\n",
             COLUMNS.join("\t")
         );
         let t = table(&text).unwrap();
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[0].starts_with("ID  DIRECTION"), "{t}");
+        assert!(lines[0].contains("QUEUED  AUTH      BIDI  DOMAINS"), "{t}");
+        assert!(lines[1].contains("0       external  yes   b.test"), "{t}");
+        assert!(lines[2].contains("5       -         no    a.test"), "{t}");
         assert!(
             lines[1].contains("yes (TLSv1.3)")
                 && lines[1].contains("1m15s")
@@ -221,10 +229,12 @@ mod tests {
         let head = format!("{STATUS_MAGIC}\n{}\n", COLUMNS.join("\t"));
         assert_eq!(
             table(&head).unwrap(),
-            "ID  DIRECTION  STATE  PEER  TLS  AGE  IDLE  QUEUED  DOMAINS\n0 streams\n"
+            "ID  DIRECTION  STATE  PEER  TLS  AGE  IDLE  QUEUED  AUTH  BIDI  DOMAINS\n0 streams\n"
         );
         assert!(table(&format!("{head}1\ts2s_in\n")).is_err());
-        assert!(table(&format!("{head}1\ts2s_in\topen\t-\t-\tx\t0\t0\t\n")).is_err());
+        assert!(table(&format!("{head}1\ts2s_in\topen\t-\t-\tx\t0\t0\t\t-\tno\n")).is_err());
+        // A line of the format before the auth and bidi columns.
+        assert!(table(&format!("{head}1\ts2s_in\topen\t-\t-\t1\t0\t0\t\n")).is_err());
         assert!(body_of(b"HTTP/1.1 404 Not Found\r\n\r\nno").is_err());
         assert!(body_of(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").is_err());
         assert_eq!(

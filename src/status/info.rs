@@ -81,6 +81,8 @@ pub struct Pair {
     pub to: Domain,
     /// Dialback (or the certificate) authorised it; false while it is being checked.
     pub verified: bool,
+    /// SASL EXTERNAL authorised it (XEP-0178) rather than dialback.
+    pub external: bool,
 }
 
 /// What changes only at a stream's state changes (behind one lock).
@@ -96,6 +98,8 @@ pub struct Detail {
     pub pairs: Vec<Pair>,
     /// The TLS version once a handshake completed; `None` for a plaintext stream.
     pub tls: Option<String>,
+    /// XEP-0288 bidi was negotiated on it: stanzas travel both ways.
+    pub bidi: bool,
 }
 
 /// See the module documentation.
@@ -128,6 +132,7 @@ impl StreamInfo {
                 peer: None,
                 pairs: Vec::new(),
                 tls: None,
+                bidi: false,
             }),
         }
     }

@@ -43,8 +43,8 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 pub const STATUS_TYPE: &str = "text/tab-separated-values; charset=utf-8";
 /// The first line of `/status`: the format and its version.
 pub const STATUS_MAGIC: &str = "# dialbackd status 1";
-/// The columns of `/status`, in order.
-pub const COLUMNS: [&str; 9] = [
+/// The columns of `/status`, in order (new ones are added at the end).
+pub const COLUMNS: [&str; 11] = [
     "id",
     "direction",
     "state",
@@ -54,6 +54,8 @@ pub const COLUMNS: [&str; 9] = [
     "idle_s",
     "queued",
     "domains",
+    "auth",
+    "bidi",
 ];
 
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
@@ -198,7 +200,9 @@ pub fn gauges(router: &Router, handles: &[Handle]) -> Gauges {
 /// separated by tabs (none of them can hold a tab or a newline: domains and addresses are
 /// validated). `peer` and `tls` are `-` when there is none; `domains` lists the stream's pairs
 /// as `from→to` (a component's domain alone), separated by spaces, each followed by `?` while
-/// it is being verified.
+/// it is being verified; `auth` says how the verified pairs were authenticated (`external`,
+/// `dialback`, `external,dialback`, or `-` when none is, and for components); `bidi` is `yes`
+/// when XEP-0288 bidi was negotiated on the stream, else `no`.
 pub fn status_text(handles: &[Handle]) -> String {
     let mut rows: Vec<&Handle> = handles.iter().collect();
     rows.sort_by_key(|h| h.id());
@@ -222,7 +226,7 @@ pub fn status_text(handles: &[Handle]) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{queued}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{queued}\t{}\t{}\t{}",
             h.id(),
             d.direction.as_str(),
             d.state.as_str(),
@@ -231,9 +235,29 @@ pub fn status_text(handles: &[Handle]) -> String {
             info.age().as_secs(),
             info.idle().as_secs(),
             domains.join(" "),
+            auth(&d),
+            if d.bidi { "yes" } else { "no" },
         );
     }
     out
+}
+
+/// How a server stream's verified pairs were authenticated: `external` (SASL EXTERNAL),
+/// `dialback`, both as `external,dialback`, or `-` (none verified yet, or a component).
+fn auth(d: &Detail) -> &'static str {
+    if d.direction == Direction::Component {
+        return "-";
+    }
+    let verified = d.pairs.iter().filter(|p| p.verified);
+    let (external, dialback) = verified.fold((false, false), |(e, db), p| {
+        (e || p.external, db || !p.external)
+    });
+    match (external, dialback) {
+        (true, true) => "external,dialback",
+        (true, false) => "external",
+        (false, true) => "dialback",
+        (false, false) => "-",
+    }
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ fn d(s: &str) -> Domain {
     Domain::parse(s).unwrap()
 }
 
-/// An inbound stream from 192.0.2.7, open, b.test→a.test verified and c.test→a.test being
-/// verified, over TLS, with one stanza waiting in its inbox.
+/// An inbound stream from 192.0.2.7, open, b.test→a.test verified (by SASL EXTERNAL) and
+/// c.test→a.test being verified, over TLS, bidi, with one stanza waiting in its inbox.
 fn open_inbound(r: &Router) -> Handle {
     let h = r.new_handle(crate::inbox::StreamKind::Server, 10).unwrap();
     h.info().update(|det| {
@@ -34,16 +34,19 @@ fn open_inbound(r: &Router) -> Handle {
         det.state = StreamState::Open;
         det.peer = Some("192.0.2.7:40000".parse().unwrap());
         det.tls = Some("TLSv1.3".into());
+        det.bidi = true;
         det.pairs = vec![
             Pair {
                 from: d("b.test"),
                 to: d("a.test"),
                 verified: true,
+                external: true,
             },
             Pair {
                 from: d("c.test"),
                 to: d("a.test"),
                 verified: false,
+                external: false,
             },
         ];
     });
@@ -117,10 +120,52 @@ fn status_lists_each_stream_on_a_line_the_client_reads() {
             "b.test→a.test c.test→a.test?"
         )
     );
+    // SASL-01, BIDI-02: how the pairs were authenticated, and bidi, after the old columns.
+    assert_eq!((f[9], f[10]), ("external", "yes"));
     let table = client::table(&resp.body).unwrap();
     assert!(
-        table.contains("b.test → a.test, c.test → a.test (verifying)"),
+        table.contains("external  yes   b.test → a.test, c.test → a.test (verifying)"),
         "{table}"
     );
     assert!(table.ends_with("1 stream\n"), "{table}");
+}
+
+#[test]
+fn auth_names_how_the_verified_pairs_were_authenticated() {
+    let p = |verified, external| Pair {
+        from: d("b.test"),
+        to: d("a.test"),
+        verified,
+        external,
+    };
+    let detail = |direction, pairs| Detail {
+        direction,
+        state: StreamState::Open,
+        peer: None,
+        pairs,
+        tls: None,
+        bidi: false,
+    };
+    let cases = [
+        (
+            Direction::S2sIn,
+            vec![p(true, true), p(true, false)],
+            "external,dialback",
+        ),
+        (
+            Direction::S2sOut,
+            vec![p(true, false), p(false, false)],
+            "dialback",
+        ),
+        (Direction::S2sOut, vec![p(true, true)], "external"),
+        // Nothing verified yet: nothing to say.
+        (Direction::S2sIn, vec![p(false, false)], "-"),
+        (Direction::Verify, vec![p(false, false)], "-"),
+        // A component authenticates by its handshake.
+        (Direction::Component, vec![p(true, false)], "-"),
+    ];
+    for (direction, pairs, want) in cases {
+        let det = detail(direction, pairs);
+        assert_eq!(auth(&det), want, "{det:?}");
+    }
 }

@@ -41,6 +41,14 @@ impl InboundSasl {
 }
 
 impl Incoming {
+    /// The pair (remote, local) SASL EXTERNAL authorised on this stream, if any; the other
+    /// verified pairs were verified by dialback. (EXTERNAL is refused while any pair is verified
+    /// or pending, so its pair is the first verified one.)
+    pub fn external_pair(&self) -> Option<&(Domain, Domain)> {
+        let identity = self.sasl.done.as_ref()?;
+        self.verified.first().filter(|(r, _)| r == identity)
+    }
+
     /// A SASL element on an open stream.
     pub(super) fn sasl(&mut self, e: &Element) -> Vec<Action> {
         if matches!(e.name.as_str(), "auth" | "response") && e.elements().next().is_some() {

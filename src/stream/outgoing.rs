@@ -153,6 +153,17 @@ impl Outgoing {
         self
     }
 
+    /// How SASL EXTERNAL went on this stream: `None` before the peer answered our `<auth/>`
+    /// (or when it was not tried), `Some(true)` after `<success/>`, `Some(false)` after
+    /// `<failure/>` (dialback then authenticates the pair, unless the policy forbids it).
+    pub fn sasl_external(&self) -> Option<bool> {
+        match self.external {
+            External::NotTried => None,
+            External::Succeeded => Some(true),
+            External::Failed => Some(false),
+        }
+    }
+
     /// True once we asked for XEP-0288 bidi on this stream (BIDI-02).
     pub fn is_bidi(&self) -> bool {
         self.bidi

@@ -11,6 +11,7 @@ use dialbackd::xml::{
     Element, Limits, StreamEvent, StreamReader, STANZAS_NS, STREAMS_ERR_NS, STREAM_NS,
 };
 use rustls::pki_types::ServerName;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -173,6 +174,69 @@ impl Daemon {
         self.wait_until(&format!("{n} log lines with {needle:?}"), |log| {
             log.iter().filter(|l| l.contains(needle)).count() >= n
         });
+    }
+
+    /// The address of its status listener (its config has [`STATUS`]).
+    pub fn status_addr(&self) -> SocketAddr {
+        self.listener("status")
+    }
+
+    /// The body of `GET path` from its status listener; empty when it does not answer `200`.
+    pub fn status_get(&self, path: &str) -> String {
+        dialbackd::status::client::fetch(self.status_addr(), path).unwrap_or_default()
+    }
+
+    /// The value of the sample `series` (name and labels exactly as rendered) in its
+    /// `/metrics`, once it satisfies `pred` (bounded, re-checked as it logs: each scrape logs
+    /// a line); panics with the metrics and the log if it does not in time.
+    pub fn wait_metric(&self, series: &str, pred: impl Fn(u64) -> bool) -> u64 {
+        let value = |body: &str| {
+            body.lines().find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<u64>()
+                    .ok()
+            })
+        };
+        let ok = self.log_satisfies(|_| value(&self.status_get("/metrics")).is_some_and(&pred));
+        let body = self.status_get("/metrics");
+        match value(&body) {
+            Some(v) if ok => v,
+            _ => panic!(
+                "{}: {series} not as expected within {WAIT:?}\n{body}\n{}",
+                self.name,
+                self.log_text()
+            ),
+        }
+    }
+
+    /// The rows of its `/status`, each as column → value.
+    pub fn status_rows(&self) -> Vec<HashMap<String, String>> {
+        let text = self.status_get("/status");
+        let mut lines = text.lines().skip(1);
+        let columns: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+        lines
+            .map(|l| {
+                let cells = columns.iter().zip(l.split('\t'));
+                cells.map(|(c, v)| (c.to_string(), v.to_string())).collect()
+            })
+            .collect()
+    }
+
+    /// Block (bounded, re-checked as it logs) until its `/status` has a row with each
+    /// (column, value) of `want`; panics with the status and the log if none comes in time.
+    pub fn wait_status_row(&self, want: &[(&str, &str)]) {
+        let matches = |r: &HashMap<String, String>| {
+            want.iter().all(|(c, v)| r.get(*c).is_some_and(|x| x == v))
+        };
+        if !self.log_satisfies(|_| self.status_rows().iter().any(matches)) {
+            panic!(
+                "{}: no /status row with {want:?} within {WAIT:?}\n{}\n{}",
+                self.name,
+                self.status_get("/status"),
+                self.log_text()
+            );
+        }
     }
 
     fn listener(&self, kind: &str) -> SocketAddr {
@@ -729,6 +793,10 @@ pub fn s2s_header(from: &str, to: &str, id: Option<&str>) -> String {
          xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'{id}>"
     )
 }
+
+/// Extra TOML for a status listener on the daemon's own address, at a port the kernel picks
+/// ([`Daemon::status_addr`]).
+pub const STATUS: &str = "[status]\nlisten = \"{ip}:0\"\n";
 
 /// The networks test daemons may dial: they and their peers all live on 127.x.y.z, which the
 /// private-network guard refuses unless allowed.
