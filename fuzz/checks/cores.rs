@@ -650,6 +650,8 @@ struct InSasl {
     decisions: usize,
     /// After `<success/>`, until our new header: the id of the stream before the restart.
     restarting: Option<String>,
+    /// Stanzas the router handed in during the restart (bidi): held until our new header.
+    held: Vec<Element>,
 }
 
 impl InSasl {
@@ -761,9 +763,11 @@ impl InSasl {
                 }
                 // RFC 6120 §4.3.3, §6.4.6: after <success/> nothing goes out before our new
                 // header, and no element of the old stream is taken.
+                // (Held stanzas may go back to the router.)
                 Action::Send(_) | Action::Deliver(_)
                     if self.restarting.is_some()
-                        && !matches!(actions.first(), Some(Action::SendHeader(_))) =>
+                        && !matches!(actions.first(), Some(Action::SendHeader(_)))
+                        && !matches!(a, Action::Deliver(e) if self.held.contains(e)) =>
                 {
                     panic!("{a:?} after <success/> before our new header ({fed:?})");
                 }
@@ -951,6 +955,11 @@ pub fn core_incoming(data: &[u8]) {
             sasl.after(&fed, &actions, decides, &verified, &id_before, &ctx);
         }
         sasl.track(&fed, &actions);
+        if let (Fed::Stanza(s), [], false) = (&fed, &actions[..], closed) {
+            // Held over the SASL restart of a bidi stream, for a pair verified here.
+            assert!(sasl.restarting.is_some() && core.is_bidi(), "{s:?} dropped");
+            sasl.held.push(s.clone());
+        }
         if !was_bidi && core.is_bidi() {
             let request = fed.element().is_some_and(|e| e.is("bidi", BIDI_NS));
             assert!(request, "bidi enabled by {fed:?}");
@@ -1020,6 +1029,18 @@ pub fn core_incoming(data: &[u8]) {
                 }
                 // Checked by `InSasl::after`.
                 Action::Send(e) if e.ns == SASL_NS => {}
+                // Held over the restart: after our new header and features (BIDI-03), or back
+                // to the router when the stream closes first.
+                Action::Send(e) if sasl.held.contains(e) => {
+                    assert!(matches!(actions[0], Action::SendHeader(_)), "{actions:?}");
+                    let a = stanza::addresses(e).expect("a held stanza has addresses");
+                    assert!(verified.contains(&(a.to.domain, a.from.domain)), "{e:?}");
+                    sasl.held.retain(|h| h != e);
+                }
+                Action::Deliver(e) if sasl.held.contains(e) => {
+                    assert!(close_is_last(&actions), "{actions:?}");
+                    sasl.held.retain(|h| h != e);
+                }
                 Action::Restart => header_sent = false,
                 Action::Send(e) if handed_in(e) => {
                     let a = stanza::addresses(e).expect("a stanza sent back has addresses");
@@ -1138,6 +1159,11 @@ pub fn core_incoming(data: &[u8]) {
                 other => panic!("incoming core: unexpected {other:?} for {fed:?}"),
             }
         }
+        assert!(
+            sasl.held.is_empty() || (sasl.restarting.is_some() && !closed),
+            "held after the restart: {:?}",
+            sasl.held
+        );
     }
 }
 
