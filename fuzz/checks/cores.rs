@@ -13,7 +13,8 @@ use dialbackd::stream::incoming::Incoming;
 use dialbackd::stream::outgoing::{Outgoing, Purpose};
 use dialbackd::stream::sasl::{self, CertCheck, SASL_NS};
 use dialbackd::stream::{
-    Action, ConnectError, Ctx, Event, StanzaCondition, StreamCondition, Verdict, VerifyRequest,
+    parse_version, Action, ConnectError, Ctx, Event, StanzaCondition, StreamCondition, Verdict,
+    VerifyRequest,
 };
 use dialbackd::xml::{
     Element, StreamHeader, CLIENT_NS, COMPONENT_NS, DIALBACK_NS, SERVER_NS, STANZAS_NS,
@@ -890,7 +891,11 @@ impl InSasl {
 /// XEP-0288: bidi is offered only in features without STARTTLS (BIDI-01) and enabled only by
 /// the request in its own namespace, after such features, before any pair is verified
 /// (BIDI-02); a stanza the router hands in is sent only on a bidi stream and for the inverse of
-/// a verified pair (BIDI-03), otherwise bounced, or handed back once closed.
+/// a verified pair (BIDI-03), otherwise bounced, or handed back once closed. SASL EXTERNAL
+/// (SASL-01, `InSasl`): offered only after TLS with a certificate; success only for the
+/// stream's `from` proved by the certificate, then a restart with a new id before anything
+/// else goes out; `invalid-from` for other domains after it; failures keep the stream; the
+/// fourth judged response closes it.
 pub fn core_incoming(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = input.byte();
@@ -1257,7 +1262,10 @@ impl OutSasl {
 /// bidi request goes out only right before our key and after features offering bidi
 /// (BIDI-02); the peer's stanzas are delivered only on such a stream, once our pair is
 /// verified, and only for the inverse pair (BIDI-03); its dialback for other pairs gets a
-/// dialback error (BIDI-04).
+/// dialback error (BIDI-04). SASL EXTERNAL (SASL-01, `OutSasl`, setup bit 8: our certificate
+/// names our domain): `<auth/>` only over TLS after features offering it, once; the restart
+/// right after `<success/>`, no key after it, the pair established by the restarted stream's
+/// features; the key after `<failure/>`.
 pub fn core_outgoing(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = input.byte();
@@ -1453,10 +1461,17 @@ pub fn core_outgoing(data: &[u8]) {
                     local: l,
                     remote: r,
                 } => {
-                    // SASL-01: by the features of the stream restarted after <success/>.
-                    let by_sasl = sasl.succeeded
-                        && !sent_db
-                        && fed.element().is_some_and(|f| f.is("features", STREAM_NS));
+                    // SASL-01: by the features of the stream restarted after <success/>, or by
+                    // its header when that is pre-1.0 (no features follow one: DB-25, STR-01).
+                    let restarted = match &fed {
+                        Fed::Element(f) => f.is("features", STREAM_NS),
+                        Fed::Header(h) => h
+                            .version
+                            .as_deref()
+                            .map_or(true, |v| parse_version(v).is_some_and(|(m, _)| m < 1)),
+                        _ => false,
+                    };
+                    let by_sasl = sasl.succeeded && !sent_db && restarted;
                     assert!(
                         !verify
                             && (sent_db || by_sasl)
