@@ -471,7 +471,7 @@ impl Vocab {
                 ];
                 let mut e = Element::new("failure", SASL_NS);
                 if let Some(c) = conditions.get(usize::from(v % 6)) {
-                    e.push_child(Element::new(*c, SASL_NS));
+                    e.push_child(Element::new(c, SASL_NS));
                 }
                 if v & 8 != 0 {
                     e.push_child(Element::new("text", SASL_NS).with_text("no"));
@@ -1468,7 +1468,7 @@ pub fn core_outgoing(data: &[u8]) {
                         Fed::Header(h) => h
                             .version
                             .as_deref()
-                            .map_or(true, |v| parse_version(v).is_some_and(|(m, _)| m < 1)),
+                            .is_none_or(|v| parse_version(v).is_some_and(|(m, _)| m < 1)),
                         _ => false,
                     };
                     let by_sasl = sasl.succeeded && !sent_db && restarted;
