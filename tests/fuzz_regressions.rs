@@ -62,7 +62,8 @@ fn fuzz_seed_corpora_pass_the_checks() {
     assert!(count > 0);
     assert!(failures.is_empty(), "{failures:#?}");
     // The core seeds go all the way: delivery on an inbound stream, stanzas out after `valid`,
-    // a verify connection's `valid`, delivery from a component, a db:verify answered `valid`.
+    // a verify connection's `valid`, delivery from a component, a db:verify answered `valid`,
+    // SASL EXTERNAL success on an inbound stream and on an outbound one (SASL-01).
     let reached = checks::REACHED
         .each_ref()
         .map(|r| r.load(Ordering::Relaxed));

@@ -11,8 +11,10 @@ use dialbackd::stream::bidi::{BIDI_FEATURE_NS, BIDI_NS};
 use dialbackd::stream::component::{handshake_digest, Component};
 use dialbackd::stream::incoming::Incoming;
 use dialbackd::stream::outgoing::{Outgoing, Purpose};
+use dialbackd::stream::sasl::{self, CertCheck, SASL_NS};
 use dialbackd::stream::{
-    Action, ConnectError, Ctx, Event, StanzaCondition, StreamCondition, Verdict, VerifyRequest,
+    parse_version, Action, ConnectError, Ctx, Event, StanzaCondition, StreamCondition, Verdict,
+    VerifyRequest,
 };
 use dialbackd::xml::{
     Element, StreamHeader, CLIENT_NS, COMPONENT_NS, DIALBACK_NS, SERVER_NS, STANZAS_NS,
@@ -26,9 +28,12 @@ use std::sync::{Arc, OnceLock};
 /// How often the deepest paths were reached (summed over every input checked in this process):
 /// a stanza delivered on an inbound stream, sent on an outbound stream after `valid`, a verify
 /// connection reporting `valid`, a stanza delivered from a component, a db:verify answered
-/// `valid` on an inbound stream (Authoritative Server role). The regression test
-/// asserts the committed seeds reach each of them.
-pub static REACHED: [AtomicUsize; 5] = [
+/// `valid` on an inbound stream (Authoritative Server role), SASL EXTERNAL success on an inbound
+/// stream, an outbound pair established by SASL EXTERNAL. The regression test asserts the
+/// committed seeds reach each of them.
+pub static REACHED: [AtomicUsize; 7] = [
+    AtomicUsize::new(0),
+    AtomicUsize::new(0),
     AtomicUsize::new(0),
     AtomicUsize::new(0),
     AtomicUsize::new(0),
@@ -111,6 +116,8 @@ enum Fed {
     Close,
     Broken(Option<StreamCondition>),
     TlsEstablished,
+    /// What the peer's certificate proves (`None`: no certificate): the names it is valid for.
+    PeerCertificate(Option<Vec<&'static str>>),
     Connected(bool),
     ConnectFailed(bool),
     Stanza(Element),
@@ -132,6 +139,7 @@ impl Fed {
                 reason: "fuzz".into(),
             },
             Fed::TlsEstablished => Event::TlsEstablished,
+            Fed::PeerCertificate(names) => Event::PeerCertificate(names.map(cert_for)),
             Fed::Connected(tls) => Event::Connected { tls },
             Fed::ConnectFailed(true) => Event::ConnectFailed(ConnectError::NotFound("fuzz".into())),
             Fed::ConnectFailed(false) => {
@@ -156,6 +164,72 @@ impl Fed {
             _ => None,
         }
     }
+}
+
+/// Names a certificate in `Fed::PeerCertificate` may be valid for (bit `i` of the mask byte
+/// names `CERT_NAMES[i]`): the peer's domains, ours, another case.
+const CERT_NAMES: [&str; 4] = ["b.test", "c.test", "a.test", "B.TEST"];
+
+/// A certificate check that proves exactly the domains `names` parse to.
+fn cert_for(names: Vec<&'static str>) -> CertCheck {
+    CertCheck::new(move |d| {
+        if names
+            .iter()
+            .any(|n| Domain::parse(n).ok().as_ref() == Some(d))
+        {
+            Ok(())
+        } else {
+            Err(format!("not valid for {d}"))
+        }
+    })
+}
+
+/// Whether the names a certificate was made for prove `d` (the model's view of `cert_for`).
+fn cert_proves(names: &[&str], d: &Domain) -> bool {
+    names
+        .iter()
+        .any(|n| Domain::parse(n).ok().as_ref() == Some(d))
+}
+
+/// The authorization identities the vocabulary base64-encodes into `<auth/>` and
+/// `<response/>` (besides `NAMES`): NUL inside, not UTF-8 after decoding is elsewhere.
+const AUTHZIDS: [&str; 3] = ["b.test\0", "b.test ", "ü.test"];
+
+/// Padded standard base64 (RFC 4648 §4), written independently of the core's decoder.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The authorization identity a SASL response of the vocabulary carries: `Some(None)` for the
+/// empty one (`=`), `Some(Some(name))` for base64 of a name the vocabulary encodes, `None` for
+/// anything else (which must never authenticate).
+fn authzid_of(text: &str) -> Option<Option<&'static str>> {
+    let t = text.trim();
+    if t == "=" {
+        return Some(None);
+    }
+    NAMES
+        .iter()
+        .chain(&AUTHZIDS)
+        .find(|n| !n.is_empty() && base64(n.as_bytes()) == t)
+        .map(|n| Some(*n))
 }
 
 /// Builds events from fuzz input. `pairs` are (remote, local) pairs the harness wants reachable
@@ -343,12 +417,13 @@ impl Vocab {
     }
 
     /// An element the cores mostly do not expect; first bytes 250..=255 name the XEP-0288
-    /// ones (the rest name the junk they always named, so older seeds keep their meaning): the
-    /// bidi request, a request in the feature's namespace (ejabberd #4300), features offering
-    /// bidi (with STARTTLS or not).
+    /// ones, 240..=249 the SASL ones (the rest name the junk they always named, so older seeds
+    /// keep their meaning): the bidi request, a request in the feature's namespace (ejabberd
+    /// #4300), features offering bidi (with STARTTLS or not).
     fn other_element(&mut self, input: &mut Input) -> Element {
         let (name, ns) = (input.byte(), input.byte());
         match name {
+            240..=249 => self.sasl_element(name - 240, ns, input),
             250 | 251 => Element::new("bidi", BIDI_NS),
             252 | 253 => Element::new("bidi", BIDI_FEATURE_NS),
             254 | 255 => {
@@ -363,6 +438,118 @@ impl Vocab {
                 ["x", "result", "verify"][usize::from(name) % 3],
                 ["urn:x", ""][usize::from(ns) % 2],
             ),
+        }
+    }
+
+    /// A SASL element (RFC 6120 §6.4, XEP-0178), `kind` 0..=9: `<auth/>` (EXTERNAL with one of
+    /// the texts of `sasl_text`, or another or no mechanism), `<response/>`, `<abort/>`,
+    /// `<success/>`, `<failure/>` with a condition, `<challenge/>`, features offering
+    /// EXTERNAL, an auth or response with child elements, a SASL element of another name or an
+    /// `<auth/>` in another namespace.
+    fn sasl_element(&mut self, kind: u8, v: u8, input: &mut Input) -> Element {
+        match kind {
+            0 | 1 => {
+                let mut e = Element::new("auth", SASL_NS);
+                match v % 8 {
+                    0..=4 => e.set_attr("mechanism", sasl::EXTERNAL),
+                    5 => e.set_attr("mechanism", "PLAIN"),
+                    6 => e.set_attr("mechanism", "external"),
+                    _ => {}
+                }
+                e.with_text(self.sasl_text(input))
+            }
+            2 => Element::new("response", SASL_NS).with_text(self.sasl_text(input)),
+            3 => sasl::abort(),
+            4 => sasl::success(),
+            5 => {
+                let conditions = [
+                    "not-authorized",
+                    "aborted",
+                    "invalid-authzid",
+                    "invalid-mechanism",
+                    "x",
+                ];
+                let mut e = Element::new("failure", SASL_NS);
+                if let Some(c) = conditions.get(usize::from(v % 6)) {
+                    e.push_child(Element::new(c, SASL_NS));
+                }
+                if v & 8 != 0 {
+                    e.push_child(Element::new("text", SASL_NS).with_text("no"));
+                }
+                e
+            }
+            6 => Element::new("challenge", SASL_NS)
+                .with_text(["", "=", "Yi50ZXN0"][usize::from(v % 3)]),
+            7 => {
+                let mut f = Element::new("features", STREAM_NS);
+                if v & 1 != 0 {
+                    f.push_child(Element::new("starttls", TLS_NS));
+                }
+                let mechanism =
+                    ["EXTERNAL", "EXTERNAL", " EXTERNAL ", "PLAIN"][usize::from(v >> 1) % 4];
+                f.push_child(
+                    Element::new("mechanisms", SASL_NS)
+                        .with_child(Element::new("mechanism", SASL_NS).with_text(mechanism)),
+                );
+                if v & 8 != 0 {
+                    f.push_child(Element::new("dialback", "urn:xmpp:features:dialback"));
+                }
+                if v & 16 != 0 {
+                    f.push_child(Element::new("bidi", BIDI_FEATURE_NS));
+                }
+                f
+            }
+            8 => {
+                let name = if v & 1 == 0 { "auth" } else { "response" };
+                let mut e = Element::new(name, SASL_NS)
+                    .with_attr("mechanism", sasl::EXTERNAL)
+                    .with_child(Element::new(
+                        "x",
+                        ["urn:x", SASL_NS][usize::from(v >> 1) % 2],
+                    ));
+                if v & 4 != 0 {
+                    e = e.with_text("=");
+                }
+                e
+            }
+            _ => match v % 3 {
+                0 => Element::new("auth", "urn:x")
+                    .with_attr("mechanism", sasl::EXTERNAL)
+                    .with_text("="),
+                1 => Element::new("mechanisms", SASL_NS),
+                _ => Element::new(["success", "auth"][usize::from(v >> 2) % 2], SASL_NS)
+                    .with_attr("mechanism", sasl::EXTERNAL)
+                    .with_text("Yi50ZXN0"),
+            },
+        }
+    }
+
+    /// The text of an `<auth/>` or `<response/>`: empty (`=`, nothing, blanks), base64 of a
+    /// name (ours, the peer's, another, malformed ones, NUL inside, not UTF-8), with blanks
+    /// around it, non-base64, bad padding, oversized.
+    fn sasl_text(&mut self, input: &mut Input) -> String {
+        match input.below(16) {
+            0..=2 => "=".into(),
+            3 => String::new(),
+            4 => " \n ".into(),
+            5..=7 => base64(self.name(input).as_bytes()),
+            8 => base64(input.pick(&AUTHZIDS).as_bytes()),
+            9 => format!(" {}\n", base64(b"b.test")),
+            10 => "/w==".into(),
+            11 => input
+                .pick(&[
+                    "!!!!",
+                    "Yi50ZXN0=",
+                    "====",
+                    "==",
+                    "Y",
+                    "YQ=a",
+                    "Yi50ZXN0\nYi50ZXN0",
+                ])
+                .into(),
+            12 => "QUFB".repeat(2000),
+            13 => base64("b.test".repeat(200).as_bytes()),
+            _ => base64(b"b.test"),
         }
     }
 
@@ -392,7 +579,16 @@ impl Vocab {
             }
             17 => Fed::Registered(input.flag()),
             18 => Fed::Timeout,
-            _ => input.pick(&[Fed::Idle, Fed::Shutdown]),
+            // 248..=255: the peer's certificate (SASL-01); the rest as always.
+            _ => match input.byte() {
+                248 => Fed::PeerCertificate(None),
+                249..=255 => {
+                    let mask = input.byte();
+                    let names = (0..CERT_NAMES.len()).filter(|i| mask >> i & 1 == 1);
+                    Fed::PeerCertificate(Some(names.map(|i| CERT_NAMES[i]).collect()))
+                }
+                b => [Fed::Idle, Fed::Shutdown][usize::from(b) % 2].clone(),
+            },
         }
     }
 }
@@ -429,6 +625,261 @@ fn close_is_last(actions: &[Action]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// SASL EXTERNAL on inbound streams
+
+/// How many SASL attempts an inbound stream may make before it is closed (RFC 6120 §6.4.5:
+/// a reasonable number of retries; `incoming_sasl.rs` allows three).
+const SASL_ATTEMPTS: usize = 3;
+
+/// The inbound model's view of SASL EXTERNAL (SASL-01, XEP-0178: `incoming_sasl.rs`).
+#[derive(Default)]
+struct InSasl {
+    /// The stream is encrypted (direct TLS, or STARTTLS completed).
+    tls: bool,
+    /// What the latest `PeerCertificate` said (fed before the stream closed).
+    cert: Option<Vec<&'static str>>,
+    /// The `from` of the first header the core accepted (`Some(None)`: none, or no domain).
+    peer: Option<Option<Domain>>,
+    /// Our header answered the peer's and nothing restarted or closed the stream since: the
+    /// core reads the peer's elements.
+    open: bool,
+    /// The domain SASL authenticated.
+    done: Option<Domain>,
+    /// We sent an empty `<challenge/>` and wait for the `<response/>`.
+    awaiting_response: bool,
+    /// Initial responses the core judged (each costs a certificate check).
+    decisions: usize,
+    /// After `<success/>`, until our new header: the id of the stream before the restart.
+    restarting: Option<String>,
+    /// Stanzas the router handed in during the restart (bidi): held until our new header.
+    held: Vec<Element>,
+}
+
+impl InSasl {
+    /// Whether the core must judge `fed` as an initial response (counted against the cap): an
+    /// `<auth mechanism='EXTERNAL'>` with text, on an encrypted stream whose peer presented a
+    /// certificate, before SASL succeeded and while no dialback pair is in use, or the
+    /// `<response/>` to our challenge; never one with child elements.
+    fn decides(&self, fed: &Fed, legacy: bool, dialback_in_use: bool) -> bool {
+        let Some(e) = fed.element().filter(|e| e.ns == SASL_NS && self.open) else {
+            return false;
+        };
+        if e.elements().next().is_some() {
+            return false;
+        }
+        match e.name.as_str() {
+            "auth" => {
+                self.tls
+                    && self.cert.is_some()
+                    && self.done.is_none()
+                    && !legacy
+                    && !dialback_in_use
+                    && e.attr("mechanism") == Some(sasl::EXTERNAL)
+                    && !e.text().trim().is_empty()
+            }
+            "response" => self.awaiting_response,
+            _ => false,
+        }
+    }
+
+    /// Our features: EXTERNAL offered exactly when the stream is encrypted, the peer presented
+    /// a certificate and SASL has not succeeded yet (SASL-01), never beside STARTTLS.
+    fn features(&self, f: &Element) {
+        let offered = f.child("mechanisms", SASL_NS);
+        let may = self.tls && self.cert.is_some() && self.done.is_none();
+        assert_eq!(offered.is_some(), may, "SASL-01: features {f:?}");
+        if let Some(m) = offered {
+            assert_eq!(*m, sasl::mechanisms());
+            assert!(f.child("starttls", TLS_NS).is_none(), "{f:?}");
+        }
+    }
+
+    /// The checks of one batch: `decides` as computed before it, `verified` the pairs
+    /// authorised before it, `id` the stream id before it.
+    fn after(
+        &mut self,
+        fed: &Fed,
+        actions: &[Action],
+        decides: bool,
+        verified: &[(Domain, Domain)],
+        id: &str,
+        ctx: &Ctx,
+    ) {
+        let sasl_fed = fed.element().filter(|e| e.ns == SASL_NS && self.open);
+        if decides {
+            self.decisions += 1;
+            if self.decisions > SASL_ATTEMPTS {
+                assert!(
+                    matches!(actions, [Action::Close(Some(e))] if e.condition == StreamCondition::PolicyViolation),
+                    "attempt {} after {fed:?}: {actions:?}",
+                    self.decisions
+                );
+            } else {
+                let judged = |c: &str| {
+                    ["incorrect-encoding", "invalid-authzid", "not-authorized"].contains(&c)
+                };
+                let ok = match actions.first() {
+                    Some(Action::Send(e)) if e.is("success", SASL_NS) => true,
+                    Some(Action::Send(e)) if e.is("failure", SASL_NS) => {
+                        e.elements().next().is_some_and(|c| judged(&c.name))
+                    }
+                    _ => false,
+                };
+                assert!(ok, "response {fed:?} judged {actions:?}");
+            }
+        }
+        for (i, a) in actions.iter().enumerate() {
+            match a {
+                Action::Send(e) if e.ns == SASL_NS => {
+                    let f = sasl_fed.unwrap_or_else(|| panic!("sent {e:?} after {fed:?}"));
+                    match e.name.as_str() {
+                        "success" => self.success(f, actions, decides, verified, ctx),
+                        "failure" => {
+                            // The stream stays open for dialback (SASL-01).
+                            assert_eq!(actions.len(), 1, "{actions:?}");
+                            assert!(e.elements().next().is_some(), "{e:?}");
+                        }
+                        "challenge" => {
+                            assert!(
+                                f.name == "auth"
+                                    && f.text().trim().is_empty()
+                                    && actions.len() == 1,
+                                "{f:?}"
+                            );
+                            assert!(
+                                self.tls && self.cert.is_some() && self.done.is_none(),
+                                "{f:?}"
+                            );
+                        }
+                        _ => panic!("sent {e:?}"),
+                    }
+                }
+                Action::Restart => {
+                    assert!(
+                        i == 1
+                            && matches!(&actions[0], Action::Send(s) if s.is("success", SASL_NS)),
+                        "{actions:?}"
+                    );
+                    self.restarting = Some(id.to_string());
+                }
+                // RFC 6120 §4.3.3, §6.4.6: after <success/> nothing goes out before our new
+                // header, and no element of the old stream is taken.
+                // (Held stanzas may go back to the router.)
+                Action::Send(_) | Action::Deliver(_)
+                    if self.restarting.is_some()
+                        && !matches!(actions.first(), Some(Action::SendHeader(_)))
+                        && !matches!(a, Action::Deliver(e) if self.held.contains(e)) =>
+                {
+                    panic!("{a:?} after <success/> before our new header ({fed:?})");
+                }
+                Action::SendHeader(h) if self.restarting.is_some() => {
+                    // STR-03: the restarted stream has a new id.
+                    assert_ne!(h.id.as_deref(), self.restarting.as_deref(), "STR-03");
+                }
+                _ => {}
+            }
+        }
+        if sasl_fed.is_some() {
+            self.awaiting_response = actions
+                .iter()
+                .any(|a| matches!(a, Action::Send(e) if e.is("challenge", SASL_NS)));
+        }
+        self.invalid_from(fed, actions, verified);
+    }
+
+    /// `<success/>` for the response in `f`: the identity is the stream's `from` (an empty
+    /// response) or the authzid, which must then be that `from` (XEP-0178 §3); the certificate
+    /// proves it; not our own domain; never while dialback pairs are in use on the stream.
+    fn success(
+        &mut self,
+        f: &Element,
+        actions: &[Action],
+        decides: bool,
+        verified: &[(Domain, Domain)],
+        ctx: &Ctx,
+    ) {
+        let [Action::Send(_), Action::Restart, Action::Authenticated { local, remote }] = actions
+        else {
+            panic!("success: {actions:?}");
+        };
+        assert!(
+            decides && self.decisions <= SASL_ATTEMPTS && verified.is_empty(),
+            "success after {f:?}"
+        );
+        let text = f.text();
+        let claimed =
+            authzid_of(&text).unwrap_or_else(|| panic!("success for the response {text:?}"));
+        let claimed = claimed
+            .map(|n| Domain::parse(n).unwrap_or_else(|_| panic!("success for authzid {n:?}")));
+        let expected = match (claimed, self.peer.clone().flatten()) {
+            (None, Some(from)) => from,
+            (Some(d), Some(from)) => {
+                assert_eq!(d, from, "XEP-0178: the authzid is not the stream's from");
+                d
+            }
+            (Some(d), None) => d,
+            (None, None) => panic!("success without an identity: {f:?}"),
+        };
+        assert_eq!(*remote, expected);
+        assert!(
+            !ctx.config.is_local(remote) && ctx.config.is_local(local),
+            "{actions:?}"
+        );
+        assert!(
+            cert_proves(self.cert.as_deref().unwrap_or_default(), remote),
+            "the certificate does not prove {remote}"
+        );
+        assert!(self.done.is_none());
+        self.done = Some(remote.clone());
+        reached(5);
+        self.open = false;
+    }
+
+    /// SEC-10 on a SASL-authenticated stream: a stanza from a domain not authenticated here is
+    /// `invalid-from` (RFC 6120 §4.9.3.9).
+    fn invalid_from(&self, fed: &Fed, actions: &[Action], verified: &[(Domain, Domain)]) {
+        let Some(e) = fed
+            .element()
+            .filter(|e| stanza::is_stanza(e) && self.open && self.done.is_some())
+        else {
+            return;
+        };
+        let Ok(a) = stanza::addresses(e) else {
+            return;
+        };
+        if verified.iter().any(|(r, _)| *r == a.from.domain) {
+            return;
+        }
+        assert!(
+            matches!(actions, [Action::Close(Some(err))] if err.condition == StreamCondition::InvalidFrom),
+            "{e:?} on a stream SASL authenticated for {:?}: {actions:?}",
+            self.done
+        );
+    }
+
+    /// Track the stream's state from a batch (after the checks).
+    fn track(&mut self, fed: &Fed, actions: &[Action]) {
+        let answered = matches!(
+            (fed, actions.first()),
+            (Fed::Header(_), Some(Action::SendHeader(_)))
+        );
+        if answered && !actions.iter().any(|a| matches!(a, Action::Close(_))) {
+            self.open = true;
+            self.restarting = None;
+            if let (None, Fed::Header(h)) = (&self.peer, fed) {
+                self.peer = Some(h.from.as_deref().and_then(|f| Domain::parse(f).ok()));
+            }
+        }
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::Close(_) | Action::StartTls | Action::Restart))
+        {
+            self.open = false;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Incoming
 
 /// An inbound server-to-server stream. Invariants: nothing is delivered for a pair that was not
@@ -440,7 +891,11 @@ fn close_is_last(actions: &[Action]) -> bool {
 /// XEP-0288: bidi is offered only in features without STARTTLS (BIDI-01) and enabled only by
 /// the request in its own namespace, after such features, before any pair is verified
 /// (BIDI-02); a stanza the router hands in is sent only on a bidi stream and for the inverse of
-/// a verified pair (BIDI-03), otherwise bounced, or handed back once closed.
+/// a verified pair (BIDI-03), otherwise bounced, or handed back once closed. SASL EXTERNAL
+/// (SASL-01, `InSasl`): offered only after TLS with a certificate; success only for the
+/// stream's `from` proved by the certificate, then a restart with a new id before anything
+/// else goes out; `invalid-from` for other domains after it; failures keep the stream; the
+/// fourth judged response closes it.
 pub fn core_incoming(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = input.byte();
@@ -464,6 +919,10 @@ pub fn core_incoming(data: &[u8]) {
     let mut header_sent = false;
     // Our latest features offered bidi (BIDI-01).
     let mut bidi_offered = false;
+    let mut sasl = InSasl {
+        tls: setup & 2 != 0,
+        ..InSasl::default()
+    };
     for _ in 0..MAX_EVENTS {
         if input.is_empty() {
             break;
@@ -490,7 +949,22 @@ pub fn core_incoming(data: &[u8]) {
             }
         }
         let was_bidi = core.is_bidi();
+        let dialback_in_use = !verified.is_empty() || !outstanding.is_empty();
+        let decides = sasl.decides(&fed, core.is_legacy(), dialback_in_use);
+        let id_before = core.stream_id().to_string();
+        if let (Fed::PeerCertificate(c), false) = (&fed, closed) {
+            sasl.cert.clone_from(c);
+        }
         let actions = core.handle(fed.to_event());
+        if !closed {
+            sasl.after(&fed, &actions, decides, &verified, &id_before, &ctx);
+        }
+        sasl.track(&fed, &actions);
+        if let (Fed::Stanza(s), [], false) = (&fed, &actions[..], closed) {
+            // Held over the SASL restart of a bidi stream, for a pair verified here.
+            assert!(sasl.restarting.is_some() && core.is_bidi(), "{s:?} dropped");
+            sasl.held.push(s.clone());
+        }
         if !was_bidi && core.is_bidi() {
             let request = fed.element().is_some_and(|e| e.is("bidi", BIDI_NS));
             assert!(request, "bidi enabled by {fed:?}");
@@ -503,6 +977,7 @@ pub fn core_incoming(data: &[u8]) {
             outstanding.clear();
             verified.clear();
             bidi_offered = false;
+            sasl.tls = true;
             assert!(!core.is_bidi(), "bidi survived the TLS restart");
         }
         let handed_in = |e: &Element| matches!(&fed, Fed::Stanza(f) if f == e);
@@ -555,7 +1030,23 @@ pub fn core_incoming(data: &[u8]) {
                     if bidi_offered {
                         assert!(e.child("starttls", TLS_NS).is_none(), "BIDI-01: {e:?}");
                     }
+                    sasl.features(e);
                 }
+                // Checked by `InSasl::after`.
+                Action::Send(e) if e.ns == SASL_NS => {}
+                // Held over the restart: after our new header and features (BIDI-03), or back
+                // to the router when the stream closes first.
+                Action::Send(e) if sasl.held.contains(e) => {
+                    assert!(matches!(actions[0], Action::SendHeader(_)), "{actions:?}");
+                    let a = stanza::addresses(e).expect("a held stanza has addresses");
+                    assert!(verified.contains(&(a.to.domain, a.from.domain)), "{e:?}");
+                    sasl.held.retain(|h| h != e);
+                }
+                Action::Deliver(e) if sasl.held.contains(e) => {
+                    assert!(close_is_last(&actions), "{actions:?}");
+                    sasl.held.retain(|h| h != e);
+                }
+                Action::Restart => header_sent = false,
                 Action::Send(e) if handed_in(e) => {
                     let a = stanza::addresses(e).expect("a stanza sent back has addresses");
                     let inverse = (a.to.domain, a.from.domain);
@@ -651,8 +1142,11 @@ pub fn core_incoming(data: &[u8]) {
                     );
                 }
                 Action::Authenticated { local, remote } => {
+                    // By SASL: checked by `InSasl::success`.
+                    let by_sasl =
+                        matches!(&actions[0], Action::Send(s) if s.is("success", SASL_NS));
                     assert!(
-                        answer_ok(&verified, remote, local),
+                        by_sasl || answer_ok(&verified, remote, local),
                         "{remote}→{local} authenticated by {fed:?}"
                     );
                     verified.push((remote.clone(), local.clone()));
@@ -670,6 +1164,89 @@ pub fn core_incoming(data: &[u8]) {
                 other => panic!("incoming core: unexpected {other:?} for {fed:?}"),
             }
         }
+        assert!(
+            sasl.held.is_empty() || (sasl.restarting.is_some() && !closed),
+            "held after the restart: {:?}",
+            sasl.held
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SASL EXTERNAL on outbound streams
+
+/// The outbound model's view of SASL EXTERNAL (SASL-01: `outgoing.rs`).
+#[derive(Default)]
+struct OutSasl {
+    /// Our certificate names our domain (`Outgoing::with_external`).
+    can: bool,
+    /// The stream is encrypted (direct TLS, or STARTTLS completed).
+    tls: bool,
+    /// We sent `<auth/>` and wait for its answer.
+    asked: bool,
+    /// We sent `<auth/>` on this connection.
+    tried: bool,
+    /// `<success/>` came: the restarted stream's features establish the pair, no dialback.
+    succeeded: bool,
+    /// The latest features the core acted on offered bidi (the request may follow a SASL
+    /// failure, before our key).
+    bidi_offered: bool,
+}
+
+/// Whether features offer EXTERNAL (RFC 6120 §6.4.1), read independently of the core.
+fn offers_external(f: &Element) -> bool {
+    f.is("features", STREAM_NS)
+        && f.child("mechanisms", SASL_NS).is_some_and(|m| {
+            m.children.iter().any(|c| {
+                matches!(c, dialbackd::xml::Node::Element(c) if c.is("mechanism", SASL_NS) && c.text().trim() == "EXTERNAL")
+            })
+        })
+}
+
+impl OutSasl {
+    /// A SASL element we sent: `<auth mechanism='EXTERNAL'>=</auth>` (XEP-0178 §3) only on an
+    /// encrypted pair stream whose peer offered EXTERNAL, when our certificate can do it, once,
+    /// before any key; `<abort/>` only for a `<challenge/>` to it.
+    fn sent(&mut self, e: &Element, fed: &Fed, verify: bool, sent_db: bool) {
+        let f = fed.element();
+        if e.is("auth", SASL_NS) {
+            assert_eq!(*e, sasl::auth_external());
+            assert!(f.is_some_and(offers_external), "auth after {fed:?}");
+            assert!(
+                self.tls && self.can && !verify && !self.tried && !sent_db,
+                "auth after {fed:?}"
+            );
+            self.tried = true;
+            self.asked = true;
+        } else if e.is("abort", SASL_NS) {
+            assert!(
+                self.asked && f.is_some_and(|f| f.is("challenge", SASL_NS)),
+                "{fed:?}"
+            );
+        } else {
+            panic!("sent {e:?} after {fed:?}");
+        }
+    }
+
+    /// `Restart`: only first, for the `<success/>` that answers our `<auth/>`, and our new
+    /// header right after it (RFC 6120 §6.4.6).
+    fn restart(&mut self, fed: &Fed, i: usize, actions: &[Action]) {
+        let success = fed.element().is_some_and(|f| f.is("success", SASL_NS));
+        assert!(i == 0 && success && self.asked, "restart after {fed:?}");
+        assert!(matches!(actions, [_, Action::SendHeader(_)]), "{actions:?}");
+        self.asked = false;
+        self.succeeded = true;
+    }
+
+    /// Our key: never after SASL succeeded; while our `<auth/>` waits, only as the fallback
+    /// its `<failure/>` calls for (SASL-01).
+    fn key(&mut self, fed: &Fed) {
+        assert!(!self.succeeded, "dialback after SASL success: {fed:?}");
+        if self.asked {
+            let failure = fed.element().is_some_and(|f| f.is("failure", SASL_NS));
+            assert!(failure, "key while <auth/> waits, after {fed:?}");
+            self.asked = false;
+        }
     }
 }
 
@@ -685,7 +1262,10 @@ pub fn core_incoming(data: &[u8]) {
 /// bidi request goes out only right before our key and after features offering bidi
 /// (BIDI-02); the peer's stanzas are delivered only on such a stream, once our pair is
 /// verified, and only for the inverse pair (BIDI-03); its dialback for other pairs gets a
-/// dialback error (BIDI-04).
+/// dialback error (BIDI-04). SASL EXTERNAL (SASL-01, `OutSasl`, setup bit 8: our certificate
+/// names our domain): `<auth/>` only over TLS after features offering it, once; the restart
+/// right after `<success/>`, no key after it, the pair established by the restarted stream's
+/// features; the key after `<failure/>`.
 pub fn core_outgoing(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = input.byte();
@@ -704,6 +1284,13 @@ pub fn core_outgoing(data: &[u8]) {
     } else {
         Purpose::Pair
     };
+    // Our certificate names a.test: SASL EXTERNAL is tried when offered (never by the old
+    // vocabulary, which offers no SASL, so older seeds keep their meaning).
+    let mut sasl = OutSasl {
+        can: setup & 8 != 0,
+        tls: direct_tls,
+        ..OutSasl::default()
+    };
     let mut core = Outgoing::new(
         ctx.clone(),
         "fuzz".into(),
@@ -711,7 +1298,8 @@ pub fn core_outgoing(data: &[u8]) {
         remote.clone(),
         purpose,
         direct_tls,
-    );
+    )
+    .with_external(sasl.can);
     let mut vocab = Vocab::new();
     vocab.pairs = vec![(remote.to_string(), local.to_string())];
     let mut their_id: Option<String> = None;
@@ -750,6 +1338,11 @@ pub fn core_outgoing(data: &[u8]) {
             _ => None,
         };
         let actions = core.handle(fed.to_event());
+        if let Some(f) = fed.element().filter(|f| f.is("features", STREAM_NS)) {
+            if !actions.is_empty() {
+                sasl.bidi_offered = f.child("bidi", BIDI_FEATURE_NS).is_some();
+            }
+        }
         let mut answered = 0;
         for (i, a) in actions.iter().enumerate() {
             if closed {
@@ -764,10 +1357,16 @@ pub fn core_outgoing(data: &[u8]) {
                     closed = true;
                 }
                 Action::SendHeader(h) => {
+                    let restart = i == 1 && actions[0] == Action::Restart;
                     assert!(
-                        i == 0 && matches!(fed, Fed::Connected(_) | Fed::TlsEstablished),
+                        restart || i == 0 && matches!(fed, Fed::Connected(_) | Fed::TlsEstablished),
                         "{fed:?}"
                     );
+                    match fed {
+                        Fed::Connected(t) => sasl.tls |= t,
+                        Fed::TlsEstablished => sasl.tls = true,
+                        _ => {}
+                    }
                     assert_eq!(h.from.as_deref(), Some(local.as_str()));
                     assert_eq!(h.to.as_deref(), Some(remote.as_str()));
                     awaiting_header = true;
@@ -782,10 +1381,15 @@ pub fn core_outgoing(data: &[u8]) {
                     reached(1);
                     answered += usize::from(fed_id.as_deref() == Some(id));
                 }
+                Action::Restart => sasl.restart(&fed, i, &actions),
+                Action::Send(e) if e.ns == SASL_NS => sasl.sent(e, &fed, verify, sent_db),
                 Action::Send(e) if e.is("bidi", BIDI_NS) => {
-                    let offered = fed
-                        .element()
-                        .is_some_and(|f| f.child("bidi", BIDI_FEATURE_NS).is_some());
+                    let after_failure = sasl.bidi_offered
+                        && fed.element().is_some_and(|f| f.is("failure", SASL_NS));
+                    let offered = after_failure
+                        || fed
+                            .element()
+                            .is_some_and(|f| f.child("bidi", BIDI_FEATURE_NS).is_some());
                     assert!(offered && !verify && !sent_db && !bidi, "{fed:?}");
                     let key_next =
                         matches!(actions.get(i + 1), Some(Action::Send(k)) if is_db(k, "result"));
@@ -809,6 +1413,7 @@ pub fn core_outgoing(data: &[u8]) {
                 }
                 Action::Send(e) if is_db(e, "result") => {
                     assert!(!verify && !sent_db, "{e:?}");
+                    sasl.key(&fed);
                     assert_eq!(e.attr("type"), None);
                     assert_eq!(
                         (e.attr("from"), e.attr("to")),
@@ -856,13 +1461,33 @@ pub fn core_outgoing(data: &[u8]) {
                     local: l,
                     remote: r,
                 } => {
-                    assert!(!verify && sent_db && !established && (l, r) == (&local, &remote));
-                    let ok = fed.element().is_some_and(|f| {
-                        is_db(f, "result")
-                            && f.attr("type") == Some("valid")
-                            && attr_domain(f, "from").as_ref() == Some(&remote)
-                            && attr_domain(f, "to").as_ref() == Some(&local)
-                    });
+                    // SASL-01: by the features of the stream restarted after <success/>, or by
+                    // its header when that is pre-1.0 (no features follow one: DB-25, STR-01).
+                    let restarted = match &fed {
+                        Fed::Element(f) => f.is("features", STREAM_NS),
+                        Fed::Header(h) => h
+                            .version
+                            .as_deref()
+                            .is_none_or(|v| parse_version(v).is_some_and(|(m, _)| m < 1)),
+                        _ => false,
+                    };
+                    let by_sasl = sasl.succeeded && !sent_db && restarted;
+                    assert!(
+                        !verify
+                            && (sent_db || by_sasl)
+                            && !established
+                            && (l, r) == (&local, &remote)
+                    );
+                    if by_sasl {
+                        reached(6);
+                    }
+                    let ok = by_sasl
+                        || fed.element().is_some_and(|f| {
+                            is_db(f, "result")
+                                && f.attr("type") == Some("valid")
+                                && attr_domain(f, "from").as_ref() == Some(&remote)
+                                && attr_domain(f, "to").as_ref() == Some(&local)
+                        });
                     assert!(ok, "authenticated by {fed:?}");
                     established = true;
                 }

@@ -73,6 +73,10 @@ pub struct Incoming {
     /// The peer asked for bidi (BIDI-02): our stanzas for the inverse of the pairs verified
     /// here may go back over this stream (BIDI-03).
     bidi: bool,
+    /// Stanzas the router handed in for a pair SASL just authenticated on a bidi stream, while
+    /// the stream restarts (RFC 6120 §6.4.6): they follow our new header and features, or go
+    /// back to the router when the stream closes first.
+    held: Vec<Element>,
 }
 
 impl Incoming {
@@ -102,6 +106,7 @@ impl Incoming {
             sasl: sasl::InboundSasl::default(),
             bidi_offered: false,
             bidi: false,
+            held: Vec::new(),
         }
     }
 
@@ -158,7 +163,13 @@ impl Incoming {
                 super::closing_deliveries(out, &mut self.state, State::Closed)
             }
             (State::Closed | State::Closing, _) => Vec::new(),
-            (State::ExpectHeader, Event::Header(h)) => self.expect_header(h),
+            (State::ExpectHeader, Event::Header(h)) => {
+                let mut out = self.expect_header(h);
+                if self.state == State::Open {
+                    out.extend(self.held.drain(..).map(Action::Send));
+                }
+                out
+            }
             // ERR-01: answer with a header even when the header itself is what is wrong
             // (close() sends ours first).
             (
@@ -251,6 +262,8 @@ impl Incoming {
             (State::Open, None) if !self.verified.is_empty() => State::Closing,
             _ => State::Closed,
         };
+        // Stanzas held over a SASL restart go back to the router for another route.
+        out.extend(self.held.drain(..).map(Action::Deliver));
         out.push(Action::Close(err));
         out
     }
@@ -439,7 +452,21 @@ impl Incoming {
             .ok()
             .map(|a| (a.to.domain, a.from.domain));
         if self.bidi && pair.is_some_and(|p| self.verified.contains(&p)) {
-            return vec![Action::Send(el)];
+            if self.state != State::ExpectHeader {
+                return vec![Action::Send(el)];
+            }
+            // Only SASL restarts a stream that has verified pairs (the TLS restart clears
+            // them): nothing may go out before our new header.
+            if self.held.len() < self.ctx.config.limits.queue {
+                self.held.push(el);
+                return Vec::new();
+            }
+            crate::metrics::METRICS.cap_hit(crate::metrics::Cap::Queue);
+            return vec![Action::Bounce {
+                stanzas: vec![el],
+                condition: StanzaCondition::ResourceConstraint,
+                text: "too many stanzas wait for the stream to restart".into(),
+            }];
         }
         log::warn!(
             "{}: not sending a stanza for a pair not verified on this stream",

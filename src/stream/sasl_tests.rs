@@ -251,6 +251,37 @@ fn sasl01_external_required_refuses_dialback_but_accepts_external() {
     assert!(s.handle(auth("=")).contains(&Action::Restart));
 }
 
+#[test]
+fn sasl01_bidi03_stanzas_routed_during_the_restart_wait_for_our_new_header() {
+    // A bidi stream (BIDI-02) authenticated by SASL: the router may route the inverse pair to
+    // it as soon as it is authenticated, before the peer's new header; nothing may precede our
+    // new header (RFC 6120 §6.4.6).
+    let bidi_stream = || {
+        let (mut s, f) = after_tls(pkix_ctx(None), Some(cert_for(&["b.test"])));
+        assert!(f.child("bidi", bidi::BIDI_FEATURE_NS).is_some(), "{f:?}");
+        assert!(s.handle(Event::Element(bidi::request())).is_empty());
+        assert!(s.handle(auth("=")).contains(&Action::Restart));
+        assert!(s.is_bidi());
+        s
+    };
+    let ours = || el("<message from='v@a.test' to='u@b.test' id='m1'/>");
+    let mut s = bidi_stream();
+    assert_eq!(s.handle(Event::Stanza(ours())), vec![]);
+    let out = s.handle(Event::Header(header(Some("b.test"), Some("a.test"))));
+    assert!(
+        matches!(&out[..], [Action::SendHeader(_), Action::Send(f), Action::Send(m)] if f.name == "features" && *m == ours()),
+        "{out:?}"
+    );
+    assert_eq!(s.handle(Event::Stanza(ours())), vec![Action::Send(ours())]);
+    // The stream ends before the peer restarted: the stanza goes back to the router.
+    let mut s = bidi_stream();
+    assert_eq!(s.handle(Event::Stanza(ours())), vec![]);
+    assert_eq!(
+        s.handle(Event::Idle),
+        vec![Action::Deliver(ours()), Action::Close(None)]
+    );
+}
+
 // ---- outbound ----------------------------------------------------------------------------
 
 fn their_header(id: &str) -> StreamHeader {
