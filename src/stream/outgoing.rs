@@ -505,38 +505,13 @@ impl Outgoing {
             State::Established => self.send_within_limit(vec![el]),
             // The route is gone: hand it back to the router for a fresh connection.
             State::Closed => vec![Action::Deliver(el)],
-            _ if self.queue.len() >= self.ctx.config.limits.queue => {
-                crate::metrics::METRICS.cap_hit(crate::metrics::Cap::Queue);
-                vec![Action::Bounce {
-                    stanzas: vec![el],
-                    condition: StanzaCondition::ResourceConstraint,
-                    text: format!("too many stanzas queued for {}", self.remote),
-                }]
-            }
-            _ => {
-                // limits.queue_bytes: a pair with nothing queued always takes one stanza.
-                let size = stanza::wire_size(&el);
-                if self.queue_bytes > 0
-                    && self.queue_bytes + size > self.ctx.config.limits.queue_bytes
-                {
-                    crate::metrics::METRICS.cap_hit(crate::metrics::Cap::QueueBytes);
-                    static LOG: RateLimit = RateLimit::new(LOG_EVERY);
-                    warn_limited!(
-                        LOG,
-                        "{}: bouncing a stanza: {} bytes queued for the pair (limits.queue_bytes)",
-                        self.label,
-                        self.queue_bytes
-                    );
-                    return vec![Action::Bounce {
-                        stanzas: vec![el],
-                        condition: StanzaCondition::ResourceConstraint,
-                        text: format!("too much is queued for {}", self.remote),
-                    }];
-                }
-                self.queue_bytes += size;
-                self.queue.push_back(el);
-                Vec::new()
-            }
+            _ => enqueue(
+                (&mut self.queue, &mut self.queue_bytes),
+                el,
+                &self.ctx.config.limits,
+                &self.remote,
+                &self.label,
+            ),
         }
     }
 
@@ -940,6 +915,42 @@ impl Outgoing {
 
 /// A positive integer child `name` of the XEP-0478 `<limits/>` in `features`; `None` when it
 /// is absent, not a number, zero, or beyond `u64` (the peer's word is no limit then).
+/// Queue `el` for `remote` while its pair waits for dialback, within `limits.queue` stanzas and
+/// `limits.queue_bytes` (a pair with nothing queued always takes one stanza); beyond them, its
+/// bounce (`resource-constraint`). `queue` is the pair's queue and the bytes it holds.
+fn enqueue(
+    (queue, queued_bytes): (&mut VecDeque<Element>, &mut usize),
+    el: Element,
+    limits: &crate::config::Limits,
+    remote: &Domain,
+    label: &str,
+) -> Vec<Action> {
+    use crate::metrics::{Cap, METRICS};
+    let size = stanza::wire_size(&el);
+    let text = if queue.len() >= limits.queue {
+        METRICS.cap_hit(Cap::Queue);
+        format!("too many stanzas queued for {remote}")
+    } else if *queued_bytes > 0 && *queued_bytes + size > limits.queue_bytes {
+        METRICS.cap_hit(Cap::QueueBytes);
+        static LOG: RateLimit = RateLimit::new(LOG_EVERY);
+        warn_limited!(
+            LOG,
+            "{label}: bouncing a stanza: {queued_bytes} bytes queued for the pair \
+             (limits.queue_bytes)"
+        );
+        format!("too much is queued for {remote}")
+    } else {
+        *queued_bytes += size;
+        queue.push_back(el);
+        return Vec::new();
+    };
+    vec![Action::Bounce {
+        stanzas: vec![el],
+        condition: StanzaCondition::ResourceConstraint,
+        text,
+    }]
+}
+
 fn stream_limit(features: &Element, name: &str) -> Option<u64> {
     let text = features
         .child("limits", STREAM_LIMITS_NS)?

@@ -231,22 +231,14 @@ impl Outgoing {
             _ if self.state == State::Closed => vec![Action::Deliver(el)],
             PairState::Valid => self.send_within_limit(vec![el]),
             PairState::Pending => {
-                let limits = &self.ctx.config.limits;
                 let p = &mut self.joins.pairs[i];
-                let size = stanza::wire_size(&el);
-                let full = p.queue.len() >= limits.queue
-                    || (p.queue_bytes > 0 && p.queue_bytes + size > limits.queue_bytes);
-                if full {
-                    crate::metrics::METRICS.cap_hit(crate::metrics::Cap::Queue);
-                    return vec![Action::Bounce {
-                        stanzas: vec![el],
-                        condition: StanzaCondition::ResourceConstraint,
-                        text: format!("too much is queued for {}", p.remote),
-                    }];
-                }
-                p.queue_bytes += size;
-                p.queue.push_back(el);
-                Vec::new()
+                super::enqueue(
+                    (&mut p.queue, &mut p.queue_bytes),
+                    el,
+                    &self.ctx.config.limits,
+                    &p.remote,
+                    &self.label,
+                )
             }
         }
     }
