@@ -187,27 +187,7 @@ impl Incoming {
                 self.sasl.cert = check;
                 Vec::new()
             }
-            (State::AwaitTls, Event::TlsEstablished) => {
-                self.tls = true;
-                self.state = State::ExpectHeader;
-                self.header_sent = false;
-                // TLS-01 (RFC 6120 §5.4.3.3): the TLS restart discards everything learned on
-                // the insecure stream; pairs verified or pending in plaintext must be
-                // negotiated again over TLS (their answers are dropped as unsolicited).
-                if !self.verified.is_empty() || !self.pending.is_empty() {
-                    log::info!(
-                        "{}: STARTTLS restart discards {} verified and {} pending pairs",
-                        self.label,
-                        self.verified.len(),
-                        self.pending.len()
-                    );
-                }
-                self.verified.clear();
-                self.pending.clear();
-                self.bidi = false;
-                self.bidi_offered = false;
-                Vec::new()
-            }
+            (State::AwaitTls, Event::TlsEstablished) => self.tls_established(),
             (
                 _,
                 Event::Verified {
@@ -237,6 +217,29 @@ impl Incoming {
                 Vec::new()
             }
         }
+    }
+
+    /// STARTTLS completed: the stream restarts over TLS (TLS-01).
+    fn tls_established(&mut self) -> Vec<Action> {
+        self.tls = true;
+        self.state = State::ExpectHeader;
+        self.header_sent = false;
+        // TLS-01 (RFC 6120 §5.4.3.3): the TLS restart discards everything learned on
+        // the insecure stream; pairs verified or pending in plaintext must be
+        // negotiated again over TLS (their answers are dropped as unsolicited).
+        if !self.verified.is_empty() || !self.pending.is_empty() {
+            log::info!(
+                "{}: STARTTLS restart discards {} verified and {} pending pairs",
+                self.label,
+                self.verified.len(),
+                self.pending.len()
+            );
+        }
+        self.verified.clear();
+        self.pending.clear();
+        self.bidi = false;
+        self.bidi_offered = false;
+        Vec::new()
     }
 
     /// End the stream, with `err` if any. ERR-01 (RFC 6120 §4.9.1.1): when our header has
