@@ -340,9 +340,8 @@ impl Outgoing {
                     )),
                 );
             }
-            return match bidi::check_inverse(&e, &self.local, &self.remote) {
+            return match self.check_inverse(&e) {
                 Ok(()) => vec![Action::Deliver(e)],
-                Err(_) if self.is_inverse_of_joined(&e) => vec![Action::Deliver(e)],
                 Err(err) => {
                     log::warn!("{}: closing: peer sent {err}", self.label);
                     self.state = State::Closed;
@@ -375,9 +374,8 @@ impl Outgoing {
     /// A stanza from the peer while our clean close of an established bidi stream is under way:
     /// delivered when it is of the inverse pair (BIDI-03); anything else ends the deliveries.
     fn closing_delivery(&mut self, e: Element) -> Vec<Action> {
-        match bidi::check_inverse(&e, &self.local, &self.remote) {
+        match self.check_inverse(&e) {
             Ok(()) => vec![Action::Deliver(e)],
-            Err(_) if self.is_inverse_of_joined(&e) => vec![Action::Deliver(e)],
             Err(err) => {
                 log::warn!(
                     "{}: dropping what the peer sends while closing: {err}",

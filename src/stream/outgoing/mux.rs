@@ -15,7 +15,7 @@
 use super::{Outgoing, State};
 use crate::domain::Domain;
 use crate::stanza::{self, Bounce};
-use crate::stream::{db_result, Action, DbBody, StanzaCondition, Verdict};
+use crate::stream::{bidi, db_result, Action, DbBody, StanzaCondition, StreamError, Verdict};
 use crate::xml::{Element, DIALBACK_FEATURE_NS};
 use std::collections::VecDeque;
 
@@ -135,15 +135,19 @@ impl Outgoing {
             .is_some_and(|d| d.child("errors", DIALBACK_FEATURE_NS).is_some());
     }
 
-    /// True when `el` is a stanza of the inverse of a joined pair the peer verified: with bidi
-    /// (XEP-0288) the peer sends those back over this stream too (BIDI-03).
-    pub(super) fn is_inverse_of_joined(&self, el: &Element) -> bool {
-        let Ok(a) = stanza::addresses(el) else {
-            return false;
-        };
-        self.joins
-            .find(&a.to.domain, &a.from.domain)
-            .is_some_and(|i| matches!(self.joins.pairs[i].state, PairState::Valid))
+    /// BIDI-03 on a bidi stream: `el` must be a stanza of the inverse of the stream's own pair,
+    /// or of a joined pair the peer verified (DB-29); the stream error for it otherwise.
+    pub(super) fn check_inverse(&self, el: &Element) -> Result<(), StreamError> {
+        let own = bidi::check_inverse(el, &self.local, &self.remote);
+        if own.is_err() {
+            if let Ok(a) = stanza::addresses(el) {
+                let joined = self.joins.find(&a.to.domain, &a.from.domain);
+                if joined.is_some_and(|i| matches!(self.joins.pairs[i].state, PairState::Valid)) {
+                    return Ok(());
+                }
+            }
+        }
+        own
     }
 
     /// The joined pair `el` belongs to, by its addresses.
