@@ -345,7 +345,7 @@ pub struct StreamParser {
     parser: Reader,
     /// The bytes of the stream header (from the start of the stream), replayed to a new `xml`
     /// parser when a parked one is brought back (see [`StreamParser::trim`]).
-    header: Option<Arc<[u8]>>,
+    header: Option<Box<[u8]>>,
     limits: Limits,
     state: State,
     /// Stream offset where the frame being parsed started to count (the end of the previous one).
@@ -430,7 +430,7 @@ impl StreamParser {
     /// [`StreamParser::trim`]), or bring a parked parser back.
     fn wake(&mut self, frame: &Frame) -> Result<(), Failure> {
         if frame.kind == FrameKind::Header {
-            self.header = Some(Arc::from(self.parser.framer().released()));
+            self.header = Some(self.parser.framer().released().into());
             return Ok(());
         }
         match &self.header {

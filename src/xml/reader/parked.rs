@@ -9,7 +9,6 @@
 
 use super::super::framer::Framer;
 use super::{map_parser_error, parser_config, Failure, Limits};
-use std::sync::Arc;
 use xml::reader::{EventReader, XmlEvent};
 
 /// The parser, or (parked) only what it reads from.
@@ -70,7 +69,7 @@ impl Reader {
 
     /// Bring a parked parser back: a new one reads `header` (the bytes of the stream header,
     /// from the start of the stream) up to the header's start tag.
-    pub(super) fn unpark(&mut self, limits: Limits, header: &Arc<[u8]>) -> Result<(), Failure> {
+    pub(super) fn unpark(&mut self, limits: Limits, header: &[u8]) -> Result<(), Failure> {
         if let Reader::Live(_) = self {
             return Ok(());
         }
