@@ -91,45 +91,42 @@ fn next() -> Option<Job> {
         }
         spares.push(me.clone());
     }
-    let until = Instant::now() + SPARE_FOR;
+    let mut until = Some(Instant::now() + SPARE_FOR);
     let mut slot = lock(&me.job);
     loop {
         if let Some(job) = slot.take() {
             return Some(job);
         }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        slot = me
-            .given
-            .wait_timeout(slot, left)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-    }
-    drop(slot);
-    // Time is up: leave the list, unless a starter already took us from it (its job is then on
-    // its way into our slot and must be run).
-    let taken = {
-        let mut spares = lock(&SPARES);
-        match spares.iter().position(|s| Arc::ptr_eq(s, &me)) {
-            Some(i) => {
-                spares.swap_remove(i);
-                false
+        if until.is_some_and(|t| Instant::now() >= t) {
+            // Time is up: leave the list, unless a starter already took us from it (its job is
+            // then on its way into our slot, and is waited for without a deadline). No lock
+            // order issue: a starter never holds the list while it takes our slot.
+            if leave(&me) {
+                log::debug!("a spare stream thread ends (no new stream for {SPARE_FOR:?})");
+                return None;
             }
-            None => true,
+            until = None;
         }
-    };
-    if !taken {
-        log::debug!("a spare stream thread ends (no new stream for {SPARE_FOR:?})");
-        return None;
+        slot = match until {
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                let waited = me.given.wait_timeout(slot, left);
+                waited.unwrap_or_else(PoisonError::into_inner).0
+            }
+            None => me.given.wait(slot).unwrap_or_else(PoisonError::into_inner),
+        };
     }
-    let mut slot = lock(&me.job);
-    loop {
-        if let Some(job) = slot.take() {
-            return Some(job);
+}
+
+/// Take `me` off the list of spares; false when a starter took it off already.
+fn leave(me: &Arc<Spare>) -> bool {
+    let mut spares = lock(&SPARES);
+    match spares.iter().position(|s| Arc::ptr_eq(s, me)) {
+        Some(i) => {
+            spares.swap_remove(i);
+            true
         }
-        slot = me.given.wait(slot).unwrap_or_else(PoisonError::into_inner);
+        None => false,
     }
 }
 
