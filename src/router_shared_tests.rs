@@ -2,6 +2,7 @@
 //! handed over to a shared stream keeps its order, a joined pair that fails backs off alone,
 //! and a shared stream that ends hands every pair it carried back. No stream threads.
 
+use super::tests::{key, outbound};
 use super::*;
 use crate::dns::Resolver;
 use crate::stream::testutil;
@@ -13,13 +14,6 @@ fn router() -> Arc<Router> {
     Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None)
 }
 
-fn key(remote: &str) -> (Domain, Domain) {
-    (
-        Domain::parse("a.test").unwrap(),
-        Domain::parse(remote).unwrap(),
-    )
-}
-
 fn msg(n: usize, to: &str) -> Element {
     Element::new("message", "jabber:server")
         .with_attr("from", "u@a.test")
@@ -29,18 +23,6 @@ fn msg(n: usize, to: &str) -> Element {
 
 fn id(e: &Element) -> String {
     e.attr("id").unwrap_or_default().to_string()
-}
-
-/// The handle of the one outbound start in `starts`.
-fn outbound(mut starts: Starts) -> Handle {
-    assert_eq!(starts.len(), 1, "{starts:?}");
-    match starts.pop() {
-        Some(Start::Outbound { handle, slot, .. }) => {
-            std::mem::forget(slot);
-            handle
-        }
-        other => panic!("{other:?}"),
-    }
 }
 
 /// The remote domain and handle of each outbound start.

@@ -14,7 +14,7 @@ fn router() -> Arc<Router> {
     Router::new(ctx, Resolver::new(Vec::new(), Duration::from_secs(1)), None)
 }
 
-fn key(remote: &str) -> (Domain, Domain) {
+pub(super) fn key(remote: &str) -> (Domain, Domain) {
     (
         Domain::parse("a.test").unwrap(),
         Domain::parse(remote).unwrap(),
@@ -37,7 +37,7 @@ fn waiting(h: &Handle) -> Vec<String> {
 }
 
 /// The handle of an outbound start.
-fn outbound(mut starts: Starts) -> Handle {
+pub(super) fn outbound(mut starts: Starts) -> Handle {
     assert_eq!(starts.len(), 1, "{starts:?}");
     match starts.pop() {
         Some(Start::Outbound { handle, slot, .. }) => {
