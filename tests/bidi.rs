@@ -7,7 +7,7 @@ mod common;
 
 use common::dns_server::TestDns;
 use common::*;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 /// A (a.test + component echo.a.test) and B (b.test, whose component serves b.test itself),
 /// with extra TOML for each, both resolved through SRV records.
@@ -48,31 +48,6 @@ fn pair_with(a_config: impl FnOnce(String) -> String, a_extra: &str, b_extra: &s
         publish(&dns, name, addr);
     }
     Pair { _dns: dns, a, b }
-}
-
-/// TCP connections in ESTABLISHED state whose accepting end is one of `listeners` (each
-/// connection counted once, at the end that accepted it), from /proc/net/tcp.
-fn established(listeners: &[SocketAddr]) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let wanted: Vec<String> = listeners.iter().map(proc_addr).collect();
-    table
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[3] == "01" && wanted.iter().any(|w| w == f[1])
-        })
-        .count()
-}
-
-/// `addr` as /proc/net/tcp writes a local IPv4 address: the address as a little-endian u32 in
-/// hex, a colon, the port in hex.
-fn proc_addr(addr: &SocketAddr) -> String {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 only: {addr}")
-    };
-    let ip = u32::from_le_bytes(v4.ip().octets());
-    format!("{ip:08X}:{:04X}", v4.port())
 }
 
 /// One message from echo.a.test to b.test and B's reply, each checked on arrival.
@@ -168,7 +143,7 @@ fn bidi03_one_connection_per_peer_pair_carries_both_directions() {
     );
     verify_connections_ended(&p.b, &p.a, 1);
     assert_eq!(
-        established(&[p.a.s2s(), p.b.s2s()]),
+        established_to(&[p.a.s2s(), p.b.s2s()]),
         1,
         "one TCP connection carries both directions"
     );
@@ -211,7 +186,7 @@ fn db24_without_bidi_each_direction_has_its_own_connection() {
     // Each side verified the other's key on a verify connection; both end.
     verify_connections_ended(&p.b, &p.a, 1);
     verify_connections_ended(&p.a, &p.b, 1);
-    assert_eq!(established(&[p.a.s2s(), p.b.s2s()]), 2);
+    assert_eq!(established_to(&[p.a.s2s(), p.b.s2s()]), 2);
     // Nothing counted as bidi; the rows say so.
     for d in [&p.a, &p.b] {
         for way in ["inbound", "outbound"] {

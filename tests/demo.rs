@@ -11,7 +11,6 @@ mod common;
 mod echo_component;
 
 use common::*;
-use std::net::{Ipv4Addr, TcpListener};
 use std::sync::mpsc;
 use std::thread;
 
@@ -25,15 +24,6 @@ fn replace_all(mut text: String, pairs: &[(&str, String)]) -> String {
         text = text.replace(from, to);
     }
     text
-}
-
-/// A port free on `ip` now (the daemon binds it right after; the address is this test's own).
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The first component secret in the configuration `text`.

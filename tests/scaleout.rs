@@ -10,19 +10,10 @@ mod common;
 use common::dns_server::TestDns;
 use common::*;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 
 const SHARED_SECRET: &str = "shared-by-every-instance";
 const VERIFICATIONS: &str = "dialbackd_dialback_verifications_total";
-
-/// A port free on `ip` now (the daemon binds it right after; the address is this test's own).
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The body of `GET /metrics` from a status listener.
 fn metrics(addr: SocketAddr) -> String {

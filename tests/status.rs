@@ -8,20 +8,11 @@ use common::dns_server::TestDns;
 use common::*;
 use dialbackd::domain::Domain;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// A port free on `ip` now (the daemon binds it right after; the address is this test's own).
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A directory of self-signed certificates, removed when dropped.
 struct Certs(PathBuf);

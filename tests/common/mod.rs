@@ -941,3 +941,37 @@ pub fn publish(dns: &dns_server::TestDns, name: &str, addr: SocketAddr) {
         IpAddr::V6(ip) => dns.add_aaaa(&target, ip),
     }
 }
+
+/// A port free on `ip` now (the daemon binds it right after; the address is this test's own).
+pub fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// TCP connections in ESTABLISHED state whose accepting end is one of `listeners` (each
+/// connection counted once, at the end that accepted it), from /proc/net/tcp (IPv4).
+pub fn established_to(listeners: &[SocketAddr]) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let wanted: Vec<String> = listeners.iter().map(proc_addr).collect();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[3] == "01" && wanted.iter().any(|w| w == f[1])
+        })
+        .count()
+}
+
+/// `addr` as /proc/net/tcp writes a local IPv4 address: the address as a little-endian u32 in
+/// hex, a colon, the port in hex.
+fn proc_addr(addr: &SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}")
+    };
+    let ip = u32::from_le_bytes(v4.ip().octets());
+    format!("{ip:08X}:{:04X}", v4.port())
+}
